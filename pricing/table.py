@@ -1,0 +1,233 @@
+"""The operator's price table: typed, validated, loaded from TOML.
+
+See ``examples/prices.toml`` for every field with its meaning. Prices are USD decimal
+strings per million tokens; the asset is a USD stablecoin, so one USD is
+``10**asset.decimals`` atomic units.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from eth_typing import ChecksumAddress
+from eth_utils import is_address, is_checksum_address, to_checksum_address
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    model_validator,
+)
+
+from pricing.errors import PriceTableError, UnknownModelError
+from pricing.money import parse_decimal
+
+__all__ = [
+    "Asset",
+    "Capability",
+    "ModelPrice",
+    "PriceTable",
+    "load_price_table",
+    "parse_price_table",
+]
+
+Capability = Literal["tools", "vision", "json", "streaming", "reasoning"]
+_CAIP2_EVM = re.compile(r"^eip155:[1-9]\d{0,18}$")
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+def _address(value: object) -> ChecksumAddress:
+    if not isinstance(value, str) or not is_address(value):
+        raise ValueError("must be a 0x-prefixed 20-byte hex address")
+    if value != value.lower() and value[2:] != value[2:].upper() and not is_checksum_address(value):
+        raise ValueError("mixed-case address fails its EIP-55 checksum (a typo?)")
+    return to_checksum_address(value)
+
+
+def _network(value: str) -> str:
+    if not _CAIP2_EVM.match(value):
+        raise ValueError('must be a CAIP-2 EVM network like "eip155:8453"')
+    return value
+
+
+def _model_id(value: str) -> str:
+    if not _MODEL_ID.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits and ._:/- starting with a letter or digit")
+    if value == "auto" or value.startswith("auto:"):
+        raise ValueError('"auto" and "auto:*" are reserved for the router')
+    return value
+
+
+Address = Annotated[ChecksumAddress, BeforeValidator(_address)]
+Usd = Annotated[Decimal, BeforeValidator(parse_decimal)]
+Ratio = Annotated[Decimal, BeforeValidator(parse_decimal)]
+NonEmpty = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Asset(_Frozen):
+    """The stablecoin payments are made in.
+
+    Attributes:
+        address: token contract address.
+        decimals: token decimals (USDC: 6).
+        name: the token's EIP-712 domain name, sent to clients as ``extra.name``.
+        version: the token's EIP-712 domain version, sent as ``extra.version``.
+    """
+
+    address: Address
+    decimals: Annotated[StrictInt, Field(ge=0, le=36)] = 6
+    name: NonEmpty = "USD Coin"
+    version: NonEmpty = "2"
+
+
+class ModelPrice(_Frozen):
+    """One routable model and what it costs.
+
+    Attributes:
+        id: the catalog id clients name in ``model`` (``auto`` is reserved).
+        provider: which configured upstream serves it.
+        upstream_model: the provider's own name for the model.
+        input_per_mtok: upstream USD price per million input tokens.
+        output_per_mtok: upstream USD price per million output tokens.
+        markup: fraction added on top of upstream cost (``"0.2"`` = +20%).
+        request_fee: flat USD fee added per request.
+        min_charge: the least a request costs, in USD.
+        context_window: input plus output tokens the model accepts.
+        max_output_tokens: the most output tokens one request may buy.
+        capabilities: what the model can do (tools, vision, json, streaming, reasoning).
+        quality: quality profile, task name -> score 0..100 (``general`` at least).
+    """
+
+    id: Annotated[StrictStr, AfterValidator(_model_id)]
+    provider: NonEmpty
+    upstream_model: NonEmpty
+    input_per_mtok: Usd
+    output_per_mtok: Usd
+    markup: Annotated[Ratio, Field(le=Decimal(100))] = Decimal(0)
+    request_fee: Usd = Decimal(0)
+    min_charge: Usd = Decimal(0)
+    context_window: Annotated[StrictInt, Field(gt=0, le=100_000_000)]
+    max_output_tokens: Annotated[StrictInt, Field(gt=0)]
+    capabilities: frozenset[Capability] = frozenset()
+    quality: dict[StrictStr, Annotated[StrictInt, Field(ge=0, le=100)]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _limits(self) -> ModelPrice:
+        if self.max_output_tokens > self.context_window:
+            raise ValueError("max_output_tokens cannot exceed context_window")
+        if "general" not in self.quality:
+            raise ValueError('quality must include a "general" score (0..100)')
+        return self
+
+
+class PriceTable(_Frozen):
+    """The operator's whole price table.
+
+    Attributes:
+        network: CAIP-2 id of the chain payments settle on (``eip155:<chainId>``).
+        pay_to: address that receives payments.
+        asset: the stablecoin.
+        default_model: the model ``auto`` uses until a routing engine decides otherwise.
+        max_timeout_seconds: how long a quote (and the signed payment) stays valid.
+        models: the catalog.
+    """
+
+    network: Annotated[StrictStr, AfterValidator(_network)]
+    pay_to: Address
+    asset: Asset
+    default_model: StrictStr
+    max_timeout_seconds: Annotated[StrictInt, Field(ge=30, le=86_400)] = 300
+    models: Annotated[list[ModelPrice], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _catalog(self) -> PriceTable:
+        seen: set[str] = set()
+        for model in self.models:
+            if model.id in seen:
+                raise ValueError(f"model id {model.id!r} appears more than once")
+            seen.add(model.id)
+        if self.default_model not in seen:
+            raise ValueError(f"default_model {self.default_model!r} is not one of the models")
+        return self
+
+    @property
+    def chain_id(self) -> int:
+        """The EVM chain id from ``network``."""
+        return int(self.network.split(":", 1)[1])
+
+    def model(self, model_id: str) -> ModelPrice:
+        """The catalog entry for ``model_id``.
+
+        Raises:
+            UnknownModelError: no model has that id.
+        """
+        for model in self.models:
+            if model.id == model_id:
+                return model
+        raise UnknownModelError(model_id)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith("function-") or part in ("tagged-union",):
+            continue
+        else:
+            path += f".{part}" if path else part
+    return path or "<table>"
+
+
+_MESSAGES = {
+    "missing": "required field is missing",
+    "extra_forbidden": "unknown field (check the spelling)",
+}
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        message = _MESSAGES.get(error["type"]) or str(error["msg"]).removeprefix("Value error, ")
+        problems.append((_field_path(tuple(error["loc"])), message))
+    return problems
+
+
+def parse_price_table(data: dict[str, Any], source: str = "<data>") -> PriceTable:
+    """Validate a price table given as plain data (as parsed from TOML or JSON).
+
+    Raises:
+        PriceTableError: listing every invalid field by its path, e.g. ``models[1].markup``.
+    """
+    try:
+        return PriceTable.model_validate(data)
+    except ValidationError as exc:
+        raise PriceTableError(source, _problems(exc)) from None
+
+
+def load_price_table(path: str | Path) -> PriceTable:
+    """Load and validate a TOML price table.
+
+    Raises:
+        PriceTableError: the file is unreadable, not TOML, or has invalid fields.
+    """
+    source = str(path)
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise PriceTableError(source, [("<file>", f"cannot read: {exc.strerror}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise PriceTableError(source, [("<toml>", str(exc))]) from None
+    return parse_price_table(data, source)
