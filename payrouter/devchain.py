@@ -29,7 +29,13 @@ from web3.contract import Contract
 from web3.types import TxReceipt
 
 from payrouter.artifacts import load_artifact
-from wallets import CancelAuthorization, Eip712Domain, LocalSigner, TransactionSigner, TransferWithAuthorization
+from wallets import (
+    CancelAuthorization,
+    Eip712Domain,
+    LocalSigner,
+    TransactionSigner,
+    TransferWithAuthorization,
+)
 
 __all__ = ["AnvilNotFoundError", "DevChain", "DevChainError", "DevToken", "find_anvil", "make_web3"]
 
@@ -122,7 +128,16 @@ class DevChain:
         binary = find_anvil(anvil)
         for _attempt in range(3):
             port = _free_port()
-            args = [binary, "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(chain_id), "--silent"]
+            args = [
+                binary,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--chain-id",
+                str(chain_id),
+                "--silent",
+            ]
             if block_time is not None:
                 args += ["--block-time", str(block_time)]
             process = subprocess.Popen(
@@ -252,7 +267,12 @@ class DevToken:
         return fn(*args, signature)
 
     def transfer_with_authorization(
-        self, sender: TransactionSigner, auth: TransferWithAuthorization, signature: bytes, *, split: bool = True
+        self,
+        sender: TransactionSigner,
+        auth: TransferWithAuthorization,
+        signature: bytes,
+        *,
+        split: bool = True,
     ) -> TxReceipt:
         """Submit an EIP-3009 transfer from ``sender``'s account (who pays gas) and wait for it."""
         call = self.transfer_with_authorization_call(auth, signature, split=split)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
+from functools import lru_cache
 
 __all__ = ["MAX_DECIMAL_PLACES", "ceil_fraction", "parse_decimal", "usd_to_atomic"]
 
@@ -36,6 +37,7 @@ def parse_decimal(value: object) -> Decimal:
         raise ValueError(f"not a decimal: {value!r}") from None
 
 
+@lru_cache(maxsize=4096)
 def usd_to_atomic(usd: Decimal, decimals: int) -> Fraction:
     """Exact value of ``usd`` in atomic units of a USD stablecoin with ``decimals`` decimals."""
     return Fraction(usd) * 10**decimals

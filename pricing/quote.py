@@ -130,4 +130,6 @@ def charge_for_usage(
     cost = _exact_cost(model, decimals, input_tokens, output_tokens)
     amount = _price(model, decimals, cost)
     capped = cap is not None and amount > cap
-    return Charge(amount=cap if capped and cap is not None else amount, upstream_cost=ceil_fraction(cost), capped=capped)
+    return Charge(
+        amount=cap if capped and cap is not None else amount, upstream_cost=ceil_fraction(cost), capped=capped
+    )

@@ -21,6 +21,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PrivateAttr,
     StrictInt,
     StrictStr,
     ValidationError,
@@ -150,15 +151,15 @@ class PriceTable(_Frozen):
     default_model: StrictStr
     max_timeout_seconds: Annotated[StrictInt, Field(ge=30, le=86_400)] = 300
     models: Annotated[list[ModelPrice], Field(min_length=1)]
+    _by_id: dict[str, ModelPrice] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _catalog(self) -> PriceTable:
-        seen: set[str] = set()
         for model in self.models:
-            if model.id in seen:
+            if model.id in self._by_id:
                 raise ValueError(f"model id {model.id!r} appears more than once")
-            seen.add(model.id)
-        if self.default_model not in seen:
+            self._by_id[model.id] = model
+        if self.default_model not in self._by_id:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models")
         return self
 
@@ -173,10 +174,10 @@ class PriceTable(_Frozen):
         Raises:
             UnknownModelError: no model has that id.
         """
-        for model in self.models:
-            if model.id == model_id:
-                return model
-        raise UnknownModelError(model_id)
+        try:
+            return self._by_id[model_id]
+        except KeyError:
+            raise UnknownModelError(model_id) from None
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

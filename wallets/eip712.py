@@ -31,9 +31,18 @@ _UINT256_MAX = 2**256 - 1
 
 def checksum(value: str, field: str) -> ChecksumAddress:
     """Return ``value`` as a checksummed address, or raise TypedDataError naming ``field``."""
-    if not isinstance(value, str) or not is_address(value):
+    if not isinstance(value, str) or len(value) != 42:
         raise TypedDataError(f"{field} must be a 20-byte 0x-hex address")
-    return to_checksum_address(value)
+    address = _checksum(value)
+    if address is None:
+        raise TypedDataError(f"{field} must be a 20-byte 0x-hex address")
+    return address
+
+
+# Payers and payees repeat across requests, and EIP-55 costs a keccak per address.
+@lru_cache(maxsize=65_536)
+def _checksum(value: str) -> ChecksumAddress | None:
+    return to_checksum_address(value) if is_address(value) else None
 
 
 def uint256(value: int, field: str) -> int:
@@ -93,11 +102,7 @@ class Eip712Domain:
 @lru_cache(maxsize=256)
 def _separator(name: str, version: str, chain_id: int, contract: str) -> bytes:
     return keccak(
-        DOMAIN_TYPEHASH
-        + keccak(text=name)
-        + keccak(text=version)
-        + word_uint(chain_id)
-        + word_address(contract)
+        DOMAIN_TYPEHASH + keccak(text=name) + keccak(text=version) + word_uint(chain_id) + word_address(contract)
     )
 
 

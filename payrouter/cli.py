@@ -1,0 +1,147 @@
+"""The ``payrouter`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from payrouter import __version__
+from pricing import (
+    PricingError,
+    estimate_chat_input_tokens,
+    load_price_table,
+    quote_route,
+)
+from wallets import LocalSigner, WalletError, load_keystore, save_keystore
+
+__all__ = ["main"]
+
+
+def _password(args: argparse.Namespace, confirm: bool) -> str:
+    if args.password_env:
+        value = os.environ.get(args.password_env)
+        if not value:
+            raise SystemExit(f"error: environment variable {args.password_env} is empty or unset")
+        return value
+    password = getpass.getpass("keystore password: ")
+    if confirm and getpass.getpass("repeat password: ") != password:
+        raise SystemExit("error: passwords differ")
+    if not password:
+        raise SystemExit("error: empty password")
+    return password
+
+
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    signer = LocalSigner.generate()
+    path = save_keystore(signer, args.out, _password(args, confirm=True))
+    print(json.dumps({"address": signer.address, "keystore": str(path)}))
+    return 0
+
+
+def _cmd_keys_address(args: argparse.Namespace) -> int:
+    print(load_keystore(args.keystore, _password(args, confirm=False)).address)
+    return 0
+
+
+def _cmd_prices_check(args: argparse.Namespace) -> int:
+    table = load_price_table(args.table)
+    print(f"ok: {len(table.models)} models on {table.network}, asset {table.asset.address}, pay_to {table.pay_to}")
+    for model in table.models:
+        print(
+            f"  {model.id:<24} {model.provider:<10} in ${model.input_per_mtok}/M out ${model.output_per_mtok}/M "
+            f"markup {model.markup} ctx {model.context_window}"
+        )
+    return 0
+
+
+def _cmd_prices_quote(args: argparse.Namespace) -> int:
+    table = load_price_table(args.table)
+    model = args.model or table.default_model
+    input_tokens = args.input_tokens
+    output_tokens = args.output_tokens
+    if args.request:
+        request = json.loads(Path(args.request).read_text() if args.request != "-" else sys.stdin.read())
+        input_tokens = estimate_chat_input_tokens(request.get("messages", []), request.get("tools"))
+        model = args.model or (request.get("model") if request.get("model") not in (None, "auto") else model)
+        output_tokens = request.get("max_completion_tokens") or request.get("max_tokens") or output_tokens
+    quote = quote_route(table, model, input_tokens, output_tokens)
+    print(
+        json.dumps(
+            {
+                "model": quote.model_id,
+                "input_tokens": quote.input_tokens,
+                "output_tokens": quote.output_tokens,
+                "upstream_cost": str(quote.upstream_cost),
+                "amount": str(quote.amount),
+                "asset": table.asset.address,
+                "network": table.network,
+            }
+        )
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from payrouter.demo import run_demo  # web3 and the chain are only needed here
+
+    return run_demo(Path(args.table)) if args.table else run_demo()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="payrouter", description="An AI model router agents pay per call (x402).")
+    parser.add_argument("--version", action="version", version=f"payrouter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    keys = sub.add_parser("keys", help="create and inspect encrypted keystores").add_subparsers(
+        dest="keys_command", required=True
+    )
+    new = keys.add_parser("new", help="generate a key into a new keystore file")
+    new.add_argument("--out", required=True, help="keystore path to create (never overwritten)")
+    new.add_argument("--password-env", help="read the password from this environment variable")
+    new.set_defaults(func=_cmd_keys_new)
+    address = keys.add_parser("address", help="decrypt a keystore and print its address")
+    address.add_argument("keystore")
+    address.add_argument("--password-env", help="read the password from this environment variable")
+    address.set_defaults(func=_cmd_keys_address)
+
+    prices = sub.add_parser("prices", help="check price tables and price requests").add_subparsers(
+        dest="prices_command", required=True
+    )
+    check = prices.add_parser("check", help="validate a price table")
+    check.add_argument("table")
+    check.set_defaults(func=_cmd_prices_check)
+    quote = prices.add_parser("quote", help="price one route or one chat request")
+    quote.add_argument("table")
+    quote.add_argument("--model", help="catalog id (default: the request's model, else default_model)")
+    quote.add_argument("--input-tokens", type=int, default=0)
+    quote.add_argument("--output-tokens", type=int, default=256)
+    quote.add_argument("--request", help="an OpenAI chat request JSON file ('-' for stdin) to estimate from")
+    quote.set_defaults(func=_cmd_prices_quote)
+
+    demo = sub.add_parser("demo", help="price a request and settle its payment on a local anvil chain")
+    demo.add_argument("--table", help="price table (default: examples/prices.toml)")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``payrouter`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except (PricingError, WalletError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""The payrouter console script, run as a user would: a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = Path(sys.executable).parent / "payrouter"
+
+
+def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(CLI), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        input=stdin,
+    )
+
+
+def test_version_and_help() -> None:
+    assert run("--version").stdout.startswith("payrouter ")
+    assert "demo" in run("--help").stdout
+
+
+def test_prices_check_and_quote() -> None:
+    check = run("prices", "check", "examples/prices.toml")
+    assert check.returncode == 0 and "ok: 5 models on eip155:8453" in check.stdout
+    quote = run(
+        "prices",
+        "quote",
+        "examples/prices.toml",
+        "--model",
+        "gpt-4o",
+        "--input-tokens",
+        "1000",
+        "--output-tokens",
+        "500",
+    )
+    assert json.loads(quote.stdout) | {} == {
+        "model": "gpt-4o",
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "upstream_cost": "7500",
+        "amount": "9100",
+        "asset": "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+        "network": "eip155:8453",
+    }
+    request = {"model": "auto", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    from_request = json.loads(
+        run("prices", "quote", "examples/prices.toml", "--request", "-", stdin=json.dumps(request)).stdout
+    )
+    assert from_request["model"] == "gpt-4o-mini" and from_request["output_tokens"] == 100
+
+
+def test_bad_table_is_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "prices.toml"
+    bad.write_text((ROOT / "examples/prices.toml").read_text().replace('markup = "0.25"', "markup = 0.25"))
+    result = run("prices", "check", str(bad))
+    assert result.returncode == 2
+    assert "models[0].markup" in result.stderr and "floats lose cents" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keystore_commands_never_print_the_password(tmp_path: Path) -> None:
+    env = {"PR_TEST_PW": "s3cret-pass"}
+    path = tmp_path / "operator.json"
+    created = run("keys", "new", "--out", str(path), "--password-env", "PR_TEST_PW", env=env)
+    assert created.returncode == 0, created.stderr
+    address = json.loads(created.stdout)["address"]
+    shown = run("keys", "address", str(path), "--password-env", "PR_TEST_PW", env=env)
+    assert shown.stdout.strip() == address
+    wrong = run("keys", "address", str(path), "--password-env", "PR_TEST_PW", env={"PR_TEST_PW": "nope"})
+    assert wrong.returncode == 2 and "wrong password" in wrong.stderr
+    for out in (created, shown, wrong):
+        assert "s3cret-pass" not in out.stdout + out.stderr
+
+
+def test_demo_settles_a_real_payment() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    amount = int(lines["quote"].split("->")[1].split()[0])
+    assert f"operator {amount}" in lines["after"]
+    assert "authorization is used or canceled" in lines["replay"]
