@@ -58,7 +58,10 @@ def main() -> None:
         ("EIP-3009 digest (ours)", lambda: typed_data_digest(domain, auth)),
         ("recover from digest (coincurve)", lambda: recover_address(digest, signature)),
         ("full verify: digest + recover + compare", lambda: recover_authorizer(domain, auth, signature) == auth.from_),
-        ("parse + full verify", lambda: recover_authorizer(domain, TransferWithAuthorization.from_wire(wire), signature)),
+        (
+            "parse + full verify",
+            lambda: recover_authorizer(domain, TransferWithAuthorization.from_wire(wire), signature),
+        ),
         ("sign (ours)", lambda: sign_authorization(payer, domain, auth)),
         ("eth-account encode_typed_data", lambda: encode_typed_data(full_message=full_message(domain, auth))),
         ("eth-account recover_message", lambda: Account.recover_message(signable, signature=signature)),

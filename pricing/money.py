@@ -40,7 +40,8 @@ def parse_decimal(value: object) -> Decimal:
 @lru_cache(maxsize=4096)
 def usd_to_atomic(usd: Decimal, decimals: int) -> Fraction:
     """Exact value of ``usd`` in atomic units of a USD stablecoin with ``decimals`` decimals."""
-    return Fraction(usd) * 10**decimals
+    scale: int = 10**decimals
+    return Fraction(usd) * scale
 
 
 def ceil_fraction(value: Fraction) -> int:

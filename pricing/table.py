@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from eth_typing import ChecksumAddress
-from eth_utils import is_address, is_checksum_address, to_checksum_address
+from eth_utils.address import is_address, is_checksum_address, to_checksum_address
 from pydantic import (
     AfterValidator,
     BaseModel,

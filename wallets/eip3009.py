@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from eth_typing import ChecksumAddress
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 
 from wallets.eip712 import (
     Eip712Domain,
@@ -86,8 +86,8 @@ class TransferWithAuthorization:
     PRIMARY_TYPE: ClassVar[str] = "TransferWithAuthorization"
     TYPES: ClassVar[list[dict[str, str]]] = _AUTH_FIELDS
 
-    from_: ChecksumAddress
-    to: ChecksumAddress
+    from_: str
+    to: str
     value: int
     valid_after: int
     valid_before: int
@@ -176,7 +176,7 @@ class CancelAuthorization:
         {"name": "nonce", "type": "bytes32"},
     ]
 
-    authorizer: ChecksumAddress
+    authorizer: str
     nonce: bytes
 
     def __post_init__(self) -> None:

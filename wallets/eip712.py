@@ -12,7 +12,8 @@ from functools import lru_cache
 from typing import Any, ClassVar, Protocol
 
 from eth_typing import ChecksumAddress
-from eth_utils import is_address, keccak, to_checksum_address
+from eth_utils.address import is_address, to_checksum_address
+from eth_utils.crypto import keccak
 
 from wallets.errors import TypedDataError
 
@@ -76,7 +77,7 @@ class Eip712Domain:
     name: str
     version: str
     chain_id: int
-    verifying_contract: ChecksumAddress
+    verifying_contract: str
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not isinstance(self.version, str):

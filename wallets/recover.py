@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from coincurve import PublicKey
 from eth_typing import ChecksumAddress
-from eth_utils import keccak, to_checksum_address
+from eth_utils.address import to_checksum_address
+from eth_utils.crypto import keccak
 
 from wallets.errors import SignatureError
 

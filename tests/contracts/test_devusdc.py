@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from eth_utils import keccak
+from eth_utils.crypto import keccak
 from web3.exceptions import ContractLogicError
 
 from payrouter.devchain import DevChain, DevChainError, DevToken

@@ -61,7 +61,7 @@ def test_example_table_loads() -> None:
 def test_defaults() -> None:
     table = parse_price_table(VALID)
     model = table.model("small")
-    assert (model.markup, model.request_fee, model.min_charge) == (0, 0, 0)
+    assert (model.markup, model.request_fee, model.min_charge) == (Decimal(0), Decimal(0), Decimal(0))
     assert table.max_timeout_seconds == 300
     assert (table.asset.name, table.asset.version) == ("USD Coin", "2")
     with pytest.raises(UnknownModelError, match="'large'"):
@@ -140,4 +140,4 @@ def test_file_errors(tmp_path: Path) -> None:
 def test_table_is_immutable() -> None:
     table = parse_price_table(VALID)
     with pytest.raises(ValueError, match="frozen"):
-        table.models[0].markup = Decimal(5)  # type: ignore[misc]
+        table.models[0].markup = Decimal(5)

@@ -72,7 +72,7 @@ def test_digest_equals_eth_account(value: int, after: int, before: int, nonce: b
 
 
 def _eth_account_digest(domain: Eip712Domain, message: object) -> bytes:
-    from eth_utils import keccak
+    from eth_utils.crypto import keccak
 
     signable = encode_typed_data(full_message=full_message(domain, message))  # type: ignore[arg-type]
     return keccak(b"\x19" + signable.version + signable.header + signable.body)
