@@ -279,12 +279,16 @@ class DevToken:
         return self.chain.send(sender, {"to": self.address, "data": call._encode_transaction_data()})
 
     def cancel_authorization(
-        self, sender: TransactionSigner, cancel: CancelAuthorization, signature: bytes
+        self, sender: TransactionSigner, cancel: CancelAuthorization, signature: bytes, *, split: bool = True
     ) -> TxReceipt:
-        """Submit an EIP-3009 cancellation (bytes-signature overload)."""
-        fn = self.contract.get_function_by_signature("cancelAuthorization(address,bytes32,bytes)")
-        data = fn(cancel.authorizer, cancel.nonce, signature)._encode_transaction_data()
-        return self.chain.send(sender, {"to": self.address, "data": data})
+        """Submit an EIP-3009 cancellation; ``split`` picks the ``v,r,s`` overload, else ``bytes``."""
+        if split:
+            fn = self.contract.get_function_by_signature("cancelAuthorization(address,bytes32,uint8,bytes32,bytes32)")
+            call = fn(cancel.authorizer, cancel.nonce, signature[64], signature[:32], signature[32:64])
+        else:
+            fn = self.contract.get_function_by_signature("cancelAuthorization(address,bytes32,bytes)")
+            call = fn(cancel.authorizer, cancel.nonce, signature)
+        return self.chain.send(sender, {"to": self.address, "data": call._encode_transaction_data()})
 
 
 def _wait_ready(process: subprocess.Popen[bytes], url: str, chain_id: int) -> bool:

@@ -121,13 +121,14 @@ def test_signature_for_other_value_reverts(token: DevToken, payer: LocalSigner, 
     assert "FiatTokenV2: invalid signature" in _revert_reason(token, inflated, signature, payee.address)
 
 
+@pytest.mark.parametrize("split", [True, False], ids=["v_r_s", "bytes_signature"])
 def test_cancelled_authorization_reverts(
-    token: DevToken, payer: LocalSigner, payee: LocalSigner, relayer: LocalSigner
+    token: DevToken, payer: LocalSigner, payee: LocalSigner, relayer: LocalSigner, split: bool
 ) -> None:
     auth = _auth(payer, payee)
     signature = sign_authorization(payer, token.domain, auth)
     cancel = CancelAuthorization(payer.address, auth.nonce)
-    token.cancel_authorization(relayer, cancel, sign_authorization(payer, token.domain, cancel))
+    token.cancel_authorization(relayer, cancel, sign_authorization(payer, token.domain, cancel), split=split)
     assert token.authorization_state(payer.address, auth.nonce) is True
     assert "FiatTokenV2: authorization is used or canceled" in _revert_reason(token, auth, signature, relayer.address)
     assert token.balance_of(payee.address) == 0
