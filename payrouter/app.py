@@ -1,0 +1,121 @@
+"""The Starlette application factory."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
+
+from payrouter.chain import ChainClient
+from payrouter.facilitator import Facilitator, LocalFacilitator, RemoteFacilitator
+from payrouter.facilitator.local import wait_until_deployed
+from payrouter.quoting import Quoter
+from payrouter.routes.catalog import list_models, quote
+from payrouter.routes.chat import chat_completions
+from payrouter.routes.health import healthz
+from payrouter.routes.openapi import openapi
+from payrouter.routing import DefaultModelRouter, Router
+from payrouter.services import Services
+from payrouter.settings import ConfigError, Settings
+from payrouter.store import MemoryStore, RedisStore, Store
+from payrouter.upstream import OpenAICompatible
+from payrouter.upstream.pool import UpstreamPool
+from payrouter.x402.gate import PaymentGate
+from payrouter.x402.responses import EXPOSED_HEADERS
+from wallets import LocalSigner
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("payrouter")
+
+
+def create_app(settings: Settings, router: Router | None = None) -> Starlette:
+    """Build the payrouter ASGI app.
+
+    Connections (Redis, chain RPC, upstream HTTP pool, facilitator) open in the lifespan and
+    close with it; startup fails with a clear error if the store is unreachable, the chain
+    is not the price table's, or the asset has no contract.
+
+    Args:
+        settings: validated service settings.
+        router: the routing engine; the default sends ``auto`` to the table's default model.
+    """
+    table = settings.price_table
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        async with AsyncExitStack() as stack:
+            http = httpx.AsyncClient(
+                timeout=60.0, limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)
+            )
+            stack.push_async_callback(http.aclose)
+            store: Store = RedisStore(settings.redis_url, settings.namespace) if settings.redis_url else MemoryStore()
+            stack.push_async_callback(store.close)
+            await store.ping()
+            chain: ChainClient | None = None
+            facilitator: Facilitator
+            if settings.facilitator == "local":
+                assert settings.rpc_url is not None and settings.gas_key is not None
+                chain = ChainClient(settings.rpc_url)
+                stack.push_async_callback(chain.close)
+                chain_id = await chain.chain_id()
+                if chain_id != table.chain_id:
+                    raise ConfigError(f"rpc_url serves chain {chain_id}, the price table wants {table.network}")
+                await wait_until_deployed(chain, table.asset.address)
+                gas = LocalSigner(settings.gas_key.get_secret_value())
+                facilitator = LocalFacilitator(
+                    ChainClient(settings.rpc_url), gas, store, chain_id, receipt_timeout=settings.receipt_timeout
+                )
+            else:
+                assert settings.facilitator_url is not None
+                headers = {
+                    endpoint: {k: v.get_secret_value() for k, v in values.items()}
+                    for endpoint, values in settings.facilitator_headers.items()
+                }
+                facilitator = RemoteFacilitator(settings.facilitator_url, headers)
+            stack.push_async_callback(facilitator.close)
+            adapters = {
+                name: OpenAICompatible(
+                    p.base_url, p.api_key.get_secret_value() if p.api_key else None, http, timeout=p.timeout
+                )
+                for name, p in settings.providers.items()
+            }
+            services = Services(
+                table=table,
+                quoter=Quoter(table, router or DefaultModelRouter()),
+                store=store,
+                facilitator=facilitator,
+                upstreams=UpstreamPool(adapters),
+                http=http,
+                chain=chain,
+                public_url=settings.public_url,
+                max_body_bytes=settings.max_body_bytes,
+            )
+            log.info("payrouter ready: %d models on %s", len(table.models), table.network)
+            yield {"services": services}
+
+    routes = [
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/quote", quote, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    middleware = [
+        Middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=EXPOSED_HEADERS,
+        ),
+        Middleware(PaymentGate),
+    ]
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -1,0 +1,268 @@
+"""An async JSON-RPC client for the few EVM calls the paid path makes.
+
+Raw JSON-RPC over one keep-alive httpx client: web3's default provider makes three HTTP
+requests per ``eth_call`` (~4.5 ms against anvil); this makes one (~0.7 ms). Calls that
+verification needs together go out as one JSON-RPC batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from eth_abi.abi import decode as abi_decode
+from eth_utils.crypto import keccak
+
+from wallets import TransferWithAuthorization
+
+__all__ = [
+    "ChainClient",
+    "ChainError",
+    "Receipt",
+    "RevertError",
+    "encode_authorization_state",
+    "encode_balance_of",
+    "encode_transfer_with_authorization",
+]
+
+
+def _selector(signature: str) -> bytes:
+    return keccak(text=signature)[:4]
+
+
+_BALANCE_OF = _selector("balanceOf(address)")
+_AUTHORIZATION_STATE = _selector("authorizationState(address,bytes32)")
+_TRANSFER_WITH_AUTHORIZATION_VRS = _selector(
+    "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,uint8,bytes32,bytes32)"
+)
+_TRANSFER_WITH_AUTHORIZATION_BYTES = _selector(
+    "transferWithAuthorization(address,address,uint256,uint256,uint256,bytes32,bytes)"
+)
+_ERROR_STRING = _selector("Error(string)")
+TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
+AUTHORIZATION_USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
+
+
+def _word_address(address: str) -> bytes:
+    return bytes(12) + bytes.fromhex(address[2:])
+
+
+def encode_balance_of(owner: str) -> str:
+    """Calldata of ``balanceOf(owner)``."""
+    return "0x" + (_BALANCE_OF + _word_address(owner)).hex()
+
+
+def encode_authorization_state(authorizer: str, nonce: bytes) -> str:
+    """Calldata of ``authorizationState(authorizer, nonce)``."""
+    return "0x" + (_AUTHORIZATION_STATE + _word_address(authorizer) + nonce).hex()
+
+
+def encode_transfer_with_authorization(auth: TransferWithAuthorization, signature: bytes) -> str:
+    """Calldata of ``transferWithAuthorization``: the ``v,r,s`` overload for 65-byte EOA
+    signatures, the ``bytes`` overload (EIP-1271 wallets) otherwise."""
+    head = (
+        _word_address(auth.from_)
+        + _word_address(auth.to)
+        + auth.value.to_bytes(32, "big")
+        + auth.valid_after.to_bytes(32, "big")
+        + auth.valid_before.to_bytes(32, "big")
+        + auth.nonce
+    )
+    if len(signature) == 65:
+        v = signature[64] if signature[64] >= 27 else signature[64] + 27
+        body = _TRANSFER_WITH_AUTHORIZATION_VRS + head + v.to_bytes(32, "big") + signature[:32] + signature[32:64]
+    else:
+        padded = signature + bytes(-len(signature) % 32)
+        tail = (7 * 32).to_bytes(32, "big") + len(signature).to_bytes(32, "big") + padded
+        body = _TRANSFER_WITH_AUTHORIZATION_BYTES + head + tail
+    return "0x" + body.hex()
+
+
+class ChainError(RuntimeError):
+    """The RPC endpoint failed or answered with an error."""
+
+
+class RevertError(ChainError):
+    """An ``eth_call`` reverted.
+
+    Attributes:
+        reason: the decoded ``Error(string)`` text, or the node's message.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"execution reverted: {reason}")
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The parts of a transaction receipt settlement needs."""
+
+    transaction_hash: str
+    status: int
+    block_number: int
+    logs: list[dict[str, Any]]
+
+
+def _revert_from_error(error: dict[str, Any]) -> RevertError:
+    data = error.get("data")
+    if isinstance(data, dict):  # some nodes nest it
+        data = data.get("data")
+    if isinstance(data, str) and data.startswith("0x" + _ERROR_STRING.hex()):
+        try:
+            (text,) = abi_decode(["string"], bytes.fromhex(data[10:]))
+            return RevertError(str(text))
+        except Exception:  # undecodable revert data: fall back to the node's message
+            pass
+    message = str(error.get("message", "reverted"))
+    return RevertError(message.removeprefix("execution reverted: "))
+
+
+class ChainClient:
+    """JSON-RPC to one EVM node.
+
+    Args:
+        rpc_url: the node's HTTP endpoint.
+        timeout: seconds per request.
+    """
+
+    def __init__(self, rpc_url: str, timeout: float = 10.0, client: httpx.AsyncClient | None = None) -> None:
+        self.rpc_url = rpc_url
+        self._client = client or httpx.AsyncClient(
+            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=32, max_connections=64)
+        )
+        self._ids = itertools.count(1)
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        await self._client.aclose()
+
+    async def _post(self, body: Any) -> Any:
+        try:
+            reply = await self._client.post(self.rpc_url, json=body)
+            reply.raise_for_status()
+            return reply.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            raise ChainError(f"RPC request failed: {exc.__class__.__name__}: {exc}") from exc
+
+    async def call(self, method: str, params: list[Any]) -> Any:
+        """One JSON-RPC call; returns ``result``.
+
+        Raises:
+            RevertError: an ``eth_call``/``eth_estimateGas`` reverted.
+            ChainError: transport failure or any other RPC error.
+        """
+        body = await self._post({"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params})
+        return self._result(method, body)
+
+    async def batch(self, calls: list[tuple[str, list[Any]]]) -> list[Any | ChainError]:
+        """Several calls in one HTTP request; each slot holds a result or its ChainError."""
+        first = next(self._ids)
+        body = [
+            {"jsonrpc": "2.0", "id": first + i, "method": method, "params": params}
+            for i, (method, params) in enumerate(calls)
+        ]
+        for _ in range(len(calls) - 1):
+            next(self._ids)
+        replies = await self._post(body)
+        if not isinstance(replies, list):
+            raise ChainError(f"batch answered with {type(replies).__name__}, not a list")
+        by_id = {r.get("id"): r for r in replies if isinstance(r, dict)}
+        out: list[Any | ChainError] = []
+        for i, (method, _params) in enumerate(calls):
+            reply = by_id.get(first + i)
+            if reply is None:
+                out.append(ChainError(f"{method}: no answer in batch"))
+                continue
+            try:
+                out.append(self._result(method, reply))
+            except ChainError as exc:
+                out.append(exc)
+        return out
+
+    @staticmethod
+    def _result(method: str, body: Any) -> Any:
+        if not isinstance(body, dict):
+            raise ChainError(f"{method}: malformed reply")
+        error = body.get("error")
+        if error is not None:
+            if method in ("eth_call", "eth_estimateGas") and isinstance(error, dict):
+                message = str(error.get("message", ""))
+                if "revert" in message or error.get("data") or error.get("code") == 3:
+                    raise _revert_from_error(error)
+            raise ChainError(f"{method}: {error.get('message') if isinstance(error, dict) else error}")
+        return body.get("result")
+
+    async def chain_id(self) -> int:
+        """The node's chain id."""
+        return int(await self.call("eth_chainId", []), 16)
+
+    async def get_code(self, address: str) -> str:
+        """Deployed bytecode at ``address`` (``0x`` when none)."""
+        code: str = await self.call("eth_getCode", [address, "latest"])
+        return code
+
+    async def eth_call(self, to: str, data: str, sender: str | None = None) -> str:
+        """Run a read-only call; returns the hex result or raises RevertError."""
+        tx: dict[str, str] = {"to": to, "data": data}
+        if sender:
+            tx["from"] = sender
+        result: str = await self.call("eth_call", [tx, "latest"])
+        return result
+
+    async def balance_of(self, token: str, owner: str) -> int:
+        """ERC-20 balance of ``owner`` in atomic units."""
+        return int(await self.eth_call(token, encode_balance_of(owner)), 16)
+
+    async def transaction_count(self, address: str, block: str = "pending") -> int:
+        """The account nonce (``pending`` counts transactions in the mempool)."""
+        return int(await self.call("eth_getTransactionCount", [address, block]), 16)
+
+    async def fee_per_gas(self) -> tuple[int, int]:
+        """``(maxFeePerGas, maxPriorityFeePerGas)`` for an EIP-1559 transaction."""
+        block, tip = await self.batch([("eth_getBlockByNumber", ["latest", False]), ("eth_maxPriorityFeePerGas", [])])
+        if isinstance(block, ChainError):
+            raise block
+        priority = int(tip, 16) if isinstance(tip, str) else 10**9
+        base = int(block.get("baseFeePerGas") or "0x0", 16)
+        return 2 * base + priority, priority
+
+    async def send_raw_transaction(self, raw: bytes) -> str:
+        """Broadcast a signed transaction; returns its hash."""
+        tx_hash: str = await self.call("eth_sendRawTransaction", ["0x" + raw.hex()])
+        return tx_hash
+
+    async def receipt(self, tx_hash: str) -> Receipt | None:
+        """The receipt of ``tx_hash``, or None while it is not mined."""
+        raw = await self.call("eth_getTransactionReceipt", [tx_hash])
+        if raw is None:
+            return None
+        return Receipt(
+            transaction_hash=raw["transactionHash"],
+            status=int(raw["status"], 16),
+            block_number=int(raw["blockNumber"], 16),
+            logs=raw.get("logs") or [],
+        )
+
+    async def wait_for_receipt(self, tx_hash: str, timeout: float, poll: float = 0.005) -> Receipt | None:
+        """Poll for the receipt until mined or ``timeout`` seconds pass (then None)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = poll
+        while True:
+            receipt = await self.receipt(tx_hash)
+            if receipt is not None or loop.time() >= deadline:
+                return receipt
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.5)
+
+    async def get_logs(self, address: str, topics: list[str | None], from_block: int | str = 0) -> list[dict[str, Any]]:
+        """Logs of ``address`` matching ``topics``."""
+        start = hex(from_block) if isinstance(from_block, int) else from_block
+        logs: list[dict[str, Any]] = await self.call(
+            "eth_getLogs", [{"address": address, "topics": topics, "fromBlock": start, "toBlock": "latest"}]
+        )
+        return logs

@@ -1,0 +1,238 @@
+"""Local facilitator: verify with coincurve and one batched RPC, settle from our gas wallet."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from payrouter.chain import (
+    AUTHORIZATION_USED_TOPIC,
+    TRANSFER_TOPIC,
+    ChainClient,
+    ChainError,
+    Receipt,
+    RevertError,
+    encode_authorization_state,
+    encode_balance_of,
+    encode_transfer_with_authorization,
+)
+from payrouter.facilitator.base import SettleResult
+from payrouter.store.base import Store
+from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed
+from payrouter.x402.requirements import Requirements
+from payrouter.x402.wire import PaymentPayload, v1_network_name
+from wallets import Eip712Domain, SignatureError, TransactionSigner, recover_authorizer
+
+__all__ = ["LocalFacilitator", "revert_reason"]
+
+# Reference facilitators refuse an authorization that expires within 6 s: it could expire
+# between verification and the block that includes the transfer.
+VALID_BEFORE_MARGIN = 6
+SETTLE_GAS_LIMIT = 200_000
+_FEE_TTL = 10.0
+
+
+def revert_reason(text: str) -> str:
+    """Map an EIP-3009 revert text to the x402 reason (same table as the reference facilitators)."""
+    msg = text.lower()
+    if "authorization is expired" in msg:
+        return Reason.VALID_BEFORE
+    if "authorization is not yet valid" in msg:
+        return Reason.VALID_AFTER
+    if "authorization is used" in msg or "authorizationalreadyused" in msg:
+        return Reason.NONCE_USED
+    if "exceeds balance" in msg or "erc20insufficientbalance" in msg:
+        return Reason.INSUFFICIENT_FUNDS
+    if "invalid signature" in msg:
+        return Reason.SIGNATURE
+    return Reason.SIMULATION_FAILED
+
+
+def _topic_address(address: str) -> str:
+    return "0x" + "0" * 24 + address[2:].lower()
+
+
+class LocalFacilitator:
+    """`Facilitator` that talks to the chain itself.
+
+    Args:
+        chain: JSON-RPC client of the settlement chain.
+        gas_wallet: pays gas for ``transferWithAuthorization`` (never receives payments).
+        store: shared store; its lock serialises nonce use of ``gas_wallet`` across workers.
+        receipt_timeout: seconds to wait for a settlement to be mined before answering
+            ``settlement_pending``.
+    """
+
+    def __init__(
+        self,
+        chain: ChainClient,
+        gas_wallet: TransactionSigner,
+        store: Store,
+        chain_id: int,
+        receipt_timeout: float = 30.0,
+    ) -> None:
+        self._chain = chain
+        self._gas = gas_wallet
+        self._store = store
+        self._chain_id = chain_id
+        self._receipt_timeout = receipt_timeout
+        self._fee: tuple[int, int] | None = None
+        self._fee_at = 0.0
+
+    async def close(self) -> None:
+        await self._chain.close()
+
+    async def supported(self) -> dict[str, Any]:
+        network = f"eip155:{self._chain_id}"
+        kinds: list[dict[str, Any]] = [{"x402Version": 2, "scheme": "exact", "network": network}]
+        if (name := v1_network_name(self._chain_id)) is not None:
+            kinds.append({"x402Version": 1, "scheme": "exact", "network": name})
+        return {"kinds": kinds, "extensions": [], "signers": {"eip155:*": [self._gas.address]}}
+
+    def _check_fields(self, payment: PaymentPayload, req: Requirements) -> str:
+        auth = payment.authorization
+        if auth.to.lower() != req.pay_to.lower():
+            raise PaymentRejected(Reason.RECIPIENT_MISMATCH, "authorization.to is not the payTo address", auth.from_)
+        if auth.value != req.amount:
+            raise PaymentRejected(
+                Reason.VALUE_MISMATCH, f"authorization.value {auth.value} is not the quoted {req.amount}", auth.from_
+            )
+        now = int(time.time())
+        if auth.valid_before < now + VALID_BEFORE_MARGIN:
+            raise PaymentRejected(Reason.VALID_BEFORE, "authorization is expired or expires within 6 s", auth.from_)
+        if auth.valid_after > now:
+            raise PaymentRejected(Reason.VALID_AFTER, "authorization is not valid yet", auth.from_)
+        name, version = req.extra.get("name"), req.extra.get("version")
+        if not isinstance(name, str) or not isinstance(version, str):
+            raise PaymentRejected(Reason.INVALID_REQUIREMENTS, "requirements lack extra.name / extra.version")
+        if len(payment.signature) == 65:
+            domain = Eip712Domain(name, version, req.chain_id, req.asset)
+            try:
+                signer = recover_authorizer(domain, auth, payment.signature)
+            except SignatureError as exc:
+                raise PaymentRejected(Reason.SIGNATURE, str(exc), auth.from_) from None
+            if signer != auth.from_:
+                raise PaymentRejected(Reason.SIGNATURE, "signature is not by authorization.from", auth.from_)
+        # Longer signatures (EIP-1271 smart wallets) are checked by the token in the simulation.
+        return auth.from_
+
+    async def verify(self, payment: PaymentPayload, requirements: Requirements) -> str:
+        payer = self._check_fields(payment, requirements)
+        auth = payment.authorization
+        asset = requirements.asset
+        try:
+            balance, used, simulated = await self._chain.batch(
+                [
+                    ("eth_call", [{"to": asset, "data": encode_balance_of(payer)}, "latest"]),
+                    ("eth_call", [{"to": asset, "data": encode_authorization_state(payer, auth.nonce)}, "latest"]),
+                    (
+                        "eth_call",
+                        [
+                            {
+                                "from": self._gas.address,
+                                "to": asset,
+                                "data": encode_transfer_with_authorization(auth, payment.signature),
+                            },
+                            "latest",
+                        ],
+                    ),
+                ]
+            )
+        except ChainError as exc:
+            raise PaymentRejected(Reason.UNEXPECTED_VERIFY, f"chain unavailable: {exc}", payer) from None
+        if isinstance(used, str) and int(used, 16) != 0:
+            raise PaymentRejected(Reason.NONCE_USED, "this authorization was already used or canceled", payer)
+        if isinstance(balance, str) and int(balance, 16) < auth.value:
+            raise PaymentRejected(
+                Reason.INSUFFICIENT_FUNDS, f"payer balance {int(balance, 16)} is below {auth.value}", payer
+            )
+        if isinstance(simulated, RevertError):
+            raise PaymentRejected(revert_reason(simulated.reason), f"simulation reverted: {simulated.reason}", payer)
+        for result in (balance, used, simulated):
+            if isinstance(result, ChainError):
+                raise PaymentRejected(Reason.UNEXPECTED_VERIFY, f"chain error: {result}", payer)
+        return payer
+
+    async def _fees(self) -> tuple[int, int]:
+        now = time.monotonic()
+        if self._fee is None or now - self._fee_at > _FEE_TTL:
+            self._fee = await self._chain.fee_per_gas()
+            self._fee_at = now
+        return self._fee
+
+    async def settle(self, payment: PaymentPayload, requirements: Requirements) -> SettleResult:
+        auth = payment.authorization
+        network = requirements.network
+        data = encode_transfer_with_authorization(auth, payment.signature)
+        try:
+            max_fee, tip = await self._fees()
+            # The gas wallet's nonce comes from the node inside a lock shared by every worker,
+            # so concurrent settlements neither collide nor leave gaps.
+            async with self._store.lock(f"gas-nonce:{self._gas.address}", timeout_seconds=10.0):
+                nonce = await self._chain.transaction_count(self._gas.address, "pending")
+                raw = self._gas.sign_transaction(
+                    {
+                        "chainId": self._chain_id,
+                        "nonce": nonce,
+                        "to": requirements.asset,
+                        "data": data,
+                        "gas": SETTLE_GAS_LIMIT,
+                        "maxFeePerGas": max_fee,
+                        "maxPriorityFeePerGas": tip,
+                        "value": 0,
+                    }
+                )
+                tx_hash = await self._chain.send_raw_transaction(raw)
+            receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
+        except ChainError as exc:
+            raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"chain error: {exc}", auth.from_) from None
+        if receipt is None:
+            raise SettlementFailed(
+                Reason.SETTLEMENT_PENDING, "transaction sent but not mined in time", auth.from_, tx_hash
+            )
+        if receipt.status == 1 and self._has_transfer(receipt, payment, requirements):
+            return SettleResult(transaction=tx_hash, payer=auth.from_, network=network)
+        # Anyone may submit a signed authorization: if someone beat us to it, the money still
+        # went to payTo, and the payment stands.
+        front_run = await self._find_settlement(payment, requirements)
+        if front_run is not None:
+            return SettleResult(transaction=front_run, payer=auth.from_, network=network)
+        raise SettlementFailed(Reason.TRANSACTION_FAILED, "transferWithAuthorization reverted", auth.from_, tx_hash)
+
+    @staticmethod
+    def _has_transfer(receipt: Receipt, payment: PaymentPayload, req: Requirements) -> bool:
+        auth = payment.authorization
+        want = [TRANSFER_TOPIC, _topic_address(auth.from_), _topic_address(req.pay_to)]
+        for log in receipt.logs:
+            topics = [t.lower() for t in log.get("topics", [])]
+            if (
+                log.get("address", "").lower() == req.asset.lower()
+                and topics == want
+                and int(log.get("data", "0x0"), 16) == auth.value
+            ):
+                return True
+        return False
+
+    async def _find_settlement(self, payment: PaymentPayload, req: Requirements) -> str | None:
+        auth = payment.authorization
+        try:
+            logs = await self._chain.get_logs(
+                req.asset, [AUTHORIZATION_USED_TOPIC, _topic_address(auth.from_), "0x" + auth.nonce.hex()]
+            )
+            for log in logs:
+                receipt = await self._chain.receipt(log["transactionHash"])
+                if receipt is not None and receipt.status == 1 and self._has_transfer(receipt, payment, req):
+                    return receipt.transaction_hash
+        except ChainError:
+            return None
+        return None
+
+
+async def wait_until_deployed(chain: ChainClient, asset: str, attempts: int = 20) -> None:
+    """Raise ChainError unless ``asset`` has code (fail fast on a misconfigured price table)."""
+    for _ in range(attempts):
+        if (await chain.get_code(asset)) not in ("0x", "0x0", None):
+            return
+        await asyncio.sleep(0.05)
+    raise ChainError(f"asset {asset} has no contract code on {chain.rpc_url}")

@@ -1,0 +1,117 @@
+"""From a chat request to a priced route and its x402 requirements, and back from the store."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from payrouter.chat import ChatRequest
+from payrouter.routing import RouteDecision, Router
+from payrouter.x402.requirements import Requirements
+from pricing import PriceTable, Quote, estimate_chat_input_tokens, quote_route
+
+__all__ = ["PricedRoute", "Quoter"]
+
+
+@dataclass(frozen=True, slots=True)
+class PricedRoute:
+    """A routed, priced request: what the 402 offers and what a paid call will run."""
+
+    decision: RouteDecision
+    quote: Quote
+    requirements: Requirements
+
+    def to_record(self) -> bytes:
+        """Serialise for the store (the paid retry is matched against exactly this)."""
+        d = self.decision
+        return json.dumps(
+            {
+                "requirements": self.requirements.to_v2(),
+                "decision": {
+                    "model": d.model,
+                    "output_tokens": d.output_tokens,
+                    "input_tokens": d.input_tokens,
+                    "fallbacks": list(d.fallbacks),
+                    "reason": d.reason,
+                },
+                "quote": {"upstream_cost": self.quote.upstream_cost, "amount": self.quote.amount},
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_record(cls, data: bytes) -> PricedRoute:
+        """Inverse of `to_record`."""
+        obj = json.loads(data)
+        d = obj["decision"]
+        decision = RouteDecision(
+            model=d["model"],
+            output_tokens=d["output_tokens"],
+            input_tokens=d["input_tokens"],
+            fallbacks=tuple(d["fallbacks"]),
+            reason=d["reason"],
+        )
+        quote = Quote(
+            model_id=decision.model,
+            input_tokens=decision.input_tokens,
+            output_tokens=decision.output_tokens,
+            upstream_cost=obj["quote"]["upstream_cost"],
+            amount=obj["quote"]["amount"],
+        )
+        return cls(decision=decision, quote=quote, requirements=Requirements.from_v2(obj["requirements"]))
+
+
+class Quoter:
+    """Routes and prices requests against one price table.
+
+    Raises (from `price`):
+        RoutingError: no model fits the request.
+        PricingError: the route cannot be priced (e.g. does not fit the context window).
+    """
+
+    def __init__(self, table: PriceTable, router: Router) -> None:
+        self.table = table
+        self.router = router
+
+    def price(self, request: ChatRequest) -> PricedRoute:
+        """Route and price ``request``; build the exact requirements a paid call must meet."""
+        messages: list[dict[str, Any]] = [m.model_dump(exclude_none=True) for m in request.messages]
+        input_tokens = estimate_chat_input_tokens(messages, request.tools)
+        decision = self.router.decide(request, input_tokens, self.table)
+        quote = quote_route(self.table, decision.model, decision.input_tokens, decision.output_tokens)
+        return PricedRoute(decision=decision, quote=quote, requirements=self._requirements(decision, quote))
+
+    def _requirements(self, decision: RouteDecision, quote: Quote) -> Requirements:
+        table = self.table
+        model = table.model(decision.model)
+        extra: dict[str, Any] = {
+            "name": table.asset.name,
+            "version": table.asset.version,
+            # Everything needed to recompute the amount: amount = max(ceil(cost x (1 + markup)
+            # + requestFee), ceil(minCharge), 1), cost from the tokens and per-million prices.
+            "route": {
+                "model": decision.model,
+                "reason": decision.reason,
+                "inputTokens": decision.input_tokens,
+                "maxOutputTokens": decision.output_tokens,
+                "fallbacks": list(decision.fallbacks),
+            },
+            "price": {
+                "amount": str(quote.amount),
+                "decimals": table.asset.decimals,
+                "inputPerMTokUsd": str(model.input_per_mtok),
+                "outputPerMTokUsd": str(model.output_per_mtok),
+                "markup": str(model.markup),
+                "requestFeeUsd": str(model.request_fee),
+                "minChargeUsd": str(model.min_charge),
+            },
+        }
+        return Requirements(
+            network=table.network,
+            amount=quote.amount,
+            asset=table.asset.address,
+            pay_to=table.pay_to,
+            max_timeout_seconds=table.max_timeout_seconds,
+            extra=extra,
+        )

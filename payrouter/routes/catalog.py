@@ -1,0 +1,108 @@
+"""``GET /v1/models`` and ``POST /v1/quote``: the priced catalog and the free dry run."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from payrouter.chat import InvalidRequest, parse_chat_request, request_digest
+from payrouter.routing import RoutingError
+from payrouter.services import Services
+from payrouter.x402.requirements import Resource
+from payrouter.x402.responses import UNPAID_ERROR
+from pricing import ModelPrice, PriceTable, PricingError, ceil_fraction, usd_to_atomic
+
+__all__ = ["list_models", "quote"]
+
+
+def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param}}, status)
+
+
+def _atomic_per_mtok(usd: Decimal, model: ModelPrice, table: PriceTable) -> str:
+    # Marked-up price per million tokens, rounded up to whole atomic units for display.
+    exact = usd_to_atomic(usd, table.asset.decimals) * (1 + Fraction(model.markup))
+    return str(ceil_fraction(exact))
+
+
+async def list_models(request: Request) -> JSONResponse:
+    """The catalog with list prices (USD per million tokens) and marked-up atomic prices."""
+    table: PriceTable = request.state.services.table
+    data = [
+        {
+            "id": m.id,
+            "object": "model",
+            "owned_by": m.provider,
+            "context_window": m.context_window,
+            "max_output_tokens": m.max_output_tokens,
+            "capabilities": sorted(m.capabilities),
+            "quality": m.quality,
+            "pricing": {
+                "usd_per_mtok": {"input": str(m.input_per_mtok), "output": str(m.output_per_mtok)},
+                "markup": str(m.markup),
+                "request_fee_usd": str(m.request_fee),
+                "min_charge_usd": str(m.min_charge),
+                "atomic_per_mtok": {
+                    "input": _atomic_per_mtok(m.input_per_mtok, m, table),
+                    "output": _atomic_per_mtok(m.output_per_mtok, m, table),
+                },
+                "request_fee_atomic": str(ceil_fraction(usd_to_atomic(m.request_fee, table.asset.decimals))),
+                "min_charge_atomic": str(ceil_fraction(usd_to_atomic(m.min_charge, table.asset.decimals))),
+            },
+        }
+        for m in table.models
+    ]
+    payment = {"network": table.network, "asset": table.asset.model_dump(), "pay_to": table.pay_to}
+    return JSONResponse({"object": "list", "data": data, "payment": payment, "default_model": table.default_model})
+
+
+async def quote(request: Request) -> JSONResponse:
+    """Route and price a chat request without running it.
+
+    The quote is stored exactly as an unpaid call would store it, so a client may pay these
+    requirements directly on ``POST /v1/chat/completions`` with the same body.
+    """
+    services: Services = request.state.services
+    body = await request.body()
+    if len(body) > services.max_body_bytes:
+        return _error(413, f"request body exceeds {services.max_body_bytes} bytes")
+    try:
+        chat, raw = parse_chat_request(body)
+        priced = services.quoter.price(chat)
+    except InvalidRequest as exc:
+        return _error(400, str(exc), exc.param)
+    except (RoutingError, PricingError) as exc:
+        return _error(400, str(exc), "model")
+    digest = request_digest("POST", "/v1/chat/completions", raw)
+    await services.store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
+    base = services.public_url or f"{request.url.scheme}://{request.url.netloc}"
+    resource = Resource(url=base.rstrip("/") + "/v1/chat/completions")
+    d, q = priced.decision, priced.quote
+    return JSONResponse(
+        {
+            "route": {
+                "model": d.model,
+                "reason": d.reason,
+                "input_tokens": d.input_tokens,
+                "max_output_tokens": d.output_tokens,
+                "fallbacks": list(d.fallbacks),
+            },
+            "price": {
+                "amount": str(q.amount),
+                "upstream_cost": str(q.upstream_cost),
+                "asset": priced.requirements.asset,
+                "decimals": services.table.asset.decimals,
+                "network": priced.requirements.network,
+            },
+            "payment_required": {
+                "x402Version": 2,
+                "error": UNPAID_ERROR,
+                "resource": resource.to_wire(),
+                "accepts": [priced.requirements.to_v2()],
+            },
+            "expires_in": priced.requirements.max_timeout_seconds,
+        }
+    )

@@ -1,0 +1,112 @@
+"""A deterministic OpenAI-compatible model server for tests, benchmarks and the sandbox.
+
+It answers ``POST /v1/chat/completions`` with a reply derived from the prompt (same request,
+same reply) and usage numbers counted the way the pricing estimator counts, so charges are
+realistic. ``POST /_control`` injects failures and delays; ``GET /_stats`` counts calls, so a
+test can prove that a rejected payment never reached the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections import Counter
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from pricing import estimate_chat_input_tokens, estimate_text_tokens
+
+__all__ = ["TestUpstream"]
+
+_WORDS = (
+    "payment route model token budget quote settle chain agent answer result stable fast "
+    "cheap careful precise signal price router request response latency quality receipt"
+).split()
+
+
+def _reply_text(model: str, messages: list[dict[str, Any]], max_tokens: int) -> str:
+    last: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    content = last.get("content")
+    prompt = content if isinstance(content, str) else str(content)
+    seed = hashlib.sha256(f"{model}\x00{prompt}".encode()).digest()
+    words = [f"[{model}]"] + [_WORDS[b % len(_WORDS)] for b in seed]
+    text = " ".join(words)
+    # Stop inside the budget the router bought, as a real provider does.
+    while estimate_text_tokens(text) > max_tokens and " " in text:
+        text = text.rsplit(" ", 1)[0]
+    return text
+
+
+class TestUpstream:
+    """The test model server as a Starlette app (``.app``) with counters and failure knobs."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.fail_models: set[str] = set()
+        self.fail_next = 0
+        self.fail_status = 500
+        self.delay = 0.0
+        self.app = Starlette(
+            routes=[
+                Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/_control", self._control, methods=["POST"]),
+                Route("/_stats", self._stats, methods=["GET"]),
+            ]
+        )
+
+    async def _chat(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        model = str(body.get("model", ""))
+        self.calls[model] += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_next > 0 or model in self.fail_models:
+            self.fail_next = max(0, self.fail_next - 1)
+            return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, self.fail_status)
+        messages = body.get("messages") or []
+        max_tokens = int(body.get("max_tokens") or 256)
+        text = _reply_text(model, messages, max_tokens)
+        prompt_tokens = estimate_chat_input_tokens(messages, body.get("tools"))
+        completion_tokens = estimate_text_tokens(text)
+        digest = hashlib.sha256(repr(body).encode()).hexdigest()[:24]
+        return JSONResponse(
+            {
+                "id": f"chatcmpl-{digest}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "length" if completion_tokens >= max_tokens else "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
+
+    async def _control(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        if "fail_models" in body:
+            self.fail_models = set(body["fail_models"])
+        self.fail_next = int(body.get("fail_next", self.fail_next))
+        self.fail_status = int(body.get("fail_status", self.fail_status))
+        self.delay = float(body.get("delay_ms", self.delay * 1000)) / 1000
+        if body.get("reset_stats"):
+            self.calls.clear()
+        return JSONResponse({"ok": True})
+
+    async def _stats(self, request: Request) -> JSONResponse:
+        return JSONResponse({"calls": sum(self.calls.values()), "by_model": dict(self.calls)})

@@ -1,0 +1,31 @@
+"""The resources one running app shares, built in the lifespan and handed to requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from payrouter.chain import ChainClient
+from payrouter.facilitator import Facilitator
+from payrouter.quoting import Quoter
+from payrouter.store import Store
+from payrouter.upstream.pool import UpstreamPool
+from pricing import PriceTable
+
+__all__ = ["Services"]
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything a request handler may need; one instance per app."""
+
+    table: PriceTable
+    quoter: Quoter
+    store: Store
+    facilitator: Facilitator
+    upstreams: UpstreamPool
+    http: httpx.AsyncClient
+    chain: ChainClient | None
+    public_url: str | None
+    max_body_bytes: int

@@ -1,0 +1,154 @@
+"""Service settings, and loading them from a TOML config file with secrets from the environment.
+
+Secrets are never written in the config file: it names environment variables
+(``api_key_env``, ``gas_key_env``) or an encrypted keystore, and they are read once here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from pricing import PriceTable, load_price_table
+from wallets import load_keystore
+
+__all__ = ["ConfigError", "ProviderSettings", "ServerSettings", "Settings", "load_settings"]
+
+
+class ConfigError(ValueError):
+    """The config file or the environment it refers to is invalid."""
+
+
+class ProviderSettings(BaseModel):
+    """One OpenAI-compatible upstream (the price table's ``provider`` names it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str
+    api_key: SecretStr | None = None
+    timeout: float = Field(default=60.0, gt=0)
+
+
+class ServerSettings(BaseModel):
+    """Where ``payrouter serve`` listens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8402, ge=0, le=65535)
+
+
+class Settings(BaseModel):
+    """Everything `payrouter.app.create_app` needs.
+
+    Attributes:
+        price_table: the loaded price table.
+        providers: upstream per provider name.
+        redis_url: shared state; None runs on an in-process store (one process, development).
+        namespace: Redis key prefix.
+        facilitator: ``local`` (verify and settle ourselves over ``rpc_url`` with ``gas_key``)
+            or ``remote`` (an x402 facilitator at ``facilitator_url``).
+        public_url: the externally visible base URL, for the x402 ``resource``.
+        max_body_bytes: largest accepted request body.
+        cors_origins: origins allowed to call from browsers.
+        receipt_timeout: seconds to wait for a settlement to be mined.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    price_table: PriceTable
+    providers: dict[str, ProviderSettings]
+    redis_url: str | None = None
+    namespace: str = "payrouter"
+    facilitator: Literal["local", "remote"] = "local"
+    rpc_url: str | None = None
+    gas_key: SecretStr | None = None
+    facilitator_url: str | None = None
+    facilitator_headers: dict[str, dict[str, SecretStr]] = Field(default_factory=dict)
+    public_url: str | None = None
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])
+    receipt_timeout: float = Field(default=30.0, gt=0)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+
+    @model_validator(mode="after")
+    def _facilitator_needs(self) -> Settings:
+        if self.facilitator == "local" and (not self.rpc_url or self.gas_key is None):
+            raise ValueError("the local facilitator needs rpc_url and a gas key")
+        if self.facilitator == "remote" and not self.facilitator_url:
+            raise ValueError("the remote facilitator needs facilitator_url")
+        missing = sorted({m.provider for m in self.price_table.models} - self.providers.keys())
+        if missing:
+            raise ValueError(f"the price table uses providers with no [providers.<name>] section: {missing}")
+        return self
+
+
+def _env(environ: Mapping[str, str], name: object, what: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{what} must name an environment variable")
+    value = environ.get(name)
+    if not value:
+        raise ConfigError(f"environment variable {name} ({what}) is unset or empty")
+    return value
+
+
+def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load a TOML service config (see ``examples/payrouter.toml``).
+
+    Raises:
+        ConfigError: unreadable file, bad TOML, missing secrets, or invalid values.
+    """
+    env = os.environ if environ is None else environ
+    path = Path(path)
+    try:
+        doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
+    base = path.parent
+    table_path = doc.pop("price_table", None)
+    if not isinstance(table_path, str):
+        raise ConfigError("price_table must name the price table file")
+    data: dict[str, Any] = {"price_table": load_price_table(base / table_path)}
+
+    providers = {}
+    for name, section in (doc.pop("providers", None) or {}).items():
+        section = dict(section)
+        if "api_key_env" in section:
+            section["api_key"] = _env(env, section.pop("api_key_env"), f"providers.{name}.api_key_env")
+        providers[name] = section
+    data["providers"] = providers
+
+    fac = dict(doc.pop("facilitator", None) or {})
+    data["facilitator"] = fac.pop("mode", "local")
+    if "rpc_url" in fac:
+        data["rpc_url"] = fac.pop("rpc_url")
+    if "gas_key_env" in fac:
+        data["gas_key"] = _env(env, fac.pop("gas_key_env"), "facilitator.gas_key_env")
+    if "gas_keystore" in fac:
+        password = _env(env, fac.pop("gas_keystore_password_env", None), "facilitator.gas_keystore_password_env")
+        data["gas_key"] = load_keystore(base / fac.pop("gas_keystore"), password).unsafe_export_private_key()
+    if "url" in fac:
+        data["facilitator_url"] = fac.pop("url")
+    if "headers_env" in fac:
+        headers = {h: _env(env, var, f"facilitator.headers_env.{h}") for h, var in fac.pop("headers_env").items()}
+        data["facilitator_headers"] = {"*": headers}
+    if "receipt_timeout" in fac:
+        data["receipt_timeout"] = fac.pop("receipt_timeout")
+    if fac:
+        raise ConfigError(f"unknown keys in [facilitator]: {sorted(fac)}")
+    data.update(doc)
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid config {path}: {problems}") from None

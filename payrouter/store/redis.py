@@ -1,0 +1,100 @@
+"""The Redis store: shared by every payrouter instance (standalone Redis or Cluster)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from payrouter.store.base import StoreError
+
+__all__ = ["RedisStore"]
+
+# Compare-and-delete / compare-and-set: a claim or lock is only touched by its owner,
+# so a slow worker whose claim expired cannot delete a newer owner's claim.
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+_REPLACE = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then "
+    "redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1 else return 0 end"
+)
+_LEDGER_MAXLEN = 1_000_000
+
+
+class RedisStore:
+    """`Store` on Redis. Every key is prefixed with ``namespace:``.
+
+    Args:
+        url: a ``redis://`` or ``rediss://`` URL.
+        namespace: key prefix, so several deployments (or test runs) can share one Redis.
+    """
+
+    def __init__(self, url: str, namespace: str = "payrouter") -> None:
+        self._redis: Redis = Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        self._ns = namespace
+        self._release = self._redis.register_script(_RELEASE)
+        self._replace = self._redis.register_script(_REPLACE)
+
+    def _k(self, key: str) -> str:
+        return f"{self._ns}:{key}"
+
+    async def _run(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except RedisError as exc:
+            raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
+
+    async def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        await self._run(self._redis.set(self._k(key), value, ex=ttl_seconds))
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = await self._run(self._redis.get(self._k(key)))
+        return value
+
+    async def claim(self, key: str, owner: str, ttl_seconds: int) -> bool:
+        return bool(await self._run(self._redis.set(self._k(key), owner, ex=ttl_seconds, nx=True)))
+
+    async def release(self, key: str, owner: str) -> bool:
+        return bool(await self._run(self._release(keys=[self._k(key)], args=[owner])))
+
+    async def replace(self, key: str, owner: str, value: str, ttl_seconds: int) -> bool:
+        return bool(await self._run(self._replace(keys=[self._k(key)], args=[owner, value, ttl_seconds])))
+
+    @asynccontextmanager
+    async def lock(self, name: str, timeout_seconds: float = 10.0) -> AsyncIterator[None]:
+        key = self._k(f"lock:{name}")
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + timeout_seconds
+        # The lock's own expiry bounds how long a crashed holder can block others.
+        while not await self._run(self._redis.set(key, token, px=int(timeout_seconds * 1000) + 5000, nx=True)):
+            if time.monotonic() >= deadline:
+                raise StoreError(f"lock {name!r} not acquired within {timeout_seconds} s")
+            await asyncio.sleep(0.001)
+        try:
+            yield
+        finally:
+            await self._run(self._release(keys=[key], args=[token]))
+
+    async def append_ledger(self, entry: dict[str, str]) -> str:
+        entry_id = await self._run(
+            self._redis.xadd(self._k("ledger"), entry, maxlen=_LEDGER_MAXLEN, approximate=True)  # type: ignore[arg-type]
+        )
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+    async def read_ledger(self, count: int = 100) -> list[dict[str, str]]:
+        rows = await self._run(self._redis.xrevrange(self._k("ledger"), count=count))
+        return [
+            {"id": rid.decode(), **{k.decode(): v.decode() for k, v in fields.items()}}
+            for rid, fields in reversed(rows)
+        ]
+
+    async def ping(self) -> None:
+        await self._run(self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()

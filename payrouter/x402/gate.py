@@ -1,0 +1,310 @@
+"""The payment gate: pure ASGI middleware in front of the paid endpoints.
+
+Unpaid request -> route, price, store the quote, answer 402.
+Paid request   -> decode, match the stored quote, claim the payment, verify, run the
+                  handler, settle, answer with the receipt. A failed handler releases the
+                  claim and settles nothing; a payment is claimed at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, request_digest
+from payrouter.quoting import PricedRoute
+from payrouter.routing import RoutingError
+from payrouter.services import Services
+from payrouter.store import StoreError
+from payrouter.x402.errors import PaymentError, PaymentRejected, Reason, SettlementFailed
+from payrouter.x402.requirements import Requirements, Resource
+from payrouter.x402.responses import payment_required, settlement_header
+from payrouter.x402.wire import PaymentPayload, decode_header, parse_payment, v1_network_name
+from pricing import PricingError
+
+__all__ = ["PaymentGate", "match_quote"]
+
+log = logging.getLogger("payrouter.gate")
+
+SCOPE_KEY = "payrouter"
+# A claim outlives the authorization it guards: once validBefore passes, the token itself
+# refuses the authorization, so the claim is no longer needed.
+_CLAIM_SLACK = 120
+
+
+def _json_error(status: int, message: str, kind: str, param: str | None = None) -> tuple[int, bytes]:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return status, json.dumps(body).encode()
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    hdrs = list(headers or [(b"content-type", b"application/json")])
+    hdrs.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+def match_quote(payment: PaymentPayload, req: Requirements) -> None:
+    """Check that ``payment`` is for exactly the stored quote ``req``.
+
+    Raises:
+        PaymentRejected: with the reason of the first field that differs.
+    """
+    payer = payment.authorization.from_
+    if payment.scheme != req.scheme:
+        raise PaymentRejected(Reason.UNSUPPORTED_SCHEME, f"scheme {payment.scheme!r} is not offered; use exact", payer)
+    expected_network = req.network if payment.version == 2 else v1_network_name(req.chain_id)
+    if payment.network != expected_network:
+        raise PaymentRejected(
+            Reason.INVALID_NETWORK, f"network {payment.network!r} is not the quoted {expected_network!r}", payer
+        )
+    accepted = payment.accepted
+    if accepted is not None:
+        if str(accepted.get("asset", "")).lower() != req.asset.lower():
+            raise PaymentRejected(Reason.INVALID_REQUIREMENTS, "accepted.asset is not the quoted asset", payer)
+        if str(accepted.get("payTo", "")).lower() != req.pay_to.lower():
+            raise PaymentRejected(Reason.INVALID_REQUIREMENTS, "accepted.payTo is not the quoted payTo", payer)
+        if accepted.get("amount") != str(req.amount):
+            raise PaymentRejected(
+                Reason.VALUE_MISMATCH,
+                f"accepted.amount {accepted.get('amount')!r} is not the quoted {req.amount}",
+                payer,
+            )
+        if accepted.get("maxTimeoutSeconds") != req.max_timeout_seconds:
+            raise PaymentRejected(
+                Reason.INVALID_REQUIREMENTS, "accepted.maxTimeoutSeconds differs from the quote", payer
+            )
+        extra = accepted.get("extra") or {}
+        if not isinstance(extra, dict) or (extra.get("name"), extra.get("version")) != (
+            req.extra.get("name"),
+            req.extra.get("version"),
+        ):
+            raise PaymentRejected(
+                Reason.INVALID_REQUIREMENTS, "accepted.extra name/version differ from the quote", payer
+            )
+
+
+class PaymentGate:
+    """ASGI middleware charging for ``POST`` requests to ``paid_paths``.
+
+    Shared resources come from the lifespan state (``scope["state"]["services"]``), so the
+    gate holds no global state and many workers can run behind one Redis.
+    """
+
+    def __init__(self, app: ASGIApp, paid_paths: frozenset[str] = frozenset({"/v1/chat/completions"})) -> None:
+        self.app = app
+        self.paid_paths = paid_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paid_paths:
+            await self.app(scope, receive, send)
+            return
+        services: Services = scope["state"]["services"]
+        body = await _read_body(receive, services.max_body_bytes)
+        if body is None:
+            await _send(
+                send,
+                *_json_error(413, f"request body exceeds {services.max_body_bytes} bytes", "invalid_request_error"),
+            )
+            return
+        try:
+            request, raw = parse_chat_request(body)
+        except InvalidRequest as exc:
+            await _send(send, *_json_error(400, str(exc), "invalid_request_error", exc.param))
+            return
+        if request.stream:
+            await _send(send, *_json_error(400, "stream=true is not supported yet", "invalid_request_error", "stream"))
+            return
+        headers = Headers(scope=scope)
+        resource = Resource(url=_resource_url(scope, headers, services.public_url))
+        digest = request_digest("POST", scope["path"], raw)
+        v2_header = headers.get("payment-signature")
+        v1_header = headers.get("x-payment")
+        try:
+            if v2_header is None and v1_header is None:
+                priced = await self._quote(services, request, digest)
+                await _send(send, 402, *_swap(payment_required(priced.requirements, resource)))
+                return
+            version = 2 if v2_header is not None else 1
+            payment = parse_payment(decode_header(v2_header or v1_header or ""), version)
+            await self._paid(scope, receive, send, services, request, body, digest, payment, resource)
+        except (RoutingError, PricingError) as exc:
+            await _send(send, *_json_error(400, str(exc), "invalid_request_error", "model"))
+        except PaymentRejected as exc:
+            await self._reject(send, services, request, digest, resource, exc)
+        except StoreError as exc:
+            log.error("store unavailable: %s", exc)
+            await _send(send, *_json_error(503, "payment state store unavailable; nothing was charged", "server_error"))
+
+    async def _quote(self, services: Services, request: ChatRequest, digest: str) -> PricedRoute:
+        priced = services.quoter.price(request)
+        await services.store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
+        return priced
+
+    async def _reject(
+        self,
+        send: Send,
+        services: Services,
+        request: ChatRequest,
+        digest: str,
+        resource: Resource,
+        exc: PaymentError,
+    ) -> None:
+        # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
+        priced = await self._quote(services, request, digest)
+        log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
+        await _send(send, 402, *_swap(payment_required(priced.requirements, resource, exc.reason, exc.message)))
+
+    async def _paid(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        services: Services,
+        request: ChatRequest,
+        body: bytes,
+        digest: str,
+        payment: PaymentPayload,
+        resource: Resource,
+    ) -> None:
+        record = await services.store.get(f"quote:{digest}")
+        if record is None:
+            raise PaymentRejected(
+                Reason.INVALID_REQUIREMENTS,
+                "no live quote for this request (expired or never issued); a fresh quote is attached",
+                payment.authorization.from_,
+            )
+        priced = PricedRoute.from_record(record)
+        requirements = priced.requirements
+        match_quote(payment, requirements)
+
+        auth = payment.authorization
+        claim_key = f"payment:{auth.from_.lower()}:{auth.nonce.hex()}"
+        owner = secrets.token_hex(16)
+        ttl = max(auth.valid_before - int(time.time()), 0) + _CLAIM_SLACK
+        if not await services.store.claim(claim_key, owner, ttl):
+            raise PaymentRejected(Reason.NONCE_USED, "this payment was already presented", auth.from_)
+        try:
+            payer = await services.facilitator.verify(payment, requirements)
+        except BaseException:
+            await services.store.release(claim_key, owner)
+            raise
+
+        scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer}
+        status, resp_headers, resp_body = await _run(self.app, scope, receive, body)
+        if status >= 400:
+            # The model call failed: nothing is settled, and the client may pay again.
+            await services.store.release(claim_key, owner)
+            await _send(send, status, resp_body, resp_headers)
+            return
+        try:
+            settled = await services.facilitator.settle(payment, requirements)
+        except SettlementFailed as exc:
+            if exc.reason == Reason.SETTLEMENT_PENDING:
+                await services.store.replace(claim_key, owner, f"pending:{exc.transaction}", ttl)
+            else:
+                await services.store.release(claim_key, owner)
+            log.warning("settlement failed: %s (%s) tx=%s", exc.reason, exc.message, exc.transaction)
+            name, value = settlement_header(
+                payment.version, False, requirements.network, payer, exc.transaction, exc.reason
+            )
+            _, err = _json_error(402, f"settlement failed ({exc.reason}): {exc.message}", "payment_error")
+            await _send(send, 402, err, [(b"content-type", b"application/json"), (name, value)])
+            return
+        await services.store.replace(claim_key, owner, f"settled:{settled.transaction}", ttl)
+        await services.store.append_ledger(
+            {
+                "payer": payer,
+                "amount": str(requirements.amount),
+                "upstream_cost": str(priced.quote.upstream_cost),
+                "model": priced.decision.model,
+                "network": settled.network,
+                "transaction": settled.transaction,
+                "request": digest,
+                "at": str(int(time.time())),
+            }
+        )
+        receipt = settlement_header(payment.version, True, requirements.network, payer, settled.transaction)
+        resp_headers = [h for h in resp_headers if h[0].lower() != b"cache-control"]
+        resp_headers += [receipt, (b"cache-control", b"private, no-store")]
+        await _send(send, status, resp_body, [h for h in resp_headers if h[0].lower() != b"content-length"])
+
+
+def _swap(pair: tuple[list[tuple[bytes, bytes]], bytes]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    headers, body = pair
+    return body, headers
+
+
+def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:
+    path: str = scope["path"]
+    if public_url:
+        return public_url.rstrip("/") + path
+    host = headers.get("host") or "localhost"
+    return f"{scope.get('scheme', 'http')}://{host}{path}"
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _run(
+    app: ASGIApp, scope: Scope, receive: Receive, body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Run the handler with the already-read body; capture its whole response."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    status = 500
+    headers: list[tuple[bytes, bytes]] = []
+    chunks: list[bytes] = []
+
+    async def capture(message: Message) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    try:
+        await app(scope, replay, capture)
+    except Exception:
+        log.exception("handler failed")
+        return _json_error_tuple(500, "internal error while serving a paid request; nothing was charged")
+    return status, headers, b"".join(chunks)
+
+
+def _json_error_tuple(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    _, body = _json_error(status, message, "server_error")
+    return status, [(b"content-type", b"application/json")], body
+
+
+def route_of(scope: Scope) -> dict[str, Any]:
+    """What the gate attached for the handler: ``request``, ``route`` and ``payer``."""
+    data = scope[SCOPE_KEY]
+    assert isinstance(data, dict), "route_of() called outside the payment gate"
+    return data

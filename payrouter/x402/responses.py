@@ -1,0 +1,75 @@
+"""HTTP responses of the payment gate: 402 offers and settlement receipts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from payrouter.x402.requirements import Requirements, Resource
+from payrouter.x402.wire import (
+    HEADER_PAYMENT_REQUIRED,
+    HEADER_PAYMENT_RESPONSE,
+    HEADER_V1_PAYMENT_RESPONSE,
+    encode_header,
+    v1_network_name,
+)
+
+__all__ = ["EXPOSED_HEADERS", "payment_required", "settlement_header"]
+
+EXPOSED_HEADERS = [
+    HEADER_PAYMENT_REQUIRED,
+    HEADER_PAYMENT_RESPONSE,
+    HEADER_V1_PAYMENT_RESPONSE,
+    "X-Payrouter-Model",
+    "X-Payrouter-Charge",
+    "X-Payrouter-Route-Reason",
+]
+UNPAID_ERROR = "PAYMENT-SIGNATURE header is required"
+
+
+def payment_required(
+    requirements: Requirements, resource: Resource, reason: str | None = None, message: str | None = None
+) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of a 402.
+
+    The v2 ``PaymentRequired`` goes in the ``PAYMENT-REQUIRED`` header. The body is the v1
+    ``PaymentRequirementsResponse`` when the network has a v1 name (v1 clients read only the
+    body), else the v2 object; either way it carries ``error`` (the x402 reason, or that
+    payment is required) and a human ``message``.
+    """
+    error = reason or UNPAID_ERROR
+    v2: dict[str, Any] = {
+        "x402Version": 2,
+        "error": error,
+        "resource": resource.to_wire(),
+        "accepts": [requirements.to_v2()],
+    }
+    v1 = requirements.to_v1(resource)
+    body: dict[str, Any] = {"x402Version": 1, "error": error, "accepts": [v1]} if v1 else dict(v2)
+    body["message"] = message or "pay the quoted amount with an x402 exact payment and retry"
+    headers = [
+        (HEADER_PAYMENT_REQUIRED.encode(), encode_header(v2).encode()),
+        (b"content-type", b"application/json"),
+        (b"cache-control", b"no-store"),
+    ]
+    return headers, json.dumps(body, separators=(",", ":")).encode()
+
+
+def settlement_header(
+    version: int,
+    success: bool,
+    network: str,
+    payer: str | None,
+    transaction: str = "",
+    reason: str | None = None,
+) -> tuple[bytes, bytes]:
+    """The ``PAYMENT-RESPONSE`` (v2) or ``X-PAYMENT-RESPONSE`` (v1) header."""
+    if version == 1:
+        network = v1_network_name(int(network.split(":", 1)[1])) or network
+    obj: dict[str, Any] = {"success": success, "transaction": transaction, "network": network}
+    if payer:
+        obj["payer"] = payer
+    if reason:
+        obj["errorReason"] = reason
+    name = HEADER_PAYMENT_RESPONSE if version == 2 else HEADER_V1_PAYMENT_RESPONSE
+    return name.encode(), encode_header(obj).encode()

@@ -1,0 +1,184 @@
+"""x402 wire formats: header names, base64 JSON, requirements and payloads (v2 and v1).
+
+Everything here is pure data handling with strict limits: a payment header is attacker
+input, so it is size-checked before decoding and shape-checked field by field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from payrouter.x402.errors import PaymentRejected, Reason
+from wallets import TransferWithAuthorization, TypedDataError
+
+__all__ = [
+    "HEADER_PAYMENT_REQUIRED",
+    "HEADER_PAYMENT_RESPONSE",
+    "HEADER_PAYMENT_SIGNATURE",
+    "HEADER_V1_PAYMENT",
+    "HEADER_V1_PAYMENT_RESPONSE",
+    "MAX_PAYMENT_HEADER_BYTES",
+    "V1_NETWORKS",
+    "PaymentPayload",
+    "decode_header",
+    "encode_header",
+    "parse_payment",
+    "v1_network_name",
+]
+
+HEADER_PAYMENT_REQUIRED = "PAYMENT-REQUIRED"
+HEADER_PAYMENT_SIGNATURE = "PAYMENT-SIGNATURE"
+HEADER_PAYMENT_RESPONSE = "PAYMENT-RESPONSE"
+HEADER_V1_PAYMENT = "X-PAYMENT"
+HEADER_V1_PAYMENT_RESPONSE = "X-PAYMENT-RESPONSE"
+
+# A real exact/EVM payment header is ~1.1 KB of base64; 8 KiB leaves room for extensions
+# while bounding what one request can make us decode and parse.
+MAX_PAYMENT_HEADER_BYTES = 8192
+
+# v1 addressed networks by name; only these chains can be offered to v1 clients.
+V1_NETWORKS: dict[int, str] = {
+    8453: "base",
+    84532: "base-sepolia",
+    1: "ethereum",
+    137: "polygon",
+    80002: "polygon-amoy",
+    43114: "avalanche",
+    43113: "avalanche-fuji",
+    2741: "abstract",
+    11124: "abstract-testnet",
+    4689: "iotex",
+    1329: "sei",
+    1328: "sei-testnet",
+    3338: "peaq",
+    1513: "story",
+    656476: "educhain",
+    1444673419: "skale-base-sepolia",
+    4326: "megaeth",
+    143: "monad",
+    10143: "monad-testnet",
+    988: "stable",
+    2201: "stable-testnet",
+    42220: "celo",
+    14: "flare",
+}
+
+
+def v1_network_name(chain_id: int) -> str | None:
+    """The v1 name of a chain, or None when v1 clients cannot address it (e.g. 31337)."""
+    return V1_NETWORKS.get(chain_id)
+
+
+def encode_header(obj: dict[str, Any]) -> str:
+    """Base64 (standard alphabet, padded) of compact UTF-8 JSON, as x402 headers carry."""
+    return base64.b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode("ascii")
+
+
+def decode_header(value: str) -> dict[str, Any]:
+    """Decode a base64 JSON payment header, strictly.
+
+    Raises:
+        PaymentRejected: ``invalid_payload`` when oversized, not base64, not JSON, or not an object.
+    """
+    if len(value) > MAX_PAYMENT_HEADER_BYTES:
+        raise PaymentRejected(
+            Reason.INVALID_PAYLOAD, f"payment header is {len(value)} bytes; the limit is {MAX_PAYMENT_HEADER_BYTES}"
+        )
+    try:
+        raw = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, "payment header is not valid base64") from None
+    try:
+        obj = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, "payment header is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, "payment header JSON must be an object")
+    return obj
+
+
+@dataclass(frozen=True, slots=True)
+class PaymentPayload:
+    """A decoded exact/EVM payment, normalised across protocol versions.
+
+    Attributes:
+        version: 1 or 2.
+        scheme, network: what the client says it paid with (v2: ``accepted``; v1: top level).
+        accepted: the v2 ``accepted`` requirements echoed by the client (``None`` for v1).
+        authorization: the EIP-3009 authorization.
+        signature: 65-byte signature (longer for smart wallets).
+        raw: the decoded JSON, for forwarding to a remote facilitator.
+    """
+
+    version: int
+    scheme: str
+    network: str
+    accepted: dict[str, Any] | None
+    authorization: TransferWithAuthorization
+    signature: bytes
+    raw: dict[str, Any]
+
+
+def _str_field(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, f"{where}.{key} must be a string")
+    return value
+
+
+def parse_payment(obj: dict[str, Any], header_version: int) -> PaymentPayload:
+    """Validate the shape of a decoded payment and extract its parts.
+
+    Args:
+        obj: the decoded header JSON.
+        header_version: 2 for ``PAYMENT-SIGNATURE``, 1 for ``X-PAYMENT``; the JSON's own
+            ``x402Version`` must agree.
+
+    Raises:
+        PaymentRejected: ``invalid_x402_version`` or ``invalid_payload`` with the field named.
+    """
+    version = obj.get("x402Version")
+    if version != header_version or isinstance(version, bool):
+        raise PaymentRejected(
+            Reason.INVALID_VERSION,
+            f"x402Version {version!r} does not fit the {'PAYMENT-SIGNATURE' if header_version == 2 else 'X-PAYMENT'} "
+            f"header (expected {header_version})",
+        )
+    accepted: dict[str, Any] | None = None
+    if version == 2:
+        accepted_raw = obj.get("accepted")
+        if not isinstance(accepted_raw, dict):
+            raise PaymentRejected(Reason.INVALID_PAYLOAD, "accepted must be an object")
+        accepted = accepted_raw
+        scheme = _str_field(accepted, "scheme", "accepted")
+        network = _str_field(accepted, "network", "accepted")
+    else:
+        scheme = _str_field(obj, "scheme", "payload")
+        network = _str_field(obj, "network", "payload")
+    inner = obj.get("payload")
+    if not isinstance(inner, dict):
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, "payload must be an object")
+    sig_hex = _str_field(inner, "signature", "payload")
+    try:
+        if not sig_hex.startswith(("0x", "0X")):
+            raise ValueError
+        signature = bytes.fromhex(sig_hex[2:])
+    except ValueError:
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, "payload.signature must be 0x-prefixed hex") from None
+    try:
+        authorization = TransferWithAuthorization.from_wire(inner.get("authorization"))
+    except TypedDataError as exc:
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, str(exc)) from None
+    return PaymentPayload(
+        version=version,
+        scheme=scheme,
+        network=network,
+        accepted=accepted,
+        authorization=authorization,
+        signature=signature,
+        raw=obj,
+    )
