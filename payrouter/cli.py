@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from payrouter import __version__
+from payrouter.settings import ConfigError
 from pricing import (
     PricingError,
     estimate_chat_input_tokens,
@@ -86,6 +88,42 @@ def _cmd_prices_quote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from payrouter.app import create_app
+    from payrouter.settings import load_settings
+
+    settings = load_settings(args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = args.host or settings.server.host
+    port = args.port if args.port is not None else settings.server.port
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    return 0
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from payrouter.sandbox.dev import EXAMPLE_TABLE, Sandbox, run_sandbox
+
+    def ready(box: Sandbox) -> None:
+        info = box.describe()
+        if args.json:
+            print(json.dumps(info), flush=True)
+            return
+        print(f"payrouter sandbox ready at {info['router_url']}", flush=True)
+        for key in ("rpc_url", "network", "asset", "asset_name", "asset_version", "pay_to", "upstream_url"):
+            print(f"  {key:<14} {info[key]}")
+        for i, key in enumerate(info["agent_private_keys"]):
+            print(f"  agent {i} key  {key}  ({box.agents[i].address}, 100 {box.table.asset.name})")
+        print("Ctrl-C stops everything.", flush=True)
+
+    table = Path(args.table) if args.table else EXAMPLE_TABLE
+    asyncio.run(run_sandbox(ready, table, args.host, args.port, args.agents, args.redis_url))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from payrouter.demo import run_demo  # web3 and the chain are only needed here
 
@@ -123,6 +161,21 @@ def _parser() -> argparse.ArgumentParser:
     quote.add_argument("--request", help="an OpenAI chat request JSON file ('-' for stdin) to estimate from")
     quote.set_defaults(func=_cmd_prices_quote)
 
+    serve = sub.add_parser("serve", help="run the router from a config file")
+    serve.add_argument("--config", required=True, help="service config TOML (see examples/payrouter.toml)")
+    serve.add_argument("--host", help="override [server].host")
+    serve.add_argument("--port", type=int, help="override [server].port")
+    serve.set_defaults(func=_cmd_serve)
+
+    dev = sub.add_parser("dev", help="local sandbox: chain, token, funded agents, test upstream and router")
+    dev.add_argument("--json", action="store_true", help="print one JSON line when ready")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8402, help="router port (0 picks a free one)")
+    dev.add_argument("--agents", type=int, default=3, help="funded agent accounts to create")
+    dev.add_argument("--table", help="price table (default: examples/prices.toml)")
+    dev.add_argument("--redis-url", help="share state through Redis instead of memory")
+    dev.set_defaults(func=_cmd_dev)
+
     demo = sub.add_parser("demo", help="price a request and settle its payment on a local anvil chain")
     demo.add_argument("--table", help="price table (default: examples/prices.toml)")
     demo.set_defaults(func=_cmd_demo)
@@ -134,7 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (PricingError, WalletError) as exc:
+    except (PricingError, WalletError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, json.JSONDecodeError) as exc:

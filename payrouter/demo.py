@@ -1,90 +1,98 @@
-"""The demo: one real payment for one priced request on a local chain.
+"""The demo: the sandbox plus an agent that makes a few paid calls.
 
-Until the payment gate lands this is payrouter's main job end to end without HTTP: price a
-chat request from the example table, have an agent sign an EIP-3009 authorization for
-exactly that amount, verify it off-chain, settle it on anvil, and show the balances move.
+For each call it prints the route and price from the 402, then pays with a real EIP-3009
+authorization and prints the settlement transaction and both balances, and finally shows
+that replaying a payment is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from payrouter.devchain import DevChain
-from pricing import estimate_chat_input_tokens, load_price_table, quote_route
-from wallets import TransferWithAuthorization, new_nonce, recover_authorizer, sign_authorization
+import httpx
+
+from payrouter.client import build_payment_header, read_offer
+from payrouter.sandbox.dev import EXAMPLE_TABLE, sandbox
 
 __all__ = ["run_demo"]
 
-_EXAMPLE_TABLE = Path(__file__).resolve().parent.parent / "examples" / "prices.toml"
-_REQUEST = {
-    "model": "gpt-4o-mini",
-    "max_tokens": 256,
-    "messages": [
-        {"role": "system", "content": "You are a concise assistant."},
-        {"role": "user", "content": "Summarise the x402 payment flow in three sentences."},
-    ],
-}
+REQUESTS = [
+    {"model": "auto", "max_tokens": 128, "messages": [{"role": "user", "content": "What is x402, in one line?"}]},
+    {
+        "model": "gpt-4o",
+        "max_tokens": 256,
+        "messages": [
+            {"role": "system", "content": "You are a concise assistant."},
+            {"role": "user", "content": "Summarise EIP-3009 transferWithAuthorization in three sentences."},
+        ],
+    },
+    {"model": "claude-3-5-haiku", "max_tokens": 64, "messages": [{"role": "user", "content": "Say hello."}]},
+]
 
 
 def _usd(amount: int, decimals: int) -> str:
     whole, frac = divmod(amount, 10**decimals)
-    return f"{whole}.{frac:0{decimals}d}"
+    return f"${whole}.{frac:0{decimals}d}"
 
 
-def run_demo(table_path: Path = _EXAMPLE_TABLE, out: Callable[[str], None] = print) -> int:
-    """Run the demo, writing progress lines through ``out``; return a process exit code."""
-    table = load_price_table(table_path)
-    decimals = table.asset.decimals
-    input_tokens = estimate_chat_input_tokens(_REQUEST["messages"])  # type: ignore[arg-type]
-    quote = quote_route(table, str(_REQUEST["model"]), input_tokens, int(_REQUEST["max_tokens"]))  # type: ignore[call-overload]
-    out(
-        f"quote   {quote.model_id}: {quote.input_tokens} input + {quote.output_tokens} output tokens -> "
-        f"{quote.amount} atomic units (${_usd(quote.amount, decimals)}; upstream cost {quote.upstream_cost})"
-    )
+async def _demo(table_path: Path, out: Callable[[str], None]) -> int:
     started = time.perf_counter()
-    with DevChain.start() as chain:
-        token = chain.deploy_token(table.asset.name, "USDC", table.asset.version)
-        agent, operator, gas_wallet = chain.new_account(), chain.new_account(), chain.new_account()
-        token.mint(agent.address, 5 * 10**decimals)
-        out(f"chain   anvil {chain.network} at {chain.rpc_url}; token {token.address} ({token.domain.name} v2)")
-        out(f"ready   in {(time.perf_counter() - started) * 1000:.0f} ms")
-
-        def balances(label: str) -> None:
-            out(f"{label} agent {token.balance_of(agent.address)}  operator {token.balance_of(operator.address)}")
-
-        balances("before ")
-        auth = TransferWithAuthorization(
-            from_=agent.address,
-            to=operator.address,
-            value=quote.amount,
-            valid_after=0,
-            valid_before=int(time.time()) + table.max_timeout_seconds,
-            nonce=new_nonce(),
-        )
-        signature = sign_authorization(agent, token.domain, auth)
-        if recover_authorizer(token.domain, auth, signature) != agent.address:
-            out("verify  FAILED: signature does not recover to the agent")
-            return 1
-        out(f"verify  signature by {agent.address} ok")
-        t0 = time.perf_counter()
-        receipt = token.transfer_with_authorization(gas_wallet, auth, signature)
+    async with sandbox(table_path, agents=1) as box, httpx.AsyncClient(timeout=30) as http:
+        decimals = box.table.asset.decimals
+        agent, token = box.agents[0], box.token
+        url = f"{box.router_url}/v1/chat/completions"
         out(
-            f"settle  tx {receipt['transactionHash'].to_0x_hex()} in block {receipt['blockNumber']}, "
-            f"gas {receipt['gasUsed']}, {(time.perf_counter() - t0) * 1000:.1f} ms"
+            f"sandbox ready in {(time.perf_counter() - started) * 1000:.0f} ms: router {box.router_url}, chain {box.chain.network}"
         )
-        balances("after  ")
-        if token.balance_of(operator.address) != quote.amount:
-            out("check   FAILED: the operator did not receive exactly the quote")
+        out(f"token {token.address} ({token.domain.name} v{token.domain.version}), operator {box.operator.address}")
+        out(f"agent {agent.address} holds {_usd(token.balance_of(agent.address), decimals)}")
+        header = ""
+        for body in REQUESTS:
+            out("")
+            unpaid = await http.post(url, json=body)
+            if unpaid.status_code != 402:
+                out(f"expected a 402, got {unpaid.status_code}: {unpaid.text}")
+                return 1
+            offer = read_offer(unpaid.headers)
+            req = offer["accepts"][0]
+            route, price = req["extra"]["route"], req["extra"]["price"]
+            out(
+                f"ask    model={body['model']!r}: routed to {route['model']} ({route['reason']}), "
+                f"~{route['inputTokens']} in + {route['maxOutputTokens']} out tokens"
+            )
+            out(f"quote  {req['amount']} atomic units = {_usd(int(req['amount']), decimals)} on {req['network']}")
+            header, _ = build_payment_header(offer, agent, max_amount=10**decimals)
+            t0 = time.perf_counter()
+            paid = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
+            elapsed = (time.perf_counter() - t0) * 1000
+            if paid.status_code != 200:
+                out(f"paid call failed: {paid.status_code} {paid.text}")
+                return 1
+            receipt = json.loads(base64.b64decode(paid.headers["PAYMENT-RESPONSE"]))
+            answer = paid.json()["choices"][0]["message"]["content"]
+            out(
+                f"paid   200 in {elapsed:.1f} ms; model {paid.headers['X-Payrouter-Model']}; charge {paid.headers['X-Payrouter-Charge']}"
+            )
+            out(f"tx     {receipt['transaction']}")
+            out(f"answer {answer[:70]}...")
+            out(
+                f"funds  agent {_usd(token.balance_of(agent.address), decimals)}, "
+                f"operator {_usd(token.balance_of(box.operator.address), decimals)}"
+            )
+        replay = await http.post(url, json=REQUESTS[-1], headers={"PAYMENT-SIGNATURE": header})
+        out("")
+        out(f"replay of the last payment: {replay.status_code} {replay.json().get('error')}")
+        if replay.status_code != 402:
             return 1
-        out("check   operator received exactly the quoted amount; replay is refused on chain:")
-        try:
-            token.transfer_with_authorization_call(auth, signature).call({"from": gas_wallet.address})
-        except Exception as exc:  # web3 raises ContractLogicError with the revert text
-            out(f"replay  {exc.args[0] if exc.args else exc}")
-        else:
-            out("replay  FAILED: the same authorization would settle twice")
-            return 1
-    out("stopped anvil")
+    out("stopped the sandbox (router, upstream, anvil)")
     return 0
+
+
+def run_demo(table_path: Path = EXAMPLE_TABLE, out: Callable[[str], None] = print) -> int:
+    """Run the demo, printing through ``out``; return a process exit code."""
+    return asyncio.run(_demo(table_path, out))

@@ -155,13 +155,26 @@ class PriceTable(_Frozen):
 
     @model_validator(mode="after")
     def _catalog(self) -> PriceTable:
+        by_id: dict[str, ModelPrice] = {}
         for model in self.models:
-            if model.id in self._by_id:
+            if model.id in by_id:
                 raise ValueError(f"model id {model.id!r} appears more than once")
-            self._by_id[model.id] = model
-        if self.default_model not in self._by_id:
+            by_id[model.id] = model
+        if self.default_model not in by_id:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models")
+        self._by_id = by_id
         return self
+
+    def on_chain(self, network: str, asset_address: str, pay_to: str) -> PriceTable:
+        """The same catalog and prices, paid on another chain, token and recipient (validated).
+
+        Raises:
+            PriceTableError: one of the new values is invalid.
+        """
+        data = self.model_dump(mode="json")
+        data.update(network=network, pay_to=pay_to)
+        data["asset"]["address"] = asset_address
+        return parse_price_table(data, source="<on_chain>")
 
     @property
     def chain_id(self) -> int:

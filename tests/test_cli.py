@@ -82,10 +82,15 @@ def test_keystore_commands_never_print_the_password(tmp_path: Path) -> None:
         assert "s3cret-pass" not in out.stdout + out.stderr
 
 
-def test_demo_settles_a_real_payment() -> None:
+def test_demo_makes_paid_calls_and_refuses_a_replay() -> None:
     result = run("demo")
     assert result.returncode == 0, result.stdout + result.stderr
-    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
-    amount = int(lines["quote"].split("->")[1].split()[0])
-    assert f"operator {amount}" in lines["after"]
-    assert "authorization is used or canceled" in lines["replay"]
+    out = result.stdout
+    assert out.count("paid   200") == 3
+    assert out.count("tx     0x") == 3
+    assert "replay of the last payment: 402 invalid_exact_evm_nonce_already_used" in out
+    # the operator's final balance is the sum of the three quotes
+    quotes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("quote  ")]
+    last_funds = [line for line in out.splitlines() if line.startswith("funds  ")][-1]
+    operator = last_funds.split("operator $")[1]
+    assert int(operator.replace(".", "")) == sum(quotes)
