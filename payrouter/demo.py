@@ -60,7 +60,7 @@ async def _demo(table_path: Path, out: Callable[[str], None]) -> int:
                 return 1
             offer = read_offer(unpaid.headers)
             req = offer["accepts"][0]
-            route, price = req["extra"]["route"], req["extra"]["price"]
+            route = req["extra"]["route"]
             out(
                 f"ask    model={body['model']!r}: routed to {route['model']} ({route['reason']}), "
                 f"~{route['inputTokens']} in + {route['maxOutputTokens']} out tokens"

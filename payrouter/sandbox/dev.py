@@ -11,9 +11,11 @@ import asyncio
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from payrouter.app import create_app
 from payrouter.devchain import DevChain, DevToken
@@ -41,7 +43,8 @@ class Sandbox:
     operator: LocalSigner
     agents: list[LocalSigner]
     upstream: TestUpstream
-    extra: dict[str, Any] = field(default_factory=dict)
+    gas_wallet: LocalSigner
+    namespace: str
 
     def describe(self) -> dict[str, Any]:
         """The ``--json`` ready line."""
@@ -93,7 +96,7 @@ async def sandbox(
             namespace=namespace,
             facilitator="local",
             rpc_url=chain.rpc_url,
-            gas_key=gas.unsafe_export_private_key(),
+            gas_key=SecretStr(gas.unsafe_export_private_key()),
         )
         server = uvicorn_server(create_app(settings), host=host, port=port)
         task = asyncio.create_task(server.serve())
@@ -108,6 +111,8 @@ async def sandbox(
                 operator=operator,
                 agents=accounts,
                 upstream=upstream,
+                gas_wallet=gas,
+                namespace=namespace,
             )
         finally:
             for srv, tsk in ((server, task), (up_server, up_task)):

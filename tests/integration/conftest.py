@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from payrouter.sandbox.dev import Sandbox
+from tests.sandbox_thread import sandbox_in_thread
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def box() -> Iterator[Sandbox]:
+    """One sandbox for the integration tests: anvil, token, test upstream and router on Redis."""
+    with sandbox_in_thread(agents=6, redis_url=REDIS_URL, namespace=f"payrouter-test-{secrets.token_hex(4)}") as sb:
+        yield sb
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
+class Observer:
+    """Reads what a test must prove did not change: upstream calls and token balances."""
+
+    def __init__(self, box: Sandbox, http: httpx.Client) -> None:
+        self.box = box
+        self.http = http
+
+    def upstream_calls(self) -> int:
+        return int(self.http.get(f"{self.box.upstream_url}/_stats").json()["calls"])
+
+    def balances(self, *addresses: str) -> list[int]:
+        return [self.box.token.balance_of(a) for a in addresses]
+
+    def control(self, **knobs: object) -> None:
+        self.http.post(f"{self.box.upstream_url}/_control", json=knobs).raise_for_status()
+
+
+@pytest.fixture
+def observer(box: Sandbox, http: httpx.Client) -> Iterator[Observer]:
+    obs = Observer(box, http)
+    yield obs
+    obs.control(fail_models=[], fail_next=0, delay_ms=0)

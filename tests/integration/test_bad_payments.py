@@ -1,0 +1,176 @@
+"""Every bad payment: 402 with the right reason, no model call, no money moved."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from payrouter.chat import request_digest
+from payrouter.sandbox.dev import Sandbox
+from wallets import LocalSigner
+
+from .conftest import REDIS_URL, Observer
+from .payments import header, offer, payment, rejection
+
+BadRequest = Callable[[dict[str, Any], LocalSigner, Sandbox], dict[str, str]]
+
+
+def _body() -> dict[str, Any]:
+    # a unique prompt per test, so each test has its own quote
+    return {"model": "auto", "max_tokens": 64, "messages": [{"role": "user", "content": f"q {secrets.token_hex(6)}"}]}
+
+
+def _b64(text: bytes) -> str:
+    return base64.b64encode(text).decode()
+
+
+CASES: dict[str, tuple[BadRequest, str]] = {
+    "malformed_base64": (lambda o, s, b: {"PAYMENT-SIGNATURE": "%%%not-base64%%%"}, "invalid_payload"),
+    "malformed_json": (lambda o, s, b: {"PAYMENT-SIGNATURE": _b64(b"{not json")}, "invalid_payload"),
+    "json_not_object": (lambda o, s, b: {"PAYMENT-SIGNATURE": _b64(b"[1,2]")}, "invalid_payload"),
+    "oversized_header": (lambda o, s, b: {"PAYMENT-SIGNATURE": "A" * 9000}, "invalid_payload"),
+    "missing_authorization": (
+        lambda o, s, b: header({**payment(o, s), "payload": {"signature": "0x00"}}),
+        "invalid_payload",
+    ),
+    "wrong_x402_version": (lambda o, s, b: header(payment(o, s, version=3)), "invalid_x402_version"),
+    "v1_payload_in_v2_header": (lambda o, s, b: header(payment(o, s, version=1)), "invalid_x402_version"),
+    "wrong_scheme": (lambda o, s, b: header(payment(o, s, accepted={"scheme": "upto"})), "unsupported_scheme"),
+    "wrong_network": (lambda o, s, b: header(payment(o, s, accepted={"network": "eip155:8453"})), "invalid_network"),
+    "wrong_asset": (
+        lambda o, s, b: header(payment(o, s, accepted={"asset": LocalSigner.generate().address})),
+        "invalid_payment_requirements",
+    ),
+    "wrong_pay_to": (
+        lambda o, s, b: header(payment(o, s, accepted={"payTo": (x := LocalSigner.generate().address)}, to=x)),
+        "invalid_payment_requirements",
+    ),
+    "authorization_to_other": (
+        lambda o, s, b: header(payment(o, s, to=LocalSigner.generate().address)),
+        "invalid_exact_evm_payload_recipient_mismatch",
+    ),
+    "amount_below_quote": (
+        lambda o, s, b: header(
+            payment(
+                o,
+                s,
+                accepted={"amount": str(int(o["accepts"][0]["amount"]) - 1)},
+                value=int(o["accepts"][0]["amount"]) - 1,
+            )
+        ),
+        "invalid_exact_evm_payload_authorization_value_mismatch",
+    ),
+    "authorization_value_below_quote": (
+        lambda o, s, b: header(payment(o, s, value=int(o["accepts"][0]["amount"]) - 1)),
+        "invalid_exact_evm_payload_authorization_value_mismatch",
+    ),
+    "amount_above_quote": (
+        lambda o, s, b: header(payment(o, s, value=int(o["accepts"][0]["amount"]) + 1)),
+        "invalid_exact_evm_payload_authorization_value_mismatch",
+    ),
+    "expired": (
+        lambda o, s, b: header(payment(o, s, valid_before=int(time.time()) - 10)),
+        "invalid_exact_evm_payload_authorization_valid_before",
+    ),
+    "expires_within_6_seconds": (
+        lambda o, s, b: header(payment(o, s, valid_before=int(time.time()) + 3)),
+        "invalid_exact_evm_payload_authorization_valid_before",
+    ),
+    "not_yet_valid": (
+        lambda o, s, b: header(payment(o, s, valid_after=int(time.time()) + 3600)),
+        "invalid_exact_evm_payload_authorization_valid_after",
+    ),
+    "bad_signature": (
+        lambda o, s, b: header(payment(o, s, sign_with=LocalSigner.generate())),
+        "invalid_exact_evm_payload_signature",
+    ),
+    "insufficient_balance": (lambda o, s, b: header(payment(o, LocalSigner.generate())), "insufficient_funds"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_payment_is_refused_and_changes_nothing(
+    case: str, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    build, reason = CASES[case]
+    url = f"{box.router_url}/v1/chat/completions"
+    body = _body()
+    agent = box.agents[1]
+    o = offer(http, url, body)
+    calls = observer.upstream_calls()
+    balances = observer.balances(agent.address, box.operator.address)
+    response = http.post(url, json=body, headers=build(o, agent, box))
+    assert rejection(response) == (402, reason), response.text
+    assert response.headers["cache-control"] == "no-store"
+    assert observer.upstream_calls() == calls
+    assert observer.balances(agent.address, box.operator.address) == balances
+
+
+def test_no_payment_header_gets_the_offer(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    calls = observer.upstream_calls()
+    response = http.post(f"{box.router_url}/v1/chat/completions", json=_body())
+    assert rejection(response) == (402, "PAYMENT-SIGNATURE header is required")
+    required = response.json()
+    assert required["x402Version"] == 2  # 31337 has no v1 name, so the body is the v2 object
+    req = required["accepts"][0]
+    assert req["scheme"] == "exact" and req["network"] == box.chain.network
+    assert req["asset"] == box.token.address and req["payTo"] == box.operator.address
+    assert (req["extra"]["name"], req["extra"]["version"]) == ("USD Coin", "2")
+    assert req["extra"]["route"]["model"] == box.table.default_model
+    assert int(req["extra"]["price"]["amount"]) == int(req["amount"])
+    assert observer.upstream_calls() == calls
+
+
+def test_payment_for_a_request_never_quoted(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = box.agents[1]
+    o = offer(http, url, _body())
+    calls, balances = observer.upstream_calls(), observer.balances(agent.address, box.operator.address)
+    response = http.post(url, json=_body(), headers=header(payment(o, agent)))  # a different prompt
+    assert rejection(response) == (402, "invalid_payment_requirements")
+    assert "no live quote" in response.json()["message"]
+    assert observer.upstream_calls() == calls
+    assert observer.balances(agent.address, box.operator.address) == balances
+
+
+def test_payment_for_an_expired_quote(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = box.agents[1]
+    body = _body()
+    o = offer(http, url, body)
+    # let the stored quote expire (its TTL is maxTimeoutSeconds; shortened here to 1 ms)
+    key = f"{box.namespace}:quote:{request_digest('POST', '/v1/chat/completions', body)}"
+    with redis.Redis.from_url(REDIS_URL) as r:
+        assert r.pexpire(key, 1)
+        time.sleep(0.05)
+        assert not r.exists(key)
+    calls, balances = observer.upstream_calls(), observer.balances(agent.address, box.operator.address)
+    response = http.post(url, json=body, headers=header(payment(o, agent)))
+    assert rejection(response) == (402, "invalid_payment_requirements")
+    assert observer.upstream_calls() == calls
+    assert observer.balances(agent.address, box.operator.address) == balances
+
+
+def test_reused_payment_is_served_once(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = box.agents[2]
+    body = _body()
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    paid = header(payment(o, agent))
+    before = observer.balances(agent.address, box.operator.address)
+    first = http.post(url, json=body, headers=paid)
+    assert first.status_code == 200, first.text
+    calls = observer.upstream_calls()
+    second = http.post(url, json=body, headers=paid)
+    assert rejection(second) == (402, "invalid_exact_evm_nonce_already_used")
+    assert observer.upstream_calls() == calls
+    after = observer.balances(agent.address, box.operator.address)
+    assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)

@@ -1,0 +1,157 @@
+"""Two payrouter processes sharing Redis: one payment is served exactly once."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from payrouter.sandbox.dev import Sandbox
+from pricing import PriceTable
+
+from .conftest import REDIS_URL, Observer
+from .payments import header, offer, payment, rejection
+
+CLI = Path(sys.executable).parent / "payrouter"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(type(value))
+
+
+def _table_toml(table: PriceTable) -> str:
+    data = table.model_dump(mode="json")
+    lines = [f"{k} = {_toml_value(data[k])}" for k in ("network", "pay_to", "default_model", "max_timeout_seconds")]
+    lines.append("[asset]")
+    lines += [f"{k} = {_toml_value(v)}" for k, v in data["asset"].items()]
+    for model in data["models"]:
+        lines.append("[[models]]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in model.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    folder = tmp_path_factory.mktemp("two-servers")
+    (folder / "prices.toml").write_text(_table_toml(box.table))
+    providers = "\n".join(
+        f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in box.table.models})
+    )
+    (folder / "payrouter.toml").write_text(
+        f'price_table = "prices.toml"\nredis_url = "{REDIS_URL}"\nnamespace = "{box.namespace}"\n'
+        f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n{providers}\n'
+    )
+    env = {**os.environ, "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key()}
+    ports = [_free_port(), _free_port()]
+    procs = [
+        subprocess.Popen(
+            [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for port in ports
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]
+    try:
+        deadline = time.monotonic() + 30
+        for url, proc in zip(urls, procs, strict=True):
+            while True:
+                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "server did not become healthy"
+                time.sleep(0.05)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(10)
+            if proc.stderr:
+                proc.stderr.close()
+
+
+def test_gas_key_never_logged(servers: list[str], box: Sandbox) -> None:
+    # a config error message path: nothing secret in /healthz or the OpenAPI document either
+    for url in servers:
+        for path in ("/healthz", "/openapi.json", "/v1/models"):
+            text = httpx.get(url + path).text
+            assert box.gas_wallet.unsafe_export_private_key()[2:] not in text
+
+
+def test_one_payment_two_servers_concurrently(servers: list[str], box: Sandbox, observer: Observer) -> None:
+    agent = box.agents[4]
+    rounds = 6
+    with httpx.Client(timeout=30) as http, ThreadPoolExecutor(max_workers=2) as pool:
+        before = observer.balances(agent.address, box.operator.address)
+        calls = observer.upstream_calls()
+        total = 0
+        for _ in range(rounds):
+            body = {"model": "auto", "max_tokens": 32, "messages": [{"role": "user", "content": secrets.token_hex(8)}]}
+            o = offer(http, f"{servers[0]}/v1/chat/completions", body)  # quoted on one, stored in shared Redis
+            total += int(o["accepts"][0]["amount"])
+            paid = header(payment(o, agent))
+            results = list(
+                pool.map(
+                    lambda url, body=body, paid=paid: http.post(f"{url}/v1/chat/completions", json=body, headers=paid),
+                    servers,
+                )
+            )
+            statuses = sorted(r.status_code for r in results)
+            assert statuses == [200, 402], [r.text for r in results]
+            loser = next(r for r in results if r.status_code == 402)
+            assert rejection(loser) == (402, "invalid_exact_evm_nonce_already_used")
+        assert observer.upstream_calls() == calls + rounds
+        after = observer.balances(agent.address, box.operator.address)
+        assert (before[0] - after[0], after[1] - before[1]) == (total, total)
+
+
+def test_distinct_payments_on_both_servers_share_the_gas_wallet(
+    servers: list[str], box: Sandbox, observer: Observer
+) -> None:
+    agent = box.agents[5]
+    n = 8
+    with httpx.Client(timeout=30) as http, ThreadPoolExecutor(max_workers=8) as pool:
+        jobs = []
+        total = 0
+        for i in range(n):
+            body = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": secrets.token_hex(8)}]}
+            o = offer(http, f"{servers[i % 2]}/v1/chat/completions", body)
+            total += int(o["accepts"][0]["amount"])
+            jobs.append((servers[(i + 1) % 2], body, header(payment(o, agent))))
+        before = observer.balances(agent.address, box.operator.address)
+        results = list(pool.map(lambda j: http.post(f"{j[0]}/v1/chat/completions", json=j[1], headers=j[2]), jobs))
+        assert [r.status_code for r in results] == [200] * n, [r.text for r in results if r.status_code != 200]
+        after = observer.balances(agent.address, box.operator.address)
+        assert (before[0] - after[0], after[1] - before[1]) == (total, total)
