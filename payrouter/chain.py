@@ -235,17 +235,38 @@ class ChainClient:
         tx_hash: str = await self.call("eth_sendRawTransaction", ["0x" + raw.hex()])
         return tx_hash
 
-    async def receipt(self, tx_hash: str) -> Receipt | None:
-        """The receipt of ``tx_hash``, or None while it is not mined."""
-        raw = await self.call("eth_getTransactionReceipt", [tx_hash])
-        if raw is None:
-            return None
+    async def send_and_receipt(self, raw: bytes) -> tuple[str, Receipt | None]:
+        """Broadcast and ask for the receipt in the same round trip.
+
+        Nodes that mine on arrival (anvil, sequencers with instant receipts) answer with the
+        receipt at once; elsewhere it is None and the caller polls.
+
+        Raises:
+            ChainError: the node refused the transaction.
+        """
+        tx_hash = "0x" + keccak(raw).hex()
+        sent, receipt = await self.batch(
+            [("eth_sendRawTransaction", ["0x" + raw.hex()]), ("eth_getTransactionReceipt", [tx_hash])]
+        )
+        if isinstance(sent, ChainError):
+            raise sent
+        if isinstance(receipt, dict):
+            return tx_hash, self._receipt(receipt)
+        return tx_hash, None
+
+    @staticmethod
+    def _receipt(raw: dict[str, Any]) -> Receipt:
         return Receipt(
             transaction_hash=raw["transactionHash"],
             status=int(raw["status"], 16),
             block_number=int(raw["blockNumber"], 16),
             logs=raw.get("logs") or [],
         )
+
+    async def receipt(self, tx_hash: str) -> Receipt | None:
+        """The receipt of ``tx_hash``, or None while it is not mined."""
+        raw = await self.call("eth_getTransactionReceipt", [tx_hash])
+        return None if raw is None else self._receipt(raw)
 
     async def wait_for_receipt(self, tx_hash: str, timeout: float, poll: float = 0.005) -> Receipt | None:
         """Poll for the receipt until mined or ``timeout`` seconds pass (then None)."""

@@ -33,10 +33,14 @@ class LoopThread:
 
 @contextmanager
 def sandbox_in_thread(
-    table: Path = EXAMPLE_TABLE, agents: int = 4, redis_url: str | None = None, namespace: str = "payrouter-test"
+    table: Path = EXAMPLE_TABLE,
+    agents: int = 4,
+    redis_url: str | None = None,
+    namespace: str = "payrouter-test",
+    chain_id: int = 31337,
 ) -> Iterator[Sandbox]:
     runner = LoopThread()
-    manager = sandbox(table, agents=agents, redis_url=redis_url, namespace=namespace)
+    manager = sandbox(table, agents=agents, redis_url=redis_url, namespace=namespace, chain_id=chain_id)
     box = runner.run(manager.__aenter__())
     try:
         yield box

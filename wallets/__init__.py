@@ -26,9 +26,11 @@ from wallets.errors import InvalidKeyError, KeystoreError, SignatureError, Typed
 from wallets.keys import LocalSigner, load_keystore, save_keystore
 from wallets.recover import ecc_backend_name, normalize_signature, recover_address
 from wallets.signer import Signer, TransactionSigner
+from wallets.transactions import Eip1559Transaction
 
 __all__ = [
     "CancelAuthorization",
+    "Eip1559Transaction",
     "Eip712Domain",
     "Eip712Struct",
     "InvalidKeyError",

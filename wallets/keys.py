@@ -19,6 +19,7 @@ from eth_typing import ChecksumAddress
 from wallets.eip712 import typed_data_digest
 from wallets.errors import InvalidKeyError, KeystoreError
 from wallets.recover import SECP256K1_N, public_key_to_address
+from wallets.transactions import Eip1559Transaction
 
 if TYPE_CHECKING:
     from wallets.eip712 import Eip712Domain, Eip712Struct
@@ -96,6 +97,10 @@ class LocalSigner:
         """Sign an EVM transaction dict (web3 field names); return the raw signed transaction."""
         signed = Account.sign_transaction(transaction, self._key.secret)
         return bytes(signed.raw_transaction)
+
+    def sign_eip1559(self, transaction: Eip1559Transaction) -> bytes:
+        """Sign a type-2 transaction (the fast path for settlement); return the raw bytes."""
+        return transaction.encode_signed(self.unsafe_sign_digest(transaction.signing_hash()))
 
     def to_keystore(self, password: str, *, scrypt_n: int = DEFAULT_SCRYPT_N) -> dict[str, Any]:
         """Encrypt the key as a standard Ethereum (Web3 Secret Storage v3) keystore dict."""

@@ -8,6 +8,7 @@ from eth_typing import ChecksumAddress
 
 if TYPE_CHECKING:
     from wallets.eip712 import Eip712Domain, Eip712Struct
+    from wallets.transactions import Eip1559Transaction
 
 __all__ = ["Signer", "TransactionSigner"]
 
@@ -36,4 +37,8 @@ class TransactionSigner(Signer, Protocol):
 
     def sign_transaction(self, transaction: dict[str, Any]) -> bytes:
         """Sign a transaction dict (web3 field names) and return the raw signed bytes."""
+        ...
+
+    def sign_eip1559(self, transaction: Eip1559Transaction) -> bytes:
+        """Sign a type-2 transaction and return the raw signed bytes."""
         ...

@@ -22,7 +22,7 @@ from payrouter.store.base import Store
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload, v1_network_name
-from wallets import Eip712Domain, SignatureError, TransactionSigner, recover_authorizer
+from wallets import Eip712Domain, Eip1559Transaction, SignatureError, TransactionSigner, recover_authorizer
 
 __all__ = ["LocalFacilitator", "revert_reason"]
 
@@ -31,6 +31,14 @@ __all__ = ["LocalFacilitator", "revert_reason"]
 VALID_BEFORE_MARGIN = 6
 SETTLE_GAS_LIMIT = 200_000
 _FEE_TTL = 10.0
+# A cached gas-wallet nonce expires after a quiet hour, so a wallet also used elsewhere
+# re-reads the chain now and then.
+_NONCE_TTL = 3600
+
+
+def _is_nonce_error(exc: ChainError) -> bool:
+    text = str(exc).lower()
+    return "nonce" in text or "already known" in text or "replacement transaction" in text
 
 
 def revert_reason(text: str) -> str:
@@ -164,27 +172,11 @@ class LocalFacilitator:
     async def settle(self, payment: PaymentPayload, requirements: Requirements) -> SettleResult:
         auth = payment.authorization
         network = requirements.network
-        data = encode_transfer_with_authorization(auth, payment.signature)
+        data = bytes.fromhex(encode_transfer_with_authorization(auth, payment.signature)[2:])
         try:
-            max_fee, tip = await self._fees()
-            # The gas wallet's nonce comes from the node inside a lock shared by every worker,
-            # so concurrent settlements neither collide nor leave gaps.
-            async with self._store.lock(f"gas-nonce:{self._gas.address}", timeout_seconds=10.0):
-                nonce = await self._chain.transaction_count(self._gas.address, "pending")
-                raw = self._gas.sign_transaction(
-                    {
-                        "chainId": self._chain_id,
-                        "nonce": nonce,
-                        "to": requirements.asset,
-                        "data": data,
-                        "gas": SETTLE_GAS_LIMIT,
-                        "maxFeePerGas": max_fee,
-                        "maxPriorityFeePerGas": tip,
-                        "value": 0,
-                    }
-                )
-                tx_hash = await self._chain.send_raw_transaction(raw)
-            receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
+            tx_hash, receipt = await self._broadcast(requirements.asset, data)
+            if receipt is None:
+                receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
         except ChainError as exc:
             raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"chain error: {exc}", auth.from_) from None
         if receipt is None:
@@ -199,6 +191,41 @@ class LocalFacilitator:
         if front_run is not None:
             return SettleResult(transaction=front_run, payer=auth.from_, network=network)
         raise SettlementFailed(Reason.TRANSACTION_FAILED, "transferWithAuthorization reverted", auth.from_, tx_hash)
+
+    async def _broadcast(self, to: str, data: bytes) -> tuple[str, Receipt | None]:
+        """Sign and send from the gas wallet, under a lock shared by every worker.
+
+        The next nonce is kept in the store and advanced only after the node accepted a
+        transaction, so concurrent settlements neither collide nor leave gaps; if the node
+        disagrees (another sender used the wallet), the nonce is re-read from the chain.
+        """
+        max_fee, tip = await self._fees()
+        nonce_key = f"gas-nonce:{self._chain_id}:{self._gas.address}"
+        async with self._store.lock(nonce_key, timeout_seconds=10.0):
+            cached = await self._store.get(nonce_key)
+            nonce = int(cached) if cached else await self._chain.transaction_count(self._gas.address, "pending")
+            for attempt in range(2):
+                tx = Eip1559Transaction(
+                    chain_id=self._chain_id,
+                    nonce=nonce,
+                    max_priority_fee_per_gas=tip,
+                    max_fee_per_gas=max_fee,
+                    gas=SETTLE_GAS_LIMIT,
+                    to=to,
+                    value=0,
+                    data=data,
+                )
+                try:
+                    sent = await self._chain.send_and_receipt(self._gas.sign_eip1559(tx))
+                except ChainError as exc:
+                    if attempt == 0 and _is_nonce_error(exc):
+                        nonce = await self._chain.transaction_count(self._gas.address, "pending")
+                        continue
+                    await self._store.put(nonce_key, b"", 1)  # forget the cache; re-read next time
+                    raise
+                await self._store.put(nonce_key, str(nonce + 1).encode(), _NONCE_TTL)
+                return sent
+        raise ChainError("unreachable")  # pragma: no cover
 
     @staticmethod
     def _has_transfer(receipt: Receipt, payment: PaymentPayload, req: Requirements) -> bool:

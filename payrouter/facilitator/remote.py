@@ -61,9 +61,9 @@ class RemoteFacilitator:
             data = reply.json()
         except ValueError:
             data = None
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or ("isValid" not in data and "success" not in data):
             raise httpx.HTTPStatusError(
-                f"facilitator /{endpoint} answered {reply.status_code} without a JSON object",
+                f"facilitator /{endpoint} answered HTTP {reply.status_code} without an x402 result",
                 request=reply.request,
                 response=reply,
             )

@@ -70,10 +70,14 @@ async def sandbox(
     agents: int = 3,
     redis_url: str | None = None,
     namespace: str = "payrouter-dev",
+    chain_id: int = 31337,
 ) -> AsyncIterator[Sandbox]:
-    """Start every part of the sandbox; stop all of it on exit, error included."""
+    """Start every part of the sandbox; stop all of it on exit, error included.
+
+    ``chain_id`` lets tests impersonate a chain with an x402 v1 name (e.g. 84532).
+    """
     base_table = load_price_table(table_path)
-    chain = await asyncio.to_thread(DevChain.start)
+    chain = await asyncio.to_thread(DevChain.start, chain_id=chain_id)
     try:
         token = await asyncio.to_thread(chain.deploy_token, base_table.asset.name, "USDC", base_table.asset.version)
         operator = LocalSigner.generate()

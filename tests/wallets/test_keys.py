@@ -12,6 +12,7 @@ import pytest
 from eth_account import Account
 
 from wallets import (
+    Eip1559Transaction,
     InvalidKeyError,
     KeystoreError,
     LocalSigner,
@@ -116,3 +117,35 @@ def test_unsafe_sign_digest_checks_length() -> None:
 def test_coincurve_backend_is_active() -> None:
     # Without coincurve, eth-account falls back to pure Python: ~30x slower verification.
     assert ecc_backend_name() == "CoinCurveECCBackend"
+
+
+def test_fast_eip1559_signing_matches_eth_account() -> None:
+    signer = LocalSigner(KEY)
+    for data, value, nonce in ((b"", 0, 0), (bytes(range(200)), 10**18, 7), (b"\x01", 1, 2**40)):
+        tx = Eip1559Transaction(
+            chain_id=8453,
+            nonce=nonce,
+            max_priority_fee_per_gas=10**9,
+            max_fee_per_gas=3 * 10**9,
+            gas=200_000,
+            to="0x833589fcd6edb6e08f4c7c32d4f71b54bda02913",
+            value=value,
+            data=data,
+        )
+        reference = Account.sign_transaction(
+            {
+                "type": 2,
+                "chainId": tx.chain_id,
+                "nonce": tx.nonce,
+                "maxPriorityFeePerGas": tx.max_priority_fee_per_gas,
+                "maxFeePerGas": tx.max_fee_per_gas,
+                "gas": tx.gas,
+                "to": tx.to,
+                "value": tx.value,
+                "data": tx.data,
+                "accessList": [],
+            },
+            KEY,
+        )
+        assert signer.sign_eip1559(tx) == bytes(reference.raw_transaction)
+        assert Account.recover_transaction(signer.sign_eip1559(tx)) == signer.address

@@ -1,0 +1,128 @@
+"""The HTTP surface besides payment: catalog, dry-run quote, health, OpenAPI, CORS, bad requests."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+
+import httpx
+import pytest
+
+from payrouter.sandbox.dev import Sandbox
+from pricing import estimate_chat_input_tokens, quote_route
+
+from .conftest import Observer
+from .payments import header, payment
+
+
+def test_models_lists_the_catalog_with_prices(box: Sandbox, http: httpx.Client) -> None:
+    data = http.get(f"{box.router_url}/v1/models").json()
+    ids = [m["id"] for m in data["data"]]
+    assert ids == [m.id for m in box.table.models]
+    gpt4o = next(m for m in data["data"] if m["id"] == "gpt-4o")
+    # $2.50/M with 20% markup = $3.00/M = 3_000_000 atomic units per million tokens
+    assert gpt4o["pricing"]["usd_per_mtok"] == {"input": "2.50", "output": "10.00"}
+    assert gpt4o["pricing"]["atomic_per_mtok"] == {"input": "3000000", "output": "12000000"}
+    assert data["payment"]["asset"]["address"] == box.token.address
+    assert data["payment"]["network"] == box.chain.network
+
+
+def test_quote_is_a_free_dry_run_that_can_be_paid_directly(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    messages = [{"role": "user", "content": secrets.token_hex(8)}]
+    body = {"model": "gpt-4o", "max_tokens": 300, "messages": messages}
+    calls = observer.upstream_calls()
+    quote = http.post(f"{box.router_url}/v1/quote", json=body).json()
+    assert observer.upstream_calls() == calls
+    expected = quote_route(box.table, "gpt-4o", estimate_chat_input_tokens(messages), 300)
+    assert quote["price"]["amount"] == str(expected.amount)
+    assert quote["route"]["model"] == "gpt-4o" and quote["route"]["max_output_tokens"] == 300
+    offer = quote["payment_required"]
+    assert offer["accepts"][0]["amount"] == str(expected.amount)
+    # pay the dry-run's requirements without the 402 round trip
+    before = observer.balances(box.operator.address)[0]
+    paid = http.post(f"{box.router_url}/v1/chat/completions", json=body, headers=header(payment(offer, box.agents[0])))
+    assert paid.status_code == 200, paid.text
+    assert observer.balances(box.operator.address)[0] - before == expected.amount
+
+
+def test_healthz_and_openapi(box: Sandbox, http: httpx.Client) -> None:
+    health = http.get(f"{box.router_url}/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok", "checks": {"store": "ok", "chain": "ok"}}
+    doc = http.get(f"{box.router_url}/openapi.json").json()
+    assert doc["openapi"].startswith("3.")
+    assert {"/v1/chat/completions", "/v1/quote", "/v1/models", "/healthz"} <= set(doc["paths"])
+    assert "messages" in doc["components"]["schemas"]["ChatRequest"]["properties"]
+
+
+def test_cors_exposes_payment_headers(box: Sandbox, http: httpx.Client) -> None:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "cors"}]}
+    response = http.post(f"{box.router_url}/v1/chat/completions", json=body, headers={"Origin": "https://app.example"})
+    assert response.status_code == 402
+    exposed = response.headers["access-control-expose-headers"].lower()
+    assert "payment-required" in exposed and "payment-response" in exposed
+    preflight = http.options(
+        f"{box.router_url}/v1/chat/completions",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "payment-signature,content-type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert "payment-signature" in preflight.headers["access-control-allow-headers"].lower()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"[]", 400, "JSON object"),
+        (json.dumps({"model": "auto"}).encode(), 400, "messages"),
+        (json.dumps({"model": "auto", "messages": []}).encode(), 400, "messages"),
+        (json.dumps({"model": "auto", "messages": [{"role": "robot", "content": "x"}]}).encode(), 400, "role"),
+        (json.dumps({"model": "nope", "messages": [{"role": "user", "content": "x"}]}).encode(), 400, "unknown model"),
+        (
+            json.dumps(
+                {"model": "gpt-4o", "max_tokens": 10**6, "messages": [{"role": "user", "content": "x"}]}
+            ).encode(),
+            400,
+            "output limit",
+        ),
+        (
+            json.dumps({"model": "auto", "max_tokens": 0, "messages": [{"role": "user", "content": "x"}]}).encode(),
+            400,
+            "max_tokens",
+        ),
+        (
+            json.dumps({"model": "auto", "stream": True, "messages": [{"role": "user", "content": "x"}]}).encode(),
+            400,
+            "stream",
+        ),
+        (b'{"model": "auto", "messages": [{"role": "user", "content": "' + b"x" * (1 << 20) + b'"}]}', 413, "exceeds"),
+    ],
+)
+def test_bad_requests_are_clear_errors(
+    box: Sandbox, http: httpx.Client, observer: Observer, body: bytes, status: int, fragment: str
+) -> None:
+    calls = observer.upstream_calls()
+    for path in ("/v1/chat/completions", "/v1/quote"):
+        response = http.post(f"{box.router_url}{path}", content=body, headers={"content-type": "application/json"})
+        if path == "/v1/quote" and "stream" in fragment:
+            continue  # a dry run may price a streaming request
+        assert response.status_code == status, response.text
+        assert fragment in response.json()["error"]["message"]
+    assert observer.upstream_calls() == calls
+
+
+def test_bad_request_with_payment_charges_nothing(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    header_value = base64.b64encode(b'{"x402Version":2}').decode()
+    before = observer.balances(box.agents[0].address)
+    response = http.post(
+        f"{box.router_url}/v1/chat/completions", content=b"{", headers={"PAYMENT-SIGNATURE": header_value}
+    )
+    assert response.status_code == 400
+    assert observer.balances(box.agents[0].address) == before

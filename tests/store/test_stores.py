@@ -1,0 +1,96 @@
+"""Both stores behave alike: the in-memory one and Redis (real, on 127.0.0.1:6379)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+
+from payrouter.store import MemoryStore, RedisStore, Store, StoreError
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    namespace = f"payrouter-test-store-{secrets.token_hex(4)}"
+    s = RedisStore(REDIS_URL, namespace)
+    yield s
+    await s.close()
+    with redis.Redis.from_url(REDIS_URL) as r:
+        for key in r.scan_iter(match=f"{namespace}:*"):
+            r.delete(key)
+
+
+async def test_put_get_expire(store: Store) -> None:
+    await store.put("q", b"value", 1)
+    assert await store.get("q") == b"value"
+    assert await store.get("missing") is None
+    await asyncio.sleep(1.1)
+    assert await store.get("q") is None
+
+
+async def test_claim_is_exclusive_and_owned(store: Store) -> None:
+    assert await store.claim("pay", "a", 60)
+    assert not await store.claim("pay", "b", 60)
+    assert not await store.release("pay", "b")  # not b's to release
+    assert not await store.replace("pay", "b", "settled", 60)
+    assert await store.replace("pay", "a", "settled", 60)
+    assert await store.get("pay") == b"settled"
+    assert not await store.release("pay", "a")  # a no longer owns it: settled is final
+    assert not await store.claim("pay", "c", 60)
+
+
+async def test_concurrent_claims_have_one_winner(store: Store) -> None:
+    results = await asyncio.gather(*(store.claim("race", f"o{i}", 60) for i in range(50)))
+    assert results.count(True) == 1
+
+
+async def test_released_claim_can_be_claimed_again(store: Store) -> None:
+    assert await store.claim("retry", "a", 60)
+    assert await store.release("retry", "a")
+    assert await store.claim("retry", "b", 60)
+
+
+async def test_lock_is_mutually_exclusive(store: Store) -> None:
+    inside = 0
+    peak = 0
+
+    async def worker() -> None:
+        nonlocal inside, peak
+        async with store.lock("gas", timeout_seconds=5):
+            inside += 1
+            peak = max(peak, inside)
+            await asyncio.sleep(0.005)
+            inside -= 1
+
+    await asyncio.gather(*(worker() for _ in range(10)))
+    assert peak == 1
+
+
+async def test_lock_timeout_is_an_error(store: Store) -> None:
+    async with store.lock("busy", timeout_seconds=5):
+        with pytest.raises(StoreError, match="not acquired"):
+            async with store.lock("busy", timeout_seconds=0.05):
+                pass
+
+
+async def test_ledger_appends_in_order(store: Store) -> None:
+    for i in range(3):
+        await store.append_ledger({"amount": str(i), "payer": "0xabc"})
+    rows = await store.read_ledger(10)
+    assert [r["amount"] for r in rows[-3:]] == ["0", "1", "2"]
+    assert all(r["id"] for r in rows)
+
+
+async def test_unreachable_redis_is_a_store_error() -> None:
+    s = RedisStore("redis://127.0.0.1:1/0")
+    with pytest.raises(StoreError):
+        await s.ping()
+    await s.close()

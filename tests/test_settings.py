@@ -1,0 +1,84 @@
+"""Loading the service config: secrets from the environment, clear errors, nothing leaked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from payrouter.settings import ConfigError, load_settings
+from wallets import LocalSigner, save_keystore
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+GAS = "0x" + "42" * 32
+ENV = {"PAYROUTER_GAS_KEY": GAS, "OPENAI_API_KEY": "sk-openai", "ANTHROPIC_API_KEY": "sk-ant", "TOGETHER_API_KEY": "t"}
+
+
+def test_example_config_loads_with_secrets_from_env() -> None:
+    settings = load_settings(EXAMPLES / "payrouter.toml", ENV)
+    assert settings.facilitator == "local" and settings.rpc_url == "https://mainnet.base.org"
+    assert settings.gas_key is not None and settings.gas_key.get_secret_value() == GAS
+    assert settings.providers["openai"].api_key is not None
+    assert settings.providers["openai"].api_key.get_secret_value() == "sk-openai"
+    assert settings.server.port == 8402 and settings.redis_url == "redis://127.0.0.1:6379/0"
+    text = repr(settings) + str(settings) + settings.model_dump_json()
+    for secret in ("42" * 32, "sk-openai", "sk-ant"):
+        assert secret not in text
+
+
+def test_missing_secret_names_the_variable() -> None:
+    env = {k: v for k, v in ENV.items() if k != "OPENAI_API_KEY"}
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        load_settings(EXAMPLES / "payrouter.toml", env)
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    (tmp_path / "prices.toml").write_text((EXAMPLES / "prices.toml").read_text())
+    path = tmp_path / "payrouter.toml"
+    path.write_text('price_table = "prices.toml"\n' + body)
+    return path
+
+
+PROVIDERS = "\n".join(
+    f'[providers.{p}]\nbase_url = "http://127.0.0.1:1/v1"' for p in ("openai", "anthropic", "together")
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (f'[facilitator]\nmode = "local"\n{PROVIDERS}', "needs rpc_url and a gas key"),
+        (f'[facilitator]\nmode = "remote"\n{PROVIDERS}', "needs facilitator_url"),
+        (f'[facilitator]\nmode = "carrier-pigeon"\n{PROVIDERS}', "facilitator"),
+        (f'[facilitator]\nmode = "remote"\nurl = "http://f"\nbogus = 1\n{PROVIDERS}', "unknown keys in [facilitator]"),
+        ('[facilitator]\nmode = "remote"\nurl = "http://f"\n[providers.openai]\nbase_url = "http://x"\n', "together"),
+        (f'max_body_bytes = 10\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}', "max_body_bytes"),
+        (f'colour = "blue"\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}', "colour"),
+    ],
+)
+def test_invalid_configs_are_clear(tmp_path: Path, body: str, fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        load_settings(_write(tmp_path, body), {})
+
+
+def test_gas_key_from_keystore(tmp_path: Path) -> None:
+    signer = LocalSigner.generate()
+    save_keystore(signer, tmp_path / "gas.json", "pw", scrypt_n=2**10)
+    path = _write(
+        tmp_path,
+        f'[facilitator]\nrpc_url = "http://127.0.0.1:8545"\ngas_keystore = "gas.json"\n'
+        f'gas_keystore_password_env = "GAS_PW"\n{PROVIDERS}',
+    )
+    settings = load_settings(path, {"GAS_PW": "pw"})
+    assert settings.gas_key is not None
+    assert LocalSigner(settings.gas_key.get_secret_value()).address == signer.address
+    with pytest.raises(Exception, match="wrong password"):
+        load_settings(path, {"GAS_PW": "nope"})
+
+
+def test_unreadable_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "nope.toml", {})
+    (tmp_path / "bad.toml").write_text("price_table = ")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(tmp_path / "bad.toml", {})
