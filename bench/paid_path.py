@@ -12,7 +12,8 @@ process) and settle every payment on the same anvil chain (automine):
   `PaymentMiddlewareASGI` with `x402ResourceServer` over the in-process `x402Facilitator`
   (`FacilitatorWeb3Signer`), priced at payrouter's quote for the same request.
 
-Reported per server: unpaid-402 requests per second (closed loop, `--concurrency` clients)
+Reported per server: unpaid-402 requests per second (closed loop, `--concurrency` connections,
+driven by wrk when installed (`apt-get install wrk`), else by an httpx client)
 and the latency of paid calls (p50/p99 over `--paid` sequential calls; the client signs
 before the clock starts, so the figure is the server's verify + model call + settlement).
 """
@@ -23,9 +24,14 @@ import argparse
 import asyncio
 import json
 import multiprocessing
+import os
+import re
 import secrets
+import shutil
 import socket
 import statistics
+import subprocess
+import tempfile
 import time
 
 import httpx
@@ -132,7 +138,34 @@ async def _wait(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
+def _wrk_rps(url: str, seconds: float, concurrency: int) -> float | None:
+    """Unpaid-402 throughput measured by wrk (a C load generator), when installed."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+            f"wrk.body = [[{json.dumps(BODY)}]]\n"
+        )
+    out = subprocess.run(
+        [wrk, "-t2", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    os.unlink(script.name)
+    match = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    assert match and non2xx and total and non2xx.group(1) == total.group(1), out  # every answer was a 402
+    return float(match.group(1))
+
+
 async def _unpaid_rps(url: str, seconds: float, concurrency: int) -> float:
+    measured = await asyncio.to_thread(_wrk_rps, url, seconds, concurrency)
+    if measured is not None:
+        return measured
     count = 0
     deadline = time.perf_counter() + seconds
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)

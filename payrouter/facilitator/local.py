@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -18,7 +19,7 @@ from payrouter.chain import (
     encode_transfer_with_authorization,
 )
 from payrouter.facilitator.base import SettleResult
-from payrouter.store.base import Store
+from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload, v1_network_name
@@ -221,9 +222,13 @@ class LocalFacilitator:
                     if attempt == 0 and _is_nonce_error(exc):
                         nonce = await self._chain.transaction_count(self._gas.address, "pending")
                         continue
-                    await self._store.put(nonce_key, b"", 1)  # forget the cache; re-read next time
+                    with contextlib.suppress(StoreError):
+                        await self._store.put(nonce_key, b"", 1)  # forget the cache; re-read next time
                     raise
-                await self._store.put(nonce_key, str(nonce + 1).encode(), _NONCE_TTL)
+                try:
+                    await self._store.put(nonce_key, str(nonce + 1).encode(), _NONCE_TTL)
+                except StoreError:
+                    pass  # the transaction is out; the next settlement re-reads the nonce on conflict
                 return sent
         raise ChainError("unreachable")  # pragma: no cover
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -78,7 +79,9 @@ class RedisStore:
         try:
             yield
         finally:
-            await self._run(self._release(keys=[key], args=[token]))
+            # Best effort: an unreleased lock expires by itself, and the work inside it is done.
+            with contextlib.suppress(RedisError):
+                await self._release(keys=[key], args=[token])
 
     async def append_ledger(self, entry: dict[str, str]) -> str:
         entry_id = await self._run(

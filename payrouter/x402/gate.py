@@ -8,6 +8,7 @@ Paid request   -> decode, match the stored quote, claim the payment, verify, run
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -127,17 +128,18 @@ class PaymentGate:
         v2_header = headers.get("payment-signature")
         v1_header = headers.get("x-payment")
         try:
-            if v2_header is None and v1_header is None:
-                priced = await self._quote(services, request, digest)
-                await _send(send, 402, *_swap(payment_required(priced.requirements, resource)))
-                return
-            version = 2 if v2_header is not None else 1
-            payment = parse_payment(decode_header(v2_header or v1_header or ""), version)
-            await self._paid(scope, receive, send, services, request, body, digest, payment, resource)
+            try:
+                if v2_header is None and v1_header is None:
+                    priced = await self._quote(services, request, digest)
+                    await _send(send, 402, *_swap(payment_required(priced.requirements, resource)))
+                    return
+                version = 2 if v2_header is not None else 1
+                payment = parse_payment(decode_header(v2_header or v1_header or ""), version)
+                await self._paid(scope, receive, send, services, request, body, digest, payment, resource)
+            except PaymentRejected as exc:
+                await self._reject(send, services, request, digest, resource, exc)
         except (RoutingError, PricingError) as exc:
             await _send(send, *_json_error(400, str(exc), "invalid_request_error", "model"))
-        except PaymentRejected as exc:
-            await self._reject(send, services, request, digest, resource, exc)
         except StoreError as exc:
             log.error("store unavailable: %s", exc)
             await _send(send, *_json_error(503, "payment state store unavailable; nothing was charged", "server_error"))
@@ -206,34 +208,64 @@ class PaymentGate:
         try:
             settled = await services.facilitator.settle(payment, requirements)
         except SettlementFailed as exc:
-            if exc.reason == Reason.SETTLEMENT_PENDING:
-                await services.store.replace(claim_key, owner, f"pending:{exc.transaction}", ttl)
-            else:
-                await services.store.release(claim_key, owner)
-            log.warning("settlement failed: %s (%s) tx=%s", exc.reason, exc.message, exc.transaction)
-            name, value = settlement_header(
-                payment.version, False, requirements.network, payer, exc.transaction, exc.reason
-            )
-            _, err = _json_error(402, f"settlement failed ({exc.reason}): {exc.message}", "payment_error")
-            await _send(send, 402, err, [(b"content-type", b"application/json"), (name, value)])
+            await self._settlement_failed(send, services, payment, requirements, payer, claim_key, owner, ttl, exc)
             return
-        await services.store.replace(claim_key, owner, f"settled:{settled.transaction}", ttl)
-        await services.store.append_ledger(
-            {
-                "payer": payer,
-                "amount": str(requirements.amount),
-                "upstream_cost": str(priced.quote.upstream_cost),
-                "model": priced.decision.model,
-                "network": settled.network,
-                "transaction": settled.transaction,
-                "request": digest,
-                "at": str(int(time.time())),
-            }
-        )
+        except Exception:
+            log.exception("settlement crashed")
+            await services.store.release(claim_key, owner)
+            await _send(send, *_json_error(503, "settlement unavailable; nothing was charged", "server_error"))
+            return
+        # The money moved: record it, but a store hiccup now must not hide the answer paid for.
+        try:
+            await asyncio.gather(
+                services.store.replace(claim_key, owner, f"settled:{settled.transaction}", ttl),
+                services.store.append_ledger(
+                    _ledger_entry(payer, priced, settled.network, settled.transaction, digest)
+                ),
+            )
+        except StoreError as exc:
+            log.error("payment %s settled in %s but not recorded: %s", claim_key, settled.transaction, exc)
         receipt = settlement_header(payment.version, True, requirements.network, payer, settled.transaction)
-        resp_headers = [h for h in resp_headers if h[0].lower() != b"cache-control"]
+        resp_headers = [h for h in resp_headers if h[0].lower() not in (b"cache-control", b"content-length")]
         resp_headers += [receipt, (b"cache-control", b"private, no-store")]
-        await _send(send, status, resp_body, [h for h in resp_headers if h[0].lower() != b"content-length"])
+        await _send(send, status, resp_body, resp_headers)
+
+    async def _settlement_failed(
+        self,
+        send: Send,
+        services: Services,
+        payment: PaymentPayload,
+        requirements: Requirements,
+        payer: str,
+        claim_key: str,
+        owner: str,
+        ttl: int,
+        exc: SettlementFailed,
+    ) -> None:
+        if exc.reason == Reason.SETTLEMENT_PENDING:
+            # Broadcast but unconfirmed: keep the claim so the payment cannot be presented again.
+            await services.store.replace(claim_key, owner, f"pending:{exc.transaction}", ttl)
+        else:
+            await services.store.release(claim_key, owner)
+        log.warning("settlement failed: %s (%s) tx=%s", exc.reason, exc.message, exc.transaction)
+        name, value = settlement_header(
+            payment.version, False, requirements.network, payer, exc.transaction, exc.reason
+        )
+        _, err = _json_error(402, f"settlement failed ({exc.reason}): {exc.message}", "payment_error")
+        await _send(send, 402, err, [(b"content-type", b"application/json"), (name, value)])
+
+
+def _ledger_entry(payer: str, priced: PricedRoute, network: str, transaction: str, digest: str) -> dict[str, str]:
+    return {
+        "payer": payer,
+        "amount": str(priced.requirements.amount),
+        "upstream_cost": str(priced.quote.upstream_cost),
+        "model": priced.decision.model,
+        "network": network,
+        "transaction": transaction,
+        "request": digest,
+        "at": str(int(time.time())),
+    }
 
 
 def _swap(pair: tuple[list[tuple[bytes, bytes]], bytes]) -> tuple[bytes, list[tuple[bytes, bytes]]]:

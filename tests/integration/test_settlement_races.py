@@ -1,0 +1,92 @@
+"""What happens between verification and settlement: a drained payer, and a front-runner."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from typing import Any
+
+import httpx
+
+from payrouter.sandbox.dev import Sandbox
+from payrouter.x402.wire import decode_header
+from wallets import LocalSigner, TransferWithAuthorization, new_nonce, sign_authorization
+
+from .conftest import Observer
+from .payments import header, offer, payment
+
+
+def _paid_in_background(
+    url: str, body: dict[str, Any], headers: dict[str, str]
+) -> tuple[threading.Thread, list[httpx.Response]]:
+    out: list[httpx.Response] = []
+
+    def run() -> None:
+        with httpx.Client(timeout=30) as client:
+            out.append(client.post(url, json=body, headers=headers))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, out
+
+
+def _wait_for_upstream_call(observer: Observer, calls: int) -> None:
+    deadline = time.monotonic() + 10
+    while observer.upstream_calls() == calls:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_payer_drained_during_the_call_gets_no_answer(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    payer = box.chain.new_account()
+    body = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": secrets.token_hex(6)}]}
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    box.token.mint(payer.address, amount)
+    operator_before = observer.balances(box.operator.address)[0]
+    observer.control(delay_ms=400)
+    calls = observer.upstream_calls()
+    thread, result = _paid_in_background(url, body, header(payment(o, payer)))
+    _wait_for_upstream_call(observer, calls)
+    # while the model runs, the payer moves its funds away with another authorization
+    sink = LocalSigner.generate()
+    drain = TransferWithAuthorization(payer.address, sink.address, amount, 0, int(time.time()) + 60, new_nonce())
+    box.token.transfer_with_authorization(payer, drain, sign_authorization(payer, box.token.domain, drain))
+    thread.join(30)
+    response = result[0]
+    assert response.status_code == 402
+    receipt = json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"]))
+    assert receipt["success"] is False and receipt["errorReason"] == "invalid_exact_evm_transaction_failed"
+    assert "choices" not in response.text  # the answer is not handed over unpaid
+    assert observer.balances(box.operator.address)[0] == operator_before
+
+
+def test_front_run_settlement_still_counts(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = box.agents[3]
+    body = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": secrets.token_hex(6)}]}
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    paid = header(payment(o, agent))
+    before = observer.balances(agent.address, box.operator.address)
+    observer.control(delay_ms=400)
+    calls = observer.upstream_calls()
+    thread, result = _paid_in_background(url, body, paid)
+    _wait_for_upstream_call(observer, calls)
+    # a third party submits the very same signed authorization first
+    decoded = decode_header(paid["PAYMENT-SIGNATURE"])
+    auth = TransferWithAuthorization.from_wire(decoded["payload"]["authorization"])
+    signature = bytes.fromhex(decoded["payload"]["signature"][2:])
+    front = box.token.transfer_with_authorization(box.chain.new_account(), auth, signature)
+    thread.join(30)
+    response = result[0]
+    assert response.status_code == 200, response.text
+    receipt = json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"]))
+    assert receipt["success"] is True
+    assert receipt["transaction"] == front["transactionHash"].to_0x_hex()
+    after = observer.balances(agent.address, box.operator.address)
+    assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)
