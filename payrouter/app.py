@@ -21,7 +21,8 @@ from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions
 from payrouter.routes.health import healthz
 from payrouter.routes.openapi import openapi
-from payrouter.routing import DefaultModelRouter, Router
+from payrouter.routing import Router, RoutingEngine
+from payrouter.routing.predictor import QualityPredictor
 from payrouter.services import Services
 from payrouter.settings import ConfigError, Settings
 from payrouter.store import MemoryStore, RedisStore, Store
@@ -36,6 +37,11 @@ __all__ = ["create_app"]
 log = logging.getLogger("payrouter")
 
 
+def _default_router(settings: Settings) -> Router:
+    path = settings.price_table.routing.predictor
+    return RoutingEngine(QualityPredictor.load(path) if path else None)
+
+
 def create_app(settings: Settings, router: Router | None = None) -> Starlette:
     """Build the payrouter ASGI app.
 
@@ -45,7 +51,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
 
     Args:
         settings: validated service settings.
-        router: the routing engine; the default sends ``auto`` to the table's default model.
+        router: the routing engine; by default a `RoutingEngine` with the price table's trained
+            predictor (if it names one) and quality profiles otherwise.
     """
     table = settings.price_table
 
@@ -89,7 +96,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             }
             services = Services(
                 table=table,
-                quoter=Quoter(table, router or DefaultModelRouter()),
+                quoter=Quoter(table, router or _default_router(settings)),
                 store=store,
                 facilitator=facilitator,
                 upstreams=UpstreamPool(adapters),

@@ -50,6 +50,7 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     stream: bool = False
     tools: list[dict[str, Any]] | None = None
+    routing: dict[str, Any] | None = None
 
     @property
     def output_limit(self) -> int | None:
@@ -57,8 +58,11 @@ class ChatRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
     def provider_body(self) -> dict[str, Any]:
-        """The request as JSON for an OpenAI-compatible provider (model and budget set later)."""
-        return self.model_dump(exclude_none=True)
+        """The request as JSON for an OpenAI-compatible provider (model and budget set later).
+
+        Our own ``routing`` field is not forwarded.
+        """
+        return self.model_dump(exclude_none=True, exclude={"routing"})
 
 
 def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
@@ -81,11 +85,13 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         raise InvalidRequest(f"{param}: {first['msg']}", param=param) from None
 
 
-def request_digest(method: str, path: str, raw: dict[str, Any]) -> str:
-    """A digest of what is being bought: method, path and the canonical JSON body.
+def request_digest(method: str, path: str, raw: dict[str, Any], routing_headers: dict[str, str] | None = None) -> str:
+    """A digest of what is being bought: method, path, the canonical JSON body and any routing
+    headers (they change the route, so they change what is quoted).
 
     Key order and whitespace do not matter, so a client that re-serialises the body on its
     paid retry still matches its quote.
     """
     canonical = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+    extra = json.dumps(routing_headers, sort_keys=True) if routing_headers else ""
+    return hashlib.sha256(f"{method} {path}\n{canonical}\n{extra}".encode()).hexdigest()

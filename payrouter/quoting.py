@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from payrouter.chat import ChatRequest
-from payrouter.routing import RouteDecision, Router
+from payrouter.routing import RouteConstraints, RouteDecision, Router
 from payrouter.x402.requirements import Requirements
 from pricing import PriceTable, Quote, estimate_chat_input_tokens, quote_route
 
@@ -34,6 +34,7 @@ class PricedRoute:
                     "input_tokens": d.input_tokens,
                     "fallbacks": list(d.fallbacks),
                     "reason": d.reason,
+                    "strategy": d.strategy,
                 },
                 "quote": {"upstream_cost": self.quote.upstream_cost, "amount": self.quote.amount},
             },
@@ -51,6 +52,7 @@ class PricedRoute:
             input_tokens=d["input_tokens"],
             fallbacks=tuple(d["fallbacks"]),
             reason=d["reason"],
+            strategy=d.get("strategy", "named"),
         )
         quote = Quote(
             model_id=decision.model,
@@ -74,11 +76,11 @@ class Quoter:
         self.table = table
         self.router = router
 
-    def price(self, request: ChatRequest) -> PricedRoute:
+    def price(self, request: ChatRequest, constraints: RouteConstraints | None = None) -> PricedRoute:
         """Route and price ``request``; build the exact requirements a paid call must meet."""
         messages: list[dict[str, Any]] = [m.model_dump(exclude_none=True) for m in request.messages]
         input_tokens = estimate_chat_input_tokens(messages, request.tools)
-        decision = self.router.decide(request, input_tokens, self.table)
+        decision = self.router.decide(request, input_tokens, self.table, constraints)
         quote = quote_route(self.table, decision.model, decision.input_tokens, decision.output_tokens)
         return PricedRoute(decision=decision, quote=quote, requirements=self._requirements(decision, quote))
 
@@ -96,6 +98,10 @@ class Quoter:
                 "inputTokens": decision.input_tokens,
                 "maxOutputTokens": decision.output_tokens,
                 "fallbacks": list(decision.fallbacks),
+                "strategy": decision.strategy,
+                "candidates": [
+                    {"model": c.model, "quality": c.quality, "price": str(c.price)} for c in decision.candidates[:4]
+                ],
             },
             "price": {
                 "amount": str(quote.amount),

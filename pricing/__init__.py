@@ -8,7 +8,18 @@ is ever involved.
 from pricing.errors import PriceTableError, PricingError, RouteDoesNotFitError, UnknownModelError
 from pricing.money import ceil_fraction, parse_decimal, usd_to_atomic
 from pricing.quote import Charge, Quote, charge_for_usage, quote_route
-from pricing.table import Asset, Capability, ModelPrice, PriceTable, load_price_table, parse_price_table
+from pricing.table import (
+    Asset,
+    Capability,
+    ModelPrice,
+    PriceTable,
+    Privacy,
+    RoutingPolicy,
+    RoutingRule,
+    Strategy,
+    load_price_table,
+    parse_price_table,
+)
 from pricing.tokens import estimate_chat_input_tokens, estimate_text_tokens
 
 __all__ = [
@@ -19,8 +30,12 @@ __all__ = [
     "PriceTable",
     "PriceTableError",
     "PricingError",
+    "Privacy",
     "Quote",
     "RouteDoesNotFitError",
+    "RoutingPolicy",
+    "RoutingRule",
+    "Strategy",
     "UnknownModelError",
     "ceil_fraction",
     "charge_for_usage",

@@ -34,6 +34,10 @@ from pricing.money import parse_decimal
 __all__ = [
     "Asset",
     "Capability",
+    "Privacy",
+    "RoutingPolicy",
+    "RoutingRule",
+    "Strategy",
     "ModelPrice",
     "PriceTable",
     "load_price_table",
@@ -41,6 +45,8 @@ __all__ = [
 ]
 
 Capability = Literal["tools", "vision", "json", "streaming", "reasoning"]
+Privacy = Literal["local", "trusted", "public"]
+Strategy = Literal["cost", "quality", "balanced", "latency"]
 _CAIP2_EVM = re.compile(r"^eip155:[1-9]\d{0,18}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -109,6 +115,11 @@ class ModelPrice(_Frozen):
         max_output_tokens: the most output tokens one request may buy.
         capabilities: what the model can do (tools, vision, json, streaming, reasoning).
         quality: quality profile, task name -> score 0..100 (``general`` at least).
+        router_name: the model's name in the routing training data (``M`` of ``M|score``), so
+            the learned predictor's estimate is used; without it the quality profile is.
+        privacy: ``local`` (runs on the operator's hardware), ``trusted`` (contracted
+            provider), or ``public``; a caller may restrict routing to a tier.
+        first_token_ms, tokens_per_second: typical latency, for the latency strategy.
     """
 
     id: Annotated[StrictStr, AfterValidator(_model_id)]
@@ -123,6 +134,10 @@ class ModelPrice(_Frozen):
     max_output_tokens: Annotated[StrictInt, Field(gt=0)]
     capabilities: frozenset[Capability] = frozenset()
     quality: dict[StrictStr, Annotated[StrictInt, Field(ge=0, le=100)]] = Field(default_factory=dict)
+    router_name: NonEmpty | None = None
+    privacy: Privacy = "public"
+    first_token_ms: Annotated[StrictInt, Field(ge=0, le=600_000)] = 500
+    tokens_per_second: Annotated[StrictInt, Field(gt=0, le=100_000)] = 50
 
     @model_validator(mode="after")
     def _limits(self) -> ModelPrice:
@@ -131,6 +146,55 @@ class ModelPrice(_Frozen):
         if "general" not in self.quality:
             raise ValueError('quality must include a "general" score (0..100)')
         return self
+
+
+class RoutingRule(_Frozen):
+    """An operator rule: when a request matches, route it as the rule says.
+
+    A request matches when every condition given holds: any of ``keywords`` (case-insensitive)
+    in the last user message, ``regex`` found in it, and every ``metadata`` key equal in the
+    request's ``metadata`` object. The first matching rule applies.
+    """
+
+    name: NonEmpty
+    keywords: list[StrictStr] = Field(default_factory=list)
+    regex: StrictStr | None = None
+    metadata: dict[StrictStr, StrictStr] = Field(default_factory=dict)
+    model: StrictStr | None = None
+    strategy: Strategy | None = None
+    only: list[StrictStr] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _effect(self) -> RoutingRule:
+        if not (self.keywords or self.regex or self.metadata):
+            raise ValueError("a rule needs at least one condition (keywords, regex or metadata)")
+        if not (self.model or self.strategy or self.only):
+            raise ValueError("a rule needs an effect (model, strategy or only)")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as exc:
+                raise ValueError(f"regex does not compile: {exc}") from None
+        return self
+
+
+class RoutingPolicy(_Frozen):
+    """How ``auto`` chooses.
+
+    Attributes:
+        strategy: default for ``auto`` (callers may say ``auto:cost`` etc.).
+        quality_floor: predicted quality (0..100) the cost and latency strategies must reach.
+        usd_per_quality_point: the balanced strategy pays up to this much (USD) for one more
+            point of predicted quality.
+        predictor: a trained router file (``payrouter router train``), relative to the table.
+        rules: operator rules, tried in order before any strategy.
+    """
+
+    strategy: Strategy = "balanced"
+    quality_floor: Annotated[StrictInt, Field(ge=0, le=100)] = 70
+    usd_per_quality_point: Usd = Decimal("0.0002")
+    predictor: StrictStr | None = None
+    rules: list[RoutingRule] = Field(default_factory=list)
 
 
 class PriceTable(_Frozen):
@@ -151,6 +215,7 @@ class PriceTable(_Frozen):
     default_model: StrictStr
     max_timeout_seconds: Annotated[StrictInt, Field(ge=30, le=86_400)] = 300
     models: Annotated[list[ModelPrice], Field(min_length=1)]
+    routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
     _by_id: dict[str, ModelPrice] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
@@ -162,6 +227,10 @@ class PriceTable(_Frozen):
             by_id[model.id] = model
         if self.default_model not in by_id:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models")
+        for rule in self.routing.rules:
+            for named in [rule.model, *rule.only]:
+                if named is not None and named not in by_id:
+                    raise ValueError(f"routing rule {rule.name!r} names unknown model {named!r}")
         self._by_id = by_id
         return self
 
@@ -244,4 +313,10 @@ def load_price_table(path: str | Path) -> PriceTable:
         raise PriceTableError(source, [("<file>", f"cannot read: {exc.strerror}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise PriceTableError(source, [("<toml>", str(exc))]) from None
-    return parse_price_table(data, source)
+    table = parse_price_table(data, source)
+    predictor = table.routing.predictor
+    if predictor is not None and not Path(predictor).is_absolute():
+        # a router file named in the table is found next to the table
+        routing = table.routing.model_copy(update={"predictor": str(Path(path).parent / predictor)})
+        table = table.model_copy(update={"routing": routing})
+    return table

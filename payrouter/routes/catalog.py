@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from payrouter.chat import InvalidRequest, parse_chat_request, request_digest
-from payrouter.routing import RoutingError
+from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
+from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
 from payrouter.x402.requirements import Resource
 from payrouter.x402.responses import UNPAID_ERROR
@@ -69,14 +70,17 @@ async def quote(request: Request) -> JSONResponse:
     body = await request.body()
     if len(body) > services.max_body_bytes:
         return _error(413, f"request body exceeds {services.max_body_bytes} bytes")
+    routing_headers = {h: request.headers[h] for h in ROUTING_HEADERS if h in request.headers}
     try:
         chat, raw = parse_chat_request(body)
-        priced = services.quoter.price(chat)
+        priced = services.quoter.price(chat, RouteConstraints.parse(chat.routing, routing_headers))
     except InvalidRequest as exc:
         return _error(400, str(exc), exc.param)
+    except ConstraintError as exc:
+        return _error(400, str(exc), "routing")
     except (RoutingError, PricingError) as exc:
         return _error(400, str(exc), "model")
-    digest = request_digest("POST", "/v1/chat/completions", raw)
+    digest = request_digest("POST", "/v1/chat/completions", raw, routing_headers)
     await services.store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
     base = services.public_url or f"{request.url.scheme}://{request.url.netloc}"
     resource = Resource(url=base.rstrip("/") + "/v1/chat/completions")
@@ -89,6 +93,17 @@ async def quote(request: Request) -> JSONResponse:
                 "input_tokens": d.input_tokens,
                 "max_output_tokens": d.output_tokens,
                 "fallbacks": list(d.fallbacks),
+                "strategy": d.strategy,
+                "candidates": [
+                    {
+                        "model": c.model,
+                        "predicted_quality": c.quality / 10_000,
+                        "price": str(c.price),
+                        "latency_ms": c.latency_ms,
+                        "output_tokens": c.output_tokens,
+                    }
+                    for c in d.candidates
+                ],
             },
             "price": {
                 "amount": str(q.amount),

@@ -1,5 +1,16 @@
 """Routing: which model answers a request, with what output budget, and what to fall back to."""
 
-from payrouter.routing.base import DefaultModelRouter, RouteDecision, Router, RoutingError
+from payrouter.routing.base import Candidate, DefaultModelRouter, RouteDecision, Router, RoutingError
+from payrouter.routing.constraints import ConstraintError, RouteConstraints
+from payrouter.routing.engine import RoutingEngine
 
-__all__ = ["DefaultModelRouter", "RouteDecision", "Router", "RoutingError"]
+__all__ = [
+    "Candidate",
+    "ConstraintError",
+    "DefaultModelRouter",
+    "RouteConstraints",
+    "RouteDecision",
+    "Router",
+    "RoutingEngine",
+    "RoutingError",
+]

@@ -6,9 +6,17 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from payrouter.chat import ChatRequest
+from payrouter.routing.constraints import RouteConstraints
 from pricing import PriceTable, UnknownModelError
 
-__all__ = ["DEFAULT_OUTPUT_BUDGET", "DefaultModelRouter", "RouteDecision", "Router", "RoutingError"]
+__all__ = [
+    "DEFAULT_OUTPUT_BUDGET",
+    "Candidate",
+    "DefaultModelRouter",
+    "RouteDecision",
+    "Router",
+    "RoutingError",
+]
 
 # Output budget when the caller sets no max_tokens. A quote is a maximum, so an unbounded
 # budget would price every call at the model's full output limit.
@@ -17,6 +25,25 @@ DEFAULT_OUTPUT_BUDGET = 1024
 
 class RoutingError(ValueError):
     """No route satisfies the request (unknown model, or constraints that cannot be met)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One model considered for a route.
+
+    Attributes:
+        model: catalog id.
+        quality: predicted quality in basis points (0..10000: 8250 = 82.5% likely correct).
+        price: what this route would be quoted, in atomic units.
+        latency_ms: predicted time to the whole answer.
+        output_tokens: the output budget it would get.
+    """
+
+    model: str
+    quality: int
+    price: int
+    latency_ms: int
+    output_tokens: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +56,8 @@ class RouteDecision:
         input_tokens: estimated prompt tokens the quote is priced on.
         fallbacks: catalog ids to try, in order, if ``model`` fails.
         reason: a short human explanation of the choice.
+        strategy: the strategy applied (``named`` for a model named by the caller).
+        candidates: every model considered, best first, with its predictions.
     """
 
     model: str
@@ -36,16 +65,20 @@ class RouteDecision:
     input_tokens: int
     fallbacks: tuple[str, ...] = ()
     reason: str = ""
+    strategy: str = "named"
+    candidates: tuple[Candidate, ...] = ()
 
 
 class Router(Protocol):
     """Decides a route. Must be deterministic: same request and state, same decision."""
 
-    def decide(self, request: ChatRequest, input_tokens: int, table: PriceTable) -> RouteDecision:
-        """Route ``request`` (whose prompt is estimated at ``input_tokens``).
+    def decide(
+        self, request: ChatRequest, input_tokens: int, table: PriceTable, constraints: RouteConstraints | None = None
+    ) -> RouteDecision:
+        """Route ``request`` (whose prompt is estimated at ``input_tokens``) under ``constraints``.
 
         Raises:
-            RoutingError: no model can serve the request.
+            RoutingError: no model can serve the request; the message names the constraint.
         """
         ...
 
@@ -53,7 +86,9 @@ class Router(Protocol):
 class DefaultModelRouter:
     """Routes a named model to itself and ``auto`` to the price table's ``default_model``."""
 
-    def decide(self, request: ChatRequest, input_tokens: int, table: PriceTable) -> RouteDecision:
+    def decide(
+        self, request: ChatRequest, input_tokens: int, table: PriceTable, constraints: RouteConstraints | None = None
+    ) -> RouteDecision:
         auto = request.model == "auto" or request.model.startswith("auto:")
         model_id = table.default_model if auto else request.model
         try:

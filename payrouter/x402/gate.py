@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, request_digest
 from payrouter.quoting import PricedRoute
-from payrouter.routing import RoutingError
+from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
+from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
 from payrouter.store import StoreError
 from payrouter.x402.errors import PaymentError, PaymentRejected, Reason, SettlementFailed
@@ -123,29 +124,37 @@ class PaymentGate:
             await _send(send, *_json_error(400, "stream=true is not supported yet", "invalid_request_error", "stream"))
             return
         headers = Headers(scope=scope)
+        routing_headers = {h: headers[h] for h in ROUTING_HEADERS if h in headers}
+        try:
+            constraints = RouteConstraints.parse(request.routing, routing_headers)
+        except ConstraintError as exc:
+            await _send(send, *_json_error(400, str(exc), "invalid_request_error", "routing"))
+            return
         resource = Resource(url=_resource_url(scope, headers, services.public_url))
-        digest = request_digest("POST", scope["path"], raw)
+        digest = request_digest("POST", scope["path"], raw, routing_headers)
         v2_header = headers.get("payment-signature")
         v1_header = headers.get("x-payment")
         try:
             try:
                 if v2_header is None and v1_header is None:
-                    priced = await self._quote(services, request, digest)
+                    priced = await self._quote(services, request, constraints, digest)
                     await _send(send, 402, *_swap(payment_required(priced.requirements, resource)))
                     return
                 version = 2 if v2_header is not None else 1
                 payment = parse_payment(decode_header(v2_header or v1_header or ""), version)
                 await self._paid(scope, receive, send, services, request, body, digest, payment, resource)
             except PaymentRejected as exc:
-                await self._reject(send, services, request, digest, resource, exc)
+                await self._reject(send, services, request, constraints, digest, resource, exc)
         except (RoutingError, PricingError) as exc:
             await _send(send, *_json_error(400, str(exc), "invalid_request_error", "model"))
         except StoreError as exc:
             log.error("store unavailable: %s", exc)
             await _send(send, *_json_error(503, "payment state store unavailable; nothing was charged", "server_error"))
 
-    async def _quote(self, services: Services, request: ChatRequest, digest: str) -> PricedRoute:
-        priced = services.quoter.price(request)
+    async def _quote(
+        self, services: Services, request: ChatRequest, constraints: RouteConstraints, digest: str
+    ) -> PricedRoute:
+        priced = services.quoter.price(request, constraints)
         await services.store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
         return priced
 
@@ -154,12 +163,13 @@ class PaymentGate:
         send: Send,
         services: Services,
         request: ChatRequest,
+        constraints: RouteConstraints,
         digest: str,
         resource: Resource,
         exc: PaymentError,
     ) -> None:
         # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
-        priced = await self._quote(services, request, digest)
+        priced = await self._quote(services, request, constraints, digest)
         log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
         await _send(send, 402, *_swap(payment_required(priced.requirements, resource, exc.reason, exc.message)))
 

@@ -115,7 +115,8 @@ def test_bad_payment_is_refused_and_changes_nothing(
 
 def test_no_payment_header_gets_the_offer(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
     calls = observer.upstream_calls()
-    response = http.post(f"{box.router_url}/v1/chat/completions", json=_body())
+    body = _body()
+    response = http.post(f"{box.router_url}/v1/chat/completions", json=body)
     assert rejection(response) == (402, "PAYMENT-SIGNATURE header is required")
     required = response.json()
     assert required["x402Version"] == 2  # 31337 has no v1 name, so the body is the v2 object
@@ -123,7 +124,9 @@ def test_no_payment_header_gets_the_offer(box: Sandbox, http: httpx.Client, obse
     assert req["scheme"] == "exact" and req["network"] == box.chain.network
     assert req["asset"] == box.token.address and req["payTo"] == box.operator.address
     assert (req["extra"]["name"], req["extra"]["version"]) == ("USD Coin", "2")
-    assert req["extra"]["route"]["model"] == box.table.default_model
+    dry_run = http.post(f"{box.router_url}/v1/quote", json=body).json()
+    assert req["extra"]["route"]["model"] == dry_run["route"]["model"]  # the engine's decision, deterministic
+    assert req["amount"] == dry_run["price"]["amount"]
     assert int(req["extra"]["price"]["amount"]) == int(req["amount"])
     assert observer.upstream_calls() == calls
 

@@ -35,18 +35,19 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
     raise TypeError(type(value))
 
 
 def _table_toml(table: PriceTable) -> str:
     data = table.model_dump(mode="json")
-    lines = [f"{k} = {_toml_value(data[k])}" for k in ("network", "pay_to", "default_model", "max_timeout_seconds")]
+    keys = ("network", "pay_to", "default_model", "max_timeout_seconds", "routing")
+    lines = [f"{k} = {_toml_value(data[k])}" for k in keys]
     lines.append("[asset]")
     lines += [f"{k} = {_toml_value(v)}" for k, v in data["asset"].items()]
     for model in data["models"]:
         lines.append("[[models]]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in model.items()]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in model.items() if v is not None]
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,252 @@
+"""The learned quality predictor: P(model answers correctly | prompt), and output length.
+
+One L2-regularised logistic regression per model over hashed prompt features, trained
+jointly with Adam on the full batch, plus a per-model regression of the log answer length
+(for the output budget). Trained from CSV files in the RouterBench format; saved as one
+``.npz`` file. Inference is a gather-and-sum over the prompt's active features: tens of µs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from payrouter.routing.features import FEATURE_BITS, prompt_features
+
+__all__ = ["QualityPredictor", "RouterRow", "load_rows", "prompt_id"]
+
+CHARS_PER_TOKEN = 4
+
+
+def prompt_id(prompt: str) -> str:
+    """A stable id of a prompt's text (to tell training rows from unseen ones)."""
+    return hashlib.sha256(prompt.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterRow:
+    """One prompt of a routing data set: its text, task, and per-model score, cost and answer length."""
+
+    prompt: str
+    task: str
+    scores: dict[str, float]
+    costs: dict[str, float]
+    response_chars: dict[str, float] = field(default_factory=dict)
+
+
+def load_rows(paths: Iterable[str | Path]) -> list[RouterRow]:
+    """Read RouterBench-format CSVs: ``prompt``, ``eval_name`` and ``M|score``, ``M|cost_usd``,
+    ``M|response_chars`` per model. Missing numbers count as 0.
+
+    Raises:
+        ValueError: a file lacks the ``prompt`` column or any ``M|score`` column.
+    """
+    rows: list[RouterRow] = []
+    csv.field_size_limit(1 << 26)
+    for path in paths:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            models = [c[: -len("|score")] for c in columns if c.endswith("|score")]
+            if "prompt" not in columns or not models:
+                raise ValueError(f"{path}: needs a 'prompt' column and 'MODEL|score' columns")
+            for raw in reader:
+
+                def num(key: str, raw: dict[str, str] = raw) -> float:
+                    value = raw.get(key) or ""
+                    try:
+                        return float(value) if value else 0.0
+                    except ValueError:
+                        return 0.0
+
+                rows.append(
+                    RouterRow(
+                        prompt=raw["prompt"],
+                        task=raw.get("eval_name", ""),
+                        scores={m: num(f"{m}|score") for m in models},
+                        costs={m: num(f"{m}|cost_usd") for m in models},
+                        response_chars={m: num(f"{m}|response_chars") for m in models},
+                    )
+                )
+    return rows
+
+
+def _sparse(rows: Sequence[str]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Row-major (row index, feature index) pairs of the prompts' active features."""
+    row_idx: list[int] = []
+    col_idx: list[int] = []
+    for i, text in enumerate(rows):
+        feats = prompt_features(text)
+        row_idx += [i] * len(feats)
+        col_idx += feats
+    return np.asarray(row_idx, dtype=np.int64), np.asarray(col_idx, dtype=np.int64)
+
+
+def _fit(
+    rows: NDArray[np.int64],
+    cols: NDArray[np.int64],
+    n: int,
+    targets: NDArray[np.float64],
+    logistic: bool,
+    l2: float,
+    steps: int = 200,
+    lr: float = 0.1,
+) -> NDArray[np.float32]:
+    """Full-batch Adam on mean loss + l2 * |W|^2 over the used features only."""
+    used, local = np.unique(cols, return_inverse=True)
+    k = targets.shape[1]
+    w = np.zeros((len(used), k))
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    z = np.empty((n, k))
+    grad = np.empty_like(w)
+    for step in range(1, steps + 1):
+        # sparse products by bincount: X @ W and X.T @ err, one model column at a time
+        for j in range(k):
+            z[:, j] = np.bincount(rows, weights=w[local, j], minlength=n)
+        pred = 1.0 / (1.0 + np.exp(-z)) if logistic else z
+        err = (pred - targets) / n
+        for j in range(k):
+            grad[:, j] = np.bincount(local, weights=err[rows, j], minlength=len(used))
+        grad += 2 * l2 * w
+        m = 0.9 * m + 0.1 * grad
+        v = 0.999 * v + 0.001 * grad * grad
+        w -= lr * (m / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    full = np.zeros((1 << FEATURE_BITS, k), dtype=np.float32)
+    full[used] = w
+    return full
+
+
+class QualityPredictor:
+    """Predicts, for a prompt, each known model's chance of a correct answer and its answer length.
+
+    Attributes:
+        models: the model names of the training data, in column order.
+        train_ids: `prompt_id` of every training prompt (an evaluation skips them).
+    """
+
+    def __init__(
+        self,
+        models: list[str],
+        quality: NDArray[np.float32],
+        length: NDArray[np.float32],
+        length_margin: NDArray[np.float32],
+        train_ids: set[str],
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.models = models
+        self._quality = quality
+        self._length = length
+        self._length_margin = length_margin
+        self.train_ids = train_ids
+        self.meta = meta or {}
+        self.index = {name: i for i, name in enumerate(models)}
+
+    @classmethod
+    def train(cls, rows: Sequence[RouterRow], l2: float = 1e-4, steps: int = 200) -> QualityPredictor:
+        """Fit on ``rows`` (every row must have the same models).
+
+        Raises:
+            ValueError: no rows, or rows with different model sets.
+        """
+        if not rows:
+            raise ValueError("no training rows")
+        models = sorted(rows[0].scores)
+        if any(sorted(r.scores) != models for r in rows):
+            raise ValueError("every training row must score the same models")
+        r_idx, c_idx = _sparse([r.prompt for r in rows])
+        n = len(rows)
+        scores = np.array([[r.scores[m] for m in models] for r in rows])
+        chars = np.array([[max(r.response_chars.get(m, 0.0), 1.0) for m in models] for r in rows])
+        quality = _fit(r_idx, c_idx, n, scores, logistic=True, l2=l2, steps=steps)
+        log_len = np.log(chars)
+        length = _fit(r_idx, c_idx, n, log_len, logistic=False, l2=l2, steps=steps)
+        z = np.stack([np.bincount(r_idx, weights=length[c_idx, j], minlength=n) for j in range(len(models))], 1)
+        margin = np.quantile(log_len - z, 0.95, axis=0).astype(np.float32)
+        lengths = np.array([len(r.prompt) for r in rows], dtype=np.float64)
+        costs = np.array([[r.costs[m] for m in models] for r in rows])
+        # USD per prompt character and per call, per model: what the router expects a call to cost
+        design = np.stack([lengths, np.ones(n)], 1)
+        cost_fit = np.linalg.lstsq(design, costs, rcond=None)[0].astype(np.float64)
+        meta = {
+            "rows": n,
+            "l2": l2,
+            "steps": steps,
+            "feature_bits": FEATURE_BITS,
+            "cost_per_char": cost_fit[0].tolist(),
+            "cost_base": cost_fit[1].tolist(),
+        }
+        return cls(models, quality, length, margin, {prompt_id(r.prompt) for r in rows}, meta)
+
+    def expected_cost(self, text: str) -> NDArray[np.float64]:
+        """USD each model is expected to cost for ``text`` (from the training data's costs)."""
+        per_char = np.asarray(self.meta.get("cost_per_char", [0.0] * len(self.models)))
+        base = np.asarray(self.meta.get("cost_base", [0.0] * len(self.models)))
+        expected: NDArray[np.float64] = np.maximum(per_char * len(text) + base, 0.0)
+        return expected
+
+    def predict(self, text: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """``(P(correct) per model, output-token budget covering ~95% of answers per model)``."""
+        feats = prompt_features(text)
+        z = self._quality[feats].sum(axis=0, dtype=np.float64)
+        quality = 1.0 / (1.0 + np.exp(-z))
+        log_chars = self._length[feats].sum(axis=0, dtype=np.float64) + self._length_margin
+        tokens = np.ceil(np.exp(np.minimum(log_chars, 14.0)) / CHARS_PER_TOKEN)
+        return quality, tokens
+
+    def save(self, path: str | Path) -> None:
+        """Write the predictor as a compressed ``.npz`` (weights stored sparsely)."""
+        used = np.flatnonzero(np.abs(self._quality).sum(1) + np.abs(self._length).sum(1))
+        header = {"models": self.models, "meta": self.meta, "format": 1}
+        with open(path, "wb") as handle:
+            np.savez_compressed(
+                handle,
+                header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                used=used.astype(np.int64),
+                quality=self._quality[used],
+                length=self._length[used],
+                length_margin=self._length_margin,
+                train_ids=np.array(sorted(self.train_ids)),
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> QualityPredictor:
+        """Read a file written by `save`.
+
+        Raises:
+            ValueError: not a predictor file, or of an unknown format.
+        """
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                header = json.loads(bytes(data["header"]).decode())
+                if header.get("format") != 1:
+                    raise ValueError(f"{path}: unknown router file format {header.get('format')!r}")
+                k = len(header["models"])
+                quality = np.zeros((1 << FEATURE_BITS, k), dtype=np.float32)
+                length = np.zeros((1 << FEATURE_BITS, k), dtype=np.float32)
+                quality[data["used"]] = data["quality"]
+                length[data["used"]] = data["length"]
+                return cls(
+                    header["models"],
+                    quality,
+                    length,
+                    data["length_margin"],
+                    {str(x) for x in data["train_ids"]},
+                    header.get("meta"),
+                )
+        except (OSError, KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a payrouter router file ({exc})") from None
+
+
+def log_loss(pred: NDArray[np.float64], target: NDArray[np.float64]) -> float:
+    """Mean binary cross-entropy (for reporting)."""
+    p = np.clip(pred, 1e-6, 1 - 1e-6)
+    return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))
