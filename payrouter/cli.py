@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from payrouter import __version__
+from payrouter.routing.predictor import DEFAULT_L2, DEFAULT_STEPS
 from payrouter.settings import ConfigError
 from pricing import (
     PricingError,
@@ -124,6 +125,77 @@ def _cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_router_train(args: argparse.Namespace) -> int:
+    import time
+
+    from payrouter.routing.predictor import QualityPredictor, load_rows
+
+    rows = load_rows(args.data)
+    started = time.perf_counter()
+    predictor = QualityPredictor.train(rows, l2=args.l2, steps=args.steps)
+    predictor.save(args.out)
+    elapsed = time.perf_counter() - started
+    print(f"trained on {len(rows)} prompts x {len(predictor.models)} models in {elapsed:.1f} s -> {args.out}")
+    return 0
+
+
+def _print_eval(result: dict[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    ratios = result["accuracy_at_cost_ratio"]
+    print(
+        f"reference {result['reference']}: accuracy {result['reference_accuracy']:.4f}, cost ${result['reference_cost_usd']:.6f}"
+    )
+    print(f"rows evaluated       {result['rows']}")
+    print(f"match reference at   {result['cost_ratio_to_match_reference']} of its cost")
+    print(f"accuracy at 10/25/50% of its cost: {ratios}")
+    print(f"AIQ                  {result['aiq']:.4f}")
+    print(f"decision ms p50/p99  {result['decision_ms_p50']:.3f} / {result['decision_ms_p99']:.3f}")
+    baselines = result["baselines"]
+    assert isinstance(baselines, dict)
+    for name in ("tfidf_knn", "best_model_per_task"):
+        if name in baselines:
+            b = baselines[name]
+            print(
+                f"baseline {name:<20} match {b['cost_ratio_to_match_reference']}, at ratios {b['accuracy_at_cost_ratio']}, AIQ {b['aiq']:.4f}"
+            )
+    print(f"oracle               {baselines['oracle']}")
+
+
+def _cmd_router_eval(args: argparse.Namespace) -> int:
+    from payrouter.routing.evaluate import evaluate, task_best_scorer, tfidf_knn_scorer
+    from payrouter.routing.predictor import QualityPredictor, load_rows
+
+    predictor = QualityPredictor.load(args.router)
+    rows = load_rows([args.data])
+    extra = {}
+    if args.train:
+        train = load_rows(args.train)
+        models = [m for m in predictor.models if m in rows[0].scores]
+        extra = {"tfidf_knn": tfidf_knn_scorer(train, models), "best_model_per_task": task_best_scorer(train, models)}
+    result = evaluate(predictor, rows, args.reference, extra)
+    _print_eval(result, args.json)
+    if args.plot:
+        from payrouter.routing.plot import plot_curve
+
+        plot_curve(result, args.plot)
+    return 0
+
+
+def _cmd_router_cv(args: argparse.Namespace) -> int:
+    from payrouter.routing.evaluate import cross_validate
+    from payrouter.routing.predictor import load_rows
+
+    result = cross_validate(load_rows(args.data), args.reference, folds=args.folds, seed=args.seed)
+    _print_eval(result, args.json)
+    if args.plot:
+        from payrouter.routing.plot import plot_curve
+
+        plot_curve(result, args.plot)
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from payrouter.demo import run_demo  # web3 and the chain are only needed here
 
@@ -176,6 +248,32 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--redis-url", help="share state through Redis instead of memory")
     dev.set_defaults(func=_cmd_dev)
 
+    router = sub.add_parser("router", help="train and evaluate the learned router").add_subparsers(
+        dest="router_command", required=True
+    )
+    train = router.add_parser("train", help="train a router file from RouterBench-format CSVs")
+    train.add_argument("--data", action="append", required=True, help="training CSV (repeatable)")
+    train.add_argument("--out", required=True, help="router file to write (.npz)")
+    train.add_argument("--l2", type=float, default=DEFAULT_L2, help="L2 regularisation strength")
+    train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimiser steps")
+    train.set_defaults(func=_cmd_router_train)
+    evaluate = router.add_parser("eval", help="evaluate a router file on rows it was not trained on")
+    evaluate.add_argument("--router", required=True)
+    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--reference", required=True, help="model to compare with, e.g. gpt-4-1106-preview")
+    evaluate.add_argument("--train", action="append", help="training CSV, to add the TF-IDF kNN and per-task baselines")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--plot", help="write the cost-quality curve as a PNG (needs matplotlib)")
+    evaluate.set_defaults(func=_cmd_router_eval)
+    cv = router.add_parser("cv", help="k-fold cross-validation by prompt, with both baselines")
+    cv.add_argument("--data", action="append", required=True)
+    cv.add_argument("--reference", required=True)
+    cv.add_argument("--folds", type=int, default=5)
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--json", action="store_true")
+    cv.add_argument("--plot")
+    cv.set_defaults(func=_cmd_router_cv)
+
     demo = sub.add_parser("demo", help="price a request and settle its payment on a local anvil chain")
     demo.add_argument("--table", help="price table (default: examples/prices.toml)")
     demo.set_defaults(func=_cmd_demo)
@@ -187,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.func(args)
-    except (PricingError, WalletError, ConfigError) as exc:
+    except (PricingError, WalletError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, json.JSONDecodeError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import zlib
 
-__all__ = ["FEATURE_BITS", "extract_question", "prompt_features"]
+__all__ = ["FEATURE_BITS", "extract_question", "format_signature", "prompt_features"]
 
 FEATURE_BITS = 18
 _MASK = (1 << FEATURE_BITS) - 1
@@ -43,6 +43,19 @@ def _format_tokens(text: str, question: str) -> list[str]:
     if re.search(r"\d", question):
         tokens.append("fmt:digits")
     return tokens
+
+
+def format_signature(text: str) -> str:
+    """A coarse prompt-format class (number of choices, blank, code, few-shot count).
+
+    Prompts of one benchmark share a signature, so per-signature base rates carry most of what
+    is known about a model on that kind of task; the text features refine them.
+    """
+    question = extract_question(text)
+    choices = min(len(_CHOICE.findall(question)), 6)
+    shots = min(text.count("\n\n"), 12)
+    code = "def " in question or "function" in question.lower() or "```" in question
+    return f"c{choices}|b{int('_' in question)}|k{int(code)}|s{shots}"
 
 
 def prompt_features(text: str) -> list[int]:

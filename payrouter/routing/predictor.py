@@ -19,11 +19,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from payrouter.routing.features import FEATURE_BITS, prompt_features
+from payrouter.routing.features import FEATURE_BITS, format_signature, prompt_features
 
-__all__ = ["QualityPredictor", "RouterRow", "load_rows", "prompt_id"]
+__all__ = ["DEFAULT_L2", "DEFAULT_STEPS", "QualityPredictor", "RouterRow", "load_rows", "prompt_id"]
 
 CHARS_PER_TOKEN = 4
+PRIOR_STRENGTH = 5.0  # pseudo-prompts pulling a rare format's base rate toward the overall rate
+# chosen by 5-fold cross-validation on the shared RouterBench slice (see the closing notes)
+DEFAULT_L2 = 1e-2
+DEFAULT_STEPS = 200
 
 
 def prompt_id(prompt: str) -> str:
@@ -97,6 +101,7 @@ def _fit(
     targets: NDArray[np.float64],
     logistic: bool,
     l2: float,
+    offset: NDArray[np.float64] | None = None,
     steps: int = 200,
     lr: float = 0.1,
 ) -> NDArray[np.float32]:
@@ -112,6 +117,8 @@ def _fit(
         # sparse products by bincount: X @ W and X.T @ err, one model column at a time
         for j in range(k):
             z[:, j] = np.bincount(rows, weights=w[local, j], minlength=n)
+        if offset is not None:
+            z += offset
         pred = 1.0 / (1.0 + np.exp(-z)) if logistic else z
         err = (pred - targets) / n
         for j in range(k):
@@ -149,9 +156,11 @@ class QualityPredictor:
         self.train_ids = train_ids
         self.meta = meta or {}
         self.index = {name: i for i, name in enumerate(models)}
+        self._priors: dict[str, list[float]] = self.meta.get("format_priors", {})
+        self._overall: list[float] = self.meta.get("overall_prior", [0.5] * len(models))
 
     @classmethod
-    def train(cls, rows: Sequence[RouterRow], l2: float = 1e-4, steps: int = 200) -> QualityPredictor:
+    def train(cls, rows: Sequence[RouterRow], l2: float = DEFAULT_L2, steps: int = DEFAULT_STEPS) -> QualityPredictor:
         """Fit on ``rows`` (every row must have the same models).
 
         Raises:
@@ -165,8 +174,19 @@ class QualityPredictor:
         r_idx, c_idx = _sparse([r.prompt for r in rows])
         n = len(rows)
         scores = np.array([[r.scores[m] for m in models] for r in rows])
+        # Base rates per prompt format (smoothed toward the overall rate); the text model learns
+        # only what moves a prompt away from its format's base rate.
+        signatures = [format_signature(r.prompt) for r in rows]
+        overall = scores.mean(0)
+        priors: dict[str, list[float]] = {}
+        for sig in sorted(set(signatures)):
+            mask = np.array([s == sig for s in signatures])
+            rate = (scores[mask].sum(0) + PRIOR_STRENGTH * overall) / (mask.sum() + PRIOR_STRENGTH)
+            priors[sig] = np.clip(rate, 0.01, 0.99).tolist()
+        offset = np.log(np.array([priors[s] for s in signatures]))
+        offset -= np.log1p(-np.array([priors[s] for s in signatures]))
         chars = np.array([[max(r.response_chars.get(m, 0.0), 1.0) for m in models] for r in rows])
-        quality = _fit(r_idx, c_idx, n, scores, logistic=True, l2=l2, steps=steps)
+        quality = _fit(r_idx, c_idx, n, scores, logistic=True, l2=l2, steps=steps, offset=offset)
         log_len = np.log(chars)
         length = _fit(r_idx, c_idx, n, log_len, logistic=False, l2=l2, steps=steps)
         z = np.stack([np.bincount(r_idx, weights=length[c_idx, j], minlength=n) for j in range(len(models))], 1)
@@ -183,11 +203,19 @@ class QualityPredictor:
             "feature_bits": FEATURE_BITS,
             "cost_per_char": cost_fit[0].tolist(),
             "cost_base": cost_fit[1].tolist(),
+            "format_priors": priors,
+            "format_costs": {sig: costs[np.array([s == sig for s in signatures])].mean(0).tolist() for sig in priors},
+            "overall_prior": np.clip(overall, 0.01, 0.99).tolist(),
         }
         return cls(models, quality, length, margin, {prompt_id(r.prompt) for r in rows}, meta)
 
     def expected_cost(self, text: str) -> NDArray[np.float64]:
         """USD each model is expected to cost for ``text`` (from the training data's costs)."""
+        # prompts of a known format cost what that format cost on average (answer lengths differ
+        # far more between formats than prompt lengths do); others by prompt length
+        known = self.meta.get("format_costs", {}).get(format_signature(text))
+        if known is not None:
+            return np.asarray(known, dtype=np.float64)
         per_char = np.asarray(self.meta.get("cost_per_char", [0.0] * len(self.models)))
         base = np.asarray(self.meta.get("cost_base", [0.0] * len(self.models)))
         expected: NDArray[np.float64] = np.maximum(per_char * len(text) + base, 0.0)
@@ -196,7 +224,8 @@ class QualityPredictor:
     def predict(self, text: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """``(P(correct) per model, output-token budget covering ~95% of answers per model)``."""
         feats = prompt_features(text)
-        z = self._quality[feats].sum(axis=0, dtype=np.float64)
+        prior = np.asarray(self._priors.get(format_signature(text), self._overall))
+        z = self._quality[feats].sum(axis=0, dtype=np.float64) + np.log(prior) - np.log1p(-prior)
         quality = 1.0 / (1.0 + np.exp(-z))
         log_chars = self._length[feats].sum(axis=0, dtype=np.float64) + self._length_margin
         tokens = np.ceil(np.exp(np.minimum(log_chars, 14.0)) / CHARS_PER_TOKEN)
@@ -242,7 +271,7 @@ class QualityPredictor:
                     {str(x) for x in data["train_ids"]},
                     header.get("meta"),
                 )
-        except (OSError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, KeyError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"{path}: not a payrouter router file ({exc})") from None
 
 

@@ -126,3 +126,39 @@ def test_bad_request_with_payment_charges_nothing(box: Sandbox, http: httpx.Clie
     )
     assert response.status_code == 400
     assert observer.balances(box.agents[0].address) == before
+
+
+def test_routing_constraints_over_http(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    body = {"model": "auto:quality", "max_tokens": 100, "messages": [{"role": "user", "content": secrets.token_hex(5)}]}
+    quote = http.post(f"{box.router_url}/v1/quote", json=body).json()
+    candidates = quote["route"]["candidates"]
+    assert quote["route"]["strategy"] == "quality" and len(candidates) == len(box.table.models)
+    assert candidates[0]["model"] == quote["route"]["model"]
+    cheapest = min(candidates, key=lambda c: int(c["price"]))
+    # a price cap in a header changes the route, and the 402 offer is for the capped route
+    capped = http.post(url, json=body, headers={"X-Payrouter-Max-Price": cheapest["price"]})
+    assert capped.status_code == 402
+    offer = json.loads(base64.b64decode(capped.headers["PAYMENT-REQUIRED"]))
+    assert int(offer["accepts"][0]["amount"]) <= int(cheapest["price"])
+    # the paid retry must send the same header: the quote is keyed by it
+    paid = http.post(
+        url, json=body, headers={"X-Payrouter-Max-Price": cheapest["price"], **header(payment(offer, box.agents[0]))}
+    )
+    assert paid.status_code == 200, paid.text
+    assert paid.headers["x-payrouter-model"] == offer["accepts"][0]["extra"]["route"]["model"]
+    assert "predicted quality" in paid.headers["x-payrouter-route-reason"]
+    # impossible constraints: a clear 400 naming the constraint, and no quote
+    calls = observer.upstream_calls()
+    for extra, fragment in [
+        ({"routing": {"max_price": 1}}, "max_price 1"),
+        ({"routing": {"only": ["no-such-model"]}}, "only ['no-such-model']"),
+        ({"routing": {"privacy": "local"}}, "privacy local"),
+        ({"routing": {"max_price": "cheap"}}, "whole number"),
+    ]:
+        for path in ("/v1/chat/completions", "/v1/quote"):
+            response = http.post(f"{box.router_url}{path}", json={**body, **extra})
+            assert response.status_code == 400, response.text
+            assert fragment in response.json()["error"]["message"]
+            assert "payment-required" not in response.headers
+    assert observer.upstream_calls() == calls

@@ -1,0 +1,70 @@
+"""Routing-decision latency of the default engine, feature extraction included.
+
+Usage: .venv/bin/python bench/routing.py [--router FILE] [--data CSV] [--n 2000]
+
+Without --router it trains a predictor on --data first (default: the shared RouterBench
+slice). Then it times `RoutingEngine.decide` (prompt text -> features -> predicted quality
+and length per model -> constraints -> pricing of every candidate -> strategy) on the
+example price table for --n prompts from the data, and the predictor alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from payrouter.chat import ChatRequest
+from payrouter.routing import RoutingEngine
+from payrouter.routing.predictor import QualityPredictor, load_rows
+from pricing import estimate_chat_input_tokens, load_price_table
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT.parent / "shared" / "data" / "routerbench" / "train.csv"
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--router")
+    parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--n", type=int, default=2000)
+    args = parser.parse_args()
+    rows = load_rows([args.data])
+    if args.router:
+        predictor = QualityPredictor.load(args.router)
+    else:
+        started = time.perf_counter()
+        predictor = QualityPredictor.train(rows)
+        print(f"trained on {len(rows)} prompts in {time.perf_counter() - started:.1f} s")
+    table = load_price_table(ROOT / "examples" / "prices.toml")
+    engine = RoutingEngine(predictor)
+    prompts = [r.prompt for r in rows][: args.n]
+    requests = [
+        ChatRequest.model_validate({"model": "auto", "messages": [{"role": "user", "content": p}]}) for p in prompts
+    ]
+    for request in requests[:50]:  # warm-up
+        engine.decide(request, 100, table)
+    decide_ms, predict_ms = [], []
+    for request, prompt in zip(requests, prompts, strict=True):
+        tokens = estimate_chat_input_tokens([{"role": "user", "content": prompt}])
+        start = time.perf_counter()
+        engine.decide(request, tokens, table)
+        decide_ms.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
+        predictor.predict(prompt)
+        predict_ms.append((time.perf_counter() - start) * 1000)
+    for name, values in (("decide (engine, 5 models)", decide_ms), ("predict (features + model)", predict_ms)):
+        print(
+            f"{name:<28} p50 {statistics.median(values):.3f} ms  p99 {_pct(values, 0.99):.3f} ms  "
+            f"max {max(values):.3f} ms  (n={len(values)})"
+        )
+
+
+if __name__ == "__main__":
+    main()
