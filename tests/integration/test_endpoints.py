@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from typing import Any
 
 import httpx
 import pytest
@@ -150,12 +151,13 @@ def test_routing_constraints_over_http(box: Sandbox, http: httpx.Client, observe
     assert "predicted quality" in paid.headers["x-payrouter-route-reason"]
     # impossible constraints: a clear 400 naming the constraint, and no quote
     calls = observer.upstream_calls()
-    for extra, fragment in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"routing": {"max_price": 1}}, "max_price 1"),
         ({"routing": {"only": ["no-such-model"]}}, "only ['no-such-model']"),
         ({"routing": {"privacy": "local"}}, "privacy local"),
         ({"routing": {"max_price": "cheap"}}, "whole number"),
-    ]:
+    ]
+    for extra, fragment in cases:
         for path in ("/v1/chat/completions", "/v1/quote"):
             response = http.post(f"{box.router_url}{path}", json={**body, **extra})
             assert response.status_code == 400, response.text

@@ -57,7 +57,7 @@ def req(text: str = "hello there", model: str = "auto", **kw: Any) -> ChatReques
     return ChatRequest.model_validate({"model": model, "messages": [{"role": "user", "content": text}], **kw})
 
 
-def decide(t: PriceTable, r: ChatRequest, c: RouteConstraints | None = None, engine: RoutingEngine | None = None):  # type: ignore[no-untyped-def]
+def decide(t: PriceTable, r: ChatRequest, c: RouteConstraints | None = None, engine: RoutingEngine | None = None):
     tokens = estimate_chat_input_tokens([m.model_dump(exclude_none=True) for m in r.messages], r.tools)
     return (engine or RoutingEngine()).decide(r, tokens, t, c)
 
@@ -183,7 +183,7 @@ def test_constraints_parse_from_body_and_headers() -> None:
     c = RouteConstraints.parse({"max_price": "900", "only": ["a", "b"]}, {"x-payrouter-ignore": "c, d"})
     assert c == RouteConstraints(max_price=900, only=frozenset({"a", "b"}), ignore=frozenset({"c", "d"}))
     assert RouteConstraints.parse({"max_price": 5}, {"x-payrouter-max-price": "7"}).max_price == 7
-    for bad, fragment in [
+    cases: list[tuple[dict[str, Any], str | None]] = [
         ({"max_price": "1.5"}, "whole number"),
         ({"max_price": -3}, "whole number"),
         ({"privacy": "secret"}, "privacy"),
@@ -191,7 +191,8 @@ def test_constraints_parse_from_body_and_headers() -> None:
         ({"only": [1]}, "list of model ids"),
         ({"strategy": "vibes"}, "strategy"),
         ({"colour": "red"}, "unknown fields"),
-    ]:
+    ]
+    for bad, fragment in cases:
         if fragment is None:
             continue
         with pytest.raises(ConstraintError, match=fragment):
