@@ -43,7 +43,7 @@ def plot_curve(result: dict[str, Any], path: str | Path) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title(f"cost-quality on {result.get('rows')} unseen prompts (AIQ {result['aiq']:.3f})")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

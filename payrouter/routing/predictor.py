@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_L2", "DEFAULT_STEPS", "QualityPredictor", "RouterRow", "load
 CHARS_PER_TOKEN = 4
 PRIOR_STRENGTH = 5.0  # pseudo-prompts pulling a rare format's base rate toward the overall rate
 # chosen by 5-fold cross-validation on the shared RouterBench slice (see the closing notes)
-DEFAULT_L2 = 1e-2
+DEFAULT_L2 = 3e-2
 DEFAULT_STEPS = 200
 
 
