@@ -58,7 +58,7 @@ async def _demo(table_path: Path, out: Callable[[str], None]) -> int:
             if unpaid.status_code != 402:
                 out(f"expected a 402, got {unpaid.status_code}: {unpaid.text}")
                 return 1
-            offer = read_offer(unpaid.headers)
+            offer = read_offer(unpaid.headers).body
             req = offer["accepts"][0]
             route = req["extra"]["route"]
             out(
@@ -84,10 +84,15 @@ async def _demo(table_path: Path, out: Callable[[str], None]) -> int:
                 f"funds  agent {_usd(token.balance_of(agent.address), decimals)}, "
                 f"operator {_usd(token.balance_of(box.operator.address), decimals)}"
             )
+        before = token.balance_of(agent.address)
         replay = await http.post(url, json=REQUESTS[-1], headers={"PAYMENT-SIGNATURE": header})
+        same = json.loads(base64.b64decode(replay.headers["PAYMENT-RESPONSE"]))["transaction"] == receipt["transaction"]
         out("")
-        out(f"replay of the last payment: {replay.status_code} {replay.json().get('error')}")
-        if replay.status_code != 402:
+        out(
+            f"replay of the last payment: {replay.status_code}, same receipt: {same}, "
+            f"charged again: {before - token.balance_of(agent.address)} (payment-identifier)"
+        )
+        if replay.status_code != 200 or not same or token.balance_of(agent.address) != before:
             return 1
     out("stopped the sandbox (router, upstream, anvil)")
     return 0

@@ -88,7 +88,7 @@ def test_demo_makes_paid_calls_and_refuses_a_replay() -> None:
     out = result.stdout
     assert out.count("paid   200") == 3
     assert out.count("tx     0x") == 3
-    assert "replay of the last payment: 402 invalid_exact_evm_nonce_already_used" in out
+    assert "replay of the last payment: 200, same receipt: True, charged again: 0" in out
     # the operator's final balance is the sum of the three quotes
     quotes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("quote  ")]
     last_funds = [line for line in out.splitlines() if line.startswith("funds  ")][-1]

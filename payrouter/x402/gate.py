@@ -9,6 +9,7 @@ Paid request   -> decode, match the stored quote, claim the payment, verify, run
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import secrets
@@ -38,6 +39,8 @@ SCOPE_KEY = "payrouter"
 # A claim outlives the authorization it guards: once validBefore passes, the token itself
 # refuses the authorization, so the claim is no longer needed.
 _CLAIM_SLACK = 120
+# How long a paid response stays replayable under its payment-identifier.
+_PAYMENT_ID_TTL = 24 * 3600
 
 
 def _json_error(status: int, message: str, kind: str, param: str | None = None) -> tuple[int, bytes]:
@@ -142,7 +145,10 @@ class PaymentGate:
                     return
                 version = 2 if v2_header is not None else 1
                 payment = parse_payment(decode_header(v2_header or v1_header or ""), version)
-                await self._paid(scope, receive, send, services, request, body, digest, payment, resource)
+                if payment.payment_id is None:
+                    await self._paid(scope, receive, send, services, request, body, digest, payment, resource)
+                else:
+                    await self._idempotent(scope, receive, send, services, request, body, digest, payment, resource)
             except PaymentRejected as exc:
                 await self._reject(send, services, request, constraints, digest, resource, exc)
         except (RoutingError, PricingError) as exc:
@@ -150,6 +156,69 @@ class PaymentGate:
         except StoreError as exc:
             log.error("store unavailable: %s", exc)
             await _send(send, *_json_error(503, "payment state store unavailable; nothing was charged", "server_error"))
+
+    async def _idempotent(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        services: Services,
+        request: ChatRequest,
+        body: bytes,
+        digest: str,
+        payment: PaymentPayload,
+        resource: Resource,
+    ) -> None:
+        """x402 payment-identifier: one id, one payment, one charge.
+
+        The same id with the same payment and request gets the first successful response
+        again, with no second charge and no second model call; the same id with anything else
+        is a 409, as is a retry while the first attempt is still running.
+        """
+        key = f"pid:{payment.authorization.from_.lower()}:{payment.payment_id}"
+        fingerprint = f"{payment.fingerprint()}:{digest}"
+        owner = json.dumps({"fp": fingerprint, "token": secrets.token_hex(8)})
+        if not await services.store.claim(key, owner, _PAYMENT_ID_TTL):
+            existing = await services.store.get(key)
+            record = json.loads(existing) if existing else {}
+            if record.get("fp") != fingerprint:
+                _, err = _json_error(409, "this payment id was already used for another payment or request", "conflict")
+                await _send(send, 409, err)
+            elif "response" not in record:
+                _, err = _json_error(409, "a request with this payment id is still being served", "conflict")
+                await _send(send, 409, err)
+            else:
+                cached = record["response"]
+                headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in cached["headers"]]
+                await _send(send, cached["status"], base64.b64decode(cached["body"]), headers)
+            return
+        captured: dict[str, Any] = {"status": 0, "headers": [], "body": b""}
+
+        async def tee(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                captured["status"] = message["status"]
+                captured["headers"] = message.get("headers", [])
+            elif message["type"] == "http.response.body":
+                captured["body"] += message.get("body", b"")
+            await send(message)
+
+        try:
+            await self._paid(scope, receive, tee, services, request, body, digest, payment, resource)
+        finally:
+            if captured["status"] == 200:
+                response = {
+                    "status": 200,
+                    "headers": [
+                        (k.decode("latin-1"), v.decode("latin-1"))
+                        for k, v in captured["headers"]
+                        if k.lower() != b"content-length"
+                    ],
+                    "body": base64.b64encode(captured["body"]).decode(),
+                }
+                record_text = json.dumps({"fp": fingerprint, "response": response})
+                await services.store.replace(key, owner, record_text, _PAYMENT_ID_TTL)
+            else:
+                await services.store.release(key, owner)
 
     async def _quote(
         self, services: Services, request: ChatRequest, constraints: RouteConstraints, digest: str

@@ -14,7 +14,13 @@ from payrouter.x402.wire import (
     v1_network_name,
 )
 
-__all__ = ["EXPOSED_HEADERS", "payment_required", "settlement_header"]
+__all__ = [
+    "EXPOSED_HEADERS",
+    "PAYMENT_IDENTIFIER",
+    "PAYMENT_IDENTIFIER_DECLARATION",
+    "payment_required",
+    "settlement_header",
+]
 
 EXPOSED_HEADERS = [
     HEADER_PAYMENT_REQUIRED,
@@ -25,6 +31,23 @@ EXPOSED_HEADERS = [
     "X-Payrouter-Route-Reason",
 ]
 UNPAID_ERROR = "PAYMENT-SIGNATURE header is required"
+PAYMENT_IDENTIFIER = "payment-identifier"
+# We honour x402's payment-identifier extension (optional for clients): the same id with the
+# same payment gets the first response again without a second charge.
+PAYMENT_IDENTIFIER_DECLARATION: dict[str, Any] = {
+    PAYMENT_IDENTIFIER: {
+        "info": {"required": False},
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "required": {"type": "boolean"},
+                "id": {"type": "string", "minLength": 16, "maxLength": 128, "pattern": "^[a-zA-Z0-9_-]+$"},
+            },
+            "required": ["required"],
+        },
+    }
+}
 
 
 def payment_required(
@@ -43,6 +66,7 @@ def payment_required(
         "error": error,
         "resource": resource.to_wire(),
         "accepts": [requirements.to_v2()],
+        "extensions": PAYMENT_IDENTIFIER_DECLARATION,
     }
     v1 = requirements.to_v1(resource)
     body: dict[str, Any] = {"x402Version": 1, "error": error, "accepts": [v1]} if v1 else dict(v2)

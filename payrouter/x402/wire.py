@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +123,12 @@ class PaymentPayload:
     authorization: TransferWithAuthorization
     signature: bytes
     raw: dict[str, Any]
+    payment_id: str | None = None
+
+    def fingerprint(self) -> str:
+        """A digest of the whole payment (authorization, signature, accepted terms)."""
+        canonical = json.dumps(self.raw, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def _str_field(obj: dict[str, Any], key: str, where: str) -> str:
@@ -128,6 +136,25 @@ def _str_field(obj: dict[str, Any], key: str, where: str) -> str:
     if not isinstance(value, str):
         raise PaymentRejected(Reason.INVALID_PAYLOAD, f"{where}.{key} must be a string")
     return value
+
+
+_PAYMENT_ID = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
+
+
+def _payment_id(obj: dict[str, Any]) -> str | None:
+    extensions = obj.get("extensions")
+    if not isinstance(extensions, dict) or "payment-identifier" not in extensions:
+        return None
+    ext = extensions["payment-identifier"]
+    info = ext.get("info") if isinstance(ext, dict) else None
+    pid = info.get("id") if isinstance(info, dict) else None
+    if pid is None:
+        return None
+    if not isinstance(pid, str) or not _PAYMENT_ID.match(pid):
+        raise PaymentRejected(
+            Reason.INVALID_PAYLOAD, "extensions.payment-identifier.info.id must be 16-128 of [A-Za-z0-9_-]"
+        )
+    return pid
 
 
 def parse_payment(obj: dict[str, Any], header_version: int) -> PaymentPayload:
@@ -174,6 +201,7 @@ def parse_payment(obj: dict[str, Any], header_version: int) -> PaymentPayload:
     except TypedDataError as exc:
         raise PaymentRejected(Reason.INVALID_PAYLOAD, str(exc)) from None
     return PaymentPayload(
+        payment_id=_payment_id(obj),
         version=version,
         scheme=scheme,
         network=network,
