@@ -43,12 +43,13 @@ def test_openai_sdk_pays_through_our_transport(box: Sandbox, observer: Observer)
     before = observer.balances(agent.address, box.operator.address)
     with (
         httpx.Client(transport=transport) as http_client,
-        openai.OpenAI(base_url=f"{box.router_url}/v1", api_key="unused", http_client=http_client) as client,
+        # openai 3 annotates httpx2.Client; an httpx.Client with our transport works as is
+        openai.OpenAI(base_url=f"{box.router_url}/v1", api_key="unused", http_client=http_client) as client,  # type: ignore[arg-type]
     ):
         raw = client.chat.completions.with_raw_response.create(model="auto", messages=_prompt(), max_tokens=50)  # type: ignore[arg-type]
         completion = raw.parse()
     assert completion.choices[0].message.content
-    receipt = receipt_of(raw.http_response)
+    receipt = receipt_of(raw.http_response)  # type: ignore[arg-type]
     assert receipt is not None and receipt.success and receipt.transaction.startswith("0x")
     after = observer.balances(agent.address, box.operator.address)
     assert (before[0] - after[0], after[1] - before[1]) == (receipt.amount, receipt.amount)
