@@ -11,7 +11,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
+
 from payrouter import __version__
+from payrouter.agent_cli import add_agent_commands
 from payrouter.routing.predictor import DEFAULT_L2, DEFAULT_STEPS
 from payrouter.settings import ConfigError
 from pricing import (
@@ -274,6 +277,8 @@ def _parser() -> argparse.ArgumentParser:
     cv.add_argument("--plot")
     cv.set_defaults(func=_cmd_router_cv)
 
+    add_agent_commands(sub)
+
     demo = sub.add_parser("demo", help="price a request and settle its payment on a local anvil chain")
     demo.add_argument("--table", help="price table (default: examples/prices.toml)")
     demo.set_defaults(func=_cmd_demo)
@@ -288,7 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PricingError, WalletError, ConfigError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, json.JSONDecodeError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return code
