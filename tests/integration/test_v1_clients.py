@@ -69,3 +69,36 @@ def test_v1_offer_and_payment(base_sepolia: Sandbox) -> None:
 
         wrong = http.post(url, json=BODY, headers={"X-PAYMENT": _v1_payment(box, accept, network="base")})
         assert wrong.status_code == 402 and wrong.json()["error"] == "invalid_network"
+
+
+class V1OnlyServer(httpx.BaseTransport):
+    """Real HTTP to payrouter, minus the v2 header: what a v1-only server's 402 looks like."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if response.status_code == 402:
+            response.read()
+            headers = [(k, v) for k, v in response.headers.raw if k.lower() != b"payment-required"]
+            return httpx.Response(402, headers=headers, content=response.content, request=request)
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def test_sdk_pays_a_v1_offer(base_sepolia: Sandbox) -> None:
+    from payrouter.client import PaymentTransport, SpendingPolicy, receipt_of
+
+    box = base_sepolia
+    transport = PaymentTransport(box.agents[0], SpendingPolicy(max_per_call=10**6), transport=V1OnlyServer())
+    before = box.token.balance_of(box.operator.address)
+    with httpx.Client(transport=transport) as http:
+        response = http.post(f"{box.router_url}/v1/chat/completions", json={**BODY, "max_tokens": 41})
+    assert response.status_code == 200, response.text
+    assert "x-payment-response" in response.headers
+    receipt = receipt_of(response)
+    assert receipt is not None and receipt.success and receipt.network == "base-sepolia"
+    assert box.token.balance_of(box.operator.address) - before == receipt.amount
