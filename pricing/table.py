@@ -207,6 +207,10 @@ class PriceTable(_Frozen):
         default_model: the model ``auto`` uses until a routing engine decides otherwise.
         max_timeout_seconds: how long a quote (and the signed payment) stays valid.
         models: the catalog.
+        routing: how ``auto`` chooses.
+        streaming_settlement: for ``stream: true``, settle when the model's first chunk is
+            ready (receipt in the ``PAYMENT-RESPONSE`` header) or after the stream (receipt in
+            a final ``x402.payment`` SSE event).
     """
 
     network: Annotated[StrictStr, AfterValidator(_network)]
@@ -216,6 +220,7 @@ class PriceTable(_Frozen):
     max_timeout_seconds: Annotated[StrictInt, Field(ge=30, le=86_400)] = 300
     models: Annotated[list[ModelPrice], Field(min_length=1)]
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    streaming_settlement: Literal["before_first_byte", "after_stream"] = "after_stream"
     _by_id: dict[str, ModelPrice] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")

@@ -168,8 +168,8 @@ class PaymentTransport(httpx.BaseTransport):
         pending = self._payer.pending_for(key)
         if pending is not None:
             response = self._inner.handle_request(_with_payment(request, body, pending))
-            response.read()
             if response.status_code == 402 and _receipt(response, pending) is None:
+                response.close()
                 raise PaymentPending(
                     "a payment for this request was already sent and may have been taken; "
                     "the server did not return its response",
@@ -185,11 +185,9 @@ class PaymentTransport(httpx.BaseTransport):
         response.close()
         payment, reservation = self._payer.pay(offer)
         self._payer.pending[key] = payment
-        try:
-            paid = self._inner.handle_request(_with_payment(request, body, payment))
-            paid.read()
-        except httpx.TransportError:
-            raise  # outcome unknown: the payment stays pending for this request
+        # A transport error here leaves the outcome unknown: the payment stays pending for this
+        # request. The body is not read, so streamed answers stream.
+        paid = self._inner.handle_request(_with_payment(request, body, payment))
         del self._payer.pending[key]
         self._payer.settle_outcome(paid, payment, reservation)
         return paid
@@ -217,8 +215,8 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
         pending = self._payer.pending_for(key)
         if pending is not None:
             response = await self._inner.handle_async_request(_with_payment(request, body, pending))
-            await response.aread()
             if response.status_code == 402 and _receipt(response, pending) is None:
+                await response.aclose()
                 raise PaymentPending(
                     "a payment for this request was already sent and may have been taken; "
                     "the server did not return its response",
@@ -235,7 +233,6 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
         payment, reservation = self._payer.pay(offer)
         self._payer.pending[key] = payment
         paid = await self._inner.handle_async_request(_with_payment(request, body, payment))
-        await paid.aread()
         del self._payer.pending[key]
         self._payer.settle_outcome(paid, payment, reservation)
         return paid

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
@@ -18,10 +22,60 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
 
 
-async def chat_completions(request: Request) -> JSONResponse:
+def _has_content(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or []:
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("function_call"):
+            return True
+    return False
+
+
+async def _stream(services: Services, attached: dict[str, Any]) -> Response:
+    priced: PricedRoute = attached["route"]
+    chat = attached["request"]
+    try:
+        model_id, stream, _attempts = await services.upstreams.stream(
+            chat.provider_body(), priced.decision, services.table, priced.requirements.amount
+        )
+    except UpstreamError as exc:
+        return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
+    # the payment gate reads this to decide what to charge when the stream ends
+    state = attached["stream"] = {"content": False, "completed": False, "failed": False}
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in stream.chunks():
+                chunk["model"] = model_id
+                if _has_content(chunk):
+                    state["content"] = True
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            state["completed"] = True
+            yield b"data: [DONE]\n\n"
+        except UpstreamError as exc:
+            state["failed"] = True
+            error = {"error": {"message": f"the model stream broke: {exc}", "type": "upstream_error"}}
+            yield b"data: " + json.dumps(error).encode() + b"\n\n"
+        finally:
+            await stream.aclose()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Payrouter-Model": model_id,
+            "X-Payrouter-Charge": str(priced.requirements.amount),
+            "X-Payrouter-Route-Reason": priced.decision.reason,
+        },
+    )
+
+
+async def chat_completions(request: Request) -> Response:
     """Call the routed model (with failover) and answer in OpenAI's shape plus the charge."""
     services: Services = request.state.services
     attached = route_of(request.scope)
+    if attached["request"].stream:
+        return await _stream(services, attached)
     priced: PricedRoute = attached["route"]
     chat = attached["request"]
     table = services.table

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pricing import estimate_chat_input_tokens, estimate_text_tokens
@@ -53,6 +55,8 @@ class TestUpstream:
         self.fail_next = 0
         self.fail_status = 500
         self.delay = 0.0
+        self.chunk_delay = 0.0
+        self.break_after: int | None = None
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -61,7 +65,7 @@ class TestUpstream:
             ]
         )
 
-    async def _chat(self, request: Request) -> JSONResponse:
+    async def _chat(self, request: Request) -> Response:
         body = await request.json()
         model = str(body.get("model", ""))
         self.calls[model] += 1
@@ -76,6 +80,18 @@ class TestUpstream:
         prompt_tokens = estimate_chat_input_tokens(messages, body.get("tools"))
         completion_tokens = estimate_text_tokens(text)
         digest = hashlib.sha256(repr(body).encode()).hexdigest()[:24]
+        if body.get("stream"):
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+            return StreamingResponse(
+                self._chunks(
+                    f"chatcmpl-{digest}",
+                    model,
+                    text,
+                    usage,
+                    bool((body.get("stream_options") or {}).get("include_usage")),
+                ),
+                media_type="text/event-stream",
+            )
         return JSONResponse(
             {
                 "id": f"chatcmpl-{digest}",
@@ -97,6 +113,34 @@ class TestUpstream:
             }
         )
 
+    async def _chunks(
+        self, cid: str, model: str, text: str, usage: dict[str, int], include_usage: bool
+    ) -> AsyncIterator[bytes]:
+        def event(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+            chunk = {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+            return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+        yield event({"role": "assistant", "content": ""})
+        for i, word in enumerate(text.split(" ")):
+            if self.break_after is not None and i >= self.break_after:
+                raise ConnectionAbortedError("injected: stream broken half-way")
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            yield event({"content": word if i == 0 else " " + word})
+        yield event({}, "stop")
+        if include_usage:
+            total = {**usage, "total_tokens": usage["prompt_tokens"] + usage["completion_tokens"]}
+            chunk = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+            yield b"data: " + json.dumps({**chunk, "choices": [], "usage": total}).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
     async def _control(self, request: Request) -> JSONResponse:
         body = await request.json()
         if "fail_models" in body:
@@ -104,6 +148,9 @@ class TestUpstream:
         self.fail_next = int(body.get("fail_next", self.fail_next))
         self.fail_status = int(body.get("fail_status", self.fail_status))
         self.delay = float(body.get("delay_ms", self.delay * 1000)) / 1000
+        self.chunk_delay = float(body.get("chunk_delay_ms", self.chunk_delay * 1000)) / 1000
+        if "break_after" in body:
+            self.break_after = body["break_after"]
         if body.get("reset_stats"):
             self.calls.clear()
         return JSONResponse({"ok": True})

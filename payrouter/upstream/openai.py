@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-__all__ = ["Completion", "OpenAICompatible", "UpstreamError"]
+__all__ = ["Completion", "OpenAICompatible", "UpstreamError", "UpstreamStream"]
 
 _RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -33,6 +35,61 @@ class Completion:
     body: dict[str, Any]
     input_tokens: int
     output_tokens: int
+
+
+class UpstreamStream:
+    """An open streaming completion: iterate `chunks` for the provider's JSON chunks.
+
+    `first` holds the first chunk, already received: a stream that fails before it is an
+    `UpstreamError` from `OpenAICompatible.stream`, never a half-open stream.
+    """
+
+    def __init__(self, response: httpx.Response, lines: AsyncIterator[str], first: dict[str, Any]) -> None:
+        self._response = response
+        self._lines = lines
+        self.first = first
+        self.usage: dict[str, Any] | None = first.get("usage")
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """The first chunk, then the rest; raises UpstreamError if the stream breaks."""
+        yield self.first
+        try:
+            async for line in self._lines:
+                chunk = _sse_chunk(line)
+                if chunk is _DONE:
+                    return
+                if chunk is not None:
+                    if chunk.get("usage"):
+                        self.usage = chunk["usage"]
+                    yield chunk
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream stream broke: {exc.__class__.__name__}") from None
+        finally:
+            await self._response.aclose()
+
+    async def aclose(self) -> None:
+        """Stop reading and release the connection."""
+        await self._response.aclose()
+
+
+_DONE: dict[str, Any] = {}
+
+
+def _sse_chunk(line: str) -> dict[str, Any] | None:
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return _DONE
+    try:
+        chunk = json.loads(data)
+    except ValueError:
+        raise UpstreamError("upstream sent a malformed stream chunk") from None
+    if not isinstance(chunk, dict):
+        raise UpstreamError("upstream sent a malformed stream chunk")
+    if "error" in chunk:
+        raise UpstreamError("upstream reported an error mid-stream")
+    return chunk
 
 
 class OpenAICompatible:
@@ -85,3 +142,43 @@ class OpenAICompatible:
         except (ValueError, TypeError, AttributeError):
             raise UpstreamError("upstream answered with a malformed completion", status=reply.status_code) from None
         return Completion(body=data, input_tokens=input_tokens, output_tokens=output_tokens)
+
+    async def stream(self, request: dict[str, Any], upstream_model: str, max_tokens: int) -> UpstreamStream:
+        """Open a streaming completion and wait for its first chunk.
+
+        Raises:
+            UpstreamError: connection failure, non-2xx status, or a stream that ends or breaks
+                before its first chunk (safe to fail over: nothing was sent to the client).
+        """
+        body = {k: v for k, v in request.items() if k not in ("max_completion_tokens", "stream_options")}
+        body.update(model=upstream_model, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
+        try:
+            req = self._client.build_request("POST", self._url, json=body, headers=self._headers, timeout=self._timeout)
+            response = await self._client.send(req, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamError("upstream timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
+        if response.status_code >= 400:
+            await response.aclose()
+            raise UpstreamError(
+                f"upstream answered HTTP {response.status_code}",
+                status=response.status_code,
+                retryable=response.status_code in _RETRYABLE_STATUS,
+            )
+        lines = response.aiter_lines()
+        try:
+            async for line in lines:
+                chunk = _sse_chunk(line)
+                if chunk is _DONE:
+                    break
+                if chunk is not None:
+                    return UpstreamStream(response, lines, chunk)
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            raise UpstreamError(f"upstream stream broke before its first chunk: {exc.__class__.__name__}") from None
+        except UpstreamError:
+            await response.aclose()
+            raise
+        await response.aclose()
+        raise UpstreamError("upstream stream ended without any chunk")

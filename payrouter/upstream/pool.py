@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from payrouter.routing import RouteDecision
-from payrouter.upstream.openai import Completion, OpenAICompatible, UpstreamError
+from payrouter.upstream.openai import Completion, OpenAICompatible, UpstreamError, UpstreamStream
 from pricing import PriceTable, PricingError, quote_route
 
 __all__ = ["Answer", "UpstreamPool"]
@@ -42,6 +42,33 @@ class UpstreamPool:
             except PricingError:
                 continue
         return out
+
+    async def stream(
+        self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int
+    ) -> tuple[str, UpstreamStream, int]:
+        """Open a stream on the first candidate that produces a first chunk.
+
+        Returns ``(catalog model, stream, attempts)``. Failover stops at the first chunk: after
+        that, bytes have reached the client.
+
+        Raises:
+            UpstreamError: every candidate failed before its first chunk.
+        """
+        last: UpstreamError | None = None
+        for attempt, model_id in enumerate(self._candidates(decision, table, paid), start=1):
+            model = table.model(model_id)
+            adapter = self._adapters.get(model.provider)
+            if adapter is None:
+                last = UpstreamError(f"no provider {model.provider!r} configured")
+                continue
+            try:
+                return model_id, await adapter.stream(body, model.upstream_model, decision.output_tokens), attempt
+            except UpstreamError as exc:
+                if not exc.retryable:
+                    raise
+                last = exc
+        assert last is not None
+        raise last
 
     async def complete(self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int) -> Answer:
         """Run the request on the first candidate that answers.

@@ -46,4 +46,4 @@ class Observer:
 def observer(box: Sandbox, http: httpx.Client) -> Iterator[Observer]:
     obs = Observer(box, http)
     yield obs
-    obs.control(fail_models=[], fail_next=0, delay_ms=0)
+    obs.control(fail_models=[], fail_next=0, delay_ms=0, chunk_delay_ms=0, break_after=None)

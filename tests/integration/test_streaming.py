@@ -1,0 +1,170 @@
+"""Paid streaming: both settlement moments, failures before and during the stream, hang-ups."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from pydantic import SecretStr
+
+from payrouter.app import create_app
+from payrouter.client import PaymentTransport, SpendingPolicy, receipt_of
+from payrouter.sandbox.dev import Sandbox
+from payrouter.sandbox.serving import serve_in_thread
+from payrouter.settings import ProviderSettings, Settings
+from wallets import LocalSigner
+
+from .conftest import Observer
+from .payments import header, offer, payment
+
+
+def _agent(box: Sandbox) -> LocalSigner:
+    agent = LocalSigner.generate()
+    box.token.mint(agent.address, 5_000_000)
+    return agent
+
+
+def _body(**kw: Any) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "max_tokens": 60,
+        "messages": [{"role": "user", "content": secrets.token_hex(6)}],
+        **kw,
+    }
+
+
+def _events(text: str) -> list[tuple[str | None, str]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        event, data = None, ""
+        for line in block.splitlines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+        out.append((event, data))
+    return out
+
+
+def test_openai_sdk_streams_a_paid_answer(box: Sandbox, observer: Observer) -> None:
+    agent = _agent(box)
+    before = observer.balances(agent.address, box.operator.address)
+    with (
+        httpx.Client(transport=PaymentTransport(agent, SpendingPolicy(max_per_call=10**6))) as http_client,
+        openai.OpenAI(base_url=f"{box.router_url}/v1", api_key="unused", http_client=http_client) as client,  # type: ignore[arg-type]
+    ):
+        stream = client.chat.completions.create(**_body())
+        pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
+    assert "".join(pieces).startswith("[gpt-4o-mini]")
+    # the SDK hangs up right after [DONE]; the settlement that follows the stream still happens
+    _wait_for_change(observer, agent.address, before[0])
+    after = observer.balances(agent.address, box.operator.address)
+    assert before[0] - after[0] == after[1] - before[1] > 0
+
+
+def test_after_stream_receipt_is_the_last_event(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    agent = _agent(box)
+    url = f"{box.router_url}/v1/chat/completions"
+    body = _body()
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    with http.stream("POST", url, json=body, headers=header(payment(o, agent))) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert "payment-response" not in response.headers  # it comes at the end
+        events = _events(response.read().decode())
+    assert events[-2] == (None, "[DONE]")
+    name, data = events[-1]
+    receipt = json.loads(data)
+    assert name == "x402.payment" and receipt["success"] is True and receipt["x402Version"] == 2
+    assert box.chain.w3.eth.get_transaction_receipt(receipt["transaction"])["status"] == 1
+    assert observer.balances(agent.address) == [5_000_000 - amount]
+
+
+@pytest.fixture(scope="module")
+def before_first_byte_router(box: Sandbox) -> Iterator[str]:
+    table = box.table.model_copy(update={"streaming_settlement": "before_first_byte"})
+    settings = Settings(
+        price_table=table,
+        providers={p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in table.models}},
+        rpc_url=box.chain.rpc_url,
+        gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+def test_before_first_byte_receipt_is_a_header(before_first_byte_router: str, box: Sandbox, observer: Observer) -> None:
+    agent = _agent(box)
+    with httpx.Client(transport=PaymentTransport(agent, SpendingPolicy(max_per_call=10**6))) as http:
+        with http.stream("POST", f"{before_first_byte_router}/v1/chat/completions", json=_body()) as response:
+            assert response.status_code == 200
+            receipt = receipt_of(response)
+            assert receipt is not None and receipt.success  # known before the first chunk is read
+            text = response.read().decode()
+    assert _events(text)[-1] == (None, "[DONE]")
+    assert observer.balances(agent.address) == [5_000_000 - receipt.amount]
+
+
+def test_failure_before_the_first_chunk_charges_nothing(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    agent = _agent(box)
+    url = f"{box.router_url}/v1/chat/completions"
+    body = _body()
+    o = offer(http, url, body)
+    paid = header(payment(o, agent))
+    observer.control(fail_next=10, fail_status=503)  # the routed model and every fallback fail
+    response = http.post(url, json=body, headers=paid)
+    assert response.status_code == 502
+    assert observer.balances(agent.address) == [5_000_000]
+    observer.control(fail_next=0)
+    assert http.post(url, json=body, headers=paid).status_code == 200  # the payment was not used up
+
+
+def test_stream_broken_half_way_charges_nothing(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    agent = _agent(box)
+    url = f"{box.router_url}/v1/chat/completions"
+    body = _body()
+    o = offer(http, url, body)
+    observer.control(break_after=3)
+    with http.stream("POST", url, json=body, headers=header(payment(o, agent))) as response:
+        events = _events(response.read().decode())
+    error = json.loads(events[-2][1])
+    assert "stream broke" in error["error"]["message"]
+    name, data = events[-1]
+    assert name == "x402.payment" and json.loads(data)["success"] is False
+    assert json.loads(data)["errorReason"] == "upstream_failed"
+    assert observer.balances(agent.address) == [5_000_000]
+
+
+def test_client_hang_up_after_content_is_charged_the_quote(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    agent = _agent(box)
+    url = f"{box.router_url}/v1/chat/completions"
+    body = _body(max_tokens=200)
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    observer.control(chunk_delay_ms=50)
+    with (
+        httpx.Client(timeout=30) as client,
+        client.stream("POST", url, json=body, headers=header(payment(o, agent))) as response,
+    ):
+        lines = response.iter_lines()
+        seen = [next(lines) for _ in range(6)]  # a few chunks with content, then hang up
+        assert any('"content": "' in line or '"content":"' in line for line in seen)
+    _wait_for_change(observer, agent.address, 5_000_000)
+    assert observer.balances(agent.address) == [5_000_000 - amount]
+
+
+def _wait_for_change(observer: Observer, address: str, balance: int) -> None:
+    deadline = time.monotonic() + 10
+    while observer.balances(address) == [balance]:
+        assert time.monotonic() < deadline, "the payment was never settled"
+        time.sleep(0.05)
