@@ -19,7 +19,7 @@ from payrouter.facilitator.local import wait_until_deployed
 from payrouter.quoting import Quoter
 from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions
-from payrouter.routes.health import healthz
+from payrouter.routes.health import healthz, model_health
 from payrouter.routes.openapi import openapi
 from payrouter.routing import Router, RoutingEngine
 from payrouter.routing.predictor import QualityPredictor
@@ -27,6 +27,7 @@ from payrouter.services import Services
 from payrouter.settings import ConfigError, Settings
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import OpenAICompatible
+from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
@@ -37,9 +38,9 @@ __all__ = ["create_app"]
 log = logging.getLogger("payrouter")
 
 
-def _default_router(settings: Settings) -> Router:
+def _default_router(settings: Settings, health: HealthTracker) -> Router:
     path = settings.price_table.routing.predictor
-    return RoutingEngine(QualityPredictor.load(path) if path else None)
+    return RoutingEngine(QualityPredictor.load(path) if path else None, health=health.healthy)
 
 
 def create_app(settings: Settings, router: Router | None = None) -> Starlette:
@@ -88,6 +89,10 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
                 }
                 facilitator = RemoteFacilitator(settings.facilitator_url, headers)
             stack.push_async_callback(facilitator.close)
+            health = HealthTracker(store, [m.id for m in table.models])
+            await health.refresh()
+            health.start()
+            stack.push_async_callback(health.stop)
             adapters = {
                 name: OpenAICompatible(
                     p.base_url, p.api_key.get_secret_value() if p.api_key else None, http, timeout=p.timeout
@@ -96,10 +101,11 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             }
             services = Services(
                 table=table,
-                quoter=Quoter(table, router or _default_router(settings)),
+                quoter=Quoter(table, router or _default_router(settings, health)),
                 store=store,
                 facilitator=facilitator,
-                upstreams=UpstreamPool(adapters),
+                upstreams=UpstreamPool(adapters, health),
+                health=health,
                 http=http,
                 chain=chain,
                 public_url=settings.public_url,
@@ -113,6 +119,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
         Route("/v1/quote", quote, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/v1/health/models", model_health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
     ]
     middleware = [

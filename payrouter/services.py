@@ -10,6 +10,7 @@ from payrouter.chain import ChainClient
 from payrouter.facilitator import Facilitator
 from payrouter.quoting import Quoter
 from payrouter.store import Store
+from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
 from pricing import PriceTable
 
@@ -25,6 +26,7 @@ class Services:
     store: Store
     facilitator: Facilitator
     upstreams: UpstreamPool
+    health: HealthTracker
     http: httpx.AsyncClient
     chain: ChainClient | None
     public_url: str | None

@@ -35,7 +35,7 @@ async def _stream(services: Services, attached: dict[str, Any]) -> Response:
     chat = attached["request"]
     try:
         model_id, stream, _attempts = await services.upstreams.stream(
-            chat.provider_body(), priced.decision, services.table, priced.requirements.amount
+            chat.provider_body(), priced.decision, services.table, priced.requirements.amount, attached.get("deadline")
         )
     except UpstreamError as exc:
         return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
@@ -81,7 +81,7 @@ async def chat_completions(request: Request) -> Response:
     table = services.table
     try:
         answer = await services.upstreams.complete(
-            chat.provider_body(), priced.decision, table, priced.requirements.amount
+            chat.provider_body(), priced.decision, table, priced.requirements.amount, attached.get("deadline")
         )
     except UpstreamError as exc:
         return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")

@@ -11,7 +11,7 @@ from payrouter.chain import ChainError
 from payrouter.services import Services
 from payrouter.store import StoreError
 
-__all__ = ["healthz"]
+__all__ = ["healthz", "model_health"]
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -31,3 +31,12 @@ async def healthz(request: Request) -> JSONResponse:
             checks["chain"] = f"down: {exc.__class__.__name__}"
     healthy = all(v == "ok" for v in checks.values())
     return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+
+
+async def model_health(request: Request) -> JSONResponse:
+    """Per model: circuit breaker, error rate and latency averages (shared by all instances)."""
+    services: Services = request.state.services
+    try:
+        return JSONResponse({"models": await services.health.snapshot()})
+    except StoreError as exc:
+        return JSONResponse({"error": {"message": f"store unavailable: {exc.__class__.__name__}"}}, 503)

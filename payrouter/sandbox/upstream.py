@@ -57,6 +57,9 @@ class TestUpstream:
         self.delay = 0.0
         self.chunk_delay = 0.0
         self.break_after: int | None = None
+        self.retry_after: int | None = None
+        self.context_limit: int | None = None
+        self.long_context_models: set[str] = set()
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -73,7 +76,14 @@ class TestUpstream:
             await asyncio.sleep(self.delay)
         if self.fail_next > 0 or model in self.fail_models:
             self.fail_next = max(0, self.fail_next - 1)
-            return JSONResponse({"error": {"message": "injected failure", "type": "server_error"}}, self.fail_status)
+            headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+            return JSONResponse(
+                {"error": {"message": "injected failure", "type": "server_error"}}, self.fail_status, headers=headers
+            )
+        too_long = self.context_limit is not None and len(json.dumps(body.get("messages"))) > self.context_limit
+        if too_long and model not in self.long_context_models:
+            error = {"message": "This model's maximum context length is exceeded", "code": "context_length_exceeded"}
+            return JSONResponse({"error": error}, 400)
         messages = body.get("messages") or []
         max_tokens = int(body.get("max_tokens") or 256)
         text = _reply_text(model, messages, max_tokens)
@@ -151,6 +161,11 @@ class TestUpstream:
         self.chunk_delay = float(body.get("chunk_delay_ms", self.chunk_delay * 1000)) / 1000
         if "break_after" in body:
             self.break_after = body["break_after"]
+        if "retry_after" in body:
+            self.retry_after = body["retry_after"]
+        if "context_limit" in body:
+            self.context_limit = body["context_limit"]
+            self.long_context_models = set(body.get("long_context_models", []))
         if body.get("reset_stats"):
             self.calls.clear()
         return JSONResponse({"ok": True})

@@ -26,6 +26,11 @@ class Store(Protocol):
         """The value of ``key``, or None when absent or expired."""
         ...
 
+    async def incr(self, key: str, ttl_seconds: int) -> int:
+        """Atomically add one to the counter ``key`` (created at 0, expiring ``ttl_seconds`` after
+        its first increment) and return the new value."""
+        ...
+
     async def claim(self, key: str, owner: str, ttl_seconds: int) -> bool:
         """Atomically set ``key`` to ``owner`` if it is absent. True when this caller won."""
         ...

@@ -37,6 +37,13 @@ class MemoryStore:
     async def get(self, key: str) -> bytes | None:
         return self._live(key)
 
+    async def incr(self, key: str, ttl_seconds: int) -> int:
+        current = self._live(key)
+        value = int(current) + 1 if current else 1
+        expiry = self._data[key][1] if current else time.monotonic() + ttl_seconds
+        self._data[key] = (str(value).encode(), expiry)
+        return value
+
     async def claim(self, key: str, owner: str, ttl_seconds: int) -> bool:
         if self._live(key) is not None:
             return False

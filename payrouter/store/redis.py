@@ -24,6 +24,7 @@ _REPLACE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1 else return 0 end"
 )
+_INCR = "local v = redis.call('incr', KEYS[1]) if v == 1 then redis.call('expire', KEYS[1], ARGV[1]) end return v"
 _LEDGER_MAXLEN = 1_000_000
 
 
@@ -40,6 +41,7 @@ class RedisStore:
         self._ns = namespace
         self._release = self._redis.register_script(_RELEASE)
         self._replace = self._redis.register_script(_REPLACE)
+        self._incr = self._redis.register_script(_INCR)
 
     def _k(self, key: str) -> str:
         return f"{self._ns}:{key}"
@@ -56,6 +58,9 @@ class RedisStore:
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._run(self._redis.get(self._k(key)))
         return value
+
+    async def incr(self, key: str, ttl_seconds: int) -> int:
+        return int(await self._run(self._incr(keys=[self._k(key)], args=[ttl_seconds])))
 
     async def claim(self, key: str, owner: str, ttl_seconds: int) -> bool:
         return bool(await self._run(self._redis.set(self._k(key), owner, ex=ttl_seconds, nx=True)))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -22,10 +24,39 @@ class UpstreamError(Exception):
         retryable: True when another attempt (or another provider) may succeed.
     """
 
-    def __init__(self, message: str, status: int | None = None, retryable: bool = True) -> None:
+    def __init__(
+        self, message: str, status: int | None = None, retryable: bool = True, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, when.timestamp() - time.time())
+
+
+def _status_error(response: httpx.Response, body: bytes) -> UpstreamError:
+    """The error for a non-2xx answer; context-length refusals are worth another model."""
+    text = body[:2000].decode(errors="replace").lower()
+    context = response.status_code == 400 and ("context_length" in text or "context length" in text)
+    return UpstreamError(
+        f"upstream answered HTTP {response.status_code}" + (" (context length exceeded)" if context else ""),
+        status=response.status_code,
+        retryable=context or response.status_code in _RETRYABLE_STATUS,
+        retry_after=_retry_after(response),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,11 +158,7 @@ class OpenAICompatible:
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
         if reply.status_code >= 400:
-            raise UpstreamError(
-                f"upstream answered HTTP {reply.status_code}",
-                status=reply.status_code,
-                retryable=reply.status_code in _RETRYABLE_STATUS,
-            )
+            raise _status_error(reply, reply.content)
         try:
             data = reply.json()
             usage = data.get("usage") or {}
@@ -160,12 +187,9 @@ class OpenAICompatible:
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
         if response.status_code >= 400:
+            error_body = await response.aread()
             await response.aclose()
-            raise UpstreamError(
-                f"upstream answered HTTP {response.status_code}",
-                status=response.status_code,
-                retryable=response.status_code in _RETRYABLE_STATUS,
-            )
+            raise _status_error(response, error_body)
         lines = response.aiter_lines()
         try:
             async for line in lines:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from payrouter.routing import RouteDecision
+from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.openai import Completion, OpenAICompatible, UpstreamError, UpstreamStream
-from pricing import PriceTable, PricingError, quote_route
+from pricing import ModelPrice, PriceTable, PricingError, quote_route
 
 __all__ = ["Answer", "UpstreamPool"]
 
@@ -22,17 +24,34 @@ class Answer:
     attempts: int
 
 
-class UpstreamPool:
-    """One adapter per provider name (the price table's ``provider`` field)."""
+# Settlement must still fit before the authorization expires (the facilitators' 6 s margin).
+SETTLE_MARGIN_SECONDS = 10
 
-    def __init__(self, adapters: Mapping[str, OpenAICompatible]) -> None:
+
+def _expected_seconds(model: ModelPrice, output_tokens: int) -> float:
+    return (model.first_token_ms + output_tokens * 1000 / model.tokens_per_second) / 1000 + SETTLE_MARGIN_SECONDS
+
+
+class UpstreamPool:
+    """One adapter per provider name (the price table's ``provider`` field).
+
+    Args:
+        adapters: provider name -> adapter.
+        health: shared breakers and statistics; models with an open breaker are skipped while
+            another candidate remains, and every outcome is recorded.
+    """
+
+    def __init__(self, adapters: Mapping[str, OpenAICompatible], health: HealthTracker | None = None) -> None:
         self._adapters = dict(adapters)
+        self.health = health
 
     def missing_providers(self, table: PriceTable) -> list[str]:
         """Providers the table names that have no adapter configured."""
         return sorted({m.provider for m in table.models} - self._adapters.keys())
 
-    def _candidates(self, decision: RouteDecision, table: PriceTable, paid: int) -> list[str]:
+    def _candidates(
+        self, decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None = None
+    ) -> list[str]:
         out = [decision.model]
         for model_id in decision.fallbacks:
             # A fallback is only worth trying if what the client paid covers it.
@@ -41,10 +60,28 @@ class UpstreamPool:
                     out.append(model_id)
             except PricingError:
                 continue
+        if deadline is not None:
+            now = time.time()
+            fits = [m for m in out if now + _expected_seconds(table.model(m), decision.output_tokens) < deadline]
+            if not fits:
+                raise UpstreamError("no candidate can finish before the payment authorization expires", retryable=False)
+            out = fits
+        if self.health is not None:
+            healthy = [m for m in out if self.health.healthy(m)]
+            out = healthy or out  # every breaker open: try anyway rather than refuse
         return out
 
+    async def _failed(self, model_id: str, exc: UpstreamError) -> None:
+        if self.health is not None:
+            await self.health.record_failure(model_id, exc.status, exc.retry_after, str(exc))
+
+    async def _succeeded(self, model_id: str, started: float, first_byte: float, tokens: int) -> None:
+        if self.health is not None:
+            now = time.perf_counter()
+            await self.health.record_success(model_id, (first_byte - started) * 1000, tokens, (now - started) * 1000)
+
     async def stream(
-        self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int
+        self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None = None
     ) -> tuple[str, UpstreamStream, int]:
         """Open a stream on the first candidate that produces a first chunk.
 
@@ -55,22 +92,29 @@ class UpstreamPool:
             UpstreamError: every candidate failed before its first chunk.
         """
         last: UpstreamError | None = None
-        for attempt, model_id in enumerate(self._candidates(decision, table, paid), start=1):
+        for attempt, model_id in enumerate(self._candidates(decision, table, paid, deadline), start=1):
             model = table.model(model_id)
             adapter = self._adapters.get(model.provider)
             if adapter is None:
                 last = UpstreamError(f"no provider {model.provider!r} configured")
                 continue
+            started = time.perf_counter()
             try:
-                return model_id, await adapter.stream(body, model.upstream_model, decision.output_tokens), attempt
+                stream = await adapter.stream(body, model.upstream_model, decision.output_tokens)
             except UpstreamError as exc:
+                await self._failed(model_id, exc)
                 if not exc.retryable:
                     raise
                 last = exc
+                continue
+            await self._succeeded(model_id, started, time.perf_counter(), 0)
+            return model_id, stream, attempt
         assert last is not None
         raise last
 
-    async def complete(self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int) -> Answer:
+    async def complete(
+        self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None = None
+    ) -> Answer:
         """Run the request on the first candidate that answers.
 
         Raises:
@@ -78,20 +122,23 @@ class UpstreamPool:
                 error (the request itself is bad; another model would refuse it too).
         """
         last: UpstreamError | None = None
-        candidates = self._candidates(decision, table, paid)
+        candidates = self._candidates(decision, table, paid, deadline)
         for attempt, model_id in enumerate(candidates, start=1):
             model = table.model(model_id)
             adapter = self._adapters.get(model.provider)
             if adapter is None:
                 last = UpstreamError(f"no provider {model.provider!r} configured", retryable=True)
                 continue
+            started = time.perf_counter()
             try:
                 completion = await adapter.chat(body, model.upstream_model, decision.output_tokens)
             except UpstreamError as exc:
+                await self._failed(model_id, exc)
                 if not exc.retryable:
                     raise
                 last = exc
                 continue
+            await self._succeeded(model_id, started, time.perf_counter(), completion.output_tokens)
             return Answer(model=model_id, completion=completion, attempts=attempt)
         assert last is not None
         raise last

@@ -275,7 +275,8 @@ class PaymentGate:
             await services.store.release(claim_key, owner)
             raise
 
-        scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer}
+        # the model call must leave time to settle before the authorization expires
+        scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer, "deadline": auth.valid_before}
         if request.stream:
             settler = _StreamSettlement(services, payment, requirements, priced, payer, claim_key, owner, ttl, digest)
             await settler.run(self.app, scope, _replay(receive, body), send)

@@ -46,4 +46,7 @@ class Observer:
 def observer(box: Sandbox, http: httpx.Client) -> Iterator[Observer]:
     obs = Observer(box, http)
     yield obs
-    obs.control(fail_models=[], fail_next=0, delay_ms=0, chunk_delay_ms=0, break_after=None)
+    obs.control(
+        fail_models=[], fail_next=0, fail_status=500, delay_ms=0, chunk_delay_ms=0, break_after=None, retry_after=None,
+        context_limit=None,
+    )  # fmt: skip

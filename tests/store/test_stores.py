@@ -94,3 +94,9 @@ async def test_unreachable_redis_is_a_store_error() -> None:
     with pytest.raises(StoreError):
         await s.ping()
     await s.close()
+
+
+async def test_incr_counts_and_expires(store: Store) -> None:
+    assert [await store.incr("n", 1) for _ in range(3)] == [1, 2, 3]
+    await asyncio.sleep(1.1)
+    assert await store.incr("n", 1) == 1

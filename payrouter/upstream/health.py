@@ -1,0 +1,135 @@
+"""Model health shared by every instance: circuit breakers, error rates and latency.
+
+Breakers and counters live in the store (Redis), so a model that fails on one instance is
+avoided by all of them. Each instance also keeps a snapshot, refreshed every second, that the
+routing engine reads synchronously (`HealthTracker.healthy`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from payrouter.store import Store, StoreError
+
+__all__ = ["BreakerPolicy", "HealthTracker"]
+
+log = logging.getLogger("payrouter.health")
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """When a model's breaker opens and for how long.
+
+    Attributes:
+        failures: consecutive retryable failures (within ``window``) that open the breaker.
+        window: seconds over which failures are counted.
+        cooldown: seconds a breaker stays open (a provider's ``Retry-After`` overrides it).
+        alpha: weight of the newest sample in the moving averages.
+    """
+
+    failures: int = 3
+    window: int = 60
+    cooldown: int = 30
+    alpha: float = 0.2
+
+
+class HealthTracker:
+    """Records call outcomes per catalog model and answers "is it healthy?"."""
+
+    def __init__(self, store: Store, models: list[str], policy: BreakerPolicy | None = None) -> None:
+        self.store = store
+        self.models = models
+        self.policy = policy or BreakerPolicy()
+        self._open_until: dict[str, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def healthy(self, model: str) -> bool:
+        """False while this instance knows the model's breaker to be open."""
+        return self._open_until.get(model, 0.0) <= time.time()
+
+    async def record_success(self, model: str, first_byte_ms: float, tokens: int, total_ms: float) -> None:
+        """A call answered: reset the failure count, update latency and error averages."""
+        with contextlib.suppress(StoreError):
+            await self.store.put(f"health:fails:{model}", b"0", 1)
+            tps = tokens * 1000 / total_ms if total_ms > 0 and tokens else None
+            await self._update_stats(model, error=False, first_byte_ms=first_byte_ms, tps=tps)
+
+    async def record_failure(self, model: str, status: int | None, retry_after: float | None, reason: str) -> None:
+        """A call failed: count it, and open the breaker on a 429 or after too many failures."""
+        with contextlib.suppress(StoreError):
+            await self._update_stats(model, error=True, last_error=reason)
+            fails = await self.store.incr(f"health:fails:{model}", self.policy.window)
+            if status == 429 or retry_after is not None or fails >= self.policy.failures:
+                cooldown = int(retry_after) if retry_after is not None else self.policy.cooldown
+                await self.open(model, max(cooldown, 1), reason)
+
+    async def open(self, model: str, seconds: int, reason: str) -> None:
+        """Open ``model``'s breaker for ``seconds`` on every instance."""
+        until = time.time() + seconds
+        self._open_until[model] = until
+        await self.store.put(
+            f"health:breaker:{model}", json.dumps({"until": until, "reason": reason}).encode(), seconds
+        )
+        log.warning("breaker open for %s for %d s: %s", model, seconds, reason)
+
+    async def _update_stats(self, model: str, error: bool, **sample: Any) -> None:
+        key = f"health:stats:{model}"
+        raw = await self.store.get(key)
+        stats: dict[str, Any] = json.loads(raw) if raw else {"calls": 0, "error_rate": 0.0}
+        a = self.policy.alpha
+        stats["calls"] = int(stats.get("calls", 0)) + 1
+        stats["error_rate"] = (1 - a) * float(stats.get("error_rate", 0.0)) + a * (1.0 if error else 0.0)
+        for name in ("first_byte_ms", "tps"):
+            value = sample.get(name)
+            if value is not None:
+                old = stats.get(name)
+                stats[name] = value if old is None else (1 - a) * float(old) + a * float(value)
+        if sample.get("last_error"):
+            stats["last_error"] = sample["last_error"]
+            stats["last_error_at"] = int(time.time())
+        await self.store.put(key, json.dumps(stats).encode(), 7 * 86_400)
+
+    async def refresh(self) -> None:
+        """Re-read every model's breaker from the store."""
+        for model in self.models:
+            raw = await self.store.get(f"health:breaker:{model}")
+            self._open_until[model] = float(json.loads(raw)["until"]) if raw else 0.0
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Per model: breaker state, error rate, latency; for the operator endpoint."""
+        out = {}
+        for model in self.models:
+            breaker = await self.store.get(f"health:breaker:{model}")
+            stats = await self.store.get(f"health:stats:{model}")
+            state = json.loads(breaker) if breaker else None
+            out[model] = {
+                "breaker": "open" if state else "closed",
+                "open_until": state["until"] if state else None,
+                "open_reason": state["reason"] if state else None,
+                **(json.loads(stats) if stats else {"calls": 0}),
+            }
+        return out
+
+    def start(self, interval: float = 1.0) -> None:
+        """Refresh the local snapshot in the background."""
+
+        async def loop() -> None:
+            while True:
+                with contextlib.suppress(StoreError):
+                    await self.refresh()
+                await asyncio.sleep(interval)
+
+        self._task = asyncio.create_task(loop())
+
+    async def stop(self) -> None:
+        """Stop the background refresh."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
