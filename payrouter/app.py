@@ -26,7 +26,7 @@ from payrouter.routing.predictor import QualityPredictor
 from payrouter.services import Services
 from payrouter.settings import ConfigError, Settings
 from payrouter.store import MemoryStore, RedisStore, Store
-from payrouter.upstream import OpenAICompatible
+from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
 from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
@@ -93,8 +93,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             await health.refresh()
             health.start()
             stack.push_async_callback(health.stop)
-            adapters = {
-                name: OpenAICompatible(
+            adapters: dict[str, Provider] = {
+                name: (AnthropicMessages if p.kind == "anthropic" else OpenAICompatible)(
                     p.base_url, p.api_key.get_secret_value() if p.api_key else None, http, timeout=p.timeout
                 )
                 for name, p in settings.providers.items()

@@ -30,6 +30,7 @@ class ProviderSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_url: str
+    kind: Literal["openai", "anthropic"] = "openai"
     api_key: SecretStr | None = None
     timeout: float = Field(default=60.0, gt=0)
 
@@ -122,6 +123,12 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         section = dict(section)
         if "api_key_env" in section:
             section["api_key"] = _env(env, section.pop("api_key_env"), f"providers.{name}.api_key_env")
+        elif "api_key_file" in section:
+            secret_file = base / str(section.pop("api_key_file"))
+            try:
+                section["api_key"] = secret_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"providers.{name}.api_key_file: cannot read {secret_file}: {exc.strerror}") from None
         providers[name] = section
     data["providers"] = providers
 

@@ -94,7 +94,11 @@ async def sandbox(
         settings = Settings(
             price_table=table,
             providers={
-                name: ProviderSettings(base_url=f"{upstream_url}/v1") for name in {m.provider for m in table.models}
+                # "anthropic" models go through the Anthropic Messages API of the test upstream
+                name: ProviderSettings(base_url=upstream_url, kind="anthropic")
+                if name == "anthropic"
+                else ProviderSettings(base_url=f"{upstream_url}/v1")
+                for name in {m.provider for m in table.models}
             },
             redis_url=redis_url,
             namespace=namespace,

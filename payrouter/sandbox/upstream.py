@@ -60,9 +60,12 @@ class TestUpstream:
         self.retry_after: int | None = None
         self.context_limit: int | None = None
         self.long_context_models: set[str] = set()
+        self.last_request: dict[str, Any] = {}
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
+                Route("/v1/messages", self._messages, methods=["POST"]),
+                Route("/_last", self._last, methods=["GET"]),
                 Route("/_control", self._control, methods=["POST"]),
                 Route("/_stats", self._stats, methods=["GET"]),
             ]
@@ -150,6 +153,105 @@ class TestUpstream:
             chunk = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
             yield b"data: " + json.dumps({**chunk, "choices": [], "usage": total}).encode() + b"\n\n"
         yield b"data: [DONE]\n\n"
+
+    async def _messages(self, request: Request) -> Response:
+        """An Anthropic Messages API stand-in (non-streaming and streaming)."""
+        body = await request.json()
+        self.last_request = {"headers": dict(request.headers), "body": body}
+        model = str(body.get("model", ""))
+        self.calls[model] += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_next > 0 or model in self.fail_models:
+            self.fail_next = max(0, self.fail_next - 1)
+            error = {"type": "error", "error": {"type": "overloaded_error", "message": "injected failure"}}
+            return JSONResponse(error, self.fail_status)
+        too_long = self.context_limit is not None and len(json.dumps(body.get("messages"))) > self.context_limit
+        if too_long and model not in self.long_context_models:
+            error = {"type": "invalid_request_error", "message": "prompt is too long: 250000 tokens > 200000 maximum"}
+            return JSONResponse({"type": "error", "error": error}, 400)
+        if not isinstance(body.get("max_tokens"), int) or not body.get("messages"):
+            return JSONResponse({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}, 400)
+        roles = [m["role"] for m in body["messages"]]
+        if any(a == b for a, b in zip(roles, roles[1:], strict=False)) or roles[0] != "user":
+            error = {"type": "error", "error": {"type": "invalid_request_error", "message": "roles must alternate"}}
+            return JSONResponse(error, 400)
+        last_text = " ".join(
+            b.get("text", "")
+            for b in body["messages"][-1]["content"]
+            if isinstance(b, dict) and b.get("type") == "text"
+        )
+        text = _reply_text(model, [{"role": "user", "content": last_text}], int(body["max_tokens"]))
+        input_tokens = estimate_text_tokens(json.dumps(body["messages"])) + estimate_text_tokens(
+            str(body.get("system", ""))
+        )
+        tools = body.get("tools") or []
+        msg_id = "msg_" + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20]
+        if body.get("stream"):
+            return StreamingResponse(
+                self._anthropic_events(msg_id, model, text, input_tokens, tools), media_type="text/event-stream"
+            )
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        stop = "end_turn"
+        if tools:
+            content.append({"type": "tool_use", "id": "toolu_1", "name": tools[0]["name"], "input": {"city": "Paris"}})
+            stop = "tool_use"
+        usage = {
+            "input_tokens": input_tokens,
+            "output_tokens": estimate_text_tokens(text),
+            "cache_read_input_tokens": 3,
+        }
+        return JSONResponse(
+            {
+                "id": msg_id,
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": stop,
+                "usage": usage,
+            }
+        )
+
+    async def _anthropic_events(
+        self, msg_id: str, model: str, text: str, input_tokens: int, tools: list[dict[str, Any]]
+    ) -> AsyncIterator[bytes]:
+        def event(name: str, data: dict[str, Any]) -> bytes:
+            return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+
+        usage = {"input_tokens": input_tokens, "output_tokens": 1, "cache_read_input_tokens": 3}
+        message = {"id": msg_id, "type": "message", "role": "assistant", "model": model, "content": [], "usage": usage}
+        yield event("message_start", {"message": message})
+        yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+        for i, word in enumerate(text.split(" ")):
+            if self.break_after is not None and i >= self.break_after:
+                raise ConnectionAbortedError("injected: stream broken half-way")
+            if self.chunk_delay:
+                await asyncio.sleep(self.chunk_delay)
+            yield event(
+                "content_block_delta",
+                {"index": 0, "delta": {"type": "text_delta", "text": word if i == 0 else " " + word}},
+            )
+        yield event("content_block_stop", {"index": 0})
+        stop = "end_turn"
+        if tools:
+            block = {"type": "tool_use", "id": "toolu_1", "name": tools[0]["name"], "input": {}}
+            yield event("content_block_start", {"index": 1, "content_block": block})
+            yield event(
+                "content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"city": '}}
+            )
+            yield event(
+                "content_block_delta", {"index": 1, "delta": {"type": "input_json_delta", "partial_json": '"Paris"}'}}
+            )
+            yield event("content_block_stop", {"index": 1})
+            stop = "tool_use"
+        yield event(
+            "message_delta", {"delta": {"stop_reason": stop}, "usage": {"output_tokens": estimate_text_tokens(text)}}
+        )
+        yield event("message_stop", {})
+
+    async def _last(self, request: Request) -> JSONResponse:
+        return JSONResponse(self.last_request)
 
     async def _control(self, request: Request) -> JSONResponse:
         body = await request.json()

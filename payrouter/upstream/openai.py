@@ -50,7 +50,9 @@ def _retry_after(response: httpx.Response) -> float | None:
 def _status_error(response: httpx.Response, body: bytes) -> UpstreamError:
     """The error for a non-2xx answer; context-length refusals are worth another model."""
     text = body[:2000].decode(errors="replace").lower()
-    context = response.status_code == 400 and ("context_length" in text or "context length" in text)
+    context = response.status_code == 400 and any(
+        marker in text for marker in ("context_length", "context length", "prompt is too long")
+    )
     return UpstreamError(
         f"upstream answered HTTP {response.status_code}" + (" (context length exceeded)" if context else ""),
         status=response.status_code,

@@ -9,7 +9,8 @@ from typing import Any
 
 from payrouter.routing import RouteDecision
 from payrouter.upstream.health import HealthTracker
-from payrouter.upstream.openai import Completion, OpenAICompatible, UpstreamError, UpstreamStream
+from payrouter.upstream.openai import Completion, UpstreamError, UpstreamStream
+from payrouter.upstream.provider import Provider
 from pricing import ModelPrice, PriceTable, PricingError, quote_route
 
 __all__ = ["Answer", "UpstreamPool"]
@@ -41,7 +42,7 @@ class UpstreamPool:
             another candidate remains, and every outcome is recorded.
     """
 
-    def __init__(self, adapters: Mapping[str, OpenAICompatible], health: HealthTracker | None = None) -> None:
+    def __init__(self, adapters: Mapping[str, Provider], health: HealthTracker | None = None) -> None:
         self._adapters = dict(adapters)
         self.health = health
 
