@@ -95,7 +95,11 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             stack.push_async_callback(health.stop)
             adapters: dict[str, Provider] = {
                 name: (AnthropicMessages if p.kind == "anthropic" else OpenAICompatible)(
-                    p.base_url, p.api_key.get_secret_value() if p.api_key else None, http, timeout=p.timeout
+                    p.base_url,
+                    p.api_key.get_secret_value() if p.api_key else None,
+                    http,
+                    timeout=p.timeouts(),
+                    total=p.timeout,
                 )
                 for name, p in settings.providers.items()
             }

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from pricing import PriceTable, load_price_table
@@ -25,14 +26,27 @@ class ConfigError(ValueError):
 
 
 class ProviderSettings(BaseModel):
-    """One OpenAI-compatible upstream (the price table's ``provider`` names it)."""
+    """One upstream (the price table's ``provider`` names it).
+
+    Attributes:
+        base_url: the API base (``https://api.openai.com/v1``, ``https://api.anthropic.com``).
+        kind: ``openai`` for any OpenAI-compatible API, ``anthropic`` for the Messages API.
+        timeout: seconds for the whole call; connect_timeout and first_byte_timeout bound
+            connecting and waiting for the first byte (and for each later streamed byte).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     base_url: str
     kind: Literal["openai", "anthropic"] = "openai"
     api_key: SecretStr | None = None
-    timeout: float = Field(default=60.0, gt=0)
+    timeout: float = Field(default=120.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    first_byte_timeout: float = Field(default=30.0, gt=0)
+
+    def timeouts(self) -> httpx.Timeout:
+        """connect, first byte (and gaps between streamed bytes), whole-call limits for httpx."""
+        return httpx.Timeout(self.timeout, connect=self.connect_timeout, read=self.first_byte_timeout)
 
 
 class ServerSettings(BaseModel):

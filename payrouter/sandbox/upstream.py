@@ -61,6 +61,7 @@ class TestUpstream:
         self.context_limit: int | None = None
         self.long_context_models: set[str] = set()
         self.last_request: dict[str, Any] = {}
+        self.malformed = False
         self.app = Starlette(
             routes=[
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
@@ -83,6 +84,8 @@ class TestUpstream:
             return JSONResponse(
                 {"error": {"message": "injected failure", "type": "server_error"}}, self.fail_status, headers=headers
             )
+        if self.malformed:
+            return Response(b'{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
         too_long = self.context_limit is not None and len(json.dumps(body.get("messages"))) > self.context_limit
         if too_long and model not in self.long_context_models:
             error = {"message": "This model's maximum context length is exceeded", "code": "context_length_exceeded"}
@@ -263,6 +266,8 @@ class TestUpstream:
         self.chunk_delay = float(body.get("chunk_delay_ms", self.chunk_delay * 1000)) / 1000
         if "break_after" in body:
             self.break_after = body["break_after"]
+        if "malformed" in body:
+            self.malformed = bool(body["malformed"])
         if "retry_after" in body:
             self.retry_after = body["retry_after"]
         if "context_limit" in body:

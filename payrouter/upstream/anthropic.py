@@ -8,6 +8,7 @@ exact, cached prompt tokens included.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -162,13 +163,23 @@ class AnthropicMessages:
         client: shared httpx client from the app's lifespan.
     """
 
-    def __init__(self, base_url: str, api_key: str | None, client: httpx.AsyncClient, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        client: httpx.AsyncClient,
+        timeout: float | httpx.Timeout = 60.0,
+        total: float | None = None,
+    ) -> None:
         self._url = base_url.rstrip("/").removesuffix("/v1") + "/v1/messages"
         self._headers = {"anthropic-version": API_VERSION}
         if api_key:
             self._headers["x-api-key"] = api_key
         self._client = client
-        self._timeout = timeout
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        # httpx's read timeout bounds each wait for bytes; a whole non-streaming call is bounded
+        # too, so a provider trickling bytes cannot hold a paid request past its total
+        self._total = total
 
     def __repr__(self) -> str:
         return f"AnthropicMessages(url={self._url!r})"
@@ -181,8 +192,10 @@ class AnthropicMessages:
         """
         body = to_anthropic(request, upstream_model, max_tokens)
         try:
-            reply = await self._client.post(self._url, json=body, headers=self._headers, timeout=self._timeout)
-        except httpx.TimeoutException:
+            reply = await asyncio.wait_for(
+                self._client.post(self._url, json=body, headers=self._headers, timeout=self._timeout), self._total
+            )
+        except (httpx.TimeoutException, TimeoutError):
             raise UpstreamError("upstream timed out") from None
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -134,11 +135,21 @@ class OpenAICompatible:
         client: shared httpx client (connection pool) from the app's lifespan.
     """
 
-    def __init__(self, base_url: str, api_key: str | None, client: httpx.AsyncClient, timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        client: httpx.AsyncClient,
+        timeout: float | httpx.Timeout = 60.0,
+        total: float | None = None,
+    ) -> None:
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = client
-        self._timeout = timeout
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        # httpx's read timeout bounds each wait for bytes; a whole non-streaming call is bounded
+        # too, so a provider trickling bytes cannot hold a paid request past its total
+        self._total = total
 
     def __repr__(self) -> str:
         return f"OpenAICompatible(url={self._url!r})"
@@ -154,8 +165,10 @@ class OpenAICompatible:
         body = {k: v for k, v in request.items() if k not in ("max_completion_tokens", "stream", "stream_options")}
         body.update(model=upstream_model, max_tokens=max_tokens, stream=False)
         try:
-            reply = await self._client.post(self._url, json=body, headers=self._headers, timeout=self._timeout)
-        except httpx.TimeoutException:
+            reply = await asyncio.wait_for(
+                self._client.post(self._url, json=body, headers=self._headers, timeout=self._timeout), self._total
+            )
+        except (httpx.TimeoutException, TimeoutError):
             raise UpstreamError("upstream timed out") from None
         except httpx.HTTPError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None

@@ -48,5 +48,5 @@ def observer(box: Sandbox, http: httpx.Client) -> Iterator[Observer]:
     yield obs
     obs.control(
         fail_models=[], fail_next=0, fail_status=500, delay_ms=0, chunk_delay_ms=0, break_after=None, retry_after=None,
-        context_limit=None,
+        context_limit=None, malformed=False,
     )  # fmt: skip

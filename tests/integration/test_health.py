@@ -116,3 +116,38 @@ def test_context_length_error_fails_over(box: Sandbox, http: httpx.Client, obser
     assert response.status_code == 200, response.text
     assert response.headers["x-payrouter-model"] == "gpt-4o"
     assert response.json()["usage"]["payrouter"]["attempts"] == 2
+
+
+@pytest.fixture
+def impatient_router(box: Sandbox) -> Iterator[str]:
+    """A router whose providers give up waiting for a first byte after 0.3 s."""
+    settings = Settings(
+        price_table=box.table,
+        providers={
+            p: ProviderSettings(base_url=f"{box.upstream_url}/v1", first_byte_timeout=0.3, timeout=5)
+            for p in {m.provider for m in box.table.models}
+        },
+        rpc_url=box.chain.rpc_url,
+        gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
+    )
+    with serve_in_thread(create_app(settings)) as url:
+        yield url
+
+
+@pytest.mark.parametrize("knob", [{"delay_ms": 1500}, {"malformed": True}], ids=["slow_first_byte", "malformed_json"])
+def test_slow_or_malformed_provider_charges_nothing(
+    impatient_router: str, box: Sandbox, http: httpx.Client, observer: Observer, knob: dict[str, Any]
+) -> None:
+    url = f"{impatient_router}/v1/chat/completions"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": secrets.token_hex(6)}]}
+    o = offer(http, url, body)
+    observer.control(**knob)
+    before = observer.balances(box.agents[2].address)
+    started = time.monotonic()
+    response = http.post(url, json=body, headers=header(payment(o, box.agents[2])))
+    assert response.status_code == 502, response.text
+    assert "not settled" in response.json()["error"]["message"]
+    assert time.monotonic() - started < 1.4 or "malformed" in knob  # the first-byte timeout fired
+    assert observer.balances(box.agents[2].address) == before
+    state = _models(impatient_router)["gpt-4o-mini"]
+    assert state["error_rate"] > 0 and ("timed out" in state["last_error"] or "malformed" in state["last_error"])
