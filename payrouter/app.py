@@ -18,7 +18,7 @@ from payrouter.facilitator import Facilitator, LocalFacilitator, RemoteFacilitat
 from payrouter.facilitator.local import wait_until_deployed
 from payrouter.quoting import Quoter
 from payrouter.routes.catalog import list_models, quote
-from payrouter.routes.chat import chat_completions
+from payrouter.routes.chat import chat_completions, messages
 from payrouter.routes.health import healthz, model_health
 from payrouter.routes.openapi import openapi
 from payrouter.routing import Router, RoutingEngine
@@ -120,6 +120,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/messages", messages, methods=["POST"]),
         Route("/v1/quote", quote, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),

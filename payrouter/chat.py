@@ -8,7 +8,17 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-__all__ = ["ChatMessage", "ChatRequest", "InvalidRequest", "parse_chat_request", "request_digest"]
+from payrouter.messages import anthropic_to_chat
+
+__all__ = [
+    "ChatMessage",
+    "ChatRequest",
+    "InvalidRequest",
+    "parse_chat_request",
+    "parse_messages_request",
+    "request_digest",
+    "validate_chat",
+]
 
 
 class InvalidRequest(ValueError):
@@ -77,8 +87,36 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(raw, dict):
         raise InvalidRequest("request body must be a JSON object")
+    return validate_chat(raw), raw
+
+
+def parse_messages_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
+    """Parse an Anthropic Messages request; return it as a chat request and the raw JSON.
+
+    Raises:
+        InvalidRequest: malformed JSON, missing ``max_tokens``/``messages``, or a schema violation.
+    """
     try:
-        return ChatRequest.model_validate(raw), raw
+        raw = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(raw, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    if not isinstance(raw.get("max_tokens"), int) or isinstance(raw.get("max_tokens"), bool):
+        raise InvalidRequest("max_tokens: an integer is required", param="max_tokens")
+    if not isinstance(raw.get("messages"), list) or not all(isinstance(m, dict) for m in raw["messages"]):
+        raise InvalidRequest("messages: a list of messages is required", param="messages")
+    return validate_chat(anthropic_to_chat(raw)), raw
+
+
+def validate_chat(raw: dict[str, Any]) -> ChatRequest:
+    """Validate a chat request object.
+
+    Raises:
+        InvalidRequest: naming the first invalid field.
+    """
+    try:
+        return ChatRequest.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         param = ".".join(str(p) for p in first["loc"])

@@ -22,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpcore  # noqa: F401  httpx imports it lazily; two threads doing so at once can deadlock
 import httpx
 from eth_typing import ChecksumAddress
 from web3 import Web3

@@ -82,7 +82,8 @@ def _with_payment(request: httpx.Request, body: bytes, payment: SignedPayment) -
     headers = request.headers.copy()
     headers[payment.header_name] = payment.header_value
     extensions = {**request.extensions, _RETRY_FLAG: True}
-    return httpx.Request(request.method, request.url, headers=headers, content=body, extensions=extensions)
+    # type(request): the same class the client uses (httpx, or httpx2 for the openai/anthropic SDKs)
+    return type(request)(request.method, request.url, headers=headers, content=body, extensions=extensions)
 
 
 def _receipt(response: httpx.Response, payment: SignedPayment) -> Receipt | None:

@@ -9,13 +9,14 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from payrouter.messages import chat_to_message, chunks_to_events
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
 from payrouter.upstream import UpstreamError
 from payrouter.x402.gate import route_of
 from pricing import charge_for_usage
 
-__all__ = ["chat_completions"]
+__all__ = ["chat_completions", "messages"]
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -30,7 +31,7 @@ def _has_content(chunk: dict[str, Any]) -> bool:
     return False
 
 
-async def _stream(services: Services, attached: dict[str, Any]) -> Response:
+async def _stream(services: Services, attached: dict[str, Any], anthropic: bool = False) -> Response:
     priced: PricedRoute = attached["route"]
     chat = attached["request"]
     try:
@@ -42,19 +43,32 @@ async def _stream(services: Services, attached: dict[str, Any]) -> Response:
     # the payment gate reads this to decide what to charge when the stream ends
     state = attached["stream"] = {"content": False, "completed": False, "failed": False}
 
+    async def tracked() -> AsyncIterator[dict[str, Any]]:
+        async for chunk in stream.chunks():
+            chunk["model"] = model_id
+            if _has_content(chunk):
+                state["content"] = True
+            yield chunk
+        state["completed"] = True
+
     async def events() -> AsyncIterator[bytes]:
         try:
-            async for chunk in stream.chunks():
-                chunk["model"] = model_id
-                if _has_content(chunk):
-                    state["content"] = True
-                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-            state["completed"] = True
-            yield b"data: [DONE]\n\n"
+            if anthropic:
+                async for event in chunks_to_events(tracked(), model_id):
+                    yield event
+            else:
+                async for chunk in tracked():
+                    yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
         except UpstreamError as exc:
             state["failed"] = True
-            error = {"error": {"message": f"the model stream broke: {exc}", "type": "upstream_error"}}
-            yield b"data: " + json.dumps(error).encode() + b"\n\n"
+            message = f"the model stream broke: {exc}"
+            if anthropic:
+                error = {"type": "error", "error": {"type": "api_error", "message": message}}
+                yield b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
+            else:
+                error = {"error": {"message": message, "type": "upstream_error"}}
+                yield b"data: " + json.dumps(error).encode() + b"\n\n"
         finally:
             await stream.aclose()
 
@@ -113,3 +127,17 @@ async def chat_completions(request: Request) -> Response:
             "X-Payrouter-Route-Reason": priced.decision.reason,
         },
     )
+
+
+async def messages(request: Request) -> Response:
+    """``POST /v1/messages``: the same paid, routed call in the Anthropic Messages shape."""
+    services: Services = request.state.services
+    attached = route_of(request.scope)
+    if attached["request"].stream:
+        return await _stream(services, attached, anthropic=True)
+    response = await chat_completions(request)
+    if response.status_code != 200:
+        return response
+    completion = json.loads(bytes(response.body))
+    headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-payrouter-")}
+    return JSONResponse(chat_to_message(completion, completion["model"]), headers=headers)

@@ -20,7 +20,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, request_digest
+from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, parse_messages_request, request_digest
 from payrouter.quoting import PricedRoute
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
@@ -103,7 +103,9 @@ class PaymentGate:
     gate holds no global state and many workers can run behind one Redis.
     """
 
-    def __init__(self, app: ASGIApp, paid_paths: frozenset[str] = frozenset({"/v1/chat/completions"})) -> None:
+    def __init__(
+        self, app: ASGIApp, paid_paths: frozenset[str] = frozenset({"/v1/chat/completions", "/v1/messages"})
+    ) -> None:
         self.app = app
         self.paid_paths = paid_paths
 
@@ -120,7 +122,8 @@ class PaymentGate:
             )
             return
         try:
-            request, raw = parse_chat_request(body)
+            parse = parse_messages_request if scope["path"] == "/v1/messages" else parse_chat_request
+            request, raw = parse(body)
         except InvalidRequest as exc:
             await _send(send, *_json_error(400, str(exc), "invalid_request_error", exc.param))
             return
@@ -279,6 +282,7 @@ class PaymentGate:
         scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer, "deadline": auth.valid_before}
         if request.stream:
             settler = _StreamSettlement(services, payment, requirements, priced, payer, claim_key, owner, ttl, digest)
+            settler.anthropic = scope["path"] == "/v1/messages"
             await settler.run(self.app, scope, _replay(receive, body), send)
             return
         status, resp_headers, resp_body = await _run(self.app, scope, receive, body)
@@ -404,6 +408,7 @@ class _StreamSettlement:
         self.ttl = ttl
         self.digest = digest
         self.mode = services.table.streaming_settlement
+        self.anthropic = False
         self.status = 0
         self.held: Message | None = None
         self.started = False
@@ -480,9 +485,12 @@ class _StreamSettlement:
                     self.settled = False
                     event = {"success": False, "transaction": "", "network": self.requirements.network}
                     event["errorReason"] = "upstream_failed"
-                payload = json.dumps({"x402Version": self.payment.version, **event}).encode()
+                payload = json.dumps({"type": "x402.payment", "x402Version": self.payment.version, **event}).encode()
                 await send({"type": "http.response.body", "body": message.get("body", b""), "more_body": True})
-                message = {"type": "http.response.body", "body": b"event: x402.payment\ndata: " + payload + b"\n\n"}
+                # Anthropic's SDK reads every named event; an unnamed one it skips, so the
+                # receipt goes out unnamed there (its data still says "type": "x402.payment")
+                prefix = b"" if self.anthropic else b"event: x402.payment\n"
+                message = {"type": "http.response.body", "body": prefix + b"data: " + payload + b"\n\n"}
             await send(message)
 
         try:

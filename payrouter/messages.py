@@ -1,0 +1,185 @@
+"""The Anthropic-shaped surface (``POST /v1/messages``) on top of the OpenAI-shaped core.
+
+Requests are translated to the OpenAI chat shape for routing, pricing and the providers;
+answers and stream chunks are translated back into Anthropic messages and events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+__all__ = ["anthropic_to_chat", "chat_to_message", "chunks_to_events"]
+
+_FINISH = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "end_turn"}
+
+
+def _content_parts(content: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(OpenAI content parts, tool calls, tool results) of an Anthropic content value."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}], [], []
+    parts, calls, results = [], [], []
+    for block in content or []:
+        kind = block.get("type")
+        if kind == "text":
+            parts.append({"type": "text", "text": block.get("text", "")})
+        elif kind == "image":
+            source = block.get("source") or {}
+            url = source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data', '')}"
+            parts.append({"type": "image_url", "image_url": {"url": url}})
+        elif kind == "tool_use":
+            arguments = json.dumps(block.get("input", {}))
+            calls.append(
+                {
+                    "id": block.get("id"),
+                    "type": "function",
+                    "function": {"name": block.get("name"), "arguments": arguments},
+                }
+            )
+        elif kind == "tool_result":
+            inner = block.get("content")
+            text = (
+                inner
+                if isinstance(inner, str)
+                else "".join(p.get("text", "") for p in inner or [] if p.get("type") == "text")
+            )
+            results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
+    return parts, calls, results
+
+
+def anthropic_to_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request as an OpenAI chat request (same model, budget, tools)."""
+    messages: list[dict[str, Any]] = []
+    system = body.get("system")
+    if system:
+        text = system if isinstance(system, str) else "".join(b.get("text", "") for b in system if isinstance(b, dict))
+        messages.append({"role": "system", "content": text})
+    for message in body.get("messages") or []:
+        parts, calls, results = _content_parts(message.get("content"))
+        messages += results
+        if message.get("role") == "assistant":
+            text = "".join(p.get("text", "") for p in parts if p["type"] == "text")
+            out: dict[str, Any] = {"role": "assistant", "content": text or None}
+            if calls:
+                out["tool_calls"] = calls
+            messages.append(out)
+        elif parts:
+            only_text = all(p["type"] == "text" for p in parts)
+            content: Any = "".join(p["text"] for p in parts) if only_text else parts
+            messages.append({"role": "user", "content": content})
+    chat: dict[str, Any] = {"model": body.get("model"), "messages": messages, "max_tokens": body.get("max_tokens")}
+    for key in ("temperature", "top_p", "stream", "metadata", "routing"):
+        if key in body:
+            chat[key] = body[key]
+    if body.get("stop_sequences"):
+        chat["stop"] = body["stop_sequences"]
+    if body.get("tools"):
+        chat["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": t["name"],
+                    "description": t.get("description", ""),
+                    "parameters": t.get("input_schema", {}),
+                },
+            }
+            for t in body["tools"]
+        ]
+    return chat
+
+
+def _usage(usage: dict[str, Any]) -> dict[str, int]:
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    return {
+        "input_tokens": int(usage.get("prompt_tokens", 0)) - cached,
+        "output_tokens": int(usage.get("completion_tokens", 0)),
+        "cache_read_input_tokens": cached,
+    }
+
+
+def chat_to_message(completion: dict[str, Any], model: str) -> dict[str, Any]:
+    """An OpenAI chat completion as an Anthropic message."""
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append({"type": "text", "text": message["content"]})
+    for call in message.get("tool_calls") or []:
+        fn = call.get("function") or {}
+        try:
+            arguments = json.loads(fn.get("arguments") or "{}")
+        except ValueError:
+            arguments = {}
+        content.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": arguments})
+    return {
+        "id": completion.get("id", "").replace("chatcmpl", "msg", 1) or "msg",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": _FINISH.get(choice.get("finish_reason") or "stop", "end_turn"),
+        "stop_sequence": None,
+        "usage": _usage(completion.get("usage") or {}),
+        "payrouter": (completion.get("usage") or {}).get("payrouter"),
+    }
+
+
+def _event(name: str, data: dict[str, Any]) -> bytes:
+    return f"event: {name}\ndata: {json.dumps({'type': name, **data})}\n\n".encode()
+
+
+async def chunks_to_events(chunks: AsyncIterator[dict[str, Any]], model: str) -> AsyncIterator[bytes]:
+    """OpenAI stream chunks in, Anthropic stream events out (message_start ... message_stop)."""
+    started = False
+    block = -1  # index of the open content block
+    kind = ""  # "text" or "tool"
+    tools: dict[int, int] = {}  # OpenAI tool call index -> content block index
+    stop = "end_turn"
+    usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
+    async for chunk in chunks:
+        if not started:
+            started = True
+            message: dict[str, Any] = {
+                "id": str(chunk.get("id", "msg")).replace("chatcmpl", "msg", 1),
+                "type": "message",
+                "role": "assistant",
+            }
+            message |= {"model": model, "content": [], "stop_reason": None, "usage": usage}
+            yield _event("message_start", {"message": message})
+        if chunk.get("usage"):
+            usage = _usage(chunk["usage"])
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                if kind != "text":
+                    if block >= 0:
+                        yield _event("content_block_stop", {"index": block})
+                    block, kind = block + 1, "text"
+                    yield _event("content_block_start", {"index": block, "content_block": {"type": "text", "text": ""}})
+                yield _event(
+                    "content_block_delta", {"index": block, "delta": {"type": "text_delta", "text": delta["content"]}}
+                )
+            for call in delta.get("tool_calls") or []:
+                position = int(call.get("index", 0))
+                if position not in tools:
+                    if block >= 0:
+                        yield _event("content_block_stop", {"index": block})
+                    block, kind = block + 1, "tool"
+                    tools[position] = block
+                    fn = call.get("function") or {}
+                    start = {"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": {}}
+                    yield _event("content_block_start", {"index": block, "content_block": start})
+                arguments = (call.get("function") or {}).get("arguments")
+                if arguments:
+                    delta_json = {"type": "input_json_delta", "partial_json": arguments}
+                    yield _event("content_block_delta", {"index": tools[position], "delta": delta_json})
+            if choice.get("finish_reason"):
+                stop = _FINISH.get(choice["finish_reason"], "end_turn")
+    if block >= 0:
+        yield _event("content_block_stop", {"index": block})
+    yield _event(
+        "message_delta",
+        {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}},
+    )
+    yield _event("message_stop", {})

@@ -1,0 +1,66 @@
+"""``POST /v1/messages``: the official Anthropic SDK, paid, streaming and not."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import anthropic
+import httpx
+import httpx2
+
+from payrouter.client import PaymentTransport, SpendingPolicy
+from payrouter.sandbox.dev import Sandbox
+from wallets import LocalSigner
+
+from .conftest import Observer
+from .test_streaming import _wait_for_change
+
+
+def _sdk(box: Sandbox) -> tuple[LocalSigner, Any]:
+    """The Anthropic SDK runs on httpx2 (httpx's successor): our transport wraps its transport."""
+    agent = LocalSigner.generate()
+    box.token.mint(agent.address, 5_000_000)
+    transport = PaymentTransport(agent, SpendingPolicy(max_per_call=10**6), transport=httpx2.HTTPTransport())  # type: ignore[arg-type]
+    return agent, httpx2.Client(transport=transport, timeout=30)  # type: ignore[arg-type]
+
+
+def test_anthropic_sdk_pays_for_a_message(box: Sandbox, observer: Observer) -> None:
+    agent, http = _sdk(box)
+    with http, anthropic.Anthropic(base_url=box.router_url, api_key="unused", http_client=http) as client:
+        message = client.messages.create(
+            model="gpt-4o-mini",  # an OpenAI-compatible model, asked for in Anthropic's shape
+            max_tokens=60,
+            system="Be brief.",
+            messages=[{"role": "user", "content": f"hello {secrets.token_hex(3)}"}],
+        )
+    assert message.type == "message" and message.role == "assistant"
+    assert message.content[0].type == "text" and message.content[0].text.startswith("[gpt-4o-mini]")
+    assert message.stop_reason in ("end_turn", "max_tokens") and message.usage.output_tokens > 0
+    assert observer.balances(agent.address)[0] < 5_000_000
+
+
+def test_anthropic_sdk_streams_and_uses_tools(box: Sandbox, observer: Observer) -> None:
+    agent, http = _sdk(box)
+    tools = [{"name": "weather", "description": "weather", "input_schema": {"type": "object"}}]
+    with http, anthropic.Anthropic(base_url=box.router_url, api_key="unused", http_client=http) as client:
+        with client.messages.stream(
+            model="claude-3-5-haiku",
+            max_tokens=60,
+            tools=tools,  # type: ignore[arg-type]
+            messages=[{"role": "user", "content": f"weather? {secrets.token_hex(3)}"}],
+        ) as stream:
+            final = stream.get_final_message()
+    text = "".join(b.text for b in final.content if b.type == "text")
+    assert text.startswith("[claude-3-5-haiku-latest]")
+    tool = next(b for b in final.content if b.type == "tool_use")
+    assert tool.name == "weather" and tool.input == {"city": "Paris"}
+    assert final.stop_reason == "tool_use"
+    _wait_for_change(observer, agent.address, 5_000_000)
+
+
+def test_messages_requires_max_tokens(box: Sandbox) -> None:
+    response = httpx.post(
+        f"{box.router_url}/v1/messages", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert response.status_code == 400 and "max_tokens" in response.text
