@@ -82,3 +82,18 @@ def test_unreadable_config(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("price_table = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_settings(tmp_path / "bad.toml", {})
+
+
+def test_api_key_from_a_secrets_file(tmp_path: Path) -> None:
+    (tmp_path / "openai.key").write_text("sk-from-file\n")
+    providers = PROVIDERS.replace(
+        '[providers.openai]\nbase_url = "http://127.0.0.1:1/v1"',
+        '[providers.openai]\nbase_url = "http://127.0.0.1:1/v1"\napi_key_file = "openai.key"',
+    )
+    settings = load_settings(_write(tmp_path, f'[facilitator]\nmode = "remote"\nurl = "http://f"\n{providers}'), {})
+    key = settings.providers["openai"].api_key
+    assert key is not None and key.get_secret_value() == "sk-from-file"
+    assert "sk-from-file" not in repr(settings)
+    (tmp_path / "openai.key").unlink()
+    with pytest.raises(ConfigError, match="api_key_file"):
+        load_settings(tmp_path / "payrouter.toml", {})

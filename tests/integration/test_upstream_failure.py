@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 import httpx
 
@@ -47,3 +48,19 @@ def test_bad_request_to_upstream_is_not_charged(box: Sandbox, http: httpx.Client
     failed = http.post(url, json=body, headers=header(payment(o, agent)))
     assert failed.status_code == 502
     assert observer.balances(agent.address, box.operator.address) == before
+
+
+def test_no_call_that_cannot_finish_before_the_payment_expires(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = box.agents[3]
+    # ~1000 output tokens at the table's 90 tokens/s take ~11 s, plus time to settle
+    body = {"model": "gpt-4o-mini", "max_tokens": 1000, "messages": [{"role": "user", "content": secrets.token_hex(5)}]}
+    o = offer(http, url, body)
+    short_lived = payment(o, agent, valid_before=int(time.time()) + 12)
+    calls, before = observer.upstream_calls(), observer.balances(agent.address)
+    response = http.post(url, json=body, headers=header(short_lived))
+    assert response.status_code == 502
+    assert "before the payment authorization expires" in response.json()["error"]["message"]
+    assert observer.upstream_calls() == calls and observer.balances(agent.address) == before
