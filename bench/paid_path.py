@@ -188,7 +188,7 @@ async def _paid_latencies(url: str, agent: LocalSigner, n: int) -> list[float]:
     async with httpx.AsyncClient(timeout=30) as http:
         for i in range(n + 5):
             body = {**BODY, "messages": [{"role": "user", "content": f"benchmark {secrets.token_hex(4)}"}]}
-            offer = read_offer((await http.post(url, json=body)).headers)
+            offer = read_offer((await http.post(url, json=body)).headers).body
             header, _ = build_payment_header(offer, agent, max_amount=10**6)
             start = time.perf_counter()
             response = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
