@@ -21,12 +21,13 @@ from payrouter.chain import encode_balance_of
 from payrouter.client import FileBudgetStore, PaymentRefused, PaymentTransport, SpendingPolicy, receipt_of
 from wallets import LocalSigner, load_keystore, save_keystore
 
-__all__ = ["add_agent_commands"]
+__all__ = ["add_agent_commands", "read_password"]
 
 KEY_ENV = "PAYROUTER_PRIVATE_KEY"
 
 
-def _password(args: argparse.Namespace, confirm: bool = False) -> str:
+def read_password(args: argparse.Namespace, confirm: bool = False) -> str:
+    """The keystore password: from ``--password-env``'s variable, else a prompt (twice to confirm)."""
     if getattr(args, "password_env", None):
         value = os.environ.get(args.password_env)
         if not value:
@@ -35,12 +36,14 @@ def _password(args: argparse.Namespace, confirm: bool = False) -> str:
     password = getpass.getpass("keystore password: ")
     if confirm and getpass.getpass("repeat password: ") != password:
         raise SystemExit("error: passwords differ")
+    if not password:
+        raise SystemExit("error: empty password")
     return password
 
 
 def _signer(args: argparse.Namespace) -> LocalSigner:
     if getattr(args, "keystore", None):
-        return load_keystore(args.keystore, _password(args))
+        return load_keystore(args.keystore, read_password(args))
     key = os.environ.get(KEY_ENV)
     if not key:
         raise SystemExit(f"error: set {KEY_ENV} or pass --keystore FILE")
@@ -81,7 +84,7 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_wallet_new(args: argparse.Namespace) -> int:
     signer = LocalSigner.generate()
     if args.keystore:
-        save_keystore(signer, args.keystore, _password(args, confirm=True))
+        save_keystore(signer, args.keystore, read_password(args, confirm=True))
         print(json.dumps({"address": signer.address, "keystore": args.keystore}))
     elif args.print_key:
         print(f"{KEY_ENV}={signer.unsafe_export_private_key()}")

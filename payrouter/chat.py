@@ -81,13 +81,18 @@ def parse_chat_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     Raises:
         InvalidRequest: malformed JSON, or a schema violation (naming the field).
     """
+    raw = _json_object(body)
+    return validate_chat(raw), raw
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         raw = json.loads(body)
     except (UnicodeDecodeError, ValueError):
         raise InvalidRequest("request body is not valid JSON") from None
     if not isinstance(raw, dict):
         raise InvalidRequest("request body must be a JSON object")
-    return validate_chat(raw), raw
+    return raw
 
 
 def parse_messages_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
@@ -96,12 +101,7 @@ def parse_messages_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     Raises:
         InvalidRequest: malformed JSON, missing ``max_tokens``/``messages``, or a schema violation.
     """
-    try:
-        raw = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidRequest("request body is not valid JSON") from None
-    if not isinstance(raw, dict):
-        raise InvalidRequest("request body must be a JSON object")
+    raw = _json_object(body)
     if not isinstance(raw.get("max_tokens"), int) or isinstance(raw.get("max_tokens"), bool):
         raise InvalidRequest("max_tokens: an integer is required", param="max_tokens")
     if not isinstance(raw.get("messages"), list) or not all(isinstance(m, dict) for m in raw["messages"]):

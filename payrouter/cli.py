@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +12,7 @@ from pathlib import Path
 import httpx
 
 from payrouter import __version__
-from payrouter.agent_cli import add_agent_commands
+from payrouter.agent_cli import add_agent_commands, read_password
 from payrouter.routing.predictor import DEFAULT_L2, DEFAULT_STEPS
 from payrouter.settings import ConfigError
 from pricing import (
@@ -28,29 +26,15 @@ from wallets import LocalSigner, WalletError, load_keystore, save_keystore
 __all__ = ["main"]
 
 
-def _password(args: argparse.Namespace, confirm: bool) -> str:
-    if args.password_env:
-        value = os.environ.get(args.password_env)
-        if not value:
-            raise SystemExit(f"error: environment variable {args.password_env} is empty or unset")
-        return value
-    password = getpass.getpass("keystore password: ")
-    if confirm and getpass.getpass("repeat password: ") != password:
-        raise SystemExit("error: passwords differ")
-    if not password:
-        raise SystemExit("error: empty password")
-    return password
-
-
 def _cmd_keys_new(args: argparse.Namespace) -> int:
     signer = LocalSigner.generate()
-    path = save_keystore(signer, args.out, _password(args, confirm=True))
+    path = save_keystore(signer, args.out, read_password(args, confirm=True))
     print(json.dumps({"address": signer.address, "keystore": str(path)}))
     return 0
 
 
 def _cmd_keys_address(args: argparse.Namespace) -> int:
-    print(load_keystore(args.keystore, _password(args, confirm=False)).address)
+    print(load_keystore(args.keystore, read_password(args)).address)
     return 0
 
 

@@ -113,18 +113,22 @@ class BudgetStore(Protocol):
         ...
 
 
+def _over_budget(name: str, amount: int, spent: int, limit: int) -> PaymentRefused:
+    left = max(limit - spent, 0)
+    return PaymentRefused(
+        name,
+        f"price {amount} exceeds the {name} budget: {spent} of {limit} spent, {left} left "
+        f"(over by {spent + amount - limit})",
+        amount,
+        left,
+    )
+
+
 def _check(entries: list[tuple[float, int, str]], amount: int, windows: dict[str, tuple[int, int]], now: float) -> None:
     for name, (seconds, limit) in windows.items():
         spent = sum(a for t, a, _ in entries if t > now - seconds)
         if spent + amount > limit:
-            left = max(limit - spent, 0)
-            raise PaymentRefused(
-                name,
-                f"price {amount} exceeds the {name} budget: {spent} of {limit} spent, {left} left "
-                f"(over by {spent + amount - limit})",
-                amount,
-                left,
-            )
+            raise _over_budget(name, amount, spent, limit)
 
 
 class MemoryBudgetStore:
@@ -222,15 +226,7 @@ class RedisBudgetStore:
             args += [name, seconds, limit]
         refused = self._reserve(keys=[self._key], args=args)
         if refused:
-            name, spent, limit = refused[0].decode(), int(refused[1]), int(refused[2])
-            left = max(limit - spent, 0)
-            raise PaymentRefused(
-                name,
-                f"price {amount} exceeds the {name} budget: {spent} of {limit} spent, {left} left "
-                f"(over by {spent + amount - limit})",
-                amount,
-                left,
-            )
+            raise _over_budget(refused[0].decode(), amount, int(refused[1]), int(refused[2]))
         return f"{rid}:{amount}"
 
     def release(self, reservation: str) -> None:

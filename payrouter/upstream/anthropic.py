@@ -8,7 +8,6 @@ exact, cached prompt tokens included.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from payrouter.upstream.openai import Completion, UpstreamError, UpstreamStream, _status_error
+from payrouter.upstream.openai import Completion, UpstreamError, UpstreamStream, _JsonApi
 
 __all__ = ["AnthropicMessages", "to_anthropic", "to_openai_completion"]
 
@@ -154,13 +153,14 @@ def to_openai_completion(data: dict[str, Any], model: str) -> dict[str, Any]:
     }
 
 
-class AnthropicMessages:
+class AnthropicMessages(_JsonApi):
     """Calls ``POST {base_url}/v1/messages`` with an ``x-api-key``.
 
     Args:
         base_url: e.g. ``https://api.anthropic.com``.
         api_key: the key (never logged or shown).
         client: shared httpx client from the app's lifespan.
+        timeout: connect / read (first byte) limits; total: seconds for a whole non-streaming call.
     """
 
     def __init__(
@@ -171,18 +171,10 @@ class AnthropicMessages:
         timeout: float | httpx.Timeout = 60.0,
         total: float | None = None,
     ) -> None:
-        self._url = base_url.rstrip("/").removesuffix("/v1") + "/v1/messages"
-        self._headers = {"anthropic-version": API_VERSION}
+        headers = {"anthropic-version": API_VERSION}
         if api_key:
-            self._headers["x-api-key"] = api_key
-        self._client = client
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        # httpx's read timeout bounds each wait for bytes; a whole non-streaming call is bounded
-        # too, so a provider trickling bytes cannot hold a paid request past its total
-        self._total = total
-
-    def __repr__(self) -> str:
-        return f"AnthropicMessages(url={self._url!r})"
+            headers["x-api-key"] = api_key
+        super().__init__(base_url.rstrip("/").removesuffix("/v1") + "/v1/messages", headers, client, timeout, total)
 
     async def chat(self, request: dict[str, Any], upstream_model: str, max_tokens: int) -> Completion:
         """One non-streaming call, answered in OpenAI's shape.
@@ -190,17 +182,7 @@ class AnthropicMessages:
         Raises:
             UpstreamError: transport failure, non-2xx status, or a malformed answer.
         """
-        body = to_anthropic(request, upstream_model, max_tokens)
-        try:
-            reply = await asyncio.wait_for(
-                self._client.post(self._url, json=body, headers=self._headers, timeout=self._timeout), self._total
-            )
-        except (httpx.TimeoutException, TimeoutError):
-            raise UpstreamError("upstream timed out") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
-        if reply.status_code >= 400:
-            raise _status_error(reply, reply.content)
+        reply = await self._post(to_anthropic(request, upstream_model, max_tokens))
         try:
             completion = to_openai_completion(reply.json(), upstream_model)
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -215,30 +197,7 @@ class AnthropicMessages:
             UpstreamError: as for `OpenAICompatible.stream`.
         """
         body = {**to_anthropic(request, upstream_model, max_tokens), "stream": True}
-        try:
-            req = self._client.build_request("POST", self._url, json=body, headers=self._headers, timeout=self._timeout)
-            response = await self._client.send(req, stream=True)
-        except httpx.TimeoutException:
-            raise UpstreamError("upstream timed out") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
-        if response.status_code >= 400:
-            error_body = await response.aread()
-            await response.aclose()
-            raise _status_error(response, error_body)
-        lines = _openai_lines(response.aiter_lines(), upstream_model)
-        try:
-            async for line in lines:
-                first = json.loads(line[5:])
-                return UpstreamStream(response, lines, first)
-        except httpx.HTTPError as exc:
-            await response.aclose()
-            raise UpstreamError(f"upstream stream broke before its first chunk: {exc.__class__.__name__}") from None
-        except UpstreamError:
-            await response.aclose()
-            raise
-        await response.aclose()
-        raise UpstreamError("upstream stream ended without any chunk")
+        return await self._open_stream(body, lambda response: _openai_lines(response.aiter_lines(), upstream_model))
 
 
 async def _openai_lines(lines: AsyncIterator[str], model: str) -> AsyncIterator[str]:

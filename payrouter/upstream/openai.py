@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -126,13 +126,82 @@ def _sse_chunk(line: str) -> dict[str, Any] | None:
     return chunk
 
 
-class OpenAICompatible:
+class _JsonApi:
+    """What both provider adapters share: one endpoint, its headers, time-outs, error mapping."""
+
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        client: httpx.AsyncClient,
+        timeout: float | httpx.Timeout,
+        total: float | None,
+    ) -> None:
+        self._url = url
+        self._headers = headers
+        self._client = client
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        # httpx's read timeout bounds each wait for bytes; a whole non-streaming call is bounded
+        # too, so a provider trickling bytes cannot hold a paid request past its total
+        self._total = total
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(url={self._url!r})"
+
+    async def _post(self, body: dict[str, Any]) -> httpx.Response:
+        try:
+            reply = await asyncio.wait_for(
+                self._client.post(self._url, json=body, headers=self._headers, timeout=self._timeout), self._total
+            )
+        except (httpx.TimeoutException, TimeoutError):
+            raise UpstreamError("upstream timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
+        if reply.status_code >= 400:
+            raise _status_error(reply, reply.content)
+        return reply
+
+    async def _open_stream(
+        self, body: dict[str, Any], lines: Callable[[httpx.Response], AsyncIterator[str]]
+    ) -> UpstreamStream:
+        """POST with ``stream=True``, then wait for the first OpenAI ``data:`` chunk of ``lines``."""
+        try:
+            req = self._client.build_request("POST", self._url, json=body, headers=self._headers, timeout=self._timeout)
+            response = await self._client.send(req, stream=True)
+        except httpx.TimeoutException:
+            raise UpstreamError("upstream timed out") from None
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
+        if response.status_code >= 400:
+            error_body = await response.aread()
+            await response.aclose()
+            raise _status_error(response, error_body)
+        chunk_lines = lines(response)
+        try:
+            async for line in chunk_lines:
+                chunk = _sse_chunk(line)
+                if chunk is _DONE:
+                    break
+                if chunk is not None:
+                    return UpstreamStream(response, chunk_lines, chunk)
+        except httpx.HTTPError as exc:
+            await response.aclose()
+            raise UpstreamError(f"upstream stream broke before its first chunk: {exc.__class__.__name__}") from None
+        except UpstreamError:
+            await response.aclose()
+            raise
+        await response.aclose()
+        raise UpstreamError("upstream stream ended without any chunk")
+
+
+class OpenAICompatible(_JsonApi):
     """Calls ``POST {base_url}/chat/completions`` of any OpenAI-compatible provider.
 
     Args:
         base_url: e.g. ``https://api.openai.com/v1``.
         api_key: bearer token, or None for keyless local servers. Never logged or shown.
         client: shared httpx client (connection pool) from the app's lifespan.
+        timeout: connect / read (first byte) limits; total: seconds for a whole non-streaming call.
     """
 
     def __init__(
@@ -143,16 +212,8 @@ class OpenAICompatible:
         timeout: float | httpx.Timeout = 60.0,
         total: float | None = None,
     ) -> None:
-        self._url = base_url.rstrip("/") + "/chat/completions"
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = client
-        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
-        # httpx's read timeout bounds each wait for bytes; a whole non-streaming call is bounded
-        # too, so a provider trickling bytes cannot hold a paid request past its total
-        self._total = total
-
-    def __repr__(self) -> str:
-        return f"OpenAICompatible(url={self._url!r})"
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        super().__init__(base_url.rstrip("/") + "/chat/completions", headers, client, timeout, total)
 
     async def chat(self, request: dict[str, Any], upstream_model: str, max_tokens: int) -> Completion:
         """Run one non-streaming completion of ``request`` on ``upstream_model``.
@@ -164,16 +225,7 @@ class OpenAICompatible:
         """
         body = {k: v for k, v in request.items() if k not in ("max_completion_tokens", "stream", "stream_options")}
         body.update(model=upstream_model, max_tokens=max_tokens, stream=False)
-        try:
-            reply = await asyncio.wait_for(
-                self._client.post(self._url, json=body, headers=self._headers, timeout=self._timeout), self._total
-            )
-        except (httpx.TimeoutException, TimeoutError):
-            raise UpstreamError("upstream timed out") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
-        if reply.status_code >= 400:
-            raise _status_error(reply, reply.content)
+        reply = await self._post(body)
         try:
             data = reply.json()
             usage = data.get("usage") or {}
@@ -194,30 +246,4 @@ class OpenAICompatible:
         """
         body = {k: v for k, v in request.items() if k not in ("max_completion_tokens", "stream_options")}
         body.update(model=upstream_model, max_tokens=max_tokens, stream=True, stream_options={"include_usage": True})
-        try:
-            req = self._client.build_request("POST", self._url, json=body, headers=self._headers, timeout=self._timeout)
-            response = await self._client.send(req, stream=True)
-        except httpx.TimeoutException:
-            raise UpstreamError("upstream timed out") from None
-        except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
-        if response.status_code >= 400:
-            error_body = await response.aread()
-            await response.aclose()
-            raise _status_error(response, error_body)
-        lines = response.aiter_lines()
-        try:
-            async for line in lines:
-                chunk = _sse_chunk(line)
-                if chunk is _DONE:
-                    break
-                if chunk is not None:
-                    return UpstreamStream(response, lines, chunk)
-        except httpx.HTTPError as exc:
-            await response.aclose()
-            raise UpstreamError(f"upstream stream broke before its first chunk: {exc.__class__.__name__}") from None
-        except UpstreamError:
-            await response.aclose()
-            raise
-        await response.aclose()
-        raise UpstreamError("upstream stream ended without any chunk")
+        return await self._open_stream(body, lambda response: response.aiter_lines())
