@@ -16,6 +16,7 @@ from starlette.routing import Route
 from payrouter.chain import ChainClient
 from payrouter.facilitator import Facilitator, LocalFacilitator, RemoteFacilitator
 from payrouter.facilitator.local import wait_until_deployed
+from payrouter.messages import AnthropicErrorShape
 from payrouter.quoting import Quoter
 from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions, messages
@@ -135,6 +136,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             allow_headers=["*"],
             expose_headers=EXPOSED_HEADERS,
         ),
+        Middleware(AnthropicErrorShape),
         Middleware(PaymentGate),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -10,7 +10,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["anthropic_to_chat", "chat_to_message", "chunks_to_events"]
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["AnthropicErrorShape", "anthropic_to_chat", "chat_to_message", "chunks_to_events"]
 
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "end_turn"}
 
@@ -183,3 +185,49 @@ async def chunks_to_events(chunks: AsyncIterator[dict[str, Any]], model: str) ->
         {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}},
     )
     yield _event("message_stop", {})
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    404: "not_found_error",
+    409: "invalid_request_error",
+    413: "request_too_large",
+}
+
+
+class AnthropicErrorShape:
+    """ASGI middleware: errors on ``/v1/messages`` in Anthropic's shape.
+
+    ``{"type": "error", "error": {"type", "message"}}`` instead of OpenAI's ``{"error": {...}}``.
+    402 answers keep the x402 body; streams pass through untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/messages":
+            await self.app(scope, receive, send)
+            return
+        start: Message | None = None
+
+        async def reshape(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start" and message["status"] >= 400 and message["status"] != 402:
+                start = message
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            try:
+                error = json.loads(message.get("body", b""))["error"]
+                kind = _ERROR_TYPES.get(start["status"], "api_error")
+                body = json.dumps({"type": "error", "error": {"type": kind, "message": error["message"]}}).encode()
+            except (ValueError, KeyError, TypeError):
+                body = message.get("body", b"")
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            headers.append((b"content-length", str(len(body)).encode()))
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, reshape)

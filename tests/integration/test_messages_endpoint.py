@@ -63,4 +63,8 @@ def test_messages_requires_max_tokens(box: Sandbox) -> None:
     response = httpx.post(
         f"{box.router_url}/v1/messages", json={"model": "auto", "messages": [{"role": "user", "content": "x"}]}
     )
-    assert response.status_code == 400 and "max_tokens" in response.text
+    assert response.status_code == 400
+    assert response.json() == {
+        "type": "error",
+        "error": {"type": "invalid_request_error", "message": "max_tokens: an integer is required"},
+    }
