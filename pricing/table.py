@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import tomllib
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -255,6 +256,11 @@ class PriceTable(_Frozen):
         """The EVM chain id from ``network``."""
         return int(self.network.split(":", 1)[1])
 
+    @cached_property
+    def by_id(self) -> dict[str, ModelPrice]:
+        """The catalog keyed by model id (built once per table)."""
+        return dict(self._by_id)
+
     def model(self, model_id: str) -> ModelPrice:
         """The catalog entry for ``model_id``.
 
@@ -262,7 +268,7 @@ class PriceTable(_Frozen):
             UnknownModelError: no model has that id.
         """
         try:
-            return self._by_id[model_id]
+            return self.by_id[model_id]
         except KeyError:
             raise UnknownModelError(model_id) from None
 

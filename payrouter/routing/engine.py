@@ -162,17 +162,22 @@ class RoutingEngine:
     ) -> list[ModelPrice]:
         needs = required_capabilities(request)
         limit = request.output_limit
-        checks: list[tuple[str, Callable[[ModelPrice], bool]]] = [
-            (f"only {sorted(only)}", lambda m: not only or m.id in only),
-            (f"ignore {sorted(constraints.ignore)}", lambda m: m.id not in constraints.ignore),
+        privacy = constraints.privacy
+        # (label, test): labels are built only when a constraint empties the pool
+        checks: list[tuple[Callable[[], str], Callable[[ModelPrice], bool]]] = [
+            (lambda: f"only {sorted(only)}", lambda m: not only or m.id in only),
+            (lambda: f"ignore {sorted(constraints.ignore)}", lambda m: m.id not in constraints.ignore),
             (
-                f"privacy {constraints.privacy}",
-                lambda m: constraints.privacy is None or _PRIVACY_RANK[m.privacy] <= _PRIVACY_RANK[constraints.privacy],
+                lambda: f"privacy {privacy}",
+                lambda m: privacy is None or _PRIVACY_RANK[m.privacy] <= _PRIVACY_RANK[privacy],
             ),
-            (f"capabilities {sorted(needs)}", lambda m: needs <= set(m.capabilities)),
-            (f"max_tokens {limit} within the output limit", lambda m: limit is None or limit <= m.max_output_tokens),
+            (lambda: f"capabilities {sorted(needs)}", lambda m: needs <= m.capabilities),
             (
-                f"context window (~{input_tokens} prompt tokens + {limit or 'a'} output budget)",
+                lambda: f"max_tokens {limit} within the output limit",
+                lambda m: limit is None or limit <= m.max_output_tokens,
+            ),
+            (
+                lambda: f"context window (~{input_tokens} prompt tokens + {limit or 'a'} output budget)",
                 lambda m: input_tokens + (limit or 1) <= m.context_window,
             ),
         ]
@@ -180,8 +185,8 @@ class RoutingEngine:
             kept = [m for m in pool if ok(m)]
             if not kept:
                 if len(pool) == 1:
-                    raise RoutingError(f"model {pool[0].id!r} does not satisfy the constraint: {label}")
-                raise RoutingError(f"no model satisfies the constraint: {label}")
+                    raise RoutingError(f"model {pool[0].id!r} does not satisfy the constraint: {label()}")
+                raise RoutingError(f"no model satisfies the constraint: {label()}")
             pool = kept
         healthy = [m for m in pool if self.health(m.id)]
         return healthy or pool  # all unhealthy: try anyway rather than refuse
