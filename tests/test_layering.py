@@ -48,3 +48,24 @@ def test_public_api_is_exported_and_documented(package: str) -> None:
         obj = getattr(module, name)
         if inspect.isfunction(obj) or inspect.isclass(obj):
             assert (obj.__doc__ or "").strip(), f"{package}.{name} has no docstring"
+
+
+def test_agent_sdk_stays_light() -> None:
+    # agents import payrouter.client without pulling in the server, Redis, web3 or numpy
+    code = (
+        "import sys, payrouter.client; "
+        "print(','.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('starlette', 'redis', 'uvicorn', 'fastapi', 'web3', 'numpy'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_client_api_is_exported_and_documented() -> None:
+    import payrouter.client as client
+
+    assert sorted(client.__all__) == client.__all__
+    for name in client.__all__:
+        obj = getattr(client, name)
+        if inspect.isfunction(obj) or inspect.isclass(obj):
+            assert (obj.__doc__ or "").strip(), f"payrouter.client.{name} has no docstring"
