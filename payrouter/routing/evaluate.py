@@ -24,7 +24,7 @@ from payrouter.routing.predictor import QualityPredictor, RouterRow, prompt_id
 __all__ = ["aiq", "cross_validate", "evaluate", "summarise"]
 
 # λ in quality per USD: 0 is "best quality at any price", large values "cheapest".
-LAMBDAS = [0.0, *[float(x) for x in np.logspace(0, 5.5, 56)]]
+LAMBDAS = [0.0, *[float(x) for x in np.logspace(-1, 6, 211)]]
 COST_RATIOS = ("0.1", "0.25", "0.5")
 
 Scorer = Callable[[RouterRow], tuple[NDArray[np.float64], NDArray[np.float64]]]
