@@ -205,7 +205,7 @@ class PriceTable(_Frozen):
         network: CAIP-2 id of the chain payments settle on (``eip155:<chainId>``).
         pay_to: address that receives payments.
         asset: the stablecoin.
-        default_model: the model ``auto`` uses until a routing engine decides otherwise.
+        default_model: the model tools use when none is named (e.g. ``payrouter prices quote``).
         max_timeout_seconds: how long a quote (and the signed payment) stays valid.
         models: the catalog.
         routing: how ``auto`` chooses.

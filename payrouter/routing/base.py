@@ -1,4 +1,4 @@
-"""The `Router` seam and the simplest router: a named model, or the table's default."""
+"""The `Router` seam: what a routing engine decides and how it is asked."""
 
 from __future__ import annotations
 
@@ -7,12 +7,11 @@ from typing import Protocol
 
 from payrouter.chat import ChatRequest
 from payrouter.routing.constraints import RouteConstraints
-from pricing import PriceTable, UnknownModelError
+from pricing import PriceTable
 
 __all__ = [
     "DEFAULT_OUTPUT_BUDGET",
     "Candidate",
-    "DefaultModelRouter",
     "RouteDecision",
     "Router",
     "RoutingError",
@@ -81,36 +80,3 @@ class Router(Protocol):
             RoutingError: no model can serve the request; the message names the constraint.
         """
         ...
-
-
-class DefaultModelRouter:
-    """Routes a named model to itself and ``auto`` to the price table's ``default_model``."""
-
-    def decide(
-        self, request: ChatRequest, input_tokens: int, table: PriceTable, constraints: RouteConstraints | None = None
-    ) -> RouteDecision:
-        auto = request.model == "auto" or request.model.startswith("auto:")
-        model_id = table.default_model if auto else request.model
-        try:
-            model = table.model(model_id)
-        except UnknownModelError:
-            raise RoutingError(f"unknown model {model_id!r}; GET /v1/models lists the catalog") from None
-        room = model.context_window - input_tokens
-        if room < 1:
-            raise RoutingError(
-                f"the prompt (~{input_tokens} tokens) does not fit {model_id}'s context window of {model.context_window}"
-            )
-        limit = request.output_limit
-        if limit is not None:
-            if limit > model.max_output_tokens:
-                raise RoutingError(f"max_tokens {limit} exceeds {model_id}'s output limit of {model.max_output_tokens}")
-            if limit > room:
-                raise RoutingError(
-                    f"~{input_tokens} prompt + {limit} output tokens exceed {model_id}'s context window "
-                    f"of {model.context_window}"
-                )
-            budget = limit
-        else:
-            budget = min(DEFAULT_OUTPUT_BUDGET, model.max_output_tokens, room)
-        reason = "default model for auto" if auto else "model named by the caller"
-        return RouteDecision(model=model_id, output_tokens=budget, input_tokens=input_tokens, reason=reason)

@@ -1,0 +1,54 @@
+"""Small ASGI helpers shared by the payment gate and its streaming settlement."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from starlette.types import Message, Receive, Send
+
+from payrouter.quoting import PricedRoute
+
+__all__ = ["json_error", "ledger_entry", "replay_body", "send_response"]
+
+
+def json_error(status: int, message: str, kind: str, param: str | None = None) -> tuple[int, bytes]:
+    """``(status, body)`` of an OpenAI-shaped JSON error."""
+    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    return status, json.dumps(body).encode()
+
+
+async def send_response(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    """Send a whole response (JSON by default) with its content length."""
+    hdrs = list(headers or [(b"content-type", b"application/json")])
+    hdrs.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": hdrs})
+    await send({"type": "http.response.body", "body": body})
+
+
+def ledger_entry(payer: str, priced: PricedRoute, network: str, transaction: str, digest: str) -> dict[str, str]:
+    """The ledger record of one settled payment."""
+    return {
+        "payer": payer,
+        "amount": str(priced.requirements.amount),
+        "upstream_cost": str(priced.quote.upstream_cost),
+        "model": priced.decision.model,
+        "network": network,
+        "transaction": transaction,
+        "request": digest,
+        "at": str(int(time.time())),
+    }
+
+
+def replay_body(receive: Receive, body: bytes) -> Receive:
+    """A ``receive`` that first yields the already-read ``body``, then defers to ``receive``."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
