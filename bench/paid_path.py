@@ -36,6 +36,7 @@ import time
 
 import httpx
 
+from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
 from payrouter.devchain import DevChain
 from payrouter.sandbox.dev import EXAMPLE_TABLE
@@ -200,11 +201,6 @@ async def _paid_latencies(url: str, agent: LocalSigner, n: int) -> list[float]:
     return out
 
 
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def _measure(name: str, url: str, agent: LocalSigner, args: argparse.Namespace) -> dict[str, float]:
     await _wait(url)
     rps = await _unpaid_rps(url, args.seconds, args.concurrency)
@@ -212,7 +208,7 @@ async def _measure(name: str, url: str, agent: LocalSigner, args: argparse.Names
     result = {
         "unpaid_402_rps": rps,
         "paid_p50_ms": statistics.median(lat),
-        "paid_p99_ms": _pct(lat, 0.99),
+        "paid_p99_ms": percentile(lat, 0.99),
         "paid_mean_ms": statistics.fmean(lat),
     }
     print(

@@ -6,10 +6,9 @@ Usage: .venv/bin/python bench/quote.py [--n 20000]
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from bench.timing import per_op_us
 from pricing import charge_for_usage, estimate_chat_input_tokens, load_price_table, quote_route
 
 TABLE = Path(__file__).resolve().parent.parent / "examples" / "prices.toml"
@@ -17,16 +16,6 @@ MESSAGES = [
     {"role": "system", "content": "You are a careful assistant that answers briefly."},
     {"role": "user", "content": "Compare optimistic and zk rollups in terms of withdrawal latency and cost. " * 8},
 ]
-
-
-def per_op_us(fn: Callable[[], object], n: int) -> float:
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - start) / n)
-    return best * 1e6
 
 
 def main() -> None:

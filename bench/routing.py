@@ -15,6 +15,7 @@ import statistics
 import time
 from pathlib import Path
 
+from bench.timing import percentile
 from payrouter.chat import ChatRequest
 from payrouter.routing import RoutingEngine
 from payrouter.routing.predictor import QualityPredictor, load_rows
@@ -22,11 +23,6 @@ from pricing import estimate_chat_input_tokens, load_price_table
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "routerbench" / "train.csv"
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -61,7 +57,7 @@ def main() -> None:
         predict_ms.append((time.perf_counter() - start) * 1000)
     for name, values in (("decide (engine, 5 models)", decide_ms), ("predict (features + model)", predict_ms)):
         print(
-            f"{name:<28} p50 {statistics.median(values):.3f} ms  p99 {_pct(values, 0.99):.3f} ms  "
+            f"{name:<28} p50 {statistics.median(values):.3f} ms  p99 {percentile(values, 0.99):.3f} ms  "
             f"max {max(values):.3f} ms  (n={len(values)})"
         )
 

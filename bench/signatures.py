@@ -9,12 +9,11 @@ verify (digest + recover + compare), signing, and eth-account's generic path for
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 
+from bench.timing import per_op_us
 from wallets import (
     Eip712Domain,
     LocalSigner,
@@ -27,16 +26,6 @@ from wallets import (
     typed_data_digest,
 )
 from wallets.recover import recover_address
-
-
-def per_op_us(fn: Callable[[], object], n: int) -> float:
-    best = float("inf")
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - start) / n)
-    return best * 1e6
 
 
 def main() -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
 from wallets import LocalSigner
 
@@ -34,11 +35,6 @@ def _first_content(lines: Iterator[str]) -> None:
         if '"content":"' in compact and '"content":""' not in compact:
             return
     raise RuntimeError("no content chunk")
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -94,7 +90,7 @@ def main() -> None:
     added = [a - b for a, b in zip(router, direct, strict=True)]
     for name, values in (("through payrouter", router), ("direct to provider", direct), ("added by payrouter", added)):
         print(
-            f"{name:<20} TTFT p50 {statistics.median(values):6.2f} ms  p99 {_pct(values, 0.99):6.2f} ms  (n={len(values)})"
+            f"{name:<20} TTFT p50 {statistics.median(values):6.2f} ms  p99 {percentile(values, 0.99):6.2f} ms  (n={len(values)})"
         )
 
 
