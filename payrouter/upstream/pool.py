@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from payrouter.routing import RouteDecision
 from payrouter.upstream.health import HealthTracker
@@ -14,6 +14,8 @@ from payrouter.upstream.provider import Provider
 from pricing import ModelPrice, PriceTable, PricingError, quote_route
 
 __all__ = ["Answer", "UpstreamPool"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +83,41 @@ class UpstreamPool:
             now = time.perf_counter()
             await self.health.record_success(model_id, (first_byte - started) * 1000, tokens, (now - started) * 1000)
 
+    async def _first_success(
+        self,
+        decision: RouteDecision,
+        table: PriceTable,
+        paid: int,
+        deadline: float | None,
+        call: Callable[[Provider, ModelPrice], Awaitable[T]],
+        output_tokens: Callable[[T], int],
+    ) -> tuple[str, T, int]:
+        """Try the candidates in order; return ``(model, result, attempts)`` of the first success.
+
+        Every outcome is recorded in the shared health. A non-retryable error (the request
+        itself is bad; another model would refuse it too) stops at once.
+        """
+        last: UpstreamError | None = None
+        for attempt, model_id in enumerate(self._candidates(decision, table, paid, deadline), start=1):
+            model = table.model(model_id)
+            adapter = self._adapters.get(model.provider)
+            if adapter is None:
+                last = UpstreamError(f"no provider {model.provider!r} configured")
+                continue
+            started = time.perf_counter()
+            try:
+                result = await call(adapter, model)
+            except UpstreamError as exc:
+                await self._failed(model_id, exc)
+                if not exc.retryable:
+                    raise
+                last = exc
+                continue
+            await self._succeeded(model_id, started, time.perf_counter(), output_tokens(result))
+            return model_id, result, attempt
+        assert last is not None
+        raise last
+
     async def stream(
         self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None = None
     ) -> tuple[str, UpstreamStream, int]:
@@ -92,26 +129,14 @@ class UpstreamPool:
         Raises:
             UpstreamError: every candidate failed before its first chunk.
         """
-        last: UpstreamError | None = None
-        for attempt, model_id in enumerate(self._candidates(decision, table, paid, deadline), start=1):
-            model = table.model(model_id)
-            adapter = self._adapters.get(model.provider)
-            if adapter is None:
-                last = UpstreamError(f"no provider {model.provider!r} configured")
-                continue
-            started = time.perf_counter()
-            try:
-                stream = await adapter.stream(body, model.upstream_model, decision.output_tokens)
-            except UpstreamError as exc:
-                await self._failed(model_id, exc)
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
-            await self._succeeded(model_id, started, time.perf_counter(), 0)
-            return model_id, stream, attempt
-        assert last is not None
-        raise last
+        return await self._first_success(
+            decision,
+            table,
+            paid,
+            deadline,
+            lambda adapter, model: adapter.stream(body, model.upstream_model, decision.output_tokens),
+            lambda _stream: 0,
+        )
 
     async def complete(
         self, body: dict[str, Any], decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None = None
@@ -122,24 +147,12 @@ class UpstreamPool:
             UpstreamError: every candidate failed (the last error), or a non-retryable
                 error (the request itself is bad; another model would refuse it too).
         """
-        last: UpstreamError | None = None
-        candidates = self._candidates(decision, table, paid, deadline)
-        for attempt, model_id in enumerate(candidates, start=1):
-            model = table.model(model_id)
-            adapter = self._adapters.get(model.provider)
-            if adapter is None:
-                last = UpstreamError(f"no provider {model.provider!r} configured", retryable=True)
-                continue
-            started = time.perf_counter()
-            try:
-                completion = await adapter.chat(body, model.upstream_model, decision.output_tokens)
-            except UpstreamError as exc:
-                await self._failed(model_id, exc)
-                if not exc.retryable:
-                    raise
-                last = exc
-                continue
-            await self._succeeded(model_id, started, time.perf_counter(), completion.output_tokens)
-            return Answer(model=model_id, completion=completion, attempts=attempt)
-        assert last is not None
-        raise last
+        model_id, completion, attempts = await self._first_success(
+            decision,
+            table,
+            paid,
+            deadline,
+            lambda adapter, model: adapter.chat(body, model.upstream_model, decision.output_tokens),
+            lambda result: result.output_tokens,
+        )
+        return Answer(model=model_id, completion=completion, attempts=attempts)
