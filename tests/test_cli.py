@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "payrouter"
 
@@ -94,3 +96,28 @@ def test_demo_makes_paid_calls_and_refuses_a_replay() -> None:
     last_funds = [line for line in out.splitlines() if line.startswith("funds  ")][-1]
     operator = last_funds.split("operator $")[1]
     assert int(operator.replace(".", "")) == sum(quotes)
+
+
+def test_dev_sandbox_json_line_and_clean_stop() -> None:
+    import signal
+
+    import httpx
+
+    with subprocess.Popen(
+        [str(CLI), "dev", "--json", "--port", "0", "--agents", "2"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    ) as proc:
+        assert proc.stdout is not None
+        info = json.loads(proc.stdout.readline())
+        assert set(info) >= {
+            "router_url", "rpc_url", "chain_id", "network", "asset", "asset_name", "asset_version", "pay_to",
+            "agent_private_keys",
+        }  # fmt: skip
+        assert info["chain_id"] == 31337 and info["network"] == "eip155:31337" and len(info["agent_private_keys"]) == 2
+        assert (info["asset_name"], info["asset_version"]) == ("USD Coin", "2")
+        models = httpx.get(f"{info['router_url']}/v1/models").json()
+        assert models["payment"]["asset"]["address"] == info["asset"] and models["payment"]["pay_to"] == info["pay_to"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    for url in (info["router_url"], info["rpc_url"]):
+        with pytest.raises(httpx.HTTPError):
+            httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=2)
