@@ -1,0 +1,60 @@
+"""A trained router file named in the price table drives `auto` in the running app."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import httpx
+
+from payrouter.app import create_app
+from payrouter.routing.predictor import QualityPredictor, load_rows
+from payrouter.sandbox.serving import serve_in_thread
+from payrouter.settings import ProviderSettings, Settings
+from pricing import load_price_table
+
+from . import synthetic
+from .test_engine import BASE
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
+    return str(value)
+
+
+def test_price_table_predictor_routes_auto(tmp_path: Path) -> None:
+    QualityPredictor.train(load_rows([synthetic.write(tmp_path / "train.csv", 300, seed=3)])).save(
+        tmp_path / "router.npz"
+    )
+    data = copy.deepcopy(BASE)
+    data["routing"] = {"quality_floor": 80, "predictor": "router.npz", "strategy": "cost"}
+    lines = [f"{k} = {_toml(data[k])}" for k in ("network", "pay_to", "default_model")]
+    lines += ["[asset]", *(f"{k} = {_toml(v)}" for k, v in data["asset"].items())]
+    lines += ["[routing]", *(f"{k} = {_toml(v)}" for k, v in data["routing"].items())]
+    for model in data["models"]:
+        lines += ["[[models]]", *(f"{k} = {_toml(v)}" for k, v in model.items())]
+    (tmp_path / "prices.toml").write_text("\n".join(lines) + "\n")
+    table = load_price_table(tmp_path / "prices.toml")
+    assert table.routing.predictor == str(tmp_path / "router.npz")  # resolved next to the table
+    settings = Settings(
+        price_table=table,
+        providers={"p": ProviderSettings(base_url="http://127.0.0.1:9/v1")},
+        facilitator="remote",
+        facilitator_url="http://127.0.0.1:9",
+    )
+    with serve_in_thread(create_app(settings)) as url:
+
+        def route(text: str) -> dict[str, object]:
+            body = {"model": "auto", "messages": [{"role": "user", "content": text}]}
+            reply: dict[str, object] = httpx.post(f"{url}/v1/quote", json=body).json()["route"]
+            return reply
+
+        easy = route("A simple question about seeds (123456)?\nA) yes\nB) no\nAnswer:")
+        hard = route("A intricate multi-step question about seeds (123456)?\nA) yes\nB) no\nAnswer:")
+    assert (easy["model"], hard["model"]) == ("cheap", "middle")
+    assert easy["max_output_tokens"] == 16  # the predicted answer length, not the 1024 default
