@@ -75,21 +75,20 @@ async def _stream(services: Services, attached: dict[str, Any], anthropic: bool 
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
-        headers={
-            "Cache-Control": "no-store",
-            "X-Payrouter-Model": model_id,
-            "X-Payrouter-Charge": str(priced.requirements.amount),
-            "X-Payrouter-Route-Reason": priced.decision.reason,
-        },
+        headers={"Cache-Control": "no-store", **_route_headers(model_id, priced)},
     )
 
 
-async def chat_completions(request: Request) -> Response:
-    """Call the routed model (with failover) and answer in OpenAI's shape plus the charge."""
-    services: Services = request.state.services
-    attached = route_of(request.scope)
-    if attached["request"].stream:
-        return await _stream(services, attached)
+def _route_headers(model: str, priced: PricedRoute) -> dict[str, str]:
+    return {
+        "X-Payrouter-Model": model,
+        "X-Payrouter-Charge": str(priced.requirements.amount),
+        "X-Payrouter-Route-Reason": priced.decision.reason,
+    }
+
+
+async def _complete(services: Services, attached: dict[str, Any]) -> tuple[str, dict[str, Any]] | JSONResponse:
+    """Run the non-streaming call: ``(answering model, OpenAI body with usage.payrouter)``, or a 502."""
     priced: PricedRoute = attached["route"]
     chat = attached["request"]
     table = services.table
@@ -119,14 +118,20 @@ async def chat_completions(request: Request) -> Response:
         "route_reason": priced.decision.reason,
     }
     body["usage"] = usage
-    return JSONResponse(
-        body,
-        headers={
-            "X-Payrouter-Model": answer.model,
-            "X-Payrouter-Charge": str(priced.requirements.amount),
-            "X-Payrouter-Route-Reason": priced.decision.reason,
-        },
-    )
+    return answer.model, body
+
+
+async def chat_completions(request: Request) -> Response:
+    """Call the routed model (with failover) and answer in OpenAI's shape plus the charge."""
+    services: Services = request.state.services
+    attached = route_of(request.scope)
+    if attached["request"].stream:
+        return await _stream(services, attached)
+    done = await _complete(services, attached)
+    if isinstance(done, JSONResponse):
+        return done
+    model, body = done
+    return JSONResponse(body, headers=_route_headers(model, attached["route"]))
 
 
 async def messages(request: Request) -> Response:
@@ -135,9 +140,8 @@ async def messages(request: Request) -> Response:
     attached = route_of(request.scope)
     if attached["request"].stream:
         return await _stream(services, attached, anthropic=True)
-    response = await chat_completions(request)
-    if response.status_code != 200:
-        return response
-    completion = json.loads(bytes(response.body))
-    headers = {k: v for k, v in response.headers.items() if k.lower().startswith("x-payrouter-")}
-    return JSONResponse(chat_to_message(completion, completion["model"]), headers=headers)
+    done = await _complete(services, attached)
+    if isinstance(done, JSONResponse):
+        return done
+    model, body = done
+    return JSONResponse(chat_to_message(body, model), headers=_route_headers(model, attached["route"]))
