@@ -130,7 +130,7 @@ class PaymentGate:
             try:
                 if v2_header is None and v1_header is None:
                     priced = await self._quote(services, request, constraints, digest)
-                    await send_response(send, 402, *_swap(payment_required(priced.requirements, resource)))
+                    await send_response(send, 402, *payment_required(priced.requirements, resource))
                     return
                 version = 2 if v2_header is not None else 1
                 payment = parse_payment(decode_header(v2_header or v1_header or ""), version)
@@ -231,7 +231,7 @@ class PaymentGate:
         # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
         priced = await self._quote(services, request, constraints, digest)
         log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
-        await send_response(send, 402, *_swap(payment_required(priced.requirements, resource, exc.reason, exc.message)))
+        await send_response(send, 402, *payment_required(priced.requirements, resource, exc.reason, exc.message))
 
     async def _paid(
         self,
@@ -271,8 +271,10 @@ class PaymentGate:
         # the model call must leave time to settle before the authorization expires
         scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer, "deadline": auth.valid_before}
         if request.stream:
-            settler = StreamSettlement(services, payment, requirements, priced, payer, claim_key, owner, ttl, digest)
-            settler.anthropic = scope["path"] == "/v1/messages"
+            anthropic = scope["path"] == "/v1/messages"
+            settler = StreamSettlement(
+                services, payment, requirements, priced, payer, claim_key, owner, ttl, digest, anthropic
+            )
             await settler.run(self.app, scope, replay_body(receive, body), send)
             return
         status, resp_headers, resp_body = await _run(self.app, scope, receive, body)
@@ -327,11 +329,6 @@ class PaymentGate:
         )
         _, err = json_error(402, f"settlement failed ({exc.reason}): {exc.message}", "payment_error")
         await send_response(send, 402, err, [(b"content-type", b"application/json"), (name, value)])
-
-
-def _swap(pair: tuple[list[tuple[bytes, bytes]], bytes]) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    headers, body = pair
-    return body, headers
 
 
 def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:

@@ -52,8 +52,8 @@ PAYMENT_IDENTIFIER_DECLARATION: dict[str, Any] = {
 
 def payment_required(
     requirements: Requirements, resource: Resource, reason: str | None = None, message: str | None = None
-) -> tuple[list[tuple[bytes, bytes]], bytes]:
-    """Headers and body of a 402.
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Body and headers of a 402.
 
     The v2 ``PaymentRequired`` goes in the ``PAYMENT-REQUIRED`` header. The body is the v1
     ``PaymentRequirementsResponse`` when the network has a v1 name (v1 clients read only the
@@ -76,7 +76,7 @@ def payment_required(
         (b"content-type", b"application/json"),
         (b"cache-control", b"no-store"),
     ]
-    return headers, json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps(body, separators=(",", ":")).encode(), headers
 
 
 def settlement_header(

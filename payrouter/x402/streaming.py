@@ -57,6 +57,7 @@ class StreamSettlement:
         owner: str,
         ttl: int,
         digest: str,
+        anthropic: bool = False,
     ) -> None:
         self.services = services
         self.payment = payment
@@ -68,7 +69,7 @@ class StreamSettlement:
         self.ttl = ttl
         self.digest = digest
         self.mode = services.table.streaming_settlement
-        self.anthropic = False
+        self.anthropic = anthropic  # the receipt event in /v1/messages' shape
         self.status = 0
         self.held: Message | None = None
         self.started = False
