@@ -8,10 +8,11 @@ from typing import Any
 
 from payrouter.chat import ChatRequest
 from payrouter.routing import RouteConstraints, RouteDecision, Router
+from payrouter.store import Store
 from payrouter.x402.requirements import Requirements
 from pricing import PriceTable, Quote, estimate_chat_input_tokens, quote_route
 
-__all__ = ["PricedRoute", "Quoter"]
+__all__ = ["PricedRoute", "Quoter", "load_quote", "save_quote"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,3 +122,14 @@ class Quoter:
             max_timeout_seconds=table.max_timeout_seconds,
             extra=extra,
         )
+
+
+async def save_quote(store: Store, digest: str, priced: PricedRoute) -> None:
+    """Keep ``priced`` for the request ``digest`` as long as its payment may be signed."""
+    await store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
+
+
+async def load_quote(store: Store, digest: str) -> PricedRoute | None:
+    """The live quote of the request ``digest``, or None when expired or never issued."""
+    record = await store.get(f"quote:{digest}")
+    return None if record is None else PricedRoute.from_record(record)

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from payrouter.chat import InvalidRequest, parse_chat_request, request_digest
+from payrouter.quoting import save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
@@ -81,7 +82,7 @@ async def quote(request: Request) -> JSONResponse:
     except (RoutingError, PricingError) as exc:
         return _error(400, str(exc), "model")
     digest = request_digest("POST", "/v1/chat/completions", raw, routing_headers)
-    await services.store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
+    await save_quote(services.store, digest, priced)
     base = services.public_url or f"{request.url.scheme}://{request.url.netloc}"
     resource = Resource(url=base.rstrip("/") + "/v1/chat/completions")
     d, q = priced.decision, priced.quote

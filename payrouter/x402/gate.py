@@ -14,13 +14,14 @@ import json
 import logging
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, parse_messages_request, request_digest
-from payrouter.quoting import PricedRoute
+from payrouter.quoting import PricedRoute, load_quote, save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
@@ -84,6 +85,33 @@ def match_quote(payment: PaymentPayload, req: Requirements) -> None:
             )
 
 
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One paid-path request as the gate has read it."""
+
+    scope: Scope
+    receive: Receive
+    services: Services
+    request: ChatRequest
+    body: bytes
+    digest: str
+    resource: Resource
+    constraints: RouteConstraints
+
+
+async def _quote(call: _Call) -> PricedRoute:
+    priced = call.services.quoter.price(call.request, call.constraints)
+    await save_quote(call.services.store, call.digest, priced)
+    return priced
+
+
+async def _reject(call: _Call, exc: PaymentError, send: Send) -> None:
+    # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
+    priced = await _quote(call)
+    log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
+    await send_response(send, 402, *payment_required(priced.requirements, call.resource, exc.reason, exc.message))
+
+
 class PaymentGate:
     """ASGI middleware charging for ``POST`` requests to ``paid_paths``.
 
@@ -126,20 +154,21 @@ class PaymentGate:
         digest = request_digest("POST", scope["path"], raw, routing_headers)
         v2_header = headers.get("payment-signature")
         v1_header = headers.get("x-payment")
+        call = _Call(scope, receive, services, request, body, digest, resource, constraints)
         try:
             try:
                 if v2_header is None and v1_header is None:
-                    priced = await self._quote(services, request, constraints, digest)
+                    priced = await _quote(call)
                     await send_response(send, 402, *payment_required(priced.requirements, resource))
                     return
                 version = 2 if v2_header is not None else 1
                 payment = parse_payment(decode_header(v2_header or v1_header or ""), version)
                 if payment.payment_id is None:
-                    await self._paid(scope, receive, send, services, request, body, digest, payment, resource)
+                    await self._paid(call, payment, send)
                 else:
-                    await self._idempotent(scope, receive, send, services, request, body, digest, payment, resource)
+                    await self._idempotent(call, payment, send)
             except PaymentRejected as exc:
-                await self._reject(send, services, request, constraints, digest, resource, exc)
+                await _reject(call, exc, send)
         except (RoutingError, PricingError) as exc:
             await send_response(send, *json_error(400, str(exc), "invalid_request_error", "model"))
         except StoreError as exc:
@@ -148,26 +177,16 @@ class PaymentGate:
                 send, *json_error(503, "payment state store unavailable; nothing was charged", "server_error")
             )
 
-    async def _idempotent(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        services: Services,
-        request: ChatRequest,
-        body: bytes,
-        digest: str,
-        payment: PaymentPayload,
-        resource: Resource,
-    ) -> None:
+    async def _idempotent(self, call: _Call, payment: PaymentPayload, send: Send) -> None:
         """x402 payment-identifier: one id, one payment, one charge.
 
         The same id with the same payment and request gets the first successful response
         again, with no second charge and no second model call; the same id with anything else
         is a 409, as is a retry while the first attempt is still running.
         """
+        services = call.services
         key = f"pid:{payment.authorization.from_.lower()}:{payment.payment_id}"
-        fingerprint = f"{payment.fingerprint()}:{digest}"
+        fingerprint = f"{payment.fingerprint()}:{call.digest}"
         owner = json.dumps({"fp": fingerprint, "token": secrets.token_hex(8)})
         if not await services.store.claim(key, owner, _PAYMENT_ID_TTL):
             existing = await services.store.get(key)
@@ -194,7 +213,7 @@ class PaymentGate:
             await send(message)
 
         try:
-            await self._paid(scope, receive, tee, services, request, body, digest, payment, resource)
+            await self._paid(call, payment, tee)
         finally:
             if captured["status"] == 200:
                 response = {
@@ -211,48 +230,15 @@ class PaymentGate:
             else:
                 await services.store.release(key, owner)
 
-    async def _quote(
-        self, services: Services, request: ChatRequest, constraints: RouteConstraints, digest: str
-    ) -> PricedRoute:
-        priced = services.quoter.price(request, constraints)
-        await services.store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
-        return priced
-
-    async def _reject(
-        self,
-        send: Send,
-        services: Services,
-        request: ChatRequest,
-        constraints: RouteConstraints,
-        digest: str,
-        resource: Resource,
-        exc: PaymentError,
-    ) -> None:
-        # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
-        priced = await self._quote(services, request, constraints, digest)
-        log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
-        await send_response(send, 402, *payment_required(priced.requirements, resource, exc.reason, exc.message))
-
-    async def _paid(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        services: Services,
-        request: ChatRequest,
-        body: bytes,
-        digest: str,
-        payment: PaymentPayload,
-        resource: Resource,
-    ) -> None:
-        record = await services.store.get(f"quote:{digest}")
-        if record is None:
+    async def _paid(self, call: _Call, payment: PaymentPayload, send: Send) -> None:
+        scope, services, request, digest = call.scope, call.services, call.request, call.digest
+        priced = await load_quote(services.store, digest)
+        if priced is None:
             raise PaymentRejected(
                 Reason.INVALID_REQUIREMENTS,
                 "no live quote for this request (expired or never issued); a fresh quote is attached",
                 payment.authorization.from_,
             )
-        priced = PricedRoute.from_record(record)
         requirements = priced.requirements
         match_quote(payment, requirements)
 
@@ -275,9 +261,9 @@ class PaymentGate:
             settler = StreamSettlement(
                 services, payment, requirements, priced, payer, claim_key, owner, ttl, digest, anthropic
             )
-            await settler.run(self.app, scope, replay_body(receive, body), send)
+            await settler.run(self.app, scope, replay_body(call.receive, call.body), send)
             return
-        status, resp_headers, resp_body = await _run(self.app, scope, receive, body)
+        status, resp_headers, resp_body = await _run(self.app, scope, call.receive, call.body)
         if status >= 400:
             # The model call failed: nothing is settled, and the client may pay again.
             await services.store.release(claim_key, owner)
