@@ -122,17 +122,36 @@ class _Payer:
             return None
         return payment
 
-    def pay(self, offer: Offer) -> tuple[SignedPayment, str]:
-        """Check, reserve and sign; raises PaymentRefused before signing anything."""
+    def pay(self, key: str, offer: Offer) -> tuple[SignedPayment, str]:
+        """Check, reserve and sign; raises PaymentRefused before signing anything.
+
+        The payment stays pending for ``key`` until `finish`: if the answer never arrives, a
+        retry of the same request re-sends it instead of paying again.
+        """
         choice = choose(offer, self.policy)
         reservation = self.budget.reserve(choice.amount, self.policy.windows())
         try:
-            return sign_choice(offer, self.signer, choice), reservation
+            payment = sign_choice(offer, self.signer, choice)
         except BaseException:
             self.budget.release(reservation)
             raise
+        self.pending[key] = payment
+        return payment, reservation
 
-    def settle_outcome(self, response: httpx.Response, payment: SignedPayment, reservation: str | None) -> None:
+    @staticmethod
+    def replay_error(response: httpx.Response, pending: SignedPayment) -> PaymentPending | None:
+        """The error for a re-sent payment the server only calls used, or None to go on."""
+        if response.status_code != 402 or _receipt(response, pending) is not None:
+            return None
+        return PaymentPending(
+            "a payment for this request was already sent and may have been taken; "
+            "the server did not return its response",
+            pending.valid_before,
+        )
+
+    def finish(self, key: str, response: httpx.Response, payment: SignedPayment, reservation: str | None) -> None:
+        """The answer arrived: forget the pending payment, settle the budget, attach the receipt."""
+        del self.pending[key]
         receipt = _receipt(response, payment)
         # the money moved only with a successful receipt or a 2xx; anything else gives it back
         paid = (receipt is not None and receipt.success) or (receipt is None and response.status_code < 400)
@@ -169,28 +188,21 @@ class PaymentTransport(httpx.BaseTransport):
         pending = self._payer.pending_for(key)
         if pending is not None:
             response = self._inner.handle_request(_with_payment(request, body, pending))
-            if response.status_code == 402 and _receipt(response, pending) is None:
+            if (error := self._payer.replay_error(response, pending)) is not None:
                 response.close()
-                raise PaymentPending(
-                    "a payment for this request was already sent and may have been taken; "
-                    "the server did not return its response",
-                    pending.valid_before,
-                )
-            del self._payer.pending[key]
-            self._payer.settle_outcome(response, pending, None)
+                raise error
+            self._payer.finish(key, response, pending, None)
             return response
         response = self._inner.handle_request(request)
         if response.status_code != 402 or request.extensions.get(_RETRY_FLAG):
             return response
         offer = read_offer(response.headers, response.read())
         response.close()
-        payment, reservation = self._payer.pay(offer)
-        self._payer.pending[key] = payment
+        payment, reservation = self._payer.pay(key, offer)
         # A transport error here leaves the outcome unknown: the payment stays pending for this
         # request. The body is not read, so streamed answers stream.
         paid = self._inner.handle_request(_with_payment(request, body, payment))
-        del self._payer.pending[key]
-        self._payer.settle_outcome(paid, payment, reservation)
+        self._payer.finish(key, paid, payment, reservation)
         return paid
 
     def close(self) -> None:
@@ -216,26 +228,19 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
         pending = self._payer.pending_for(key)
         if pending is not None:
             response = await self._inner.handle_async_request(_with_payment(request, body, pending))
-            if response.status_code == 402 and _receipt(response, pending) is None:
+            if (error := self._payer.replay_error(response, pending)) is not None:
                 await response.aclose()
-                raise PaymentPending(
-                    "a payment for this request was already sent and may have been taken; "
-                    "the server did not return its response",
-                    pending.valid_before,
-                )
-            del self._payer.pending[key]
-            self._payer.settle_outcome(response, pending, None)
+                raise error
+            self._payer.finish(key, response, pending, None)
             return response
         response = await self._inner.handle_async_request(request)
         if response.status_code != 402 or request.extensions.get(_RETRY_FLAG):
             return response
         offer = read_offer(response.headers, await response.aread())
         await response.aclose()
-        payment, reservation = self._payer.pay(offer)
-        self._payer.pending[key] = payment
+        payment, reservation = self._payer.pay(key, offer)
         paid = await self._inner.handle_async_request(_with_payment(request, body, payment))
-        del self._payer.pending[key]
-        self._payer.settle_outcome(paid, payment, reservation)
+        self._payer.finish(key, paid, payment, reservation)
         return paid
 
     async def aclose(self) -> None:
