@@ -11,44 +11,17 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
-from pricing import PriceTable
+from tests.price_toml import price_table_toml
 
 from .conftest import REDIS_URL, Observer
 from .payments import header, offer, payment, rejection
 
 CLI = Path(sys.executable).parent / "payrouter"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
-    raise TypeError(type(value))
-
-
-def _table_toml(table: PriceTable) -> str:
-    data = table.model_dump(mode="json")
-    keys = ("network", "pay_to", "default_model", "max_timeout_seconds", "routing")
-    lines = [f"{k} = {_toml_value(data[k])}" for k in keys]
-    lines.append("[asset]")
-    lines += [f"{k} = {_toml_value(v)}" for k, v in data["asset"].items()]
-    for model in data["models"]:
-        lines.append("[[models]]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in model.items() if v is not None]
-    return "\n".join(lines) + "\n"
 
 
 def _free_port() -> int:
@@ -61,7 +34,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     folder = tmp_path_factory.mktemp("two-servers")
-    (folder / "prices.toml").write_text(_table_toml(box.table))
+    (folder / "prices.toml").write_text(price_table_toml(box.table.model_dump(mode="json")))
     providers = "\n".join(
         f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in box.table.models})
     )

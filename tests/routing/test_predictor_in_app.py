@@ -12,19 +12,10 @@ from payrouter.routing.predictor import QualityPredictor, load_rows
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
 from pricing import load_price_table
+from tests.price_toml import price_table_toml
 
 from . import synthetic
 from .test_engine import BASE
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + " }"
-    return str(value)
 
 
 def test_price_table_predictor_routes_auto(tmp_path: Path) -> None:
@@ -33,12 +24,7 @@ def test_price_table_predictor_routes_auto(tmp_path: Path) -> None:
     )
     data = copy.deepcopy(BASE)
     data["routing"] = {"quality_floor": 80, "predictor": "router.npz", "strategy": "cost"}
-    lines = [f"{k} = {_toml(data[k])}" for k in ("network", "pay_to", "default_model")]
-    lines += ["[asset]", *(f"{k} = {_toml(v)}" for k, v in data["asset"].items())]
-    lines += ["[routing]", *(f"{k} = {_toml(v)}" for k, v in data["routing"].items())]
-    for model in data["models"]:
-        lines += ["[[models]]", *(f"{k} = {_toml(v)}" for k, v in model.items())]
-    (tmp_path / "prices.toml").write_text("\n".join(lines) + "\n")
+    (tmp_path / "prices.toml").write_text(price_table_toml(data))
     table = load_price_table(tmp_path / "prices.toml")
     assert table.routing.predictor == str(tmp_path / "router.npz")  # resolved next to the table
     settings = Settings(
