@@ -12,6 +12,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from payrouter.upstream.anthropic import tool_use_block
+
 __all__ = ["AnthropicErrorShape", "anthropic_to_chat", "chat_to_message", "chunks_to_events"]
 
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "end_turn"}
@@ -107,13 +109,7 @@ def chat_to_message(completion: dict[str, Any], model: str) -> dict[str, Any]:
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append({"type": "text", "text": message["content"]})
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        try:
-            arguments = json.loads(fn.get("arguments") or "{}")
-        except ValueError:
-            arguments = {}
-        content.append({"type": "tool_use", "id": call.get("id"), "name": fn.get("name"), "input": arguments})
+    content += [tool_use_block(call) for call in message.get("tool_calls") or []]
     return {
         "id": completion.get("id", "").replace("chatcmpl", "msg", 1) or "msg",
         "type": "message",

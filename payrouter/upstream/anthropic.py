@@ -48,6 +48,16 @@ def _blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
+def tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI ``tool_calls`` entry as an Anthropic ``tool_use`` block (unparseable arguments -> ``{}``)."""
+    fn = call.get("function") or {}
+    try:
+        arguments = json.loads(fn.get("arguments") or "{}")
+    except ValueError:
+        arguments = {}
+    return {"type": "tool_use", "id": call.get("id") or "", "name": fn.get("name") or "", "input": arguments}
+
+
 def to_anthropic(request: dict[str, Any], model: str, max_tokens: int) -> dict[str, Any]:
     """An OpenAI chat request as an Anthropic Messages request."""
     system: list[str] = []
@@ -72,15 +82,7 @@ def to_anthropic(request: dict[str, Any], model: str, max_tokens: int) -> dict[s
             append("user", [result])
         elif role == "assistant":
             blocks = _blocks(message.get("content"))
-            for call in message.get("tool_calls") or []:
-                fn = call.get("function") or {}
-                try:
-                    arguments = json.loads(fn.get("arguments") or "{}")
-                except ValueError:
-                    arguments = {}
-                blocks.append(
-                    {"type": "tool_use", "id": call.get("id", ""), "name": fn.get("name", ""), "input": arguments}
-                )
+            blocks += [tool_use_block(call) for call in message.get("tool_calls") or []]
             append("assistant", blocks)
         else:
             append("user", _blocks(message.get("content")))
