@@ -135,6 +135,7 @@ async def chunks_to_events(chunks: AsyncIterator[dict[str, Any]], model: str) ->
     tools: dict[int, int] = {}  # OpenAI tool call index -> content block index
     stop = "end_turn"
     usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
+    report: dict[str, Any] | None = None  # usage.payrouter of the final chunk
     async for chunk in chunks:
         if not started:
             started = True
@@ -147,6 +148,7 @@ async def chunks_to_events(chunks: AsyncIterator[dict[str, Any]], model: str) ->
             yield _event("message_start", {"message": message})
         if chunk.get("usage"):
             usage = _usage(chunk["usage"])
+            report = chunk["usage"].get("payrouter")
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             if delta.get("content"):
@@ -176,10 +178,13 @@ async def chunks_to_events(chunks: AsyncIterator[dict[str, Any]], model: str) ->
                 stop = _FINISH.get(choice["finish_reason"], "end_turn")
     if block >= 0:
         yield _event("content_block_stop", {"index": block})
-    yield _event(
-        "message_delta",
-        {"delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": usage["output_tokens"]}},
-    )
+    closing: dict[str, Any] = {
+        "delta": {"stop_reason": stop, "stop_sequence": None},
+        "usage": {"output_tokens": usage["output_tokens"]},
+    }
+    if report is not None:
+        closing["payrouter"] = report
+    yield _event("message_delta", closing)
     yield _event("message_stop", {})
 
 

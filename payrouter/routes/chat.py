@@ -14,7 +14,7 @@ from payrouter.quoting import PricedRoute
 from payrouter.services import Services
 from payrouter.upstream import UpstreamError
 from payrouter.x402.gate import route_of
-from pricing import charge_for_usage
+from pricing import PriceTable, charge_for_usage
 
 __all__ = ["chat_completions", "messages"]
 
@@ -35,7 +35,7 @@ async def _stream(services: Services, attached: dict[str, Any], anthropic: bool 
     priced: PricedRoute = attached["route"]
     chat = attached["request"]
     try:
-        model_id, stream, _attempts = await services.upstreams.stream(
+        model_id, stream, attempts = await services.upstreams.stream(
             chat.provider_body(), priced.decision, services.table, priced.requirements.amount, attached.get("deadline")
         )
     except UpstreamError as exc:
@@ -48,6 +48,16 @@ async def _stream(services: Services, attached: dict[str, Any], anthropic: bool 
             chunk["model"] = model_id
             if _has_content(chunk):
                 state["content"] = True
+            usage = chunk.get("usage")
+            if isinstance(usage, dict) and "prompt_tokens" in usage:
+                usage["payrouter"] = _charge_report(
+                    services.table,
+                    priced,
+                    model_id,
+                    attempts,
+                    int(usage.get("prompt_tokens") or 0),
+                    int(usage.get("completion_tokens") or 0),
+                )
             yield chunk
         state["completed"] = True
 
@@ -99,26 +109,33 @@ async def _complete(services: Services, attached: dict[str, Any]) -> tuple[str, 
     except UpstreamError as exc:
         return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
     completion = answer.completion
-    # The exact scheme charges the quote; the usage-priced figure shows what it covered.
-    usage_price = charge_for_usage(
-        table, answer.model, completion.input_tokens, completion.output_tokens, cap=priced.requirements.amount
-    )
     body = dict(completion.body)
     body["model"] = answer.model
     usage = dict(body.get("usage") or {})
-    usage["payrouter"] = {
+    usage["payrouter"] = _charge_report(
+        table, priced, answer.model, answer.attempts, completion.input_tokens, completion.output_tokens
+    )
+    body["usage"] = usage
+    return answer.model, body
+
+
+def _charge_report(
+    table: PriceTable, priced: PricedRoute, answered_by: str, attempts: int, input_tokens: int, output_tokens: int
+) -> dict[str, Any]:
+    """``usage.payrouter``: what was charged, on which chain and asset, and what the usage priced at."""
+    # The exact scheme charges the quote; the usage-priced figure shows what it covered.
+    usage_price = charge_for_usage(table, answered_by, input_tokens, output_tokens, cap=priced.requirements.amount)
+    return {
         "charged": str(priced.requirements.amount),
         "asset": table.asset.address,
         "decimals": table.asset.decimals,
         "network": table.network,
         "usage_price": str(usage_price.amount),
         "routed_model": priced.decision.model,
-        "answered_by": answer.model,
-        "attempts": answer.attempts,
+        "answered_by": answered_by,
+        "attempts": attempts,
         "route_reason": priced.decision.reason,
     }
-    body["usage"] = usage
-    return answer.model, body
 
 
 async def chat_completions(request: Request) -> Response:

@@ -86,6 +86,37 @@ def test_after_stream_receipt_is_the_last_event(box: Sandbox, http: httpx.Client
     assert name == "x402.payment" and receipt["success"] is True and receipt["x402Version"] == 2
     assert box.chain.w3.eth.get_transaction_receipt(receipt["transaction"])["status"] == 1
     assert observer.balances(agent.address) == [5_000_000 - amount]
+    # the usage chunk says what was charged and what the tokens actually priced at
+    usage = json.loads(events[-3][1])["usage"]
+    report = usage["payrouter"]
+    assert report["charged"] == str(amount) and report["network"] == box.table.network
+    assert report["answered_by"] == report["routed_model"] == "gpt-4o-mini" and report["attempts"] == 1
+    assert usage["completion_tokens"] > 0 and 0 < int(report["usage_price"]) <= amount
+
+
+def test_anthropic_stream_reports_the_charge_in_message_delta(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    agent = _agent(box)
+    url = f"{box.router_url}/v1/messages"
+    body = {
+        "model": "claude-3-5-haiku",
+        "max_tokens": 40,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi"}],
+    }
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    with http.stream("POST", url, json=body, headers=header(payment(o, agent))) as response:
+        assert response.status_code == 200
+        events = _events(response.read().decode())
+    names = [name for name, _ in events]
+    assert names[0] == "message_start" and "message_stop" in names
+    delta = json.loads(next(data for name, data in events if name == "message_delta"))
+    assert delta["payrouter"]["charged"] == str(amount)
+    assert delta["payrouter"]["answered_by"] == "claude-3-5-haiku"
+    assert 0 < int(delta["payrouter"]["usage_price"]) <= amount
+    _wait_for_change(observer, agent.address, 5_000_000)
 
 
 @pytest.fixture(scope="module")
