@@ -80,18 +80,20 @@ def two_classes(scores: NDArray[np.float64], iterations: int = 300) -> tuple[NDA
     return resp, acc1, acc0
 
 
-def twins(rows: list[RouterRow]) -> int:
-    """Prompts with another prompt of the same options whose sentence is at least 80% the same."""
-    by_options: dict[tuple[str, ...], list[str]] = defaultdict(list)
-    for row in rows:
-        question = extract_question(row.prompt)
-        by_options[tuple(sorted(_OPTION.findall(question)))].append(question.split("\nA)")[0])
-    found = 0
-    for sentences in by_options.values():
-        for i, s in enumerate(sentences):
-            if any(difflib.SequenceMatcher(None, s, t).ratio() >= 0.8 for j, t in enumerate(sentences) if j != i):
-                found += 1
-    return found
+def twins(rows: list[RouterRow]) -> list[tuple[int, int, bool]]:
+    """Pairs (i, j, same option order) of prompts with the same options and >=80% the same sentence."""
+    by_options: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    questions = [extract_question(row.prompt) for row in rows]
+    for i, question in enumerate(questions):
+        by_options[tuple(sorted(_OPTION.findall(question)))].append(i)
+    pairs = []
+    for members in by_options.values():
+        for a, i in enumerate(members):
+            for j in members[a + 1 :]:
+                si, sj = questions[i].split("\nA)"), questions[j].split("\nA)")
+                if difflib.SequenceMatcher(None, si[0], sj[0]).ratio() >= 0.8:
+                    pairs.append((i, j, si[1:] == sj[1:]))
+    return pairs
 
 
 def main() -> None:
@@ -142,8 +144,14 @@ def main() -> None:
             j = min(good, key=lambda k: c[part, k].mean())
             idx = np.flatnonzero(mask)[part]
             choice_acc[idx], choice_cost[idx] = scores[idx, j], costs[idx, j]
-        twin_rows = twins([r for r, keep in zip(rows, mask, strict=True) if keep])
-        print(f"   prompts with a twin in the data: {twin_rows} of {mask.sum()}")
+        pairs = twins([r for r, keep in zip(rows, mask, strict=True) if keep])
+        paired = len({i for i, _, _ in pairs} | {j for _, j, _ in pairs})
+        # twins flip the answer: same option order -> the other class, swapped order -> the same
+        agree = sum((cls[i] != cls[j]) == same for i, j, same in pairs)
+        print(
+            f"   prompts with a twin in the data: {paired} of {mask.sum()}; "
+            f"the twin's class gives this prompt's class in {agree} of {len(pairs)} pairs"
+        )
     print(
         "\nknowing the answer letter of two-choice prompts (best cheap model elsewhere): "
         f"accuracy {choice_acc.mean():.4f} at {choice_cost.mean() / ref_cost:.3f} of the reference's cost"
