@@ -44,18 +44,27 @@ def main() -> None:
     requests = [
         ChatRequest.model_validate({"model": "auto", "messages": [{"role": "user", "content": p}]}) for p in prompts
     ]
-    for request in requests[:50]:  # warm-up
+    # a named model still gets fallbacks: every other model that is at least as good, priced
+    named = [r.model_copy(update={"model": table.models[0].id}) for r in requests]
+    for request in requests[:50] + named[:50]:  # warm-up
         engine.decide(request, 100, table)
-    decide_ms, predict_ms = [], []
-    for request, prompt in zip(requests, prompts, strict=True):
+    decide_ms, named_ms, predict_ms = [], [], []
+    for request, by_name, prompt in zip(requests, named, prompts, strict=True):
         tokens = estimate_chat_input_tokens([{"role": "user", "content": prompt}])
         start = time.perf_counter()
         engine.decide(request, tokens, table)
         decide_ms.append((time.perf_counter() - start) * 1000)
         start = time.perf_counter()
+        engine.decide(by_name, tokens, table)
+        named_ms.append((time.perf_counter() - start) * 1000)
+        start = time.perf_counter()
         predictor.predict(prompt)
         predict_ms.append((time.perf_counter() - start) * 1000)
-    for name, values in (("decide (engine, 5 models)", decide_ms), ("predict (features + model)", predict_ms)):
+    for name, values in (
+        (f"decide (auto, {len(table.models)} models)", decide_ms),
+        ("decide (named + fallbacks)", named_ms),
+        ("predict (features + model)", predict_ms),
+    ):
         print(
             f"{name:<28} p50 {statistics.median(values):.3f} ms  p99 {percentile(values, 0.99):.3f} ms  "
             f"max {max(values):.3f} ms  (n={len(values)})"

@@ -8,6 +8,7 @@ Deterministic: the same request and engine state give the same decision.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -120,7 +121,9 @@ class RoutingEngine:
 
         pool = [table.model(forced)] if forced is not None else list(table.models)
         pool = self._filter(pool, request, input_tokens, constraints, only)
-        quality = self._qualities(request, pool)
+        # one prediction per decision, shared with the fallback search of a named model
+        predict = functools.cache(self._predictions(request))
+        quality = self._qualities(pool, predict)
         scored = [self._score(m, quality[m.id], request, input_tokens, table) for m in pool]
         if constraints.max_price is not None:
             within = [s for s in scored if s.price <= constraints.max_price]
@@ -136,7 +139,7 @@ class RoutingEngine:
         fallbacks = tuple(s.model.id for s in ranked[1 : 1 + MAX_FALLBACKS])
         if forced is not None and rule is None:
             reason = "model named by the caller"
-            fallbacks = self._fallbacks_for_named(chosen, request, input_tokens, table, constraints)
+            fallbacks = self._fallbacks_for_named(chosen, request, input_tokens, table, constraints, predict)
         else:
             how = f"rule {rule.name!r}" if rule is not None else strategy
             reason = f"{how}: predicted quality {chosen.quality / 100:.1f}, price {chosen.price}"
@@ -208,12 +211,23 @@ class RoutingEngine:
 
     # ---- prediction --------------------------------------------------------------------
 
-    def _qualities(self, request: ChatRequest, pool: list[ModelPrice]) -> dict[str, tuple[int, int | None]]:
+    def _predictions(self, request: ChatRequest) -> Callable[[], tuple[Any, Any]]:
+        predictor = self.predictor
+
+        def predict() -> tuple[Any, Any]:
+            assert predictor is not None
+            return predictor.predict(_prompt_text(request))
+
+        return predict
+
+    def _qualities(
+        self, pool: list[ModelPrice], predict: Callable[[], tuple[Any, Any]]
+    ) -> dict[str, tuple[int, int | None]]:
         """Per model: (predicted quality in basis points, predicted output tokens or None)."""
         out: dict[str, tuple[int, int | None]] = {}
         predicted: tuple[Any, Any] | None = None
         if self.predictor is not None and any(m.router_name in self.predictor.index for m in pool):
-            predicted = self.predictor.predict(_prompt_text(request))
+            predicted = predict()
         for model in pool:
             if predicted is not None and self.predictor is not None and model.router_name in self.predictor.index:
                 i = self.predictor.index[model.router_name]
@@ -267,6 +281,7 @@ class RoutingEngine:
         input_tokens: int,
         table: PriceTable,
         constraints: RouteConstraints,
+        predict: Callable[[], tuple[Any, Any]],
     ) -> tuple[str, ...]:
         # a named model fails over only to models at least as good that the same constraints allow
         try:
@@ -279,7 +294,7 @@ class RoutingEngine:
             )
         except RoutingError:
             return ()
-        quality = self._qualities(request, pool)
+        quality = self._qualities(pool, predict)
         scored = [self._score(m, quality[m.id], request, input_tokens, table) for m in pool]
         better = [s for s in scored if s.quality >= chosen.quality]
         return tuple(s.model.id for s in sorted(better, key=lambda s: (s.price, s.model.id))[:MAX_FALLBACKS])
