@@ -48,6 +48,7 @@ class HealthTracker:
         self.policy = policy or BreakerPolicy()
         self._open_until: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     def healthy(self, model: str) -> bool:
         """False while this instance knows the model's breaker to be open."""
@@ -118,18 +119,27 @@ class HealthTracker:
 
     def start(self, interval: float = 1.0) -> None:
         """Refresh the local snapshot in the background."""
+        stopping = self._stopping = asyncio.Event()
 
         async def loop() -> None:
-            while True:
+            while not stopping.is_set():
                 with contextlib.suppress(StoreError):
                     await self.refresh()
-                await asyncio.sleep(interval)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stopping.wait(), interval)
 
         self._task = asyncio.create_task(loop())
 
-    async def stop(self) -> None:
-        """Stop the background refresh."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop the background refresh (waits at most ``grace`` seconds for it)."""
+        if self._task is None:
+            return
+        self._stopping.set()
+        self._task.cancel()
+        # a cancellation can be lost inside a client library; the event still ends the loop,
+        # and shutdown never waits on it for long
+        done, _ = await asyncio.wait({self._task}, timeout=grace)
+        if not done:
+            log.warning("health refresh did not stop within %.0f s; leaving it", grace)
+        elif not self._task.cancelled() and self._task.exception() is not None:
+            log.warning("health refresh ended with %r", self._task.exception())

@@ -246,13 +246,25 @@ class PaymentGate:
         claim_key = f"payment:{auth.from_.lower()}:{auth.nonce.hex()}"
         owner = secrets.token_hex(16)
         ttl = max(auth.valid_before - int(time.time()), 0) + _CLAIM_SLACK
-        if not await services.store.claim(claim_key, owner, ttl):
-            raise PaymentRejected(Reason.NONCE_USED, "this payment was already presented", auth.from_)
+        # The claim is what makes a payment single-use; verification only reads the chain, so
+        # both run at once (one Redis round trip less before the model call starts).
         try:
-            payer = await services.facilitator.verify(payment, requirements)
-        except BaseException:
+            claimed, verified = await asyncio.gather(
+                services.store.claim(claim_key, owner, ttl),
+                services.facilitator.verify(payment, requirements),
+                return_exceptions=True,
+            )
+        except BaseException:  # cancelled (client gone): drop our claim if it was taken
             await services.store.release(claim_key, owner)
             raise
+        if isinstance(claimed, BaseException):
+            raise claimed
+        if not claimed:
+            raise PaymentRejected(Reason.NONCE_USED, "this payment was already presented", auth.from_)
+        if isinstance(verified, BaseException):
+            await services.store.release(claim_key, owner)
+            raise verified
+        payer = verified
 
         # the model call must leave time to settle before the authorization expires
         scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer, "deadline": auth.valid_before}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -42,23 +43,28 @@ def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         f'price_table = "prices.toml"\nredis_url = "{REDIS_URL}"\nnamespace = "{box.namespace}"\n'
         f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n{providers}\n'
     )
-    env = {**os.environ, "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key()}
+    # faulthandler: a server that will not stop is made to print where it is stuck (SIGABRT)
+    env = {**os.environ, "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key(), "PYTHONFAULTHANDLER": "1"}
     ports = [_free_port(), _free_port()]
-    procs = [
-        subprocess.Popen(
-            [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        for port in ports
-    ]
+    # logs go to files, not pipes nobody reads (a full pipe would block the server)
+    logs = [folder / f"server-{port}.log" for port in ports]
+    procs = []
+    for port, log in zip(ports, logs, strict=True):
+        with log.open("wb") as sink:  # the child keeps its own descriptor
+            procs.append(
+                subprocess.Popen(
+                    [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=sink,
+                )
+            )
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         deadline = time.monotonic() + 30
         for url, proc in zip(urls, procs, strict=True):
             while True:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else "server died"
+                assert proc.poll() is None, _log_tail(logs[procs.index(proc)])
                 try:
                     if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                         break
@@ -70,10 +76,17 @@ def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     finally:
         for proc in procs:
             proc.terminate()
-        for proc in procs:
-            proc.wait(10)
-            if proc.stderr:
-                proc.stderr.close()
+        for proc, log in zip(procs, logs, strict=True):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)
+                proc.wait(10)
+                pytest.fail(f"payrouter serve did not stop on SIGTERM within 10 s:\n{_log_tail(log)}")
+
+
+def _log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-6000:]
 
 
 def test_gas_key_never_logged(servers: list[str], box: Sandbox) -> None:
