@@ -2,30 +2,31 @@
 
 Usage: .venv/bin/python bench/streaming.py [--n 100]
 
-Runs the sandbox (`payrouter dev --json`: anvil, test provider and router) in its own process.
-For each of --n prompts: the payment is signed before the clock starts, then the time to the
-first content chunk is measured through payrouter (x402 verification, routing, upstream
-stream open, relay; settlement deferred to the end of the stream) and, for the same prompt,
-directly from the provider. Reports p50/p99 of both and of the difference.
+The test provider and payrouter (`create_app`, local facilitator, Redis store, example price
+table on a fresh anvil) each run in their own process, as in production. For each of --n
+prompts: the payment is signed before the clock starts, then the time to the first content
+chunk is measured through payrouter (x402 verification, routing, upstream stream open, relay;
+settlement deferred to the end of the stream) and, for the same prompt, directly from the
+provider. Reports p50/p99 of both and of the difference.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import multiprocessing
 import secrets
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 
+from bench.paid_path import _free_port, _serve_payrouter, _serve_upstream
 from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
+from payrouter.devchain import DevChain
+from payrouter.sandbox.dev import EXAMPLE_TABLE
+from pricing import load_price_table
 from wallets import LocalSigner
 
 
@@ -37,56 +38,83 @@ def _first_content(lines: Iterator[str]) -> None:
     raise RuntimeError("no content chunk")
 
 
+def _wait(url: str) -> None:
+    for _ in range(600):
+        try:
+            httpx.get(url, timeout=0.5)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def _measure(router_url: str, upstream_url: str, agent: LocalSigner, n: int) -> tuple[list[float], list[float]]:
+    router, direct = [], []
+    with httpx.Client(timeout=30) as http:
+        for i in range(n + 5):
+            body = {
+                "model": "gpt-4o-mini",
+                "stream": True,
+                "max_tokens": 64,
+                "messages": [{"role": "user", "content": f"stream {secrets.token_hex(4)}"}],
+            }
+            offer = read_offer(http.post(f"{router_url}/v1/chat/completions", json=body).headers).body
+            header, _ = build_payment_header(offer, agent, 10**6)
+            start = time.perf_counter()
+            with http.stream(
+                "POST", f"{router_url}/v1/chat/completions", json=body, headers={"PAYMENT-SIGNATURE": header}
+            ) as response:
+                assert response.status_code == 200, response.read()
+                lines = response.iter_lines()
+                _first_content(lines)
+                through = (time.perf_counter() - start) * 1000
+                for _ in lines:  # drain: settlement happens after the stream
+                    pass
+            start = time.perf_counter()
+            with http.stream("POST", f"{upstream_url}/v1/chat/completions", json=body) as response:
+                lines = response.iter_lines()
+                _first_content(lines)
+                straight = (time.perf_counter() - start) * 1000
+                for _ in lines:
+                    pass
+            if i >= 5:
+                router.append(through)
+                direct.append(straight)
+    return router, direct
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
     n = parser.parse_args().n
-    cli = Path(sys.executable).parent / "payrouter"
-    sandbox = subprocess.Popen(
-        [str(cli), "dev", "--json", "--port", "0", "--agents", "1", "--redis-url", "redis://127.0.0.1:6379/0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert sandbox.stdout is not None
-        info = json.loads(sandbox.stdout.readline())
-        router_url, upstream_url = info["router_url"], info["upstream_url"]
-        agent = LocalSigner(info["agent_private_keys"][0])
-        router, direct = [], []
-        with httpx.Client(timeout=30) as http:
-            for i in range(n + 5):
-                body = {
-                    "model": "gpt-4o-mini",
-                    "stream": True,
-                    "max_tokens": 64,
-                    "messages": [{"role": "user", "content": f"stream {secrets.token_hex(4)}"}],
-                }
-                offer = read_offer(http.post(f"{router_url}/v1/chat/completions", json=body).headers).body
-                header, _ = build_payment_header(offer, agent, 10**6)
-                start = time.perf_counter()
-                with http.stream(
-                    "POST", f"{router_url}/v1/chat/completions", json=body, headers={"PAYMENT-SIGNATURE": header}
-                ) as response:
-                    assert response.status_code == 200, response.read()
-                    lines = response.iter_lines()
-                    _first_content(lines)
-                    through = (time.perf_counter() - start) * 1000
-                    for _ in lines:  # drain: settlement happens after the stream
-                        pass
-                upstream_body = {**body, "model": "gpt-4o-mini"}
-                start = time.perf_counter()
-                with http.stream("POST", f"{upstream_url}/v1/chat/completions", json=upstream_body) as response:
-                    lines = response.iter_lines()
-                    _first_content(lines)
-                    straight = (time.perf_counter() - start) * 1000
-                    for _ in lines:
-                        pass
-                if i >= 5:
-                    router.append(through)
-                    direct.append(straight)
-    finally:
-        sandbox.send_signal(signal.SIGTERM)
-        sandbox.wait(30)
+    spawn = multiprocessing.get_context("spawn")
+    with DevChain.start() as chain:
+        token = chain.deploy_token()
+        table = load_price_table(EXAMPLE_TABLE).on_chain(chain.network, token.address, LocalSigner.generate().address)
+        agent = LocalSigner.generate()
+        token.mint(agent.address, 10**12)
+        up_port, router_port = _free_port(), _free_port()
+        upstream_url, router_url = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{router_port}"
+        gas = chain.new_account().unsafe_export_private_key()
+        namespace = f"payrouter-bench-{secrets.token_hex(4)}"
+        procs = [
+            spawn.Process(target=_serve_upstream, args=(up_port,), daemon=True),
+            spawn.Process(
+                target=_serve_payrouter,
+                args=(router_port, table.model_dump_json(), chain.rpc_url, gas, upstream_url, namespace),
+                daemon=True,
+            ),
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            _wait(f"{upstream_url}/_stats")
+            _wait(f"{router_url}/healthz")
+            router, direct = _measure(router_url, upstream_url, agent, n)
+        finally:
+            for proc in procs:
+                proc.terminate()
+                proc.join(5)
     added = [a - b for a, b in zip(router, direct, strict=True)]
     for name, values in (("through payrouter", router), ("direct to provider", direct), ("added by payrouter", added)):
         print(
