@@ -1,5 +1,3 @@
-# mypy: disable-error-code="arg-type,no-untyped-call"
-# (the official x402 SDK's own annotations do not type-check)
 """Paid-path benchmark: payrouter vs the official x402 PaymentMiddlewareASGI, same endpoint.
 
 Usage: .venv/bin/python bench/paid_path.py [--paid 200] [--seconds 3] [--concurrency 16]
@@ -33,6 +31,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from typing import Any
 
 import httpx
 
@@ -44,7 +43,11 @@ from pricing import load_price_table
 from wallets import LocalSigner
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-BODY = {"model": "gpt-4o-mini", "max_tokens": 64, "messages": [{"role": "user", "content": "benchmark me"}]}
+BODY: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "max_tokens": 64,
+    "messages": [{"role": "user", "content": "benchmark me"}],
+}
 
 
 def _free_port() -> int:
@@ -87,44 +90,19 @@ def _serve_official(
     port: int, rpc_url: str, gas_key: str, upstream: str, network: str, asset: str, pay_to: str, amount: int
 ) -> None:
     import uvicorn
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-    from x402 import x402Facilitator
-    from x402.http import PaymentOption
-    from x402.http.middleware.fastapi import PaymentMiddlewareASGI
-    from x402.http.types import RouteConfig
-    from x402.mechanisms.evm import FacilitatorWeb3Signer
-    from x402.mechanisms.evm.exact import ExactEvmServerScheme, register_exact_evm_facilitator
-    from x402.server import x402ResourceServer
+    from starlette.responses import JSONResponse, Response
 
-    facilitator = x402Facilitator()
-    register_exact_evm_facilitator(
-        facilitator, FacilitatorWeb3Signer(private_key=gas_key, rpc_url=rpc_url), networks=network
-    )
-    server = x402ResourceServer(facilitator)
-    server.register(network, ExactEvmServerScheme())
-    price = {"amount": str(amount), "asset": asset, "extra": {"name": "USD Coin", "version": "2"}}
-    routes = {
-        "POST /v1/chat/completions": RouteConfig(
-            accepts=PaymentOption(scheme="exact", pay_to=pay_to, network=network, price=price, max_timeout_seconds=300),
-            description="chat",
-            mime_type="application/json",
-        )
-    }
+    from tests.integration.official_server import official_app
+
     client = httpx.AsyncClient(timeout=30)
 
-    async def chat(request: Request) -> JSONResponse:
+    async def chat(request: Request) -> Response:
         body = await request.json()
         reply = await client.post(f"{upstream}/v1/chat/completions", json={**body, "model": "gpt-4o-mini"})
         return JSONResponse(reply.json(), reply.status_code)
 
-    app = Starlette(
-        routes=[Route("/v1/chat/completions", chat, methods=["POST"])],
-        middleware=[Middleware(PaymentMiddlewareASGI, routes=routes, server=server)],
-    )
+    app = official_app(rpc_url, gas_key, network, asset, pay_to, amount, ("POST", "/v1/chat/completions", chat))
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
