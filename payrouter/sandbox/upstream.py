@@ -72,22 +72,30 @@ class TestUpstream:
             ]
         )
 
-    async def _chat(self, request: Request) -> Response:
-        body = await request.json()
+    async def _admit(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        """Count the call and apply the delay: ``(model, "fail" | "too_long" | None)`` as told."""
         model = str(body.get("model", ""))
         self.calls[model] += 1
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_next > 0 or model in self.fail_models:
             self.fail_next = max(0, self.fail_next - 1)
-            headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
-            return JSONResponse(
-                {"error": {"message": "injected failure", "type": "server_error"}}, self.fail_status, headers=headers
-            )
+            return model, "fail"
+        too_long = self.context_limit is not None and len(json.dumps(body.get("messages"))) > self.context_limit
+        return model, "too_long" if too_long and model not in self.long_context_models else None
+
+    def _failure(self, error: dict[str, Any]) -> JSONResponse:
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        return JSONResponse(error, self.fail_status, headers=headers)
+
+    async def _chat(self, request: Request) -> Response:
+        body = await request.json()
+        model, problem = await self._admit(body)
+        if problem == "fail":
+            return self._failure({"error": {"message": "injected failure", "type": "server_error"}})
         if self.malformed:
             return Response(b'{"id": "chatcmpl-broken", "choices": [', media_type="application/json")
-        too_long = self.context_limit is not None and len(json.dumps(body.get("messages"))) > self.context_limit
-        if too_long and model not in self.long_context_models:
+        if problem == "too_long":
             error = {"message": "This model's maximum context length is exceeded", "code": "context_length_exceeded"}
             return JSONResponse({"error": error}, 400)
         messages = body.get("messages") or []
@@ -161,24 +169,20 @@ class TestUpstream:
         """An Anthropic Messages API stand-in (non-streaming and streaming)."""
         body = await request.json()
         self.last_request = {"headers": dict(request.headers), "body": body}
-        model = str(body.get("model", ""))
-        self.calls[model] += 1
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        if self.fail_next > 0 or model in self.fail_models:
-            self.fail_next = max(0, self.fail_next - 1)
-            error = {"type": "error", "error": {"type": "overloaded_error", "message": "injected failure"}}
-            return JSONResponse(error, self.fail_status)
-        too_long = self.context_limit is not None and len(json.dumps(body.get("messages"))) > self.context_limit
-        if too_long and model not in self.long_context_models:
+        model, problem = await self._admit(body)
+        if problem == "fail":
+            return self._failure(
+                {"type": "error", "error": {"type": "overloaded_error", "message": "injected failure"}}
+            )
+        if problem == "too_long":
             error = {"type": "invalid_request_error", "message": "prompt is too long: 250000 tokens > 200000 maximum"}
             return JSONResponse({"type": "error", "error": error}, 400)
         if not isinstance(body.get("max_tokens"), int) or not body.get("messages"):
             return JSONResponse({"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}}, 400)
         roles = [m["role"] for m in body["messages"]]
         if any(a == b for a, b in zip(roles, roles[1:], strict=False)) or roles[0] != "user":
-            error = {"type": "error", "error": {"type": "invalid_request_error", "message": "roles must alternate"}}
-            return JSONResponse(error, 400)
+            alternate = {"type": "invalid_request_error", "message": "roles must alternate"}
+            return JSONResponse({"type": "error", "error": alternate}, 400)
         last_text = " ".join(
             b.get("text", "")
             for b in body["messages"][-1]["content"]
