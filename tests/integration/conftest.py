@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 
@@ -37,6 +38,14 @@ class Observer:
 
     def balances(self, *addresses: str) -> list[int]:
         return [self.box.token.balance_of(a) for a in addresses]
+
+    @contextlib.contextmanager
+    def unchanged(self, *addresses: str) -> Iterator[None]:
+        """Assert that the block made no upstream call and moved no tokens of ``addresses``."""
+        calls, balances = self.upstream_calls(), self.balances(*addresses)
+        yield
+        assert self.upstream_calls() == calls
+        assert self.balances(*addresses) == balances
 
     def control(self, **knobs: object) -> None:
         self.http.post(f"{self.box.upstream_url}/_control", json=knobs).raise_for_status()
