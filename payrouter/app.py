@@ -32,6 +32,8 @@ from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
+from payrouter.x402.wire import v1_network_name
+from pricing import PriceTable
 from wallets import LocalSigner
 
 __all__ = ["create_app"]
@@ -44,12 +46,25 @@ def _default_router(settings: Settings, health: HealthTracker) -> Router:
     return RoutingEngine(QualityPredictor.load(path) if path else None, health=health.healthy)
 
 
+async def _require_exact_support(facilitator: RemoteFacilitator, table: PriceTable) -> None:
+    """Refuse to start against a facilitator that cannot settle this table's payments."""
+    try:
+        kinds = (await facilitator.supported()).get("kinds") or []
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError(f"facilitator_url: GET /supported failed ({exc})") from None
+    names = {table.network, v1_network_name(table.chain_id)}
+    if not any(k.get("scheme") == "exact" and k.get("network") in names for k in kinds):
+        offered = sorted(f"{k.get('scheme')} on {k.get('network')}" for k in kinds)
+        raise ConfigError(f"the facilitator does not settle 'exact' payments on {table.network}; it offers {offered}")
+
+
 def create_app(settings: Settings, router: Router | None = None) -> Starlette:
     """Build the payrouter ASGI app.
 
     Connections (Redis, chain RPC, upstream HTTP pool, facilitator) open in the lifespan and
     close with it; startup fails with a clear error if the store is unreachable, the chain
-    is not the price table's, or the asset has no contract.
+    is not the price table's, the asset has no contract, or a remote facilitator does not
+    settle ``exact`` payments on the table's network.
 
     Args:
         settings: validated service settings.
@@ -82,6 +97,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
                 facilitator = LocalFacilitator(
                     ChainClient(settings.rpc_url), gas, store, chain_id, receipt_timeout=settings.receipt_timeout
                 )
+                stack.push_async_callback(facilitator.close)
             else:
                 assert settings.facilitator_url is not None
                 headers = {
@@ -89,7 +105,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
                     for endpoint, values in settings.facilitator_headers.items()
                 }
                 facilitator = RemoteFacilitator(settings.facilitator_url, headers)
-            stack.push_async_callback(facilitator.close)
+                stack.push_async_callback(facilitator.close)
+                await _require_exact_support(facilitator, table)
             health = HealthTracker(store, [m.id for m in table.models])
             await health.refresh()
             health.start()

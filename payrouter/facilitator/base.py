@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload
@@ -41,10 +41,6 @@ class Facilitator(Protocol):
             SettlementFailed: the transfer did not happen, or could not be confirmed in time
                 (reason ``settlement_pending`` with the transaction hash).
         """
-        ...
-
-    async def supported(self) -> dict[str, Any]:
-        """The ``/supported`` document: ``kinds``, ``extensions``, ``signers``."""
         ...
 
     async def close(self) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
 
 from payrouter.chain import (
     AUTHORIZATION_USED_TOPIC,
@@ -22,7 +21,7 @@ from payrouter.facilitator.base import SettleResult
 from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed
 from payrouter.x402.requirements import Requirements
-from payrouter.x402.wire import PaymentPayload, v1_network_name
+from payrouter.x402.wire import PaymentPayload
 from wallets import Eip712Domain, Eip1559Transaction, SignatureError, TransactionSigner, recover_authorizer
 
 __all__ = ["LocalFacilitator", "revert_reason"]
@@ -91,13 +90,6 @@ class LocalFacilitator:
 
     async def close(self) -> None:
         await self._chain.close()
-
-    async def supported(self) -> dict[str, Any]:
-        network = f"eip155:{self._chain_id}"
-        kinds: list[dict[str, Any]] = [{"x402Version": 2, "scheme": "exact", "network": network}]
-        if (name := v1_network_name(self._chain_id)) is not None:
-            kinds.append({"x402Version": 1, "scheme": "exact", "network": name})
-        return {"kinds": kinds, "extensions": [], "signers": {"eip155:*": [self._gas.address]}}
 
     def _check_fields(self, payment: PaymentPayload, req: Requirements) -> str:
         auth = payment.authorization

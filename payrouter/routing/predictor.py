@@ -273,9 +273,3 @@ class QualityPredictor:
                 )
         except (OSError, KeyError, ValueError) as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"{path}: not a payrouter router file ({exc})") from None
-
-
-def log_loss(pred: NDArray[np.float64], target: NDArray[np.float64]) -> float:
-    """Mean binary cross-entropy (for reporting)."""
-    p = np.clip(pred, 1e-6, 1 - 1e-6)
-    return float(-np.mean(target * np.log(p) + (1 - target) * np.log(1 - p)))

@@ -48,10 +48,6 @@ class UpstreamPool:
         self._adapters = dict(adapters)
         self.health = health
 
-    def missing_providers(self, table: PriceTable) -> list[str]:
-        """Providers the table names that have no adapter configured."""
-        return sorted({m.provider for m in table.models} - self._adapters.keys())
-
     def _candidates(
         self, decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None = None
     ) -> list[str]:

@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from payrouter.app import create_app
 from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.serving import serve_in_thread
-from payrouter.settings import ProviderSettings, Settings
+from payrouter.settings import ConfigError, ProviderSettings, Settings
 from wallets import LocalSigner
 
 from .conftest import Observer
@@ -99,3 +99,23 @@ def test_wrong_facilitator_credentials_charge_nothing(
         assert observer.upstream_calls() == upstream
         assert observer.balances(agent.address, box.operator.address) == before
         assert "wrong" not in response.text
+
+
+async def test_startup_refuses_a_facilitator_for_another_network(box: Sandbox) -> None:
+    gas = box.chain.new_account()
+    app, calls = facilitator_app(gas.unsafe_export_private_key(), box.chain.rpc_url, "eip155:8453", TOKEN)
+    with serve_in_thread(app) as url:
+        router = _router(box, url, TOKEN)
+        with pytest.raises(ConfigError, match=r"does not settle 'exact' payments on eip155:31337.*eip155:8453"):
+            async with router.router.lifespan_context(router):
+                pass
+    assert calls["supported"] == 1
+
+
+async def test_startup_checks_the_facilitator_it_will_use(box: Sandbox, remote: tuple[str, dict[str, int]]) -> None:
+    facilitator_url, calls = remote
+    before = calls["supported"]
+    router = _router(box, facilitator_url, TOKEN)
+    async with router.router.lifespan_context(router) as state:
+        assert state["services"].facilitator is not None
+    assert calls["supported"] == before + 1
