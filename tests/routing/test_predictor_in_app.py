@@ -6,6 +6,10 @@ import copy
 from pathlib import Path
 
 import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from payrouter.app import create_app
 from payrouter.routing.predictor import QualityPredictor, load_rows
@@ -27,12 +31,26 @@ def test_price_table_predictor_routes_auto(tmp_path: Path) -> None:
     (tmp_path / "prices.toml").write_text(price_table_toml(data))
     table = load_price_table(tmp_path / "prices.toml")
     assert table.routing.predictor == str(tmp_path / "router.npz")  # resolved next to the table
-    settings = Settings(
-        price_table=table,
-        providers={"p": ProviderSettings(base_url="http://127.0.0.1:9/v1")},
-        facilitator="remote",
-        facilitator_url="http://127.0.0.1:9",
-    )
+    # quotes need no chain: a facilitator that only answers /supported is enough to start
+    kinds = {"kinds": [{"x402Version": 2, "scheme": "exact", "network": table.network}]}
+
+    async def supported(request: Request) -> JSONResponse:
+        return JSONResponse(kinds)
+
+    facilitator = Starlette(routes=[Route("/supported", supported)])
+    with serve_in_thread(facilitator) as facilitator_url:
+        settings = Settings(
+            price_table=table,
+            providers={"p": ProviderSettings(base_url="http://127.0.0.1:9/v1")},
+            facilitator="remote",
+            facilitator_url=facilitator_url,
+        )
+        easy, hard = _route_two_prompts(settings)
+    assert (easy["model"], hard["model"]) == ("cheap", "middle")
+    assert easy["max_output_tokens"] == 16  # the predicted answer length, not the 1024 default
+
+
+def _route_two_prompts(settings: Settings) -> tuple[dict[str, object], dict[str, object]]:
     with serve_in_thread(create_app(settings)) as url:
 
         def route(text: str) -> dict[str, object]:
@@ -42,5 +60,4 @@ def test_price_table_predictor_routes_auto(tmp_path: Path) -> None:
 
         easy = route("A simple question about seeds (123456)?\nA) yes\nB) no\nAnswer:")
         hard = route("A intricate multi-step question about seeds (123456)?\nA) yes\nB) no\nAnswer:")
-    assert (easy["model"], hard["model"]) == ("cheap", "middle")
-    assert easy["max_output_tokens"] == 16  # the predicted answer length, not the 1024 default
+    return easy, hard
