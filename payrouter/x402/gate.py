@@ -26,10 +26,11 @@ from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
 from payrouter.store import StoreError
-from payrouter.x402.asgi import json_error, ledger_entry, replay_body, send_response
-from payrouter.x402.errors import PaymentError, PaymentRejected, Reason, SettlementFailed
+from payrouter.x402.asgi import json_error, replay_body, send_response
+from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements, Resource
-from payrouter.x402.responses import payment_required, settlement_header
+from payrouter.x402.responses import payment_required
+from payrouter.x402.settlement import ClaimedPayment
 from payrouter.x402.streaming import SCOPE_KEY, StreamSettlement
 from payrouter.x402.wire import PaymentPayload, decode_header, parse_payment, v1_network_name
 from pricing import PricingError
@@ -268,65 +269,27 @@ class PaymentGate:
 
         # the model call must leave time to settle before the authorization expires
         scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer, "deadline": auth.valid_before}
+        claim = ClaimedPayment(services, payment, priced, payer, claim_key, owner, ttl, digest)
         if request.stream:
-            anthropic = scope["path"] == "/v1/messages"
-            settler = StreamSettlement(
-                services, payment, requirements, priced, payer, claim_key, owner, ttl, digest, anthropic
-            )
+            settler = StreamSettlement(claim, anthropic=scope["path"] == "/v1/messages")
             await settler.run(self.app, scope, replay_body(call.receive, call.body), send)
             return
         status, resp_headers, resp_body = await _run(self.app, scope, call.receive, call.body)
         if status >= 400:
             # The model call failed: nothing is settled, and the client may pay again.
-            await services.store.release(claim_key, owner)
+            await claim.release()
             await send_response(send, status, resp_body, resp_headers)
             return
-        try:
-            settled = await services.facilitator.settle(payment, requirements)
-        except SettlementFailed as exc:
-            await self._settlement_failed(send, services, payment, requirements, payer, claim_key, owner, ttl, exc)
-            return
-        except Exception:
-            log.exception("settlement crashed")
-            await services.store.release(claim_key, owner)
+        outcome = await claim.settle()
+        if outcome.crashed:
             await send_response(send, *json_error(503, "settlement unavailable; nothing was charged", "server_error"))
-            return
-        # The money moved: record it, but a store hiccup now must not hide the answer paid for.
-        try:
-            await asyncio.gather(
-                services.store.replace(claim_key, owner, f"settled:{settled.transaction}", ttl),
-                services.store.append_ledger(ledger_entry(payer, priced, settled.network, settled.transaction, digest)),
-            )
-        except StoreError as exc:
-            log.error("payment %s settled in %s but not recorded: %s", claim_key, settled.transaction, exc)
-        receipt = settlement_header(payment.version, True, requirements.network, payer, settled.transaction)
-        resp_headers = [h for h in resp_headers if h[0].lower() not in (b"cache-control", b"content-length")]
-        resp_headers += [receipt, (b"cache-control", b"private, no-store")]
-        await send_response(send, status, resp_body, resp_headers)
-
-    async def _settlement_failed(
-        self,
-        send: Send,
-        services: Services,
-        payment: PaymentPayload,
-        requirements: Requirements,
-        payer: str,
-        claim_key: str,
-        owner: str,
-        ttl: int,
-        exc: SettlementFailed,
-    ) -> None:
-        if exc.reason == Reason.SETTLEMENT_PENDING:
-            # Broadcast but unconfirmed: keep the claim so the payment cannot be presented again.
-            await services.store.replace(claim_key, owner, f"pending:{exc.transaction}", ttl)
+        elif not outcome.ok:
+            _, err = json_error(402, f"settlement failed ({outcome.reason}): {outcome.message}", "payment_error")
+            await send_response(send, 402, err, [(b"content-type", b"application/json"), outcome.receipt])
         else:
-            await services.store.release(claim_key, owner)
-        log.warning("settlement failed: %s (%s) tx=%s", exc.reason, exc.message, exc.transaction)
-        name, value = settlement_header(
-            payment.version, False, requirements.network, payer, exc.transaction, exc.reason
-        )
-        _, err = json_error(402, f"settlement failed ({exc.reason}): {exc.message}", "payment_error")
-        await send_response(send, 402, err, [(b"content-type", b"application/json"), (name, value)])
+            resp_headers = [h for h in resp_headers if h[0].lower() not in (b"cache-control", b"content-length")]
+            resp_headers += [outcome.receipt, (b"cache-control", b"private, no-store")]
+            await send_response(send, status, resp_body, resp_headers)
 
 
 def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import logging
 from typing import Any
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payrouter.quoting import PricedRoute
-from payrouter.services import Services
-from payrouter.store import StoreError
-from payrouter.x402.asgi import json_error, ledger_entry, send_response
-from payrouter.x402.errors import Reason, SettlementFailed
-from payrouter.x402.requirements import Requirements
+from payrouter.x402.asgi import json_error, send_response
 from payrouter.x402.responses import settlement_header
-from payrouter.x402.wire import PaymentPayload
+from payrouter.x402.settlement import ClaimedPayment, SettleOutcome
 
 __all__ = ["SCOPE_KEY", "StreamSettlement"]
 
-log = logging.getLogger("payrouter.gate")
 
 SCOPE_KEY = "payrouter"
 
@@ -46,69 +38,26 @@ class StreamSettlement:
     because ``exact`` cannot charge less than the amount signed for.
     """
 
-    def __init__(
-        self,
-        services: Services,
-        payment: PaymentPayload,
-        requirements: Requirements,
-        priced: PricedRoute,
-        payer: str,
-        claim_key: str,
-        owner: str,
-        ttl: int,
-        digest: str,
-        anthropic: bool = False,
-    ) -> None:
-        self.services = services
-        self.payment = payment
-        self.requirements = requirements
-        self.priced = priced
-        self.payer = payer
-        self.claim_key = claim_key
-        self.owner = owner
-        self.ttl = ttl
-        self.digest = digest
-        self.mode = services.table.streaming_settlement
+    def __init__(self, claim: ClaimedPayment, anthropic: bool = False) -> None:
+        self.claim = claim
+        self.requirements = claim.priced.requirements
+        self.mode = claim.services.table.streaming_settlement
         self.anthropic = anthropic  # the receipt event in /v1/messages' shape
         self.status = 0
         self.held: Message | None = None
         self.started = False
         self.settled: bool | None = None  # None: not attempted
 
-    async def _settle(self) -> tuple[bool, bytes, bytes]:
+    async def _settle(self) -> SettleOutcome:
         # A client hanging up cancels the streaming task; a settlement must never be cut in half.
         with anyio.CancelScope(shield=True):
-            outcome = await self._settle_unshielded()
+            outcome = await self.claim.settle()
+        self.settled = outcome.ok
         return outcome
 
-    async def _settle_unshielded(self) -> tuple[bool, bytes, bytes]:
-        store = self.services.store
-        try:
-            result = await self.services.facilitator.settle(self.payment, self.requirements)
-        except SettlementFailed as exc:
-            if exc.reason == Reason.SETTLEMENT_PENDING:
-                await store.replace(self.claim_key, self.owner, f"pending:{exc.transaction}", self.ttl)
-            else:
-                await store.release(self.claim_key, self.owner)
-            name, value = settlement_header(
-                self.payment.version, False, self.requirements.network, self.payer, exc.transaction, exc.reason
-            )
-            self.settled = False
-            return False, name, value
-        try:
-            await asyncio.gather(
-                store.replace(self.claim_key, self.owner, f"settled:{result.transaction}", self.ttl),
-                store.append_ledger(
-                    ledger_entry(self.payer, self.priced, result.network, result.transaction, self.digest)
-                ),
-            )
-        except StoreError as exc:
-            log.error("payment %s settled in %s but not recorded: %s", self.claim_key, result.transaction, exc)
-        name, value = settlement_header(
-            self.payment.version, True, self.requirements.network, self.payer, result.transaction
-        )
-        self.settled = True
-        return True, name, value
+    async def _release(self) -> None:
+        with anyio.CancelScope(shield=True):
+            await self.claim.release()
 
     async def run(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
         state: dict[str, Any] = {}
@@ -128,25 +77,24 @@ class StreamSettlement:
                 await send(message)
                 return
             if self.held is not None:
-                ok, name, value = await self._settle()
-                if not ok:
-                    raise _SettlementAborted(value.decode())
+                outcome = await self._settle()
+                if not outcome.ok:
+                    raise _SettlementAborted(outcome.receipt[1].decode())
                 held, self.held = self.held, None
-                held = {**held, "headers": [*held.get("headers", []), (name, value)]}
+                held = {**held, "headers": [*held.get("headers", []), outcome.receipt]}
                 self.started = True
                 await send(held)
             final = not message.get("more_body", False)
             if final and self.mode == "after_stream" and self.settled is None:
                 if _billable(state):
-                    _, _, value = await self._settle()
-                    event = json.loads(base64.b64decode(value))
+                    event = json.loads(base64.b64decode((await self._settle()).receipt[1]))
                 else:  # the model failed mid-stream: a failed call charges nothing
-                    with anyio.CancelScope(shield=True):
-                        await self.services.store.release(self.claim_key, self.owner)
+                    await self._release()
                     self.settled = False
                     event = {"success": False, "transaction": "", "network": self.requirements.network}
                     event["errorReason"] = "upstream_failed"
-                payload = json.dumps({"type": "x402.payment", "x402Version": self.payment.version, **event}).encode()
+                version = self.claim.payment.version
+                payload = json.dumps({"type": "x402.payment", "x402Version": version, **event}).encode()
                 await send({"type": "http.response.body", "body": message.get("body", b""), "more_body": True})
                 # Anthropic's SDK reads every named event; an unnamed one it skips, so the
                 # receipt goes out unnamed there (its data still says "type": "x402.payment")
@@ -158,7 +106,9 @@ class StreamSettlement:
             await app(scope, receive, wrapped)
         except _SettlementAborted as exc:
             if not self.started:
-                name, value = settlement_header(self.payment.version, False, self.requirements.network, self.payer)
+                name, value = settlement_header(
+                    self.claim.payment.version, False, self.requirements.network, self.claim.payer
+                )
                 _, err = json_error(
                     402, "settlement failed before the stream started; nothing was charged", "payment_error"
                 )
@@ -177,7 +127,7 @@ class StreamSettlement:
             return
         if self.status >= 400 or not _billable(state):
             # the model produced nothing billable: charge nothing, the payment stays usable
-            await self.services.store.release(self.claim_key, self.owner)
+            await self._release()
             return
         # content went out but the stream never finished (client hung up): the quote is owed
         await self._settle()
