@@ -8,7 +8,6 @@ Deterministic: the same request and engine state give the same decision.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Callable
@@ -36,6 +35,13 @@ class _Scored:
     budget: int
     price: int
     latency_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Predicted:
+    index: dict[str, int]  # training model name -> column
+    quality: Any  # P(correct) per column
+    tokens: Any  # output-token budget per column
 
 
 def _last_user_text(request: ChatRequest) -> str:
@@ -122,8 +128,8 @@ class RoutingEngine:
         pool = [table.model(forced)] if forced is not None else list(table.models)
         pool = self._filter(pool, request, input_tokens, constraints, only)
         # one prediction per decision, shared with the fallback search of a named model
-        predict = functools.cache(self._predictions(request))
-        quality = self._qualities(pool, predict)
+        predicted = self._predict(request, table)
+        quality = self._qualities(pool, predicted)
         scored = [self._score(m, quality[m.id], request, input_tokens, table) for m in pool]
         if constraints.max_price is not None:
             within = [s for s in scored if s.price <= constraints.max_price]
@@ -139,7 +145,7 @@ class RoutingEngine:
         fallbacks = tuple(s.model.id for s in ranked[1 : 1 + MAX_FALLBACKS])
         if forced is not None and rule is None:
             reason = "model named by the caller"
-            fallbacks = self._fallbacks_for_named(chosen, request, input_tokens, table, constraints, predict)
+            fallbacks = self._fallbacks_for_named(chosen, request, input_tokens, table, constraints, predicted)
         else:
             how = f"rule {rule.name!r}" if rule is not None else strategy
             reason = f"{how}: predicted quality {chosen.quality / 100:.1f}, price {chosen.price}"
@@ -211,27 +217,21 @@ class RoutingEngine:
 
     # ---- prediction --------------------------------------------------------------------
 
-    def _predictions(self, request: ChatRequest) -> Callable[[], tuple[Any, Any]]:
-        predictor = self.predictor
+    def _predict(self, request: ChatRequest, table: PriceTable) -> _Predicted | None:
+        """The predictor's output for the prompt, if it knows any of the table's models."""
+        if self.predictor is None or not any(m.router_name in self.predictor.index for m in table.models):
+            return None
+        quality, tokens = self.predictor.predict(_prompt_text(request))
+        return _Predicted(self.predictor.index, quality, tokens)
 
-        def predict() -> tuple[Any, Any]:
-            assert predictor is not None
-            return predictor.predict(_prompt_text(request))
-
-        return predict
-
-    def _qualities(
-        self, pool: list[ModelPrice], predict: Callable[[], tuple[Any, Any]]
-    ) -> dict[str, tuple[int, int | None]]:
+    @staticmethod
+    def _qualities(pool: list[ModelPrice], predicted: _Predicted | None) -> dict[str, tuple[int, int | None]]:
         """Per model: (predicted quality in basis points, predicted output tokens or None)."""
         out: dict[str, tuple[int, int | None]] = {}
-        predicted: tuple[Any, Any] | None = None
-        if self.predictor is not None and any(m.router_name in self.predictor.index for m in pool):
-            predicted = predict()
         for model in pool:
-            if predicted is not None and self.predictor is not None and model.router_name in self.predictor.index:
-                i = self.predictor.index[model.router_name]
-                out[model.id] = (int(round(float(predicted[0][i]) * 10_000)), int(predicted[1][i]))
+            i = predicted.index.get(model.router_name or "") if predicted is not None else None
+            if predicted is not None and i is not None:
+                out[model.id] = (int(round(float(predicted.quality[i]) * 10_000)), int(predicted.tokens[i]))
             else:
                 out[model.id] = (model.quality.get("general", 0) * 100, None)
         return out
@@ -281,7 +281,7 @@ class RoutingEngine:
         input_tokens: int,
         table: PriceTable,
         constraints: RouteConstraints,
-        predict: Callable[[], tuple[Any, Any]],
+        predicted: _Predicted | None,
     ) -> tuple[str, ...]:
         # a named model fails over only to models at least as good that the same constraints allow
         try:
@@ -294,7 +294,7 @@ class RoutingEngine:
             )
         except RoutingError:
             return ()
-        quality = self._qualities(pool, predict)
+        quality = self._qualities(pool, predicted)
         scored = [self._score(m, quality[m.id], request, input_tokens, table) for m in pool]
         better = [s for s in scored if s.quality >= chosen.quality]
         return tuple(s.model.id for s in sorted(better, key=lambda s: (s.price, s.model.id))[:MAX_FALLBACKS])
