@@ -6,6 +6,7 @@ x402 examples describe: POST /verify, POST /settle, GET /supported, with bearer 
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -37,19 +38,19 @@ def facilitator_app(private_key: str, rpc_url: str, network: str, token: str) ->
         requirements = parse_payment_requirements(body["x402Version"], body["paymentRequirements"])
         return payload, requirements
 
-    async def verify(request: Request) -> JSONResponse:
-        if not authorized(request):
-            return JSONResponse({"error": "unauthorized"}, 401)
-        calls["verify"] += 1
-        result = await facilitator.verify(*await parse(request))
-        return JSONResponse(result.model_dump(by_alias=True, exclude_none=True))
+    def endpoint(name: str) -> Callable[[Request], Awaitable[JSONResponse]]:
+        """POST /verify or /settle: the facilitator method of that name, behind the bearer token."""
 
-    async def settle(request: Request) -> JSONResponse:
-        if not authorized(request):
-            return JSONResponse({"error": "unauthorized"}, 401)
-        calls["settle"] += 1
-        result = await facilitator.settle(*await parse(request))
-        return JSONResponse(result.model_dump(by_alias=True, exclude_none=True))
+        async def handle(request: Request) -> JSONResponse:
+            if not authorized(request):
+                return JSONResponse({"error": "unauthorized"}, 401)
+            calls[name] += 1
+            result = await getattr(facilitator, name)(*await parse(request))
+            return JSONResponse(result.model_dump(by_alias=True, exclude_none=True))
+
+        return handle
+
+    verify, settle = endpoint("verify"), endpoint("settle")
 
     async def supported(request: Request) -> JSONResponse:
         calls["supported"] += 1
