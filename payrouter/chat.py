@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from payrouter.messages import anthropic_to_chat
+from payrouter.messages import MalformedMessages, anthropic_to_chat
 
 __all__ = [
     "ChatMessage",
@@ -99,14 +99,19 @@ def parse_messages_request(body: bytes) -> tuple[ChatRequest, dict[str, Any]]:
     """Parse an Anthropic Messages request; return it as a chat request and the raw JSON.
 
     Raises:
-        InvalidRequest: malformed JSON, missing ``max_tokens``/``messages``, or a schema violation.
+        InvalidRequest: malformed JSON, missing ``max_tokens``/``messages``, a content block,
+            system block or tool of the wrong shape, or a schema violation (naming the field).
     """
     raw = _json_object(body)
     if not isinstance(raw.get("max_tokens"), int) or isinstance(raw.get("max_tokens"), bool):
         raise InvalidRequest("max_tokens: an integer is required", param="max_tokens")
     if not isinstance(raw.get("messages"), list) or not all(isinstance(m, dict) for m in raw["messages"]):
         raise InvalidRequest("messages: a list of messages is required", param="messages")
-    return validate_chat(anthropic_to_chat(raw)), raw
+    try:
+        chat = anthropic_to_chat(raw)
+    except MalformedMessages as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
+    return validate_chat(chat), raw
 
 
 def validate_chat(raw: dict[str, Any]) -> ChatRequest:

@@ -14,22 +14,66 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.upstream.anthropic import tool_use_block
 
-__all__ = ["AnthropicErrorShape", "anthropic_to_chat", "chat_to_message", "chunks_to_events"]
+__all__ = ["AnthropicErrorShape", "MalformedMessages", "anthropic_to_chat", "chat_to_message", "chunks_to_events"]
 
 _FINISH = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "end_turn"}
 
 
-def _content_parts(content: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(OpenAI content parts, tool calls, tool results) of an Anthropic content value."""
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}], [], []
-    parts, calls, results = [], [], []
-    for block in content or []:
+class MalformedMessages(ValueError):
+    """An Anthropic Messages request whose shape cannot be translated.
+
+    Attributes:
+        param: the offending field as a dotted path (``messages.0.content.1``).
+    """
+
+    def __init__(self, param: str, problem: str) -> None:
+        super().__init__(f"{param}: {problem}")
+        self.param = param
+
+
+def _blocks(value: Any, path: str) -> list[dict[str, Any]]:
+    """The content blocks of a string-or-blocks field (a string is one text block).
+
+    Raises:
+        MalformedMessages: the value is neither, or a block is not an object.
+    """
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"type": "text", "text": value}]
+    if not isinstance(value, list):
+        raise MalformedMessages(path, "a string or a list of content blocks is required")
+    for i, block in enumerate(value):
+        if not isinstance(block, dict):
+            raise MalformedMessages(f"{path}.{i}", "a content block must be an object")
+    return value
+
+
+def _text(block: dict[str, Any], path: str) -> str:
+    text = block.get("text", "")
+    if not isinstance(text, str):
+        raise MalformedMessages(f"{path}.text", "a string is required")
+    return text
+
+
+def _content_parts(content: Any, path: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(OpenAI content parts, tool calls, tool results) of an Anthropic content value at ``path``.
+
+    Raises:
+        MalformedMessages: naming the first block that is not of the Messages API's shape.
+    """
+    parts: list[dict[str, Any]] = []
+    calls: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for i, block in enumerate(_blocks(content, path)):
         kind = block.get("type")
+        where = f"{path}.{i}"
         if kind == "text":
-            parts.append({"type": "text", "text": block.get("text", "")})
+            parts.append({"type": "text", "text": _text(block, where)})
         elif kind == "image":
             source = block.get("source") or {}
+            if not isinstance(source, dict):
+                raise MalformedMessages(f"{where}.source", "an object is required")
             url = source.get("url") or f"data:{source.get('media_type')};base64,{source.get('data', '')}"
             parts.append({"type": "image_url", "image_url": {"url": url}})
         elif kind == "tool_use":
@@ -42,25 +86,46 @@ def _content_parts(content: Any) -> tuple[list[dict[str, Any]], list[dict[str, A
                 }
             )
         elif kind == "tool_result":
-            inner = block.get("content")
-            text = (
-                inner
-                if isinstance(inner, str)
-                else "".join(p.get("text", "") for p in inner or [] if p.get("type") == "text")
-            )
+            inner = _blocks(block.get("content"), f"{where}.content")
+            text = "".join(_text(p, f"{where}.content.{j}") for j, p in enumerate(inner) if p.get("type") == "text")
             results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
     return parts, calls, results
 
 
+def _tools(tools: Any) -> list[dict[str, Any]]:
+    if not isinstance(tools, list):
+        raise MalformedMessages("tools", "a list of tools is required")
+    out = []
+    for i, tool in enumerate(tools):
+        if not isinstance(tool, dict):
+            raise MalformedMessages(f"tools.{i}", "a tool must be an object")
+        if not isinstance(tool.get("name"), str):
+            raise MalformedMessages(f"tools.{i}.name", "a string is required")
+        function = {
+            "name": tool["name"],
+            "description": tool.get("description", ""),
+            "parameters": tool.get("input_schema", {}),
+        }
+        out.append({"type": "function", "function": function})
+    return out
+
+
 def anthropic_to_chat(body: dict[str, Any]) -> dict[str, Any]:
-    """An Anthropic Messages request as an OpenAI chat request (same model, budget, tools)."""
+    """An Anthropic Messages request as an OpenAI chat request (same model, budget, tools).
+
+    ``body["messages"]`` must be a list of objects (`payrouter.chat.parse_messages_request`
+    checks it); everything inside is checked here, as it is translated.
+
+    Raises:
+        MalformedMessages: a content value, content block, system block or tool of the wrong shape.
+    """
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        text = system if isinstance(system, str) else "".join(b.get("text", "") for b in system if isinstance(b, dict))
+        text = "".join(_text(b, f"system.{i}") for i, b in enumerate(_blocks(system, "system")))
         messages.append({"role": "system", "content": text})
-    for message in body.get("messages") or []:
-        parts, calls, results = _content_parts(message.get("content"))
+    for index, message in enumerate(body.get("messages") or []):
+        parts, calls, results = _content_parts(message.get("content"), f"messages.{index}.content")
         messages += results
         if message.get("role") == "assistant":
             text = "".join(p.get("text", "") for p in parts if p["type"] == "text")
@@ -79,17 +144,7 @@ def anthropic_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stop_sequences"):
         chat["stop"] = body["stop_sequences"]
     if body.get("tools"):
-        chat["tools"] = [
-            {
-                "type": "function",
-                "function": {
-                    "name": t["name"],
-                    "description": t.get("description", ""),
-                    "parameters": t.get("input_schema", {}),
-                },
-            }
-            for t in body["tools"]
-        ]
+        chat["tools"] = _tools(body["tools"])
     return chat
 
 

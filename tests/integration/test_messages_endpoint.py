@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import secrets
 from typing import Any
 
 import anthropic
 import httpx
 import httpx2
+import pytest
 
 from payrouter.client import PaymentTransport, SpendingPolicy
 from payrouter.sandbox.dev import Sandbox
@@ -68,3 +71,51 @@ def test_messages_requires_max_tokens(box: Sandbox) -> None:
         "type": "error",
         "error": {"type": "invalid_request_error", "message": "max_tokens: an integer is required"},
     }
+
+
+_BAD_SHAPES = [
+    ({"content": [1]}, "messages.0.content.0"),
+    ({"content": ["x"]}, "messages.0.content.0"),
+    ({"content": [[]]}, "messages.0.content.0"),
+    ({"content": [{"type": "text", "text": 5}]}, "messages.0.content.0.text"),
+    ({"content": 5}, "messages.0.content"),
+    ({"content": {"type": "text", "text": "x"}}, "messages.0.content"),
+    ({"content": [{"type": "image", "source": "x"}]}, "messages.0.content.0.source"),
+    ({"content": [{"type": "tool_result", "tool_use_id": "t", "content": [1]}]}, "messages.0.content.0.content.0"),
+    ({"content": [{"type": "tool_result", "tool_use_id": "t", "content": 5}]}, "messages.0.content.0.content"),
+    ({"content": "x", "system": [1]}, "system.0"),
+    ({"content": "x", "system": 5}, "system"),
+    ({"content": "x", "system": [{"type": "text", "text": ["x"]}]}, "system.0.text"),
+    ({"content": "x", "tools": [1]}, "tools.0"),
+    ({"content": "x", "tools": [{"description": "no name"}]}, "tools.0.name"),
+    ({"content": "x", "tools": "weather"}, "tools"),
+]
+
+
+@pytest.mark.parametrize(("shape", "field"), _BAD_SHAPES)
+def test_messages_with_a_malformed_block_is_a_400_on_a_live_connection(
+    box: Sandbox, observer: Observer, shape: dict[str, Any], field: str
+) -> None:
+    message: dict[str, Any] = {"role": "user", "content": shape["content"]}
+    body = {"model": "auto", "max_tokens": 10, "messages": [message]} | {
+        k: v for k, v in shape.items() if k != "content"
+    }
+    url = httpx.URL(box.router_url)
+    conn = http.client.HTTPConnection(url.host, url.port, timeout=10)
+    try:
+        with observer.unchanged():
+            conn.request("POST", "/v1/messages", json.dumps(body), {"content-type": "application/json"})
+            response = conn.getresponse()
+            raw = response.read()
+            assert response.status == 400, raw
+            answer = json.loads(raw)
+            assert answer["type"] == "error" and answer["error"]["type"] == "invalid_request_error"
+            assert answer["error"]["message"].startswith(f"{field}: ")
+            sock = conn.sock
+            assert sock is not None, "the server closed the keep-alive connection"
+            conn.request("GET", "/healthz")
+            again = conn.getresponse()
+            again.read()
+            assert again.status == 200 and conn.sock is sock
+    finally:
+        conn.close()
