@@ -17,6 +17,7 @@ from pricing.table import (
     RoutingPolicy,
     RoutingRule,
     Strategy,
+    StreamingPolicy,
     load_price_table,
     parse_price_table,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "RoutingPolicy",
     "RoutingRule",
     "Strategy",
+    "StreamingPolicy",
     "UnknownModelError",
     "ceil_fraction",
     "charge_for_usage",

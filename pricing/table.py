@@ -30,7 +30,7 @@ from pydantic import (
 )
 
 from pricing.errors import PriceTableError, UnknownModelError
-from pricing.money import parse_decimal
+from pricing.money import parse_decimal, usd_to_atomic
 
 __all__ = [
     "Asset",
@@ -38,6 +38,7 @@ __all__ = [
     "Privacy",
     "RoutingPolicy",
     "RoutingRule",
+    "StreamingPolicy",
     "Strategy",
     "ModelPrice",
     "PriceTable",
@@ -198,6 +199,27 @@ class RoutingPolicy(_Frozen):
     rules: list[RoutingRule] = Field(default_factory=list)
 
 
+class StreamingPolicy(_Frozen):
+    """How ``stream: true`` answers are paid for, and how much unconfirmed money they may risk.
+
+    Attributes:
+        settlement: ``during_stream`` (default) starts the transfer when the model's first chunk
+            is ready and streams at once; the stream is cut (an SSE error event and a failed
+            receipt) if the transfer fails or is not confirmed within ``unconfirmed_seconds``.
+            ``before_first_byte`` holds the response until the transfer is mined (receipt in
+            the ``PAYMENT-RESPONSE`` header; adds one block to the time to first token).
+        max_unconfirmed_per_payer: USD of quotes one payer may have streaming on unconfirmed
+            payments; beyond it their streams wait for the transfer before the first byte.
+        max_unconfirmed_total: the same across all payers.
+        unconfirmed_seconds: how long a stream may run on a payment that is not yet confirmed.
+    """
+
+    settlement: Literal["during_stream", "before_first_byte"] = "during_stream"
+    max_unconfirmed_per_payer: Usd = Decimal("1")
+    max_unconfirmed_total: Usd = Decimal("100")
+    unconfirmed_seconds: Annotated[StrictInt, Field(ge=1, le=600)] = 15
+
+
 class PriceTable(_Frozen):
     """The operator's whole price table.
 
@@ -209,9 +231,7 @@ class PriceTable(_Frozen):
         max_timeout_seconds: how long a quote (and the signed payment) stays valid.
         models: the catalog.
         routing: how ``auto`` chooses.
-        streaming_settlement: for ``stream: true``, settle when the model's first chunk is
-            ready (receipt in the ``PAYMENT-RESPONSE`` header) or after the stream (receipt in
-            a final ``x402.payment`` SSE event).
+        streaming: when streams are paid, and the limits on unconfirmed exposure.
     """
 
     network: Annotated[StrictStr, AfterValidator(_network)]
@@ -221,8 +241,18 @@ class PriceTable(_Frozen):
     max_timeout_seconds: Annotated[StrictInt, Field(ge=30, le=86_400)] = 300
     models: Annotated[list[ModelPrice], Field(min_length=1)]
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
-    streaming_settlement: Literal["before_first_byte", "after_stream"] = "after_stream"
+    streaming: StreamingPolicy = Field(default_factory=StreamingPolicy)
     _by_id: dict[str, ModelPrice] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "streaming_settlement" in data:
+            raise ValueError(
+                "streaming_settlement moved to [streaming] settlement; its old default after_stream was removed "
+                'because it let a payer take a whole stream for free (use "during_stream" or "before_first_byte")'
+            )
+        return data
 
     @model_validator(mode="after")
     def _catalog(self) -> PriceTable:
@@ -250,6 +280,13 @@ class PriceTable(_Frozen):
         data.update(network=network, pay_to=pay_to)
         data["asset"]["address"] = asset_address
         return parse_price_table(data, source="<on_chain>")
+
+    def unconfirmed_limits(self) -> tuple[int, int]:
+        """``(per payer, total)`` unconfirmed stream exposure limits in atomic units (rounded down)."""
+        policy, decimals = self.streaming, self.asset.decimals
+        per_payer = usd_to_atomic(policy.max_unconfirmed_per_payer, decimals)
+        total = usd_to_atomic(policy.max_unconfirmed_total, decimals)
+        return per_payer.numerator // per_payer.denominator, total.numerator // total.denominator
 
     @property
     def chain_id(self) -> int:

@@ -41,7 +41,9 @@ class StreamSettlement:
     def __init__(self, claim: ClaimedPayment, anthropic: bool = False) -> None:
         self.claim = claim
         self.requirements = claim.priced.requirements
-        self.mode = claim.services.table.streaming_settlement
+        self.mode = (
+            "before_first_byte" if claim.services.table.streaming.settlement == "before_first_byte" else "after_stream"
+        )
         self.anthropic = anthropic  # the receipt event in /v1/messages' shape
         self.status = 0
         self.held: Message | None = None

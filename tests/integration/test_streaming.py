@@ -18,6 +18,7 @@ from payrouter.client import PaymentTransport, SpendingPolicy, receipt_of
 from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
+from pricing import StreamingPolicy
 from wallets import LocalSigner
 
 from .conftest import Observer
@@ -121,7 +122,7 @@ def test_anthropic_stream_reports_the_charge_in_message_delta(
 
 @pytest.fixture(scope="module")
 def before_first_byte_router(box: Sandbox) -> Iterator[str]:
-    table = box.table.model_copy(update={"streaming_settlement": "before_first_byte"})
+    table = box.table.model_copy(update={"streaming": StreamingPolicy(settlement="before_first_byte")})
     settings = Settings(
         price_table=table,
         providers={p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in table.models}},

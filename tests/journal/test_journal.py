@@ -1,0 +1,140 @@
+"""The journal's rules, on Redis and in memory alike."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from redis.asyncio import Redis
+
+from payrouter.journal import Exposure, Journal, MemoryJournal, PaymentRecord, RedisJournal, State, now_ms
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest_asyncio.fixture(params=["memory", "redis"])
+async def journal(request: pytest.FixtureRequest) -> AsyncIterator[Journal]:
+    if request.param == "memory":
+        yield MemoryJournal()
+        return
+    namespace = f"payrouter-test-journal-{secrets.token_hex(4)}"
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        yield RedisJournal(redis, namespace)
+    finally:
+        keys = [k async for k in redis.scan_iter(match=f"{namespace}:*")]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
+def _record(payer: str = "0x" + "11" * 20, owner: str = "a", amount: int = 1000) -> PaymentRecord:
+    return PaymentRecord(
+        id=f"exact:{payer}:0x{secrets.token_hex(32)}",
+        scheme="exact",
+        state=State.CLAIMED,
+        owner=owner,
+        payer=payer,
+        pay_to="0x" + "22" * 20,
+        asset="0x" + "33" * 20,
+        network="eip155:31337",
+        amount=amount,
+        nonce="0x" + "00" * 32,
+        valid_before=2**40,
+        x402_version=2,
+        payment="{}",
+        fingerprint="f",
+        request="r",
+        path="/v1/chat/completions",
+        stream=False,
+        route="{}",
+        model="gpt-4o-mini",
+    )
+
+
+async def test_open_then_existing(journal: Journal) -> None:
+    record = _record()
+    opened = await journal.open(record)
+    assert opened.outcome == "new" and opened.record.attempts == 1
+    again = await journal.open(_record_like(record, owner="b"))
+    assert again.outcome == "existing" and again.record.owner == "a" and again.record.state == State.CLAIMED
+
+
+def _record_like(record: PaymentRecord, **changes: object) -> PaymentRecord:
+    from dataclasses import replace
+
+    return replace(record, **changes)  # type: ignore[arg-type]
+
+
+async def test_transitions_are_owner_and_state_checked(journal: Journal) -> None:
+    record = (await journal.open(_record())).record
+    assert await journal.advance(record.moved(State.SERVING), [State.CLAIMED]) == (True, State.SERVING)
+    # another owner cannot move it
+    assert await journal.advance(_record_like(record, owner="x").moved(State.RELEASED), [State.SERVING]) == (
+        False,
+        State.SERVING,
+    )
+    # a transition from a state it is not in is refused
+    assert (await journal.advance(record.moved(State.SETTLED), [State.SETTLING]))[0] is False
+    # a retried write of the state it is already in is accepted
+    assert (await journal.advance(record.moved(State.SERVING), [State.CLAIMED]))[0] is True
+    answer = b'{"status":200}'
+    ok, _ = await journal.advance(record.moved(State.SETTLING), [State.SERVING], answer=answer, answer_ttl=60)
+    assert ok and await journal.answer(record.id) == answer
+    settled = record.moved(State.SETTLED, tx="0xabc", settled_at=now_ms(), charged=record.amount)
+    assert (await journal.advance(settled, [State.SETTLING]))[0]
+    stored = await journal.get(record.id)
+    assert stored is not None and stored.state == State.SETTLED and stored.tx == "0xabc"
+    assert stored.charged == 1000 and stored.stream is False
+    assert [r.id for r in await journal.records(settled=True)] == [record.id]
+    assert await journal.open_records() == []
+
+
+async def test_released_record_is_taken_over_by_a_new_attempt(journal: Journal) -> None:
+    record = (await journal.open(_record())).record
+    await journal.advance(record.moved(State.RELEASED, reason="upstream_failed"), [State.CLAIMED])
+    assert [r.id for r in await journal.open_records()] == []
+    again = await journal.open(_record_like(record, owner="b"))
+    assert again.outcome == "new" and again.record.attempts == 2 and again.record.owner == "b"
+    assert again.record.created_at == record.created_at
+    assert [r.id for r in await journal.open_records()] == [record.id]
+
+
+async def test_missing_record_is_written_again(journal: Journal) -> None:
+    # a store that lost the record (restart without persistence) gets it back on the next write
+    record = _record()
+    assert (await journal.advance(record.moved(State.SETTLED, tx="0x1"), [State.SETTLING]))[0]
+    assert [r.id for r in await journal.records()] == [record.id]
+
+
+async def test_debts_refuse_streams_and_exposure_is_limited(journal: Journal) -> None:
+    payer = "0x" + secrets.token_hex(20)
+    limits = {"per_payer": 1500, "total": 10**9, "expires_ms": now_ms() + 60_000}
+    first = await journal.open(_record(payer), Exposure(amount=1000, **limits))
+    assert first.outcome == "new" and not first.held
+    second = await journal.open(_record(payer), Exposure(amount=1000, **limits))
+    assert second.outcome == "new" and second.held  # 2000 > 1500: must settle before its first byte
+    assert (await journal.exposure())[0] == 1000
+    # the first one's transfer failed after content went out: the payer owes it
+    owed = first.record.moved(State.OWED, delivered="cut")
+    assert (await journal.advance(owed, [State.CLAIMED]))[0]
+    assert await journal.debts(payer) == 1 and (await journal.exposure())[0] == 0
+    refused = await journal.open(_record(payer), Exposure(amount=10, **limits))
+    assert refused.outcome == "debtor"
+    # non-streams are not refused
+    assert (await journal.open(_record(payer))).outcome == "new"
+    # collected later: no longer a debtor
+    assert (await journal.advance(owed.moved(State.SETTLED, tx="0x2"), [State.OWED]))[0]
+    assert await journal.debts(payer) == 0
+    assert (await journal.open(_record(payer), Exposure(amount=10, **limits))).outcome == "new"
+
+
+async def test_expired_exposure_stops_counting(journal: Journal) -> None:
+    payer = "0x" + secrets.token_hex(20)
+    await journal.open(_record(payer), Exposure(amount=1000, per_payer=1000, total=1000, expires_ms=now_ms() - 1))
+    later = await journal.open(
+        _record(payer), Exposure(amount=1000, per_payer=1000, total=1000, expires_ms=now_ms() + 9)
+    )
+    assert not later.held
