@@ -11,12 +11,22 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from payrouter.store.base import StoreError
 
 __all__ = ["RedisStore"]
 
+# Set-if-absent that also answers yes to the owner it already holds: a command is retried once
+# on a broken connection, and a claim whose reply was lost after it ran must not reject itself.
+_CLAIM = (
+    "local v = redis.call('get', KEYS[1]) "
+    "if not v then redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end "
+    "if v == ARGV[1] then return 1 else return 0 end"
+)
 # Compare-and-delete / compare-and-set: a claim or lock is only touched by its owner,
 # so a slow worker whose claim expired cannot delete a newer owner's claim.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
@@ -31,14 +41,23 @@ _LEDGER_MAXLEN = 1_000_000
 class RedisStore:
     """`Store` on Redis. Every key is prefixed with ``namespace:``.
 
+    A command that fails on a broken connection (a pooled connection left stale by a Redis
+    restart or failover) is sent once more on a fresh connection. Claims and locks stay correct
+    if the first attempt ran and only its reply was lost: a claim recognises its own owner.
+    Such a retry can count an `incr` twice or append a ledger entry twice (each entry carries
+    its transaction, so duplicates can be told apart).
+
     Args:
         url: a ``redis://`` or ``rediss://`` URL.
         namespace: key prefix, so several deployments (or test runs) can share one Redis.
     """
 
     def __init__(self, url: str, namespace: str = "payrouter") -> None:
-        self._redis: Redis = Redis.from_url(url, decode_responses=False, health_check_interval=30)
+        # Only connection errors are retried: a timeout says little about whether the command ran.
+        retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
+        self._redis: Redis = Redis.from_url(url, decode_responses=False, health_check_interval=30, retry=retry)
         self._ns = namespace
+        self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
         self._replace = self._redis.register_script(_REPLACE)
         self._incr = self._redis.register_script(_INCR)
@@ -63,7 +82,7 @@ class RedisStore:
         return int(await self._run(self._incr(keys=[self._k(key)], args=[ttl_seconds])))
 
     async def claim(self, key: str, owner: str, ttl_seconds: int) -> bool:
-        return bool(await self._run(self._redis.set(self._k(key), owner, ex=ttl_seconds, nx=True)))
+        return bool(await self._run(self._claim(keys=[self._k(key)], args=[owner, ttl_seconds * 1000])))
 
     async def release(self, key: str, owner: str) -> bool:
         return bool(await self._run(self._release(keys=[self._k(key)], args=[owner])))
@@ -77,7 +96,7 @@ class RedisStore:
         token = secrets.token_hex(16)
         deadline = time.monotonic() + timeout_seconds
         # The lock's own expiry bounds how long a crashed holder can block others.
-        while not await self._run(self._redis.set(key, token, px=int(timeout_seconds * 1000) + 5000, nx=True)):
+        while not await self._run(self._claim(keys=[key], args=[token, int(timeout_seconds * 1000) + 5000])):
             if time.monotonic() >= deadline:
                 raise StoreError(f"lock {name!r} not acquired within {timeout_seconds} s")
             await asyncio.sleep(0.001)
