@@ -25,6 +25,7 @@ from payrouter.routes.openapi import openapi
 from payrouter.routing import Router, RoutingEngine
 from payrouter.routing.predictor import QualityPredictor
 from payrouter.services import Services
+from payrouter.serving_limits import BodyTimeout
 from payrouter.settings import ConfigError, Settings
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
@@ -154,6 +155,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             expose_headers=EXPOSED_HEADERS,
         ),
         Middleware(AnthropicErrorShape),
+        Middleware(BodyTimeout, seconds=settings.server.body_timeout),
         Middleware(PaymentGate),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -80,13 +80,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from payrouter.app import create_app
+    from payrouter.serving_limits import uvicorn_options
     from payrouter.settings import load_settings
 
     settings = load_settings(args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False)
+    limits = uvicorn_options(settings.server)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False, **limits)
     return 0
 
 

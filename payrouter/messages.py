@@ -246,6 +246,7 @@ async def chunks_to_events(chunks: AsyncIterator[dict[str, Any]], model: str) ->
 _ERROR_TYPES = {
     400: "invalid_request_error",
     404: "not_found_error",
+    408: "invalid_request_error",
     409: "invalid_request_error",
     413: "request_too_large",
 }

@@ -50,12 +50,27 @@ class ProviderSettings(BaseModel):
 
 
 class ServerSettings(BaseModel):
-    """Where ``payrouter serve`` listens."""
+    """Where ``payrouter serve`` listens, and how long and how many clients it waits for.
+
+    Attributes:
+        header_timeout: seconds a connection may take to send a complete request head, counted
+            from when it opens (an idle new connection is closed too) or, on a keep-alive
+            connection, from the first byte of the request.
+        body_timeout: seconds to receive a request's whole body once its head is in (then 408).
+        keep_alive_timeout: seconds an idle keep-alive connection stays open between requests
+            (behind a load balancer, make it longer than the balancer's own idle timeout).
+        max_concurrency: connections served at once, idle keep-alive ones included; a request
+            on a connection beyond it gets 503 and the connection is closed.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     port: int = Field(default=8402, ge=0, le=65535)
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    keep_alive_timeout: int = Field(default=5, ge=1)
+    max_concurrency: int = Field(default=512, ge=1)
 
 
 class Settings(BaseModel):

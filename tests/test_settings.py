@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from payrouter.settings import ConfigError, load_settings
+from payrouter.settings import ConfigError, ServerSettings, load_settings
 from wallets import LocalSigner, save_keystore
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -21,6 +21,7 @@ def test_example_config_loads_with_secrets_from_env() -> None:
     assert settings.providers["openai"].api_key is not None
     assert settings.providers["openai"].api_key.get_secret_value() == "sk-openai"
     assert settings.server.port == 8402 and settings.redis_url == "redis://127.0.0.1:6379/0"
+    assert settings.server.model_dump() == ServerSettings(host="127.0.0.1", port=8402).model_dump()
     text = repr(settings) + str(settings) + settings.model_dump_json()
     for secret in ("42" * 32, "sk-openai", "sk-ant"):
         assert secret not in text
@@ -54,6 +55,18 @@ PROVIDERS = "\n".join(
         ('[facilitator]\nmode = "remote"\nurl = "http://f"\n[providers.openai]\nbase_url = "http://x"\n', "together"),
         (f'max_body_bytes = 10\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}', "max_body_bytes"),
         (f'colour = "blue"\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}', "colour"),
+        (
+            f'[server]\nheader_timeout = 0\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}',
+            "server.header_timeout",
+        ),
+        (
+            f'[server]\nmax_concurrency = 0\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}',
+            "server.max_concurrency",
+        ),
+        (
+            f'[server]\nread_timeout = 5\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}',
+            "server.read_timeout",
+        ),
     ],
 )
 def test_invalid_configs_are_clear(tmp_path: Path, body: str, fragment: str) -> None:
@@ -97,3 +110,17 @@ def test_api_key_from_a_secrets_file(tmp_path: Path) -> None:
     (tmp_path / "openai.key").unlink()
     with pytest.raises(ConfigError, match="api_key_file"):
         load_settings(tmp_path / "payrouter.toml", {})
+
+
+def test_server_limits_load_from_the_config(tmp_path: Path) -> None:
+    limits = "header_timeout = 2.5\nbody_timeout = 20\nkeep_alive_timeout = 75\nmax_concurrency = 100\n"
+    path = _write(tmp_path, f'[server]\n{limits}[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}')
+    server = load_settings(path, {}).server
+    assert server.model_dump() == {
+        "host": "127.0.0.1",
+        "port": 8402,
+        "header_timeout": 2.5,
+        "body_timeout": 20,
+        "keep_alive_timeout": 75,
+        "max_concurrency": 100,
+    }

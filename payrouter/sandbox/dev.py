@@ -21,6 +21,7 @@ from payrouter.app import create_app
 from payrouter.devchain import DevChain, DevToken
 from payrouter.sandbox.serving import bound_port, uvicorn_server
 from payrouter.sandbox.upstream import TestUpstream
+from payrouter.serving_limits import uvicorn_options
 from payrouter.settings import ProviderSettings, Settings
 from pricing import PriceTable, load_price_table
 from wallets import LocalSigner
@@ -106,7 +107,7 @@ async def sandbox(
             rpc_url=chain.rpc_url,
             gas_key=SecretStr(gas.unsafe_export_private_key()),
         )
-        server = uvicorn_server(create_app(settings), host=host, port=port)
+        server = uvicorn_server(create_app(settings), host=host, port=port, **uvicorn_options(settings.server))
         task = asyncio.create_task(server.serve())
         try:
             await _started(server, task)

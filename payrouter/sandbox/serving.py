@@ -22,7 +22,9 @@ class _Server(uvicorn.Server):
 
 def uvicorn_server(app: Any, host: str = "127.0.0.1", port: int = 0, **kwargs: Any) -> uvicorn.Server:
     """A uvicorn server for ``app`` with quiet logs and no signal handlers of its own;
-    ``port=0`` picks a free port."""
+    ``port=0`` picks a free port. ``kwargs`` go to ``uvicorn.Config``: pass
+    ``**payrouter.serving_limits.uvicorn_options(settings.server)`` for the service's
+    header timeout, keep-alive timeout and concurrency limit."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", **kwargs)
     return _Server(config)
 
