@@ -16,8 +16,11 @@ from starlette.routing import Route
 from payrouter.chain import ChainClient
 from payrouter.facilitator import Facilitator, LocalFacilitator, RemoteFacilitator
 from payrouter.facilitator.local import wait_until_deployed
+from payrouter.journal import DeferredWrites
+from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
 from payrouter.quoting import Quoter
+from payrouter.reconciler import Reconciler, Resolver
 from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions, messages
 from payrouter.routes.health import healthz, model_health
@@ -84,6 +87,10 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             store: Store = RedisStore(settings.redis_url, settings.namespace) if settings.redis_url else MemoryStore()
             stack.push_async_callback(store.close)
             await store.ping()
+            journal = open_journal(settings.redis_url, settings.namespace)
+            stack.push_async_callback(journal.close)
+            deferred = DeferredWrites(journal)
+            stack.push_async_callback(deferred.drain, 5.0)
             chain: ChainClient | None = None
             facilitator: Facilitator
             if settings.facilitator == "local":
@@ -101,6 +108,9 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
                 stack.push_async_callback(facilitator.close)
             else:
                 assert settings.facilitator_url is not None
+                if settings.rpc_url:  # read-only: the reconciler checks payments on chain
+                    chain = ChainClient(settings.rpc_url)
+                    stack.push_async_callback(chain.close)
                 headers = {
                     endpoint: {k: v.get_secret_value() for k, v in values.items()}
                     for endpoint, values in settings.facilitator_headers.items()
@@ -122,6 +132,7 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
                 )
                 for name, p in settings.providers.items()
             }
+            resolver = Resolver(journal, chain, facilitator)
             services = Services(
                 table=table,
                 quoter=Quoter(table, router or _default_router(settings, health)),
@@ -133,7 +144,14 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
                 chain=chain,
                 public_url=settings.public_url,
                 max_body_bytes=settings.max_body_bytes,
+                journal=journal,
+                deferred=deferred,
+                resolver=resolver,
             )
+            reconciler = Reconciler(resolver, store, settings.reconcile_interval)
+            if settings.reconcile_interval > 0:
+                reconciler.start()
+                stack.push_async_callback(reconciler.stop)
             log.info("payrouter ready: %d models on %s", len(table.models), table.network)
             yield {"services": services}
 

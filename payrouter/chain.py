@@ -22,6 +22,7 @@ __all__ = [
     "ChainClient",
     "ChainError",
     "Receipt",
+    "ReplyLost",
     "RevertError",
     "encode_authorization_state",
     "encode_balance_of",
@@ -85,6 +86,11 @@ class ChainError(RuntimeError):
     """The RPC endpoint failed or answered with an error."""
 
 
+class ReplyLost(ChainError):
+    """The request may have reached the node, but no usable answer came back (a time-out, a
+    dropped connection, an HTTP error): whatever it asked for may or may not have happened."""
+
+
 class RevertError(ChainError):
     """An ``eth_call`` reverted.
 
@@ -143,10 +149,16 @@ class ChainClient:
     async def _post(self, body: Any) -> Any:
         try:
             reply = await self._client.post(self.rpc_url, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            # never reached the node: nothing it was asked can have happened
+            raise ChainError(f"RPC unreachable: {exc.__class__.__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise ReplyLost(f"RPC request failed: {exc.__class__.__name__}: {exc}") from exc
+        try:
             reply.raise_for_status()
             return reply.json()
         except (httpx.HTTPError, ValueError) as exc:
-            raise ChainError(f"RPC request failed: {exc.__class__.__name__}: {exc}") from exc
+            raise ReplyLost(f"RPC answered badly: {exc.__class__.__name__}: {exc}") from exc
 
     async def call(self, method: str, params: list[Any]) -> Any:
         """One JSON-RPC call; returns ``result``.
@@ -242,7 +254,9 @@ class ChainClient:
         receipt at once; elsewhere it is None and the caller polls.
 
         Raises:
-            ChainError: the node refused the transaction.
+            ReplyLost: the transaction may or may not have been taken (its hash is
+                ``keccak(raw)``, known before sending).
+            ChainError: the node refused the transaction, or could not be reached.
         """
         tx_hash = "0x" + keccak(raw).hex()
         sent, receipt = await self.batch(

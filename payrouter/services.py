@@ -8,7 +8,9 @@ import httpx
 
 from payrouter.chain import ChainClient
 from payrouter.facilitator import Facilitator
+from payrouter.journal import DeferredWrites, Journal
 from payrouter.quoting import Quoter
+from payrouter.reconciler import Resolver
 from payrouter.store import Store
 from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
@@ -31,3 +33,7 @@ class Services:
     chain: ChainClient | None
     public_url: str | None
     max_body_bytes: int
+    journal: Journal
+    deferred: DeferredWrites
+    resolver: Resolver
+    answer_ttl: int = 7 * 24 * 3600

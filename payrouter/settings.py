@@ -87,6 +87,8 @@ class Settings(BaseModel):
         max_body_bytes: largest accepted request body.
         cors_origins: origins allowed to call from browsers.
         receipt_timeout: seconds to wait for a settlement to be mined.
+        reconcile_interval: seconds between the background reconciler's passes (0: off; run
+            ``payrouter ledger reconcile`` instead).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -104,6 +106,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     cors_origins: list[str] = Field(default_factory=lambda: ["*"])
     receipt_timeout: float = Field(default=30.0, gt=0)
+    reconcile_interval: float = Field(default=15.0, ge=0)
     server: ServerSettings = Field(default_factory=ServerSettings)
 
     @model_validator(mode="after")

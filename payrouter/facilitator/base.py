@@ -38,8 +38,10 @@ class Facilitator(Protocol):
         """Execute the transfer and wait for it to be mined.
 
         Raises:
-            SettlementFailed: the transfer did not happen, or could not be confirmed in time
-                (reason ``settlement_pending`` with the transaction hash).
+            SettlementInDoubt: broadcast (or maybe broadcast) and not confirmed: money may
+                move; ``transaction`` is the hash when known.
+            SettlementFailed: the transfer did not happen and our attempt can no longer make
+                it happen.
         """
         ...
 

@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import time
 
+from eth_utils.crypto import keccak
+
 from payrouter.chain import (
     AUTHORIZATION_USED_TOPIC,
     TRANSFER_TOPIC,
     ChainClient,
     ChainError,
     Receipt,
+    ReplyLost,
     RevertError,
     encode_authorization_state,
     encode_balance_of,
@@ -19,7 +22,7 @@ from payrouter.chain import (
 )
 from payrouter.facilitator.base import SettleResult
 from payrouter.store.base import Store, StoreError
-from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed
+from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload
 from wallets import Eip712Domain, Eip1559Transaction, SignatureError, TransactionSigner, recover_authorizer
@@ -168,14 +171,18 @@ class LocalFacilitator:
         data = bytes.fromhex(encode_transfer_with_authorization(auth, payment.signature)[2:])
         try:
             tx_hash, receipt = await self._broadcast(requirements.asset, data)
-            if receipt is None:
-                receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
-        except ChainError as exc:
-            raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"chain error: {exc}", auth.from_) from None
+        except ReplyLost as exc:
+            # the node may have taken it: its hash is known, the outcome is not
+            raise SettlementInDoubt(f"transaction sent, reply lost ({exc})", auth.from_, exc.args[1]) from None
+        except (ChainError, StoreError) as exc:
+            raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"not broadcast: {exc}", auth.from_) from None
         if receipt is None:
-            raise SettlementFailed(
-                Reason.SETTLEMENT_PENDING, "transaction sent but not mined in time", auth.from_, tx_hash
-            )
+            try:
+                receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
+            except ChainError as exc:
+                raise SettlementInDoubt(f"transaction sent, receipt unavailable ({exc})", auth.from_, tx_hash) from None
+        if receipt is None:
+            raise SettlementInDoubt("transaction sent but not mined in time", auth.from_, tx_hash)
         if receipt.status == 1 and self._has_transfer(receipt, payment, requirements):
             return SettleResult(transaction=tx_hash, payer=auth.from_, network=network)
         # Anyone may submit a signed authorization: if someone beat us to it, the money still
@@ -191,6 +198,10 @@ class LocalFacilitator:
         The next nonce is kept in the store and advanced only after the node accepted a
         transaction, so concurrent settlements neither collide nor leave gaps; if the node
         disagrees (another sender used the wallet), the nonce is re-read from the chain.
+
+        Raises:
+            ReplyLost: sent, reply lost; ``args[1]`` is the transaction hash.
+            ChainError, StoreError: nothing was sent.
         """
         max_fee, tip = await self._fees()
         nonce_key = f"gas-nonce:{self._chain_id}:{self._gas.address}"
@@ -208,8 +219,14 @@ class LocalFacilitator:
                     value=0,
                     data=data,
                 )
+                raw = self._gas.sign_eip1559(tx)
                 try:
-                    sent = await self._chain.send_and_receipt(self._gas.sign_eip1559(tx))
+                    sent = await self._chain.send_and_receipt(raw)
+                except ReplyLost as exc:
+                    # the nonce may or may not be used now: re-read it next time
+                    with contextlib.suppress(StoreError):
+                        await self._store.put(nonce_key, b"", 1)
+                    raise ReplyLost(str(exc), "0x" + keccak(raw).hex()) from None
                 except ChainError as exc:
                     if attempt == 0 and _is_nonce_error(exc):
                         nonce = await self._chain.transaction_count(self._gas.address, "pending")

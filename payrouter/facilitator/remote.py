@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from payrouter.facilitator.base import SettleResult
-from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed
+from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.wire import PaymentPayload
 
@@ -90,8 +90,11 @@ class RemoteFacilitator:
         for _attempt in range(2):
             try:
                 data = await self._post("settle", body)
-            except httpx.HTTPError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"facilitator unreachable: {exc}", payer) from None
+            except httpx.HTTPError as exc:
+                # it may have broadcast before the reply was lost
+                raise SettlementInDoubt(f"facilitator reply lost: {exc}", payer) from None
             if data.get("success") is True:
                 return SettleResult(
                     transaction=str(data.get("transaction", "")),
@@ -100,6 +103,9 @@ class RemoteFacilitator:
                 )
             if data.get("errorReason") != Reason.SETTLEMENT_PENDING:
                 break
+        if data.get("errorReason") == Reason.SETTLEMENT_PENDING:
+            message = str(data.get("errorMessage") or "broadcast, not confirmed yet")
+            raise SettlementInDoubt(message, payer, str(data.get("transaction") or ""))
         raise SettlementFailed(
             str(data.get("errorReason") or Reason.UNEXPECTED_SETTLE),
             str(data.get("errorMessage") or "facilitator could not settle"),

@@ -6,12 +6,14 @@ reconciler all read from it.
 """
 
 from payrouter.journal.base import Exposure, Journal, Opened
+from payrouter.journal.deferred import DeferredWrites
 from payrouter.journal.memory import MemoryJournal
 from payrouter.journal.record import OPEN_STATES, PaymentRecord, State, StoredAnswer, now_ms
 from payrouter.journal.redis import RedisJournal
 
 __all__ = [
     "OPEN_STATES",
+    "DeferredWrites",
     "Exposure",
     "Journal",
     "MemoryJournal",

@@ -67,11 +67,13 @@ class Journal(Protocol):
         answer: bytes | None = None,
         answer_ttl: int = 0,
         drop_answer: bool = False,
+        owner_was: str | None = None,
     ) -> tuple[bool, str]:
         """Write ``record`` if the stored one is held by ``record.owner`` in one of the
         ``expected`` states (or in ``record.state`` already: a retried write), or is missing.
 
         ``answer`` is kept for ``answer_ttl`` seconds; ``drop_answer`` deletes a kept one.
+        ``owner_was``: the owner to check instead of ``record.owner`` (a take-over).
         Returns ``(written, stored state)``.
         """
         ...
@@ -100,4 +102,8 @@ class Journal(Protocol):
 
     async def exposure(self) -> tuple[int, int]:
         """``(unconfirmed stream exposure now, the highest ever reserved)`` in atomic units."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
         ...

@@ -55,10 +55,12 @@ class MemoryJournal:
         answer: bytes | None = None,
         answer_ttl: int = 0,
         drop_answer: bool = False,
+        owner_was: str | None = None,
     ) -> tuple[bool, str]:
         current = self._records.get(record.id)
         if current is not None and (
-            current.owner != record.owner or (current.state not in set(expected) and current.state != record.state)
+            current.owner != (owner_was or record.owner)
+            or (current.state not in set(expected) and current.state != record.state)
         ):
             return False, current.state
         self._records[record.id] = replace(record)
@@ -101,3 +103,6 @@ class MemoryJournal:
 
     async def exposure(self) -> tuple[int, int]:
         return self._exposed("")[1], self._high
+
+    async def close(self) -> None:
+        return None

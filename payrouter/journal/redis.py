@@ -163,6 +163,7 @@ class RedisJournal:
         answer: bytes | None = None,
         answer_ttl: int = 0,
         drop_answer: bool = False,
+        owner_was: str | None = None,
     ) -> tuple[bool, str]:
         p = self._p
         keys = [
@@ -176,7 +177,7 @@ class RedisJournal:
         ]
         mode = "keep" if answer is not None else ("drop" if drop_answer else "")
         args: list[Any] = [
-            record.owner,
+            owner_was or record.owner,
             " " + " ".join(expected) + " ",
             record.state,
             record.payer,
@@ -238,6 +239,9 @@ class RedisJournal:
             if int(expires) > now:
                 total += int(amount)
         return total, int(high or 0)
+
+    async def close(self) -> None:
+        await self._redis.aclose()
 
 
 async def _gather(*coros: Any) -> list[Any]:

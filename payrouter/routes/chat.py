@@ -13,7 +13,7 @@ from payrouter.messages import chat_to_message, chunks_to_events
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
 from payrouter.upstream import UpstreamError
-from payrouter.x402.gate import route_of
+from payrouter.x402.call import PaidCall, paid_call
 from pricing import PriceTable, charge_for_usage
 
 __all__ = ["chat_completions", "messages"]
@@ -31,35 +31,31 @@ def _has_content(chunk: dict[str, Any]) -> bool:
     return False
 
 
-async def _stream(services: Services, attached: dict[str, Any], anthropic: bool = False) -> Response:
-    priced: PricedRoute = attached["route"]
-    chat = attached["request"]
+async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -> Response:
+    priced = call.route
     try:
         model_id, stream, attempts = await services.upstreams.stream(
-            chat.provider_body(), priced.decision, services.table, priced.requirements.amount, attached.get("deadline")
+            call.request.provider_body(), priced.decision, services.table, priced.requirements.amount, call.deadline
         )
     except UpstreamError as exc:
         return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
-    # the payment gate reads this to decide what to charge when the stream ends
-    state = attached["stream"] = {"content": False, "completed": False, "failed": False}
+    # the payment gate reads these to decide what to charge when the stream ends
+    call.answered_by = model_id
 
     async def tracked() -> AsyncIterator[dict[str, Any]]:
         async for chunk in stream.chunks():
             chunk["model"] = model_id
             if _has_content(chunk):
-                state["content"] = True
+                call.content = True
             usage = chunk.get("usage")
             if isinstance(usage, dict) and "prompt_tokens" in usage:
+                call.input_tokens = int(usage.get("prompt_tokens") or 0)
+                call.output_tokens = int(usage.get("completion_tokens") or 0)
                 usage["payrouter"] = _charge_report(
-                    services.table,
-                    priced,
-                    model_id,
-                    attempts,
-                    int(usage.get("prompt_tokens") or 0),
-                    int(usage.get("completion_tokens") or 0),
+                    services.table, priced, model_id, attempts, call.input_tokens, call.output_tokens
                 )
             yield chunk
-        state["completed"] = True
+        call.completed = True
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -71,7 +67,7 @@ async def _stream(services: Services, attached: dict[str, Any], anthropic: bool 
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
         except UpstreamError as exc:
-            state["failed"] = True
+            call.failed = True
             message = f"the model stream broke: {exc}"
             if anthropic:
                 error = {"type": "error", "error": {"type": "api_error", "message": message}}
@@ -97,18 +93,22 @@ def _route_headers(model: str, priced: PricedRoute) -> dict[str, str]:
     }
 
 
-async def _complete(services: Services, attached: dict[str, Any]) -> tuple[str, dict[str, Any]] | JSONResponse:
+async def _complete(services: Services, call: PaidCall) -> tuple[str, dict[str, Any]] | JSONResponse:
     """Run the non-streaming call: ``(answering model, OpenAI body with usage.payrouter)``, or a 502."""
-    priced: PricedRoute = attached["route"]
-    chat = attached["request"]
+    priced = call.route
     table = services.table
     try:
         answer = await services.upstreams.complete(
-            chat.provider_body(), priced.decision, table, priced.requirements.amount, attached.get("deadline")
+            call.request.provider_body(), priced.decision, table, priced.requirements.amount, call.deadline
         )
     except UpstreamError as exc:
         return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
     completion = answer.completion
+    call.answered_by, call.input_tokens, call.output_tokens = (
+        answer.model,
+        completion.input_tokens,
+        completion.output_tokens,
+    )
     body = dict(completion.body)
     body["model"] = answer.model
     usage = dict(body.get("usage") or {})
@@ -141,24 +141,24 @@ def _charge_report(
 async def chat_completions(request: Request) -> Response:
     """Call the routed model (with failover) and answer in OpenAI's shape plus the charge."""
     services: Services = request.state.services
-    attached = route_of(request.scope)
-    if attached["request"].stream:
-        return await _stream(services, attached)
-    done = await _complete(services, attached)
+    call = paid_call(request.scope)
+    if call.request.stream:
+        return await _stream(services, call)
+    done = await _complete(services, call)
     if isinstance(done, JSONResponse):
         return done
     model, body = done
-    return JSONResponse(body, headers=_route_headers(model, attached["route"]))
+    return JSONResponse(body, headers=_route_headers(model, call.route))
 
 
 async def messages(request: Request) -> Response:
     """``POST /v1/messages``: the same paid, routed call in the Anthropic Messages shape."""
     services: Services = request.state.services
-    attached = route_of(request.scope)
-    if attached["request"].stream:
-        return await _stream(services, attached, anthropic=True)
-    done = await _complete(services, attached)
+    call = paid_call(request.scope)
+    if call.request.stream:
+        return await _stream(services, call, anthropic=True)
+    done = await _complete(services, call)
     if isinstance(done, JSONResponse):
         return done
     model, body = done
-    return JSONResponse(chat_to_message(body, model), headers=_route_headers(model, attached["route"]))
+    return JSONResponse(chat_to_message(body, model), headers=_route_headers(model, call.route))

@@ -57,6 +57,7 @@ class TestUpstream:
         self.delay = 0.0
         self.chunk_delay = 0.0
         self.break_after: int | None = None
+        self.break_models: set[str] = set()  # empty: break_after breaks every model's streams
         self.retry_after: int | None = None
         self.context_limit: int | None = None
         self.long_context_models: set[str] = set()
@@ -83,6 +84,12 @@ class TestUpstream:
             return model, "fail"
         too_long = self.context_limit is not None and len(json.dumps(body.get("messages"))) > self.context_limit
         return model, "too_long" if too_long and model not in self.long_context_models else None
+
+    def _breaks(self, model: str, index: int) -> bool:
+        """Whether the stream of ``model`` breaks before its ``index``-th word."""
+        if self.break_after is None or index < self.break_after:
+            return False
+        return not self.break_models or model in self.break_models
 
     def _failure(self, error: dict[str, Any]) -> JSONResponse:
         headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
@@ -153,7 +160,7 @@ class TestUpstream:
 
         yield event({"role": "assistant", "content": ""})
         for i, word in enumerate(text.split(" ")):
-            if self.break_after is not None and i >= self.break_after:
+            if self._breaks(model, i):
                 raise ConnectionAbortedError("injected: stream broken half-way")
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
@@ -231,7 +238,7 @@ class TestUpstream:
         yield event("message_start", {"message": message})
         yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
         for i, word in enumerate(text.split(" ")):
-            if self.break_after is not None and i >= self.break_after:
+            if self._breaks(model, i):
                 raise ConnectionAbortedError("injected: stream broken half-way")
             if self.chunk_delay:
                 await asyncio.sleep(self.chunk_delay)
@@ -270,6 +277,8 @@ class TestUpstream:
         self.chunk_delay = float(body.get("chunk_delay_ms", self.chunk_delay * 1000)) / 1000
         if "break_after" in body:
             self.break_after = body["break_after"]
+        if "break_models" in body:
+            self.break_models = set(body["break_models"])
         if "malformed" in body:
             self.malformed = bool(body["malformed"])
         if "retry_after" in body:

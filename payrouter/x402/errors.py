@@ -4,7 +4,8 @@ Hierarchy::
 
     PaymentError                 a payment that cannot be accepted (HTTP 402)
       PaymentRejected            verification failed: ``reason`` is an x402 ``invalidReason``
-      SettlementFailed           the chain (or facilitator) refused or lost the transfer
+      SettlementFailed           the transfer did not happen (nothing moved)
+        SettlementInDoubt        the transfer may have happened: broadcast (or maybe) but unconfirmed
 
 ``reason`` is machine-readable (x402.md §2.4 strings); ``message`` is for humans and never
 contains key material.
@@ -12,7 +13,7 @@ contains key material.
 
 from __future__ import annotations
 
-__all__ = ["PaymentError", "PaymentRejected", "Reason", "SettlementFailed"]
+__all__ = ["PaymentError", "PaymentRejected", "Reason", "SettlementFailed", "SettlementInDoubt"]
 
 
 class Reason:
@@ -35,6 +36,8 @@ class Reason:
     UNEXPECTED_VERIFY = "unexpected_verify_error"
     UNEXPECTED_SETTLE = "unexpected_settle_error"
     SETTLEMENT_PENDING = "settlement_pending"
+    # payrouter's own: the payer took a streamed answer whose payment then failed
+    PAYER_OWES = "payer_has_unpaid_stream"
 
 
 class PaymentError(Exception):
@@ -58,7 +61,7 @@ class PaymentRejected(PaymentError):
 
 
 class SettlementFailed(PaymentError):
-    """The transfer did not happen (or could not be confirmed).
+    """The transfer did not happen.
 
     Attributes:
         transaction: hash of the attempted transaction, or ``""``.
@@ -67,3 +70,14 @@ class SettlementFailed(PaymentError):
     def __init__(self, reason: str, message: str, payer: str | None = None, transaction: str = "") -> None:
         super().__init__(reason, message, payer)
         self.transaction = transaction
+
+
+class SettlementInDoubt(SettlementFailed):
+    """The transfer was broadcast (or may have been) and is not confirmed: money may move.
+
+    ``transaction`` is its hash when known; the reason is ``settlement_pending``. Never
+    report this as "nothing charged".
+    """
+
+    def __init__(self, message: str, payer: str | None = None, transaction: str = "") -> None:
+        super().__init__(Reason.SETTLEMENT_PENDING, message, payer, transaction)

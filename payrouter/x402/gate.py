@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import secrets
@@ -17,21 +18,24 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, parse_messages_request, request_digest
+from payrouter.journal import Exposure, PaymentRecord, State, StoredAnswer, now_ms
 from payrouter.quoting import PricedRoute, load_quote, save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
 from payrouter.store import StoreError
 from payrouter.x402.asgi import json_error, replay_body, send_response
+from payrouter.x402.call import SCOPE_KEY, PaidCall
 from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.responses import payment_required
-from payrouter.x402.settlement import ClaimedPayment
-from payrouter.x402.streaming import SCOPE_KEY, StreamSettlement
+from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, new_record, receipt_header, record_id
+from payrouter.x402.streaming import StreamSettlement, receipt_event
 from payrouter.x402.wire import PaymentPayload, decode_header, parse_payment, v1_network_name
 from pricing import PricingError
 
@@ -39,9 +43,11 @@ __all__ = ["PaymentGate", "match_quote"]
 
 log = logging.getLogger("payrouter.gate")
 
-# A claim outlives the authorization it guards: once validBefore passes, the token itself
-# refuses the authorization, so the claim is no longer needed.
+# Slack beyond the quote's lifetime for anything an authorization's validBefore drives (the
+# model call's deadline, a stream's exposure entry): a far-future validBefore stretches nothing.
 _CLAIM_SLACK = 120
+# A ``settling`` record this old has lost its worker: a replay settles it itself.
+_STALE_SETTLING_MS = 60_000
 # How long a paid response stays replayable under its payment-identifier.
 _PAYMENT_ID_TTL = 24 * 3600
 
@@ -233,63 +239,181 @@ class PaymentGate:
 
     async def _paid(self, call: _Call, payment: PaymentPayload, send: Send) -> None:
         scope, services, request, digest = call.scope, call.services, call.request, call.digest
+        auth = payment.authorization
         priced = await load_quote(services.store, digest)
         if priced is None:
+            # a payment presented again after its quote expired: its record answers
+            existing = await services.journal.get(record_id(auth.from_, auth.nonce))
+            if existing is not None:
+                await self._replay(call, payment, existing, send)
+                return
             raise PaymentRejected(
                 Reason.INVALID_REQUIREMENTS,
                 "no live quote for this request (expired or never issued); a fresh quote is attached",
-                payment.authorization.from_,
+                auth.from_,
             )
         requirements = priced.requirements
         match_quote(payment, requirements)
 
-        auth = payment.authorization
-        claim_key = f"payment:{auth.from_.lower()}:{auth.nonce.hex()}"
-        owner = secrets.token_hex(16)
-        ttl = max(auth.valid_before - int(time.time()), 0) + _CLAIM_SLACK
-        # The claim is what makes a payment single-use; verification only reads the chain, so
-        # both run at once (one Redis round trip less before the model call starts).
+        table = services.table
+        record = new_record(payment, priced, digest, scope["path"], request.stream, secrets.token_hex(16))
+        exposure = None
+        if request.stream and table.streaming.settlement == "during_stream":
+            per_payer, total = table.unconfirmed_limits()
+            expires = min(auth.valid_before, int(time.time()) + table.max_timeout_seconds + _CLAIM_SLACK)
+            exposure = Exposure(requirements.amount, per_payer, total, expires * 1000)
+        # Opening the record is what makes a payment single-use; verification only reads the
+        # chain, so both run at once (one store round trip less before the model call starts).
         try:
-            claimed, verified = await asyncio.gather(
-                services.store.claim(claim_key, owner, ttl),
+            opened, verified = await asyncio.gather(
+                services.journal.open(record, exposure),
                 services.facilitator.verify(payment, requirements),
                 return_exceptions=True,
             )
-        except BaseException:  # cancelled (client gone): drop our claim if it was taken
-            await services.store.release(claim_key, owner)
+        except BaseException:  # cancelled (client gone): give our claim back if it was taken
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                gone = record.moved(State.RELEASED, reason="client_gone")
+                await services.journal.advance(gone, [State.CLAIMED])
             raise
-        if isinstance(claimed, BaseException):
-            raise claimed
-        if not claimed:
-            raise PaymentRejected(Reason.NONCE_USED, "this payment was already presented", auth.from_)
+        if isinstance(opened, BaseException):
+            raise opened
+        if opened.outcome == "existing":
+            await self._replay(call, payment, opened.record, send)
+            return
+        if opened.outcome == "debtor":
+            raise PaymentRejected(
+                Reason.PAYER_OWES,
+                "this payer has a streamed answer that was never paid for; streams are refused until it is "
+                "settled (non-streaming calls are still served)",
+                auth.from_,
+            )
+        attempt = PaymentAttempt(services, payment, priced, opened.record)
         if isinstance(verified, BaseException):
-            await services.store.release(claim_key, owner)
+            reason = verified.reason if isinstance(verified, PaymentRejected) else Reason.UNEXPECTED_VERIFY
+            with anyio.CancelScope(shield=True):
+                await attempt.release(reason)
             raise verified
-        payer = verified
-
-        # the model call must leave time to settle before the authorization expires
-        scope[SCOPE_KEY] = {"request": request, "route": priced, "payer": payer, "deadline": auth.valid_before}
-        claim = ClaimedPayment(services, payment, priced, payer, claim_key, owner, ttl, digest)
+        # the model call must leave time to settle before the authorization expires (and a
+        # far-future validBefore must not stretch anything we keep: D5)
+        deadline = min(auth.valid_before, int(time.time()) + table.max_timeout_seconds + _CLAIM_SLACK)
+        paid = PaidCall(request=request, route=priced, payer=verified, deadline=deadline)
+        scope[SCOPE_KEY] = paid
+        serving = asyncio.create_task(attempt.serving())
         if request.stream:
-            settler = StreamSettlement(claim, anthropic=scope["path"] == "/v1/messages")
+            held = opened.held or table.streaming.settlement == "before_first_byte"
+            settler = StreamSettlement(attempt, paid, serving, held=held, anthropic=scope["path"] == "/v1/messages")
             await settler.run(self.app, scope, replay_body(call.receive, call.body), send)
             return
         status, resp_headers, resp_body = await _run(self.app, scope, call.receive, call.body)
-        if status >= 400:
-            # The model call failed: nothing is settled, and the client may pay again.
-            await claim.release()
-            await send_response(send, status, resp_body, resp_headers)
+        await serving
+        with anyio.CancelScope(shield=True):  # from here on money may move: finish even if the client left
+            if status >= 400:
+                # The model call failed: nothing is settled, and the client may pay again.
+                await attempt.release("upstream_failed" if status >= 500 else "request_failed")
+                await send_response(send, status, resp_body, resp_headers)
+                return
+            usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
+            answer = StoredAnswer.capture(status, resp_headers, resp_body)
+            outcome = await attempt.settle(answer, delivered="complete", **usage)
+            if outcome.status == "refused":
+                await attempt.release(outcome.reason or Reason.UNEXPECTED_SETTLE)
+            elif outcome.status == "unavailable":
+                with contextlib.suppress(StoreError):
+                    await attempt.release(Reason.UNEXPECTED_SETTLE)
+            await _send_outcome(send, outcome, answer)
+
+    async def _replay(self, call: _Call, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
+        """The same payment presented again: its answer if it was paid, else what became of it."""
+        services = call.services
+        payer = payment.authorization.from_
+        if record.fingerprint != payment.fingerprint() or record.request != call.digest:
+            raise PaymentRejected(
+                Reason.NONCE_USED, "this authorization was already used for another payment or request", payer
+            )
+        if record.state in (State.PENDING, State.OWED) or (
+            record.state == State.SETTLING and now_ms() - record.updated_at > _STALE_SETTLING_MS
+        ):
+            with anyio.CancelScope(shield=True):
+                record = await services.resolver.resolve(record, settle=True)
+        if record.state == State.SETTLED and record.delivered == "again":
+            raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
+        if record.state == State.SETTLED and record.stream and record.delivered == "broken":
+            await self._serve_again(call, payment, record, send)
             return
-        outcome = await claim.settle()
-        if outcome.crashed:
-            await send_response(send, *json_error(503, "settlement unavailable; nothing was charged", "server_error"))
-        elif not outcome.ok:
-            _, err = json_error(402, f"settlement failed ({outcome.reason}): {outcome.message}", "payment_error")
-            await send_response(send, 402, err, [(b"content-type", b"application/json"), outcome.receipt])
-        else:
-            resp_headers = [h for h in resp_headers if h[0].lower() not in (b"cache-control", b"content-length")]
-            resp_headers += [outcome.receipt, (b"cache-control", b"private, no-store")]
-            await send_response(send, status, resp_body, resp_headers)
+        if record.state == State.SETTLED:
+            stored = await services.journal.answer(record.id)
+            if stored is None:
+                raise PaymentRejected(
+                    Reason.NONCE_USED, f"this payment was settled ({record.tx}); its answer is no longer kept", payer
+                )
+            answer = StoredAnswer.from_bytes(stored)
+            outcome = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
+            if record.stream:  # the transcript ends with a fresh receipt event
+                event = receipt_event(outcome, record.x402_version, record.path == "/v1/messages")
+                answer = StoredAnswer(answer.status, answer.headers, answer.body + event)
+            await _send_outcome(send, outcome, answer)
+            return
+        if record.state == State.PENDING:
+            reason = Reason.SETTLEMENT_PENDING
+            message = "settlement not confirmed yet"
+            await _send_outcome(
+                send,
+                SettleOutcome("pending", receipt_header(record, False, record.tx, reason), reason, message, record.tx),
+                None,
+            )
+            return
+        if record.state in (State.OWED, State.UNPAID, State.RELEASED):
+            raise PaymentRejected(
+                record.reason or Reason.NONCE_USED,
+                f"this payment was not settled ({record.state}): {record.reason}",
+                payer,
+            )
+        raise PaymentRejected(
+            Reason.NONCE_USED,
+            "this payment is being served by another request; present it again when that finishes to get its answer",
+            payer,
+        )
+
+    async def _serve_again(self, call: _Call, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
+        """The model broke a stream after its payment moved: the same payment runs it again, free."""
+        services, payer = call.services, payment.authorization.from_
+        priced = PricedRoute.from_record(record.route.encode())
+        attempt = PaymentAttempt(services, payment, priced, record)
+        # take the record over (one replay at a time serves it again)
+        taken = await attempt.write(
+            State.SETTLED, [State.SETTLED], owner=secrets.token_hex(16), owner_was=record.owner, delivered="again"
+        )
+        if not taken:
+            raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
+        paid = PaidCall(request=call.request, route=priced, payer=record.payer, deadline=int(time.time()) + 3600)
+        call.scope[SCOPE_KEY] = paid
+        done: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(0))
+        prepaid = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
+        anthropic = call.scope["path"] == "/v1/messages"
+        settler = StreamSettlement(attempt, paid, done, held=True, anthropic=anthropic, prepaid=prepaid)
+        await settler.run(self.app, call.scope, replay_body(call.receive, call.body), send)
+
+
+async def _send_outcome(send: Send, outcome: SettleOutcome, answer: StoredAnswer | None) -> None:
+    """Answer a settled payment with its answer and receipt, anything else with why not."""
+    if outcome.ok and answer is not None:
+        headers = answer.asgi_headers() + [outcome.receipt, (b"cache-control", b"private, no-store")]
+        await send_response(send, answer.status, answer.body, headers)
+        return
+    if outcome.status == "pending":
+        message = (
+            f"settlement pending ({outcome.message}); transaction {outcome.transaction or 'unknown'}: your payment "
+            "may still move. Present the same payment again to receive the answer once it is confirmed"
+        )
+        _, err = json_error(402, message, "payment_error")
+        await send_response(send, 402, err, [(b"content-type", b"application/json"), outcome.receipt])
+    elif outcome.status == "unavailable":
+        await send_response(
+            send, *json_error(503, "payment state store unavailable; nothing was charged", "server_error")
+        )
+    else:
+        _, err = json_error(402, f"settlement failed ({outcome.reason}): {outcome.message}", "payment_error")
+        await send_response(send, 402, err, [(b"content-type", b"application/json"), outcome.receipt])
 
 
 def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:
@@ -343,10 +467,3 @@ async def _run(
 def _json_error_tuple(status: int, message: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
     _, body = json_error(status, message, "server_error")
     return status, [(b"content-type", b"application/json")], body
-
-
-def route_of(scope: Scope) -> dict[str, Any]:
-    """What the gate attached for the handler: ``request``, ``route`` and ``payer``."""
-    data = scope[SCOPE_KEY]
-    assert isinstance(data, dict), "route_of() called outside the payment gate"
-    return data

@@ -1,99 +1,268 @@
-"""A verified payment this request has claimed: settle it once, or give the claim back.
+"""A verified payment this request holds in the journal: settle it once, record every outcome.
 
-One place decides what every outcome leaves behind in the store, for plain answers and
-streams alike: settled (claim kept as ``settled:<tx>``, ledger entry), broadcast but
-unconfirmed (claim kept as ``pending:<tx>`` so the payment cannot be presented again),
-failed or crashed (claim released: nothing moved, the payment may be presented again).
+One place decides what each outcome leaves behind, for plain answers and streams alike:
+
+- the record moves to ``settling`` (with the answer, when there is one) *before* anything is
+  broadcast, so a crash after the broadcast still leaves a record the reconciler can finish
+  and an answer the payer can fetch;
+- mined: ``settled``; broadcast (or maybe) but unconfirmed: ``pending`` with the hash;
+  refused: the caller chooses ``released`` (nothing delivered) or ``owed`` (content went out).
+
+Writes after the money may have moved must not be lost to a store outage: they are retried
+in the background (`payrouter.journal.DeferredWrites`) and the answer goes out regardless.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Literal
 
+from payrouter.journal import PaymentRecord, State, StoredAnswer, now_ms
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
 from payrouter.store import StoreError
-from payrouter.x402.asgi import ledger_entry
-from payrouter.x402.errors import Reason, SettlementFailed
+from payrouter.x402.errors import Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.responses import settlement_header
 from payrouter.x402.wire import PaymentPayload
 
-__all__ = ["ClaimedPayment", "SettleOutcome"]
+__all__ = ["PaymentAttempt", "SettleOutcome", "new_record", "receipt_header", "record_id"]
 
-log = logging.getLogger("payrouter.gate")
+log = logging.getLogger("payrouter.settlement")
 
 
 @dataclass(frozen=True, slots=True)
 class SettleOutcome:
-    """What `ClaimedPayment.settle` did.
+    """What `PaymentAttempt.settle` did.
 
     Attributes:
-        ok: the money moved.
-        receipt: the ``PAYMENT-RESPONSE`` (or v1 ``X-PAYMENT-RESPONSE``) header, success or not.
-        reason: the x402 error reason when not ok.
-        message: a human explanation when not ok.
-        crashed: the facilitator failed unexpectedly (not a refusal): a 503, not a 402.
+        status: ``settled`` (the money moved), ``pending`` (it may move: broadcast, unconfirmed),
+            ``refused`` (it did not move and our attempt cannot make it), ``unavailable``
+            (nothing was broadcast: the journal could not record the attempt first).
+        receipt: the ``PAYMENT-RESPONSE`` (v1: ``X-PAYMENT-RESPONSE``) header.
+        reason: the x402 reason when not settled.
+        message: a human explanation when not settled.
+        transaction: the transaction hash, when known.
     """
 
-    ok: bool
+    status: Literal["settled", "pending", "refused", "unavailable"]
     receipt: tuple[bytes, bytes]
     reason: str | None = None
     message: str = ""
-    crashed: bool = False
+    transaction: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """The money moved."""
+        return self.status == "settled"
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedPayment:
-    """A verified payment whose single-use claim (``claim_key`` owned by ``owner``) this request holds."""
+class PaymentAttempt:
+    """This request's hold on a payment's journal record (it is ``record.owner``).
 
-    services: Services
-    payment: PaymentPayload
-    priced: PricedRoute
-    payer: str
-    claim_key: str
-    owner: str
-    ttl: int
-    digest: str
+    Args:
+        services: the app's services (journal, facilitator, table).
+        payment: the verified payment.
+        priced: the route it bought.
+        record: the record as opened.
+    """
 
-    async def release(self) -> None:
-        """Give the claim back (nothing was charged; the payment may be presented again)."""
-        await self.services.store.release(self.claim_key, self.owner)
+    def __init__(self, services: Services, payment: PaymentPayload, priced: PricedRoute, record: PaymentRecord) -> None:
+        self.services = services
+        self.payment = payment
+        self.priced = priced
+        self.record = record
 
-    async def settle(self) -> SettleOutcome:
-        """Settle through the facilitator and record the outcome.
+    @property
+    def payer(self) -> str:
+        """The payer's address."""
+        return self.record.payer
+
+    async def write(
+        self,
+        state: str,
+        expected: Iterable[str],
+        *,
+        answer: StoredAnswer | None = None,
+        drop_answer: bool = False,
+        durable: bool = False,
+        owner_was: str | None = None,
+        **changes: Any,
+    ) -> bool:
+        """Move the record to ``state``; False when someone else moved it first.
+
+        With ``durable`` a store outage defers the write (`DeferredWrites`) instead of raising.
 
         Raises:
-            StoreError: the claim could not be released or marked pending after a failure.
+            StoreError: the store is down and the write is not ``durable``.
         """
-        store, requirements = self.services.store, self.priced.requirements
+        new = self.record.moved(state, **changes)
+        expected = list(expected)
+        data = answer.to_bytes() if answer is not None else None
+        ttl = self.services.answer_ttl
+        try:
+            written, stored = await self.services.journal.advance(new, expected, data, ttl, drop_answer, owner_was)
+        except StoreError as exc:
+            if not durable:
+                raise
+            log.warning("journal unavailable (%s); %s -> %s deferred", exc, new.id, state)
+            self.services.deferred.schedule(new, expected, data, ttl)
+            self.record = new
+            return True
+        if not written:
+            log.warning("payment %s is %s; not moved to %s by this request", new.id, stored, state)
+            return False
+        self.record = new
+        return True
+
+    async def serving(self) -> None:
+        """Verification passed (best effort: the claim already holds the payment)."""
+        try:
+            await self.write(State.SERVING, [State.CLAIMED])
+        except StoreError as exc:
+            log.warning("journal unavailable (%s); %s stays claimed", exc, self.record.id)
+
+    async def release(self, reason: str) -> None:
+        """Nothing was broadcast and nothing is owed: the payment may be presented again."""
+        await self.write(
+            State.RELEASED,
+            [State.CLAIMED, State.SERVING, State.SETTLING],
+            drop_answer=True,
+            durable=True,
+            reason=reason,
+        )
+
+    async def owe(self, reason: str, delivered: str, transaction: str = "") -> None:
+        """Content went out and the transfer failed: the payer owes it."""
+        await self.write(
+            State.OWED,
+            [State.CLAIMED, State.SERVING, State.SETTLING, State.PENDING],
+            durable=True,
+            reason=reason,
+            delivered=delivered,
+            tx=transaction or self.record.tx,
+        )
+
+    def usage_fields(self, answered_by: str, input_tokens: int, output_tokens: int) -> dict[str, Any]:
+        """Record fields for what the call used (the upstream cost from actual usage)."""
+        from pricing import PricingError, charge_for_usage
+
+        cost = self.priced.quote.upstream_cost
+        if answered_by:
+            try:
+                cost = charge_for_usage(
+                    self.services.table, answered_by, input_tokens, output_tokens, cap=self.priced.requirements.amount
+                ).upstream_cost
+            except PricingError:
+                pass
+        return {
+            "answered_by": answered_by,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "upstream_cost": cost,
+        }
+
+    async def settle(self, answer: StoredAnswer | None = None, **changes: Any) -> SettleOutcome:
+        """Record ``settling`` (with ``answer``), then settle through the facilitator.
+
+        Never raises for a store or chain failure: the outcome says what happened.
+        """
+        try:
+            moved = await self.write(State.SETTLING, [State.CLAIMED, State.SERVING], answer=answer, **changes)
+        except StoreError as exc:
+            log.error("payment %s not settled: journal unavailable (%s)", self.record.id, exc)
+            moved = False
+        if not moved:
+            return self._outcome("unavailable", Reason.UNEXPECTED_SETTLE, "the payment could not be recorded first")
+        return await self._settle_recorded()
+
+    async def _settle_recorded(self) -> SettleOutcome:
+        requirements, record = self.priced.requirements, self.record
         try:
             result = await self.services.facilitator.settle(self.payment, requirements)
-        except SettlementFailed as exc:
-            if exc.reason == Reason.SETTLEMENT_PENDING:
-                await store.replace(self.claim_key, self.owner, f"pending:{exc.transaction}", self.ttl)
-            else:
-                await self.release()
-            log.warning("settlement failed: %s (%s) tx=%s", exc.reason, exc.message, exc.transaction)
-            return SettleOutcome(False, self._receipt(False, exc.transaction, exc.reason), exc.reason, exc.message)
-        except Exception:
-            log.exception("settlement crashed")
-            await self.release()
-            reason = Reason.UNEXPECTED_SETTLE
-            return SettleOutcome(False, self._receipt(False, "", reason), reason, "settlement unavailable", True)
-        # The money moved: record it, but a store hiccup now must not hide the answer paid for.
-        try:
-            await asyncio.gather(
-                store.replace(self.claim_key, self.owner, f"settled:{result.transaction}", self.ttl),
-                store.append_ledger(
-                    ledger_entry(self.payer, self.priced, result.network, result.transaction, self.digest)
-                ),
+        except SettlementInDoubt as exc:
+            log.warning(
+                "settlement pending: payer=%s nonce=%s tx=%s (%s)", record.payer, record.nonce, exc.transaction, exc
             )
-        except StoreError as exc:
-            log.error("payment %s settled in %s but not recorded: %s", self.claim_key, result.transaction, exc)
-        return SettleOutcome(True, self._receipt(True, result.transaction))
+            await self.write(
+                State.PENDING, [State.SETTLING], durable=True, tx=exc.transaction, reason=Reason.SETTLEMENT_PENDING
+            )
+            return self._outcome("pending", Reason.SETTLEMENT_PENDING, exc.message, exc.transaction)
+        except SettlementFailed as exc:
+            log.warning(
+                "settlement refused: %s payer=%s nonce=%s tx=%s (%s)",
+                exc.reason,
+                record.payer,
+                record.nonce,
+                exc.transaction or "-",
+                exc.message,
+            )
+            return self._outcome("refused", exc.reason, exc.message, exc.transaction)
+        except Exception as exc:  # a facilitator bug: we cannot know whether it broadcast
+            log.exception("settlement crashed: payer=%s nonce=%s", record.payer, record.nonce)
+            await self.write(State.PENDING, [State.SETTLING], durable=True, reason=Reason.UNEXPECTED_SETTLE)
+            return self._outcome("pending", Reason.SETTLEMENT_PENDING, f"settlement outcome unknown ({exc})")
+        log.info(
+            "settled: payer=%s nonce=%s tx=%s amount=%d", record.payer, record.nonce, result.transaction, record.amount
+        )
+        await self.write(
+            State.SETTLED,
+            [State.SETTLING, State.PENDING],
+            durable=True,
+            tx=result.transaction,
+            settled_at=now_ms(),
+            charged=record.amount,
+            reason="",
+        )
+        return self._outcome("settled", None, "", result.transaction)
 
-    def _receipt(self, success: bool, transaction: str, reason: str | None = None) -> tuple[bytes, bytes]:
-        network = self.priced.requirements.network
-        return settlement_header(self.payment.version, success, network, self.payer, transaction, reason)
+    def _outcome(
+        self,
+        status: Literal["settled", "pending", "refused", "unavailable"],
+        reason: str | None,
+        message: str,
+        tx: str = "",
+    ) -> SettleOutcome:
+        receipt = receipt_header(self.record, status == "settled", tx, reason)
+        return SettleOutcome(status, receipt, reason, message, tx)
+
+
+def record_id(payer: str, nonce: bytes) -> str:
+    """The journal id of an ``exact`` payment: one record per (payer, nonce)."""
+    return f"exact:{payer.lower()}:0x{nonce.hex()}"
+
+
+def new_record(
+    payment: PaymentPayload, priced: PricedRoute, digest: str, path: str, stream: bool, owner: str
+) -> PaymentRecord:
+    """The record a verified-to-be ``exact`` payment opens with."""
+    auth, req = payment.authorization, priced.requirements
+    return PaymentRecord(
+        id=record_id(auth.from_, auth.nonce),
+        scheme=req.scheme,
+        state=State.CLAIMED,
+        owner=owner,
+        payer=auth.from_,
+        pay_to=req.pay_to,
+        asset=req.asset,
+        network=req.network,
+        amount=req.amount,
+        nonce="0x" + auth.nonce.hex(),
+        valid_before=auth.valid_before,
+        x402_version=payment.version,
+        payment=json.dumps(payment.raw, separators=(",", ":")),
+        fingerprint=payment.fingerprint(),
+        request=digest,
+        path=path,
+        stream=stream,
+        route=priced.to_record().decode(),
+        model=priced.decision.model,
+        upstream_cost=priced.quote.upstream_cost,
+    )
+
+
+def receipt_header(record: PaymentRecord, success: bool, transaction: str, reason: str | None) -> tuple[bytes, bytes]:
+    """The settlement receipt header of ``record``."""
+    return settlement_header(record.x402_version, success, record.network, record.payer, transaction, reason)

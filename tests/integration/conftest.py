@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
+from tests.redis_keys import delete_namespace
 from tests.sandbox_thread import sandbox_in_thread
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -15,9 +16,16 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 
 @pytest.fixture(scope="session")
 def box() -> Iterator[Sandbox]:
-    """One sandbox for the integration tests: anvil, token, test upstream and router on Redis."""
-    with sandbox_in_thread(agents=6, redis_url=REDIS_URL, namespace=f"payrouter-test-{secrets.token_hex(4)}") as sb:
-        yield sb
+    """One sandbox for the integration tests: anvil, token, test upstream and router on Redis.
+
+    Its namespace is deleted afterwards: the ledger and other keys have no TTL.
+    """
+    namespace = f"payrouter-test-{secrets.token_hex(4)}"
+    try:
+        with sandbox_in_thread(agents=6, redis_url=REDIS_URL, namespace=namespace) as sb:
+            yield sb
+    finally:
+        delete_namespace(REDIS_URL, namespace)
 
 
 @pytest.fixture
@@ -56,6 +64,6 @@ def observer(box: Sandbox, http: httpx.Client) -> Iterator[Observer]:
     obs = Observer(box, http)
     yield obs
     obs.control(
-        fail_models=[], fail_next=0, fail_status=500, delay_ms=0, chunk_delay_ms=0, break_after=None, retry_after=None,
+        fail_models=[], fail_next=0, fail_status=500, delay_ms=0, chunk_delay_ms=0, break_after=None, break_models=[], retry_after=None,
         context_limit=None, malformed=False,
     )  # fmt: skip

@@ -165,8 +165,15 @@ def test_reused_payment_is_served_once(box: Sandbox, http: httpx.Client, observe
     first = http.post(url, json=body, headers=paid)
     assert first.status_code == 200, first.text
     calls = observer.upstream_calls()
+    # the same payment again (a payer whose connection dropped): the same answer and receipt,
+    # no second model call, no second charge
     second = http.post(url, json=body, headers=paid)
-    assert rejection(second) == (402, "invalid_exact_evm_nonce_already_used")
+    assert second.status_code == 200, second.text
+    assert second.json() == first.json()
+    assert second.headers["PAYMENT-RESPONSE"] == first.headers["PAYMENT-RESPONSE"]
+    # the same payment for another request is refused
+    other = http.post(url, json=_body(), headers=paid)
+    assert rejection(other) == (402, "invalid_exact_evm_nonce_already_used")
     assert observer.upstream_calls() == calls
     after = observer.balances(agent.address, box.operator.address)
     assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)

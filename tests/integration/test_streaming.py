@@ -141,7 +141,9 @@ def test_before_first_byte_receipt_is_a_header(before_first_byte_router: str, bo
             receipt = receipt_of(response)
             assert receipt is not None and receipt.success  # known before the first chunk is read
             text = response.read().decode()
-    assert _events(text)[-1] == (None, "[DONE]")
+    events = _events(text)
+    assert events[-2] == (None, "[DONE]")  # and the receipt once more, as the last event
+    assert events[-1][0] == "x402.payment" and json.loads(events[-1][1])["transaction"] == receipt.transaction
     assert observer.balances(agent.address) == [5_000_000 - receipt.amount]
 
 
@@ -159,20 +161,47 @@ def test_failure_before_the_first_chunk_charges_nothing(box: Sandbox, http: http
     assert http.post(url, json=body, headers=paid).status_code == 200  # the payment was not used up
 
 
-def test_stream_broken_half_way_charges_nothing(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+def test_stream_broken_half_way_is_served_again_for_the_same_payment(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
     agent = _agent(box)
     url = f"{box.router_url}/v1/chat/completions"
     body = _body()
     o = offer(http, url, body)
-    observer.control(break_after=3)
-    with http.stream("POST", url, json=body, headers=header(payment(o, agent))) as response:
+    amount = int(o["accepts"][0]["amount"])
+    paid = header(payment(o, agent))
+    observer.control(break_after=3, break_models=["gpt-4o-mini"])  # only the routed model breaks
+    calls = observer.upstream_calls()
+    with http.stream("POST", url, json=body, headers=paid) as response:
         events = _events(response.read().decode())
+    # no failover after the first streamed byte: one upstream call, content from one model
+    assert observer.upstream_calls() == calls + 1
+    chunks = [json.loads(data) for name, data in events if name is None and data.startswith('{"id"')]
+    assert chunks and {c["model"] for c in chunks} == {"gpt-4o-mini"}
     error = json.loads(events[-2][1])
     assert "stream broke" in error["error"]["message"]
     name, data = events[-1]
-    assert name == "x402.payment" and json.loads(data)["success"] is False
-    assert json.loads(data)["errorReason"] == "upstream_failed"
-    assert observer.balances(agent.address) == [5_000_000]
+    receipt = json.loads(data)
+    assert name == "x402.payment" and receipt["success"] is True  # the transfer started with the first chunk
+    assert observer.balances(agent.address, box.operator.address)[0] == 5_000_000 - amount
+    # the same payment again: the whole answer, no second charge
+    observer.control(break_after=None, break_models=[])
+    with http.stream("POST", url, json=body, headers=paid) as again:
+        assert again.status_code == 200
+        text = again.read().decode()
+    events = _events(text)
+    assert events[-2] == (None, "[DONE]") and json.loads(events[-1][1])["transaction"] == receipt["transaction"]
+    assert "".join(
+        json.loads(d)["choices"][0]["delta"].get("content") or ""
+        for n, d in events
+        if n is None and d.startswith('{"id"') and json.loads(d)["choices"]
+    ).startswith("[gpt-4o-mini]")
+    assert observer.upstream_calls() == calls + 2
+    assert observer.balances(agent.address) == [5_000_000 - amount]
+    # and once more: now the kept answer, no model call
+    again2 = http.post(url, json=body, headers=paid)
+    assert again2.status_code == 200 and _events(again2.text)[-2] == (None, "[DONE]")
+    assert observer.upstream_calls() == calls + 2
 
 
 def test_client_hang_up_after_content_is_charged_the_quote(

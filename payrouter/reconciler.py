@@ -1,0 +1,255 @@
+"""Drives every open journal record to a final state from the chain's truth.
+
+`Resolver.resolve` decides one record; `Reconciler` runs it over every open record, in the
+background of ``payrouter serve`` (one instance at a time, under a store lock) and from
+``payrouter ledger reconcile``. Each decision is a compare-and-set on the record's owner and
+state, and the chain's nonces make a second broadcast of one authorization harmless, so runs
+may overlap with each other and with live traffic.
+
+The rules, for an authorization the chain says is
+
+- *used*: the money moved: ``settled`` (the transaction found from our hash or the token's
+  ``AuthorizationUsed`` log);
+- *unused and expired* (``validBefore`` passed): nothing can move any more: ``released``, or
+  ``unpaid`` for an owed stream;
+- *unused and valid*: ``pending`` whose transaction the node no longer knows, or whose
+  transaction reverted, is broadcast again (or becomes ``owed``/``released``); ``owed`` and
+  stale ``settling`` records (their worker is gone; the answer is kept) are settled now;
+  ``claimed``/``serving`` are left to their worker until the authorization expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+
+from payrouter.chain import (
+    AUTHORIZATION_USED_TOPIC,
+    TRANSFER_TOPIC,
+    ChainClient,
+    ChainError,
+    encode_authorization_state,
+)
+from payrouter.facilitator import Facilitator
+from payrouter.journal import Journal, PaymentRecord, State, now_ms
+from payrouter.quoting import PricedRoute
+from payrouter.store import Store, StoreError
+from payrouter.x402.errors import PaymentError, SettlementFailed, SettlementInDoubt
+from payrouter.x402.wire import parse_payment
+
+__all__ = ["ReconcileReport", "Reconciler", "Resolver"]
+
+log = logging.getLogger("payrouter.reconciler")
+
+# Chain clocks and ours differ a little: an authorization counts as expired only this long
+# after its validBefore.
+EXPIRY_MARGIN_S = 30
+# A settling record untouched this long has lost its worker.
+STALE_MS = 60_000
+# A pass that crashed holding the lock blocks others at most this long.
+LOCK_TTL_S = 300
+
+
+def _topic(address: str) -> str:
+    return "0x" + "0" * 24 + address[2:].lower()
+
+
+class Resolver:
+    """Decides one record from the chain (see the module docstring for the rules).
+
+    Args:
+        journal: where records live.
+        chain: read access to the settlement chain.
+        facilitator: settles again when the rules say so.
+    """
+
+    def __init__(self, journal: Journal, chain: ChainClient | None, facilitator: Facilitator) -> None:
+        self.journal = journal
+        self.chain = chain
+        self.facilitator = facilitator
+
+    async def _write(self, record: PaymentRecord, state: str, **changes: object) -> PaymentRecord:
+        new = record.moved(state, **changes)
+        written, stored = await self.journal.advance(new, [record.state], drop_answer=state == State.RELEASED)
+        if written:
+            log.info("reconciled %s: %s -> %s (%s)", record.id, record.state, state, changes.get("reason", ""))
+            return new
+        return await self.journal.get(record.id) or record
+
+    async def _used(self, record: PaymentRecord) -> bool:
+        assert self.chain is not None
+        data = encode_authorization_state(record.payer, bytes.fromhex(record.nonce[2:]))
+        return int(await self.chain.eth_call(record.asset, data), 16) != 0
+
+    async def _find_transfer(self, record: PaymentRecord) -> str:
+        """Our transaction if it moved the money, else the one the token logged as using the nonce."""
+        assert self.chain is not None
+        if record.tx:
+            receipt = await self.chain.receipt(record.tx)
+            if receipt is not None and receipt.status == 1 and self._moves(receipt.logs, record):
+                return record.tx
+        logs = await self.chain.get_logs(record.asset, [AUTHORIZATION_USED_TOPIC, _topic(record.payer), record.nonce])
+        for entry in logs:
+            receipt = await self.chain.receipt(entry["transactionHash"])
+            if receipt is not None and receipt.status == 1 and self._moves(receipt.logs, record):
+                return receipt.transaction_hash
+        # used but no transfer to pay_to: cancelled by the payer
+        return ""
+
+    @staticmethod
+    def _moves(logs: list[dict[str, object]], record: PaymentRecord) -> bool:
+        want = [TRANSFER_TOPIC, _topic(record.payer), _topic(record.pay_to)]
+        for entry in logs:
+            topics = [str(t).lower() for t in entry.get("topics", [])]  # type: ignore[attr-defined]
+            if str(entry.get("address", "")).lower() == record.asset.lower() and topics == want:
+                if int(str(entry.get("data", "0x0")), 16) == record.amount:
+                    return True
+        return False
+
+    async def resolve(self, record: PaymentRecord, settle: bool = True) -> PaymentRecord:
+        """Drive ``record`` as far as the chain allows; returns it as it is stored now.
+
+        ``settle`` allows broadcasting (owed, stale settling, lost pending transactions).
+        Raises ChainError or StoreError when the chain or the store cannot be read.
+        """
+        if self.chain is None or record.state not in (
+            State.CLAIMED,
+            State.SERVING,
+            State.SETTLING,
+            State.PENDING,
+            State.OWED,
+        ):
+            return record
+        expired = time.time() > record.valid_before + EXPIRY_MARGIN_S
+        if await self._used(record):
+            tx = await self._find_transfer(record)
+            if tx:
+                return await self._write(
+                    record, State.SETTLED, tx=tx, settled_at=now_ms(), charged=record.amount, reason=""
+                )
+            # the payer cancelled it: nothing moved and nothing ever will
+            delivered = record.stream and record.delivered not in ("", "broken")
+            state = State.UNPAID if delivered else State.RELEASED
+            return await self._write(record, state, reason="authorization_cancelled")
+        delivered = record.stream and record.delivered not in ("", "broken")
+        if expired:
+            # unused and expired: nothing can move any more
+            state = State.UNPAID if delivered and record.state in (State.OWED, State.PENDING) else State.RELEASED
+            return await self._write(record, state, reason=record.reason or "expired_unused")
+        if record.state in (State.CLAIMED, State.SERVING):
+            return record  # its worker is still within the authorization's life
+        if record.state == State.SETTLING and now_ms() - record.updated_at < STALE_MS:
+            return record
+        if record.state == State.PENDING and record.tx:
+            receipt = await self.chain.receipt(record.tx)
+            if receipt is None and await self.chain.call("eth_getTransactionByHash", [record.tx]) is not None:
+                return record  # still waiting in the mempool
+        if not settle:
+            return record
+        return await self._settle(record)
+
+    async def _settle(self, record: PaymentRecord) -> PaymentRecord:
+        try:
+            payment = parse_payment(record.payment_object(), record.x402_version)
+            requirements = PricedRoute.from_record(record.route.encode()).requirements
+        except (PaymentError, ValueError, KeyError) as exc:
+            log.error("record %s cannot be settled again: %s", record.id, exc)
+            return record
+        try:
+            result = await self.facilitator.settle(payment, requirements)
+        except SettlementInDoubt as exc:
+            return await self._write(record, State.PENDING, tx=exc.transaction or record.tx, reason=exc.reason)
+        except SettlementFailed as exc:
+            delivered = record.stream and record.delivered not in ("", "broken")
+            state = State.OWED if delivered else State.RELEASED
+            if state == record.state:
+                return record
+            return await self._write(record, state, reason=exc.reason, tx=exc.transaction or record.tx)
+        return await self._write(
+            record, State.SETTLED, tx=result.transaction, settled_at=now_ms(), charged=record.amount, reason=""
+        )
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    """What one reconcile pass did: records looked at, by the state they ended in."""
+
+    examined: int = 0
+    errors: int = 0
+    skipped: bool = False
+    ended: dict[str, int] | None = None
+
+    def count(self, state: str) -> None:
+        """Count a record that ended the pass in ``state``."""
+        if self.ended is None:
+            self.ended = {}
+        self.ended[state] = self.ended.get(state, 0) + 1
+
+
+class Reconciler:
+    """Runs `Resolver` over every open record, one pass at a time across all instances.
+
+    Args:
+        resolver: the per-record rules.
+        store: holds the lock that keeps passes from overlapping between instances.
+        interval: seconds between background passes.
+    """
+
+    LOCK = "lock:reconciler"
+
+    def __init__(self, resolver: Resolver, store: Store, interval: float = 15.0) -> None:
+        self.resolver = resolver
+        self.store = store
+        self.interval = interval
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self, wait: float = 0.0) -> ReconcileReport:
+        """One pass over the open records; skipped (``report.skipped``) when another pass,
+        here or in another instance, still holds the lock after ``wait`` seconds."""
+        report = ReconcileReport()
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + wait
+        while not await self.store.claim(self.LOCK, token, LOCK_TTL_S):
+            if time.monotonic() >= deadline:
+                report.skipped = True
+                return report
+            await asyncio.sleep(0.05)
+        try:
+            for record in await self.resolver.journal.open_records():
+                report.examined += 1
+                try:
+                    ended = await self.resolver.resolve(record)
+                except (ChainError, StoreError) as exc:
+                    report.errors += 1
+                    log.warning("reconcile %s: %s", record.id, exc)
+                    continue
+                report.count(ended.state)
+        finally:
+            with contextlib.suppress(StoreError):
+                await self.store.release(self.LOCK, token)
+        return report
+
+    def start(self) -> None:
+        """Run passes in the background every ``interval`` seconds until `stop`."""
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.run_once()
+            except Exception:  # a pass must never end the loop
+                log.exception("reconcile pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+
+    async def stop(self) -> None:
+        """End the background loop (waits at most 5 s for a pass in progress)."""
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, 5)
