@@ -14,22 +14,63 @@ import pytest
 
 from payrouter.client import PaymentTransport, SpendingPolicy
 from payrouter.sandbox.dev import Sandbox
+from payrouter.x402.wire import decode_header
 from wallets import LocalSigner
 
 from .conftest import Observer
 from .test_streaming import _wait_for_change
 
 
-def _sdk(box: Sandbox) -> tuple[LocalSigner, Any]:
+class _OfferRecorder(httpx2.BaseTransport):
+    """Under the paying transport: keeps the offer of every 402 and every payment sent."""
+
+    def __init__(self) -> None:
+        self.inner = httpx2.HTTPTransport()
+        self.offers: list[dict[str, Any]] = []
+        self.payments: list[dict[str, Any]] = []
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if "payment-signature" in request.headers:
+            self.payments.append(decode_header(request.headers["payment-signature"]))
+        response = self.inner.handle_request(request)
+        if response.status_code == 402:
+            self.offers.append(decode_header(response.headers["payment-required"]))
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def quote(self) -> tuple[int, str]:
+        """``(amount, payTo)`` of the one offer that was paid, checked against what was signed."""
+        assert len(self.offers) == 1 and len(self.payments) == 1, (self.offers, self.payments)
+        (accepted,) = self.offers[0]["accepts"]
+        signed = self.payments[0]["payload"]["authorization"]
+        assert int(signed["value"]) == int(accepted["amount"]) and signed["to"] == accepted["payTo"]
+        return int(accepted["amount"]), accepted["payTo"]
+
+
+def _sdk(box: Sandbox) -> tuple[LocalSigner, Any, _OfferRecorder]:
     """The Anthropic SDK runs on httpx2 (httpx's successor): our transport wraps its transport."""
     agent = LocalSigner.generate()
     box.token.mint(agent.address, 5_000_000)
-    transport = PaymentTransport(agent, SpendingPolicy(max_per_call=10**6), transport=httpx2.HTTPTransport())  # type: ignore[arg-type]
-    return agent, httpx2.Client(transport=transport, timeout=30)  # type: ignore[arg-type]
+    recorder = _OfferRecorder()
+    transport = PaymentTransport(agent, SpendingPolicy(max_per_call=10**6), transport=recorder)  # type: ignore[arg-type]
+    return agent, httpx2.Client(transport=transport, timeout=30), recorder  # type: ignore[arg-type]
+
+
+def _assert_charged_exactly(
+    box: Sandbox, observer: Observer, recorder: _OfferRecorder, agent: LocalSigner, operator_before: int
+) -> None:
+    quote, pay_to = recorder.quote()
+    assert quote > 0 and pay_to == box.operator.address
+    agent_after, operator_after = observer.balances(agent.address, pay_to)
+    assert 5_000_000 - agent_after == quote, "the agent paid exactly the quoted amount"
+    assert operator_after - operator_before == quote, "the operator gained exactly the quoted amount"
 
 
 def test_anthropic_sdk_pays_for_a_message(box: Sandbox, observer: Observer) -> None:
-    agent, http = _sdk(box)
+    agent, http, recorder = _sdk(box)
+    operator_before = observer.balances(box.operator.address)[0]
     with http, anthropic.Anthropic(base_url=box.router_url, api_key="unused", http_client=http) as client:
         message = client.messages.create(
             model="gpt-4o-mini",  # an OpenAI-compatible model, asked for in Anthropic's shape
@@ -40,11 +81,12 @@ def test_anthropic_sdk_pays_for_a_message(box: Sandbox, observer: Observer) -> N
     assert message.type == "message" and message.role == "assistant"
     assert message.content[0].type == "text" and message.content[0].text.startswith("[gpt-4o-mini]")
     assert message.stop_reason in ("end_turn", "max_tokens") and message.usage.output_tokens > 0
-    assert observer.balances(agent.address)[0] < 5_000_000
+    _assert_charged_exactly(box, observer, recorder, agent, operator_before)
 
 
 def test_anthropic_sdk_streams_and_uses_tools(box: Sandbox, observer: Observer) -> None:
-    agent, http = _sdk(box)
+    agent, http, recorder = _sdk(box)
+    operator_before = observer.balances(box.operator.address)[0]
     tools = [{"name": "weather", "description": "weather", "input_schema": {"type": "object"}}]
     with http, anthropic.Anthropic(base_url=box.router_url, api_key="unused", http_client=http) as client:
         with client.messages.stream(
@@ -59,7 +101,8 @@ def test_anthropic_sdk_streams_and_uses_tools(box: Sandbox, observer: Observer) 
     tool = next(b for b in final.content if b.type == "tool_use")
     assert tool.name == "weather" and tool.input == {"city": "Paris"}
     assert final.stop_reason == "tool_use"
-    _wait_for_change(observer, agent.address, 5_000_000)
+    _wait_for_change(observer, agent.address, 5_000_000)  # settled after the stream
+    _assert_charged_exactly(box, observer, recorder, agent, operator_before)
 
 
 def test_messages_requires_max_tokens(box: Sandbox) -> None:
