@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
-import redis
 
 from payrouter.store import MemoryStore, RedisStore, Store, StoreError
+
+from ..polling import async_wait_until
+from ..redis_keys import delete_namespace
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -21,19 +24,26 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         return
     namespace = f"payrouter-test-store-{secrets.token_hex(4)}"
     s = RedisStore(REDIS_URL, namespace)
-    yield s
-    await s.close()
-    with redis.Redis.from_url(REDIS_URL) as r:
-        for key in r.scan_iter(match=f"{namespace}:*"):
-            r.delete(key)
+    try:
+        yield s
+    finally:
+        try:
+            await s.close()
+        finally:
+            delete_namespace(REDIS_URL, namespace)
 
 
 async def test_put_get_expire(store: Store) -> None:
+    put_at = time.monotonic()
     await store.put("q", b"value", 1)
     assert await store.get("q") == b"value"
     assert await store.get("missing") is None
-    await asyncio.sleep(1.1)
-    assert await store.get("q") is None
+    await async_wait_until(lambda: _gone(store, "q"), "the 1 s TTL of q to expire", timeout=3, interval=0.02)
+    assert time.monotonic() - put_at >= 0.9, "expired well before its TTL"
+
+
+async def _gone(store: Store, key: str) -> bool:
+    return await store.get(key) is None
 
 
 async def test_claim_is_exclusive_and_owned(store: Store) -> None:
@@ -97,6 +107,12 @@ async def test_unreachable_redis_is_a_store_error() -> None:
 
 
 async def test_incr_counts_and_expires(store: Store) -> None:
+    first_at = time.monotonic()
     assert [await store.incr("n", 1) for _ in range(3)] == [1, 2, 3]
-    await asyncio.sleep(1.1)
-    assert await store.incr("n", 1) == 1
+
+    async def restarted() -> bool:
+        # later increments do not extend the TTL: once it runs out, the count starts again
+        return await store.incr("n", 1) == 1
+
+    await async_wait_until(restarted, "the counter to expire 1 s after its first increment", timeout=3, interval=0.02)
+    assert time.monotonic() - first_at >= 0.9, "expired well before its TTL"
