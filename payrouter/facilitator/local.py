@@ -171,9 +171,8 @@ class LocalFacilitator:
         data = bytes.fromhex(encode_transfer_with_authorization(auth, payment.signature)[2:])
         try:
             tx_hash, receipt = await self._broadcast(requirements.asset, data)
-        except ReplyLost as exc:
-            # the node may have taken it: its hash is known, the outcome is not
-            raise SettlementInDoubt(f"transaction sent, reply lost ({exc})", auth.from_, exc.args[1]) from None
+        except SettlementInDoubt as exc:
+            raise SettlementInDoubt(exc.message, auth.from_, exc.transaction) from None
         except (ChainError, StoreError) as exc:
             raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"not broadcast: {exc}", auth.from_) from None
         if receipt is None:
@@ -200,7 +199,7 @@ class LocalFacilitator:
         disagrees (another sender used the wallet), the nonce is re-read from the chain.
 
         Raises:
-            ReplyLost: sent, reply lost; ``args[1]`` is the transaction hash.
+            SettlementInDoubt: sent, reply lost (the node may have taken it; the hash is known).
             ChainError, StoreError: nothing was sent.
         """
         max_fee, tip = await self._fees()
@@ -226,7 +225,8 @@ class LocalFacilitator:
                     # the nonce may or may not be used now: re-read it next time
                     with contextlib.suppress(StoreError):
                         await self._store.put(nonce_key, b"", 1)
-                    raise ReplyLost(str(exc), "0x" + keccak(raw).hex()) from None
+                    tx_hash = "0x" + keccak(raw).hex()
+                    raise SettlementInDoubt(f"transaction sent, reply lost ({exc})", None, tx_hash) from None
                 except ChainError as exc:
                     if attempt == 0 and _is_nonce_error(exc):
                         nonce = await self._chain.transaction_count(self._gas.address, "pending")

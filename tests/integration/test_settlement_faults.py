@@ -1,0 +1,313 @@
+"""Settlement under faults, as they happen: a JSON-RPC proxy loses replies and hides receipts,
+payers cancel their authorizations mid-stream. Money that moved always has a record and an answer."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import redis
+from pydantic import SecretStr
+
+from payrouter.app import create_app
+from payrouter.chain import ChainClient
+from payrouter.facilitator import LocalFacilitator
+from payrouter.journal import PaymentRecord, RedisJournal, State
+from payrouter.reconciler import Reconciler, Resolver
+from payrouter.sandbox.dev import Sandbox
+from payrouter.sandbox.rpc_faults import RpcFaultProxy, fault_proxy_in_thread
+from payrouter.sandbox.serving import serve_in_thread
+from payrouter.settings import ProviderSettings, Settings
+from payrouter.store import RedisStore
+from tests.redis_keys import delete_namespace
+from wallets import CancelAuthorization, Eip712Domain, LocalSigner, new_nonce
+
+from .conftest import REDIS_URL, Observer
+from .payments import header, offer, payment, rejection
+
+
+@dataclass
+class Faulty:
+    """A router whose chain RPC goes through a fault proxy, with its own journal namespace."""
+
+    url: str
+    proxy: RpcFaultProxy
+    namespace: str
+    gas: LocalSigner
+
+    def record(self, payer: str, nonce: str) -> dict[str, str]:
+        client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        try:
+            data: dict[str, str] = client.hgetall(f"{self.namespace}:{{j}}:rec:exact:{payer.lower()}:{nonce}")  # type: ignore[assignment]
+            return data
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def faulty(box: Sandbox) -> Iterator[Faulty]:
+    namespace = f"payrouter-test-faults-{secrets.token_hex(4)}"
+    gas = box.chain.new_account()
+    with fault_proxy_in_thread(box.chain.rpc_url) as proxy:
+        settings = Settings(
+            price_table=box.table,
+            providers={
+                p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
+            },
+            redis_url=REDIS_URL,
+            namespace=namespace,
+            rpc_url=proxy.url,
+            gas_key=SecretStr(gas.unsafe_export_private_key()),
+            receipt_timeout=1.0,
+            reconcile_interval=0,
+        )
+        try:
+            with serve_in_thread(create_app(settings)) as url:
+                yield Faulty(url, proxy, namespace, gas)
+        finally:
+            delete_namespace(REDIS_URL, namespace)
+
+
+@pytest.fixture
+def proxy(faulty: Faulty) -> Iterator[RpcFaultProxy]:
+    yield faulty.proxy
+    faulty.proxy.set_mode("pass", 0)
+
+
+def _agent(box: Sandbox, funds: int = 5_000_000) -> LocalSigner:
+    agent = LocalSigner.generate()
+    box.token.mint(agent.address, funds)
+    return agent
+
+
+def _body(**kw: Any) -> dict[str, Any]:
+    content = f"q {secrets.token_hex(6)}"
+    return {"model": "gpt-4o-mini", "max_tokens": 60, "messages": [{"role": "user", "content": content}], **kw}
+
+
+def _receipt(response: httpx.Response) -> dict[str, Any]:
+    decoded: dict[str, Any] = json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"]))
+    return decoded
+
+
+def _nonce(paid: dict[str, Any]) -> str:
+    return str(paid["payload"]["authorization"]["nonce"])
+
+
+def _events(text: str) -> list[tuple[str | None, str]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        event, data = None, ""
+        for line in block.splitlines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+        out.append((event, data))
+    return out
+
+
+def test_lost_send_reply_is_pending_with_its_hash_and_the_retry_gets_the_answer(
+    faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    """D2: the node took the transaction but the reply was lost."""
+    agent = _agent(box)
+    url = f"{faulty.url}/v1/chat/completions"
+    body = _body()
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    paid = payment(o, agent)
+    before = observer.balances(agent.address, box.operator.address)
+    proxy.set_mode("lose_send")
+    first = http.post(url, json=body, headers=header(paid))
+    proxy.set_mode("pass")
+    assert first.status_code == 402, first.text
+    receipt = _receipt(first)
+    assert receipt["success"] is False and receipt["errorReason"] == "settlement_pending"
+    assert receipt["transaction"].startswith("0x") and len(receipt["transaction"]) == 66
+    assert "may still move" in first.json()["error"]["message"]
+    # the transfer was mined: the payer paid exactly once, and the record says pending with its hash
+    assert box.chain.w3.eth.get_transaction_receipt(receipt["transaction"])["status"] == 1
+    after = observer.balances(agent.address, box.operator.address)
+    assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)
+    record = faulty.record(agent.address, _nonce(paid))
+    assert record["state"] == State.PENDING and record["tx"] == receipt["transaction"]
+    # the same payment again: the answer it paid for, no second model call, no second charge
+    calls = observer.upstream_calls()
+    again = http.post(url, json=body, headers=header(paid))
+    assert again.status_code == 200, again.text
+    assert again.json()["choices"][0]["message"]["content"].startswith("[gpt-4o-mini]")
+    assert _receipt(again)["success"] is True and _receipt(again)["transaction"] == receipt["transaction"]
+    assert observer.upstream_calls() == calls
+    assert observer.balances(agent.address, box.operator.address) == after
+    assert faulty.record(agent.address, _nonce(paid))["state"] == State.SETTLED
+
+
+def test_slow_receipt_is_pending_then_answered(
+    faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    """D3: mined after the receipt timeout."""
+    agent = _agent(box)
+    url = f"{faulty.url}/v1/chat/completions"
+    body = _body()
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    paid = payment(o, agent)
+    proxy.set_mode("hide_receipt")
+    first = http.post(url, json=body, headers=header(paid))
+    assert first.status_code == 402 and _receipt(first)["errorReason"] == "settlement_pending"
+    tx = _receipt(first)["transaction"]
+    assert tx and observer.balances(agent.address) == [5_000_000 - amount]
+    # receipts still hidden: the token's AuthorizationUsed log proves the transfer, so the retry
+    # gets the answer it paid for
+    done = http.post(url, json=body, headers=header(paid))
+    assert done.status_code == 200 and _receipt(done) == {**_receipt(done), "success": True, "transaction": tx}
+    assert observer.balances(agent.address) == [5_000_000 - amount]
+
+
+def test_far_future_valid_before_is_served(
+    faulty: Faulty, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    """D5: validBefore = 2**255 never breaks the store."""
+    agent = _agent(box)
+    url = f"{faulty.url}/v1/chat/completions"
+    for body in (_body(), _body(stream=True)):
+        o = offer(http, url, body)
+        amount = int(o["accepts"][0]["amount"])
+        before = observer.balances(agent.address)[0]
+        response = http.post(url, json=body, headers=header(payment(o, agent, valid_before=2**255)))
+        assert response.status_code == 200, response.text
+        deadline = time.monotonic() + 10
+        while observer.balances(agent.address)[0] != before - amount:
+            assert time.monotonic() < deadline, "not settled"
+            time.sleep(0.02)
+
+
+def _cancel(box: Sandbox, agent: LocalSigner, nonce: str) -> None:
+    cancel = CancelAuthorization(authorizer=agent.address, nonce=bytes.fromhex(nonce[2:]))
+    domain = Eip712Domain(box.token.domain.name, box.token.domain.version, box.chain.chain_id, box.token.address)
+    signature = agent.sign_typed_data(domain, cancel)
+    submitter = box.chain.new_account()  # any account can pay its gas
+    assert box.token.cancel_authorization(submitter, cancel, signature)["status"] == 1
+
+
+def test_cancel_before_the_first_chunk_cuts_the_stream_and_makes_a_debtor(
+    faulty: Faulty, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    """D1: the payer cancels its authorization after verification; its stream is cut."""
+    agent = _agent(box)
+    url = f"{faulty.url}/v1/chat/completions"
+    body = _body(stream=True, max_tokens=200)
+    o = offer(http, url, body)
+    paid = payment(o, agent)
+    observer.control(delay_ms=600, chunk_delay_ms=40)
+    before = observer.balances(agent.address, box.operator.address)
+    result: dict[str, Any] = {}
+
+    def stream() -> None:
+        with httpx.Client(timeout=30) as client:
+            result["response"] = client.post(url, json=body, headers=header(paid))
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    time.sleep(0.3)  # the attack's timing: verified, the model not answering yet
+    _cancel(box, agent, _nonce(paid))
+    thread.join(30)
+    response: httpx.Response = result["response"]
+    assert response.status_code == 200
+    events = _events(response.text)
+    name, data = events[-1]
+    receipt = json.loads(data)
+    assert name == "x402.payment" and receipt["success"] is False
+    cut = json.loads(events[-2][1])
+    assert cut["error"]["type"] == "payment_error" and "cut" in cut["error"]["message"]
+    words = [e for e in events if e[1].startswith('{"id"')]
+    assert len(words) < 6  # cut within a couple of chunks, not the whole answer
+    assert observer.balances(agent.address, box.operator.address) == before  # the transfer reverted
+    record = faulty.record(agent.address, _nonce(paid))
+    assert record["state"] == State.OWED and record["delivered"] == "cut"
+    # a debtor is refused streams, and still served plain calls
+    observer.control(delay_ms=0, chunk_delay_ms=0)
+    body2 = _body(stream=True)
+    o2 = offer(http, url, body2)
+    with observer.unchanged(agent.address):
+        refused = http.post(url, json=body2, headers=header(payment(o2, agent)))
+    assert rejection(refused) == (402, "payer_has_unpaid_stream")
+    plain = _body()
+    assert http.post(url, json=plain, headers=header(payment(offer(http, url, plain), agent))).status_code == 200
+
+
+def test_cancel_mid_stream_is_too_late(faulty: Faulty, box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    """D1: one second into a slow stream the transfer is already mined: the cancel fails."""
+    agent = _agent(box)
+    url = f"{faulty.url}/v1/chat/completions"
+    body = _body(stream=True, max_tokens=200)
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    paid = payment(o, agent)
+    observer.control(chunk_delay_ms=100)
+    before = observer.balances(agent.address, box.operator.address)
+    with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body, headers=header(paid)) as response:
+        lines = response.iter_lines()
+        next(lines)
+        time.sleep(1.0)
+        with pytest.raises(Exception, match="reverted"):  # the authorization is already used
+            _cancel(box, agent, _nonce(paid))
+        events = _events("\n".join(lines))
+    assert events[-2] == (None, "[DONE]") and json.loads(events[-1][1])["success"] is True
+    after = observer.balances(agent.address, box.operator.address)
+    assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)
+
+
+def test_reconciler_settles_pending_and_releases_expired(
+    faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    agent = _agent(box)
+    url = f"{faulty.url}/v1/chat/completions"
+    body = _body()
+    o = offer(http, url, body)
+    paid = payment(o, agent)
+    proxy.set_mode("hide_receipt")
+    assert http.post(url, json=body, headers=header(paid)).status_code == 402
+    proxy.set_mode("pass")
+    assert faulty.record(agent.address, _nonce(paid))["state"] == State.PENDING
+    # a record whose worker died before settling, and whose authorization has expired unused
+    stale = faulty.record(agent.address, _nonce(paid))
+    dead = PaymentRecord.from_fields(
+        {**stale, "id": f"exact:{agent.address.lower()}:0x{new_nonce().hex()}", "state": State.SERVING}
+    )
+    dead.nonce = dead.id.rsplit(":", 1)[1]
+    dead.valid_before = int(time.time()) - 120
+
+    async def reconcile() -> dict[str, int]:
+        from redis.asyncio import Redis
+
+        journal = RedisJournal(Redis.from_url(REDIS_URL), faulty.namespace)
+        store = RedisStore(REDIS_URL, faulty.namespace)
+        chain = ChainClient(box.chain.rpc_url)
+        facilitator = LocalFacilitator(ChainClient(box.chain.rpc_url), faulty.gas, store, box.chain.chain_id)
+        try:
+            await journal.advance(dead, [])
+            report = await Reconciler(Resolver(journal, chain, facilitator), store).run_once(wait=5)
+            again = await Reconciler(Resolver(journal, chain, facilitator), store).run_once(wait=5)
+            assert again.examined == 0  # nothing left open: a second pass is a no-op
+            return report.ended or {}
+        finally:
+            await journal.close()
+            await store.close()
+            await chain.close()
+            await facilitator.close()
+
+    ended = asyncio.run(reconcile())
+    assert ended.get(State.SETTLED, 0) >= 1 and ended.get(State.RELEASED, 0) >= 1
+    assert faulty.record(agent.address, _nonce(paid))["state"] == State.SETTLED
+    assert faulty.record(agent.address, dead.nonce)["state"] == State.RELEASED
