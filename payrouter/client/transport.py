@@ -150,9 +150,16 @@ class _Payer:
         )
 
     def finish(self, key: str, response: httpx.Response, payment: SignedPayment, reservation: str | None) -> None:
-        """The answer arrived: forget the pending payment, settle the budget, attach the receipt."""
-        del self.pending[key]
+        """The answer arrived: forget the pending payment, settle the budget, attach the receipt.
+
+        A ``settlement_pending`` receipt means the money may still move: the payment stays
+        pending (and its budget spent), so retrying the request re-sends it and gets the answer.
+        """
         receipt = _receipt(response, payment)
+        if receipt is not None and not receipt.success and receipt.error == "settlement_pending":
+            response.extensions[RECEIPT_KEY] = receipt
+            return
+        del self.pending[key]
         # the money moved only with a successful receipt or a 2xx; anything else gives it back
         paid = (receipt is not None and receipt.success) or (receipt is None and response.status_code < 400)
         if not paid and reservation is not None:

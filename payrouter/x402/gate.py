@@ -162,6 +162,14 @@ class PaymentGate:
         v2_header = headers.get("payment-signature")
         v1_header = headers.get("x-payment")
         call = _Call(scope, receive, services, request, body, digest, resource, constraints)
+        started = False
+        downstream = send
+
+        async def send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await downstream(message)
+
         try:
             try:
                 if v2_header is None and v1_header is None:
@@ -180,6 +188,8 @@ class PaymentGate:
             await send_response(send, *json_error(400, str(exc), "invalid_request_error", "model"))
         except StoreError as exc:
             log.error("store unavailable: %s", exc)
+            if started:  # the answer is on its way: its money is recorded by deferred writes
+                return
             await send_response(
                 send, *json_error(503, "payment state store unavailable; nothing was charged", "server_error")
             )
