@@ -1,13 +1,15 @@
 """Time to first token: through payrouter (paid, streaming) vs straight from the provider.
 
-Usage: .venv/bin/python bench/streaming.py [--n 100]
+Usage: .venv/bin/python bench/streaming.py [--n 100] [--block-time SECONDS]
 
 The test provider and payrouter (`create_app`, local facilitator, Redis store, example price
 table on a fresh anvil) each run in their own process, as in production. For each of --n
 prompts: the payment is signed before the clock starts, then the time to the first content
-chunk is measured through payrouter (x402 verification, routing, upstream stream open, relay;
-settlement deferred to the end of the stream) and, for the same prompt, directly from the
-provider. Reports p50/p99 of both and of the difference.
+chunk is measured through payrouter (x402 verification, the journal record, routing, upstream
+stream open, relay; the transfer starts with the first chunk and runs while the stream flows)
+and, for the same prompt, directly from the provider. Reports p50/p99 of both and of the
+difference, and the time to the receipt (the last event, after the transfer is mined).
+``--block-time 2`` mines a block every 2 s, as on Base, instead of on arrival.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from bench.paid_path import _free_port, _serve_payrouter, _serve_upstream
+from bench.paid_path import REDIS_URL, _free_port, _serve_payrouter, _serve_upstream
 from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
 from payrouter.devchain import DevChain
@@ -48,8 +50,10 @@ def _wait(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def _measure(router_url: str, upstream_url: str, agent: LocalSigner, n: int) -> tuple[list[float], list[float]]:
-    router, direct = [], []
+def _measure(
+    router_url: str, upstream_url: str, agent: LocalSigner, n: int
+) -> tuple[list[float], list[float], list[float]]:
+    router, direct, receipts = [], [], []
     with httpx.Client(timeout=30) as http:
         for i in range(n + 5):
             body = {
@@ -68,8 +72,11 @@ def _measure(router_url: str, upstream_url: str, agent: LocalSigner, n: int) -> 
                 lines = response.iter_lines()
                 _first_content(lines)
                 through = (time.perf_counter() - start) * 1000
-                for _ in lines:  # drain: settlement happens after the stream
-                    pass
+                last = ""
+                for line in lines:  # drain: the receipt is the last event, once the transfer is mined
+                    last = line or last
+                assert '"success":true' in last.replace(" ", ""), last
+                receipt = (time.perf_counter() - start) * 1000
             start = time.perf_counter()
             with http.stream("POST", f"{upstream_url}/v1/chat/completions", json=body) as response:
                 lines = response.iter_lines()
@@ -80,15 +87,18 @@ def _measure(router_url: str, upstream_url: str, agent: LocalSigner, n: int) -> 
             if i >= 5:
                 router.append(through)
                 direct.append(straight)
-    return router, direct
+                receipts.append(receipt)
+    return router, direct, receipts
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
-    n = parser.parse_args().n
+    parser.add_argument("--block-time", type=int, default=None, help="anvil block time (default: mine on arrival)")
+    args = parser.parse_args()
+    n = args.n
     spawn = multiprocessing.get_context("spawn")
-    with DevChain.start() as chain:
+    with DevChain.start(block_time=args.block_time) as chain:
         token = chain.deploy_token()
         table = load_price_table(EXAMPLE_TABLE).on_chain(chain.network, token.address, LocalSigner.generate().address)
         agent = LocalSigner.generate()
@@ -110,16 +120,37 @@ def main() -> None:
         try:
             _wait(f"{upstream_url}/_stats")
             _wait(f"{router_url}/healthz")
-            router, direct = _measure(router_url, upstream_url, agent, n)
+            router, direct, receipts = _measure(router_url, upstream_url, agent, n)
         finally:
             for proc in procs:
                 proc.terminate()
                 proc.join(5)
+            _delete_namespace(namespace)
     added = [a - b for a, b in zip(router, direct, strict=True)]
-    for name, values in (("through payrouter", router), ("direct to provider", direct), ("added by payrouter", added)):
+    mining = f"blocks every {args.block_time} s" if args.block_time else "mined on arrival"
+    print(f"anvil {mining}; {n} paid streams, gpt-4o-mini, max_tokens 64")
+    rows = (
+        ("through payrouter", router),
+        ("direct to provider", direct),
+        ("added by payrouter", added),
+        ("receipt (last event)", receipts),
+    )
+    for name, values in rows:
         print(
             f"{name:<20} TTFT p50 {statistics.median(values):6.2f} ms  p99 {percentile(values, 0.99):6.2f} ms  (n={len(values)})"
         )
+
+
+def _delete_namespace(namespace: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 if __name__ == "__main__":

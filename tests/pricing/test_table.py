@@ -141,3 +141,25 @@ def test_table_is_immutable() -> None:
     table = parse_price_table(VALID)
     with pytest.raises(ValueError, match="frozen"):
         table.models[0].markup = Decimal(5)
+
+
+def test_streaming_policy_limits_in_atomic_units() -> None:
+    data = {
+        **copy.deepcopy(VALID),
+        "streaming": {
+            "settlement": "before_first_byte",
+            "max_unconfirmed_per_payer": "0.25",
+            "max_unconfirmed_total": "3",
+        },
+    }
+    table = parse_price_table(data)
+    assert table.streaming.settlement == "before_first_byte"
+    assert table.unconfirmed_limits() == (250_000, 3_000_000)
+    assert parse_price_table(copy.deepcopy(VALID)).streaming.settlement == "during_stream"
+    with pytest.raises(PriceTableError, match="floats lose cents"):
+        parse_price_table({**copy.deepcopy(VALID), "streaming": {"max_unconfirmed_total": 3.0}})
+
+
+def test_removed_after_stream_setting_is_explained() -> None:
+    with pytest.raises(PriceTableError, match="let a payer take a whole stream for free"):
+        parse_price_table({**copy.deepcopy(VALID), "streaming_settlement": "after_stream"})
