@@ -165,11 +165,12 @@ class PaymentGate:
         started = False
         downstream = send
 
-        async def send(message: Message) -> None:
+        async def watched(message: Message) -> None:
             nonlocal started
             started = started or message["type"] == "http.response.start"
             await downstream(message)
 
+        send = watched
         try:
             try:
                 if v2_header is None and v1_header is None:
