@@ -100,6 +100,9 @@ def test_gas_key_never_logged(servers: list[str], box: Sandbox) -> None:
 def test_one_payment_two_servers_concurrently(servers: list[str], box: Sandbox, observer: Observer) -> None:
     agent = box.agents[4]
     rounds = 6
+    # both copies must be in flight together (a copy arriving after the first settled would get
+    # the kept answer back, which is a replay, not a second service)
+    observer.control(delay_ms=150)
     with httpx.Client(timeout=30) as http, ThreadPoolExecutor(max_workers=2) as pool:
         before = observer.balances(agent.address, box.operator.address)
         calls = observer.upstream_calls()
