@@ -85,6 +85,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.redis_url:
+        from payrouter.store.persistence import warn_unless_persistent
+
+        warn_unless_persistent(settings.redis_url)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     limits = uvicorn_options(settings.server)
