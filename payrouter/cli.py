@@ -13,6 +13,7 @@ import httpx
 
 from payrouter import __version__
 from payrouter.agent_cli import add_agent_commands, read_password
+from payrouter.ledger_cli import add_ledger_commands
 from payrouter.routing.predictor import DEFAULT_L2, DEFAULT_STEPS
 from payrouter.settings import ConfigError
 from pricing import (
@@ -268,6 +269,7 @@ def _parser() -> argparse.ArgumentParser:
     cv.set_defaults(func=_cmd_router_cv)
 
     add_agent_commands(sub)
+    add_ledger_commands(sub)
 
     demo = sub.add_parser("demo", help="price a request and settle its payment on a local anvil chain")
     demo.add_argument("--table", help="price table (default: examples/prices.toml)")

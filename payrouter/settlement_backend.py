@@ -1,0 +1,97 @@
+"""Opening the chain client and the facilitator the settings name, checked against the price table.
+
+Shared by the service's lifespan and by ``payrouter ledger reconcile``, which settles and
+resolves payments exactly as the service does.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import httpx
+
+from payrouter.chain import ChainClient
+from payrouter.facilitator import Facilitator, LocalFacilitator, RemoteFacilitator
+from payrouter.facilitator.local import wait_until_deployed
+from payrouter.settings import ConfigError, Settings
+from payrouter.store import Store
+from payrouter.x402.wire import v1_network_name
+from pricing import PriceTable
+from wallets import LocalSigner
+
+__all__ = ["SettlementBackend", "open_settlement_backend", "require_exact_support"]
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementBackend:
+    """What settles payments and reads the chain.
+
+    Attributes:
+        chain: read access to the settlement chain (None: a remote facilitator and no rpc_url).
+        facilitator: verifies and settles.
+    """
+
+    chain: ChainClient | None
+    facilitator: Facilitator
+
+
+async def require_exact_support(facilitator: RemoteFacilitator, table: PriceTable) -> None:
+    """Refuse a facilitator that cannot settle this table's payments.
+
+    Raises:
+        ConfigError: ``GET /supported`` failed, or offers no ``exact`` scheme on the table's network.
+    """
+    try:
+        kinds = (await facilitator.supported()).get("kinds") or []
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConfigError(f"facilitator_url: GET /supported failed ({exc})") from None
+    names = {table.network, v1_network_name(table.chain_id)}
+    if not any(k.get("scheme") == "exact" and k.get("network") in names for k in kinds):
+        offered = sorted(f"{k.get('scheme')} on {k.get('network')}" for k in kinds)
+        raise ConfigError(f"the facilitator does not settle 'exact' payments on {table.network}; it offers {offered}")
+
+
+async def open_settlement_backend(settings: Settings, store: Store, stack: AsyncExitStack) -> SettlementBackend:
+    """Open the chain client and facilitator of ``settings``; ``stack`` closes them.
+
+    ``local``: the node at ``rpc_url`` must serve the price table's chain and hold the asset's
+    contract; the facilitator pays gas from ``gas_key`` and takes its nonce lock in ``store``.
+    ``remote``: the facilitator must settle ``exact`` on the table's network; ``rpc_url``, if
+    set, gives read access to the chain.
+
+    Raises:
+        ConfigError: the chain or the facilitator does not fit the price table.
+        ChainError: the node cannot be reached, or the asset has no contract.
+    """
+    table = settings.price_table
+    chain: ChainClient | None = None
+    facilitator: Facilitator
+    if settings.facilitator == "local":
+        assert settings.rpc_url is not None and settings.gas_key is not None  # Settings checks both
+        chain = ChainClient(settings.rpc_url)
+        stack.push_async_callback(chain.close)
+        chain_id = await chain.chain_id()
+        if chain_id != table.chain_id:
+            raise ConfigError(f"rpc_url serves chain {chain_id}, the price table wants {table.network}")
+        await wait_until_deployed(chain, table.asset.address)
+        gas = LocalSigner(settings.gas_key.get_secret_value())
+        local = LocalFacilitator(
+            ChainClient(settings.rpc_url), gas, store, chain_id, receipt_timeout=settings.receipt_timeout
+        )
+        stack.push_async_callback(local.close)
+        facilitator = local
+    else:
+        assert settings.facilitator_url is not None  # Settings checks it
+        if settings.rpc_url:
+            chain = ChainClient(settings.rpc_url)
+            stack.push_async_callback(chain.close)
+        headers = {
+            endpoint: {k: v.get_secret_value() for k, v in values.items()}
+            for endpoint, values in settings.facilitator_headers.items()
+        }
+        remote = RemoteFacilitator(settings.facilitator_url, headers)
+        stack.push_async_callback(remote.close)
+        await require_exact_support(remote, table)
+        facilitator = remote
+    return SettlementBackend(chain, facilitator)
