@@ -13,9 +13,6 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from payrouter.chain import ChainClient
-from payrouter.facilitator import Facilitator, LocalFacilitator, RemoteFacilitator
-from payrouter.facilitator.local import wait_until_deployed
 from payrouter.journal import DeferredWrites
 from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
@@ -29,16 +26,14 @@ from payrouter.routing import Router, RoutingEngine
 from payrouter.routing.predictor import QualityPredictor
 from payrouter.services import Services
 from payrouter.serving_limits import BodyTimeout
-from payrouter.settings import ConfigError, Settings
+from payrouter.settings import Settings
+from payrouter.settlement_backend import open_settlement_backend
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
 from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
-from payrouter.x402.wire import v1_network_name
-from pricing import PriceTable
-from wallets import LocalSigner
 
 __all__ = ["create_app"]
 
@@ -48,18 +43,6 @@ log = logging.getLogger("payrouter")
 def _default_router(settings: Settings, health: HealthTracker) -> Router:
     path = settings.price_table.routing.predictor
     return RoutingEngine(QualityPredictor.load(path) if path else None, health=health.healthy)
-
-
-async def _require_exact_support(facilitator: RemoteFacilitator, table: PriceTable) -> None:
-    """Refuse to start against a facilitator that cannot settle this table's payments."""
-    try:
-        kinds = (await facilitator.supported()).get("kinds") or []
-    except (httpx.HTTPError, ValueError) as exc:
-        raise ConfigError(f"facilitator_url: GET /supported failed ({exc})") from None
-    names = {table.network, v1_network_name(table.chain_id)}
-    if not any(k.get("scheme") == "exact" and k.get("network") in names for k in kinds):
-        offered = sorted(f"{k.get('scheme')} on {k.get('network')}" for k in kinds)
-        raise ConfigError(f"the facilitator does not settle 'exact' payments on {table.network}; it offers {offered}")
 
 
 def create_app(settings: Settings, router: Router | None = None) -> Starlette:
@@ -91,33 +74,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             stack.push_async_callback(journal.close)
             deferred = DeferredWrites(journal)
             stack.push_async_callback(deferred.drain, 5.0)
-            chain: ChainClient | None = None
-            facilitator: Facilitator
-            if settings.facilitator == "local":
-                assert settings.rpc_url is not None and settings.gas_key is not None
-                chain = ChainClient(settings.rpc_url)
-                stack.push_async_callback(chain.close)
-                chain_id = await chain.chain_id()
-                if chain_id != table.chain_id:
-                    raise ConfigError(f"rpc_url serves chain {chain_id}, the price table wants {table.network}")
-                await wait_until_deployed(chain, table.asset.address)
-                gas = LocalSigner(settings.gas_key.get_secret_value())
-                facilitator = LocalFacilitator(
-                    ChainClient(settings.rpc_url), gas, store, chain_id, receipt_timeout=settings.receipt_timeout
-                )
-                stack.push_async_callback(facilitator.close)
-            else:
-                assert settings.facilitator_url is not None
-                if settings.rpc_url:  # read-only: the reconciler checks payments on chain
-                    chain = ChainClient(settings.rpc_url)
-                    stack.push_async_callback(chain.close)
-                headers = {
-                    endpoint: {k: v.get_secret_value() for k, v in values.items()}
-                    for endpoint, values in settings.facilitator_headers.items()
-                }
-                facilitator = RemoteFacilitator(settings.facilitator_url, headers)
-                stack.push_async_callback(facilitator.close)
-                await _require_exact_support(facilitator, table)
+            backend = await open_settlement_backend(settings, store, stack)
+            chain, facilitator = backend.chain, backend.facilitator
             health = HealthTracker(store, [m.id for m in table.models])
             await health.refresh()
             health.start()
