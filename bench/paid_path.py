@@ -197,6 +197,19 @@ async def _measure(name: str, url: str, agent: LocalSigner, args: argparse.Names
     return result
 
 
+def delete_namespace(namespace: str) -> None:
+    """Remove every Redis key a bench run left under ``namespace`` (journal records, quotes)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--paid", type=int, default=200)
@@ -218,6 +231,7 @@ def main() -> None:
         from pricing import estimate_chat_input_tokens, quote_route
 
         amount = quote_route(table, "gpt-4o-mini", estimate_chat_input_tokens(BODY["messages"]), 64).amount
+        namespace = f"payrouter-bench-{secrets.token_hex(4)}"
         procs = [
             spawn.Process(target=_serve_upstream, args=(ports["upstream"],), daemon=True),
             spawn.Process(
@@ -228,7 +242,7 @@ def main() -> None:
                     chain.rpc_url,
                     chain.new_account().unsafe_export_private_key(),
                     upstream,
-                    f"payrouter-bench-{secrets.token_hex(4)}",
+                    namespace,
                 ),
                 daemon=True,
             ),
@@ -269,6 +283,7 @@ def main() -> None:
             for proc in procs:
                 proc.terminate()
                 proc.join(5)
+            delete_namespace(namespace)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from bench.paid_path import REDIS_URL, _free_port, _serve_payrouter, _serve_upstream
+from bench.paid_path import _free_port, _serve_payrouter, _serve_upstream, delete_namespace
 from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
 from payrouter.devchain import DevChain
@@ -125,7 +125,7 @@ def main() -> None:
             for proc in procs:
                 proc.terminate()
                 proc.join(5)
-            _delete_namespace(namespace)
+            delete_namespace(namespace)
     added = [a - b for a, b in zip(router, direct, strict=True)]
     mining = f"blocks every {args.block_time} s" if args.block_time else "mined on arrival"
     print(f"anvil {mining}; {n} paid streams, gpt-4o-mini, max_tokens 64")
@@ -139,18 +139,6 @@ def main() -> None:
         print(
             f"{name:<20} TTFT p50 {statistics.median(values):6.2f} ms  p99 {percentile(values, 0.99):6.2f} ms  (n={len(values)})"
         )
-
-
-def _delete_namespace(namespace: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(match=f"{namespace}:*"))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 if __name__ == "__main__":
