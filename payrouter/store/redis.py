@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from payrouter.store.base import StoreError
 
-__all__ = ["RedisStore"]
+__all__ = ["RedisStore", "connect"]
 
 # Set-if-absent that also answers yes to the owner it already holds: a command is retried once
 # on a broken connection, and a claim whose reply was lost after it ran must not reject itself.
@@ -38,6 +38,13 @@ _INCR = "local v = redis.call('incr', KEYS[1]) if v == 1 then redis.call('expire
 _LEDGER_MAXLEN = 1_000_000
 
 
+def connect(url: str) -> Redis:
+    """A client for ``url`` that retries a command once on a broken connection (a Redis restart
+    leaves every pooled connection stale; redis-py's ``from_url`` does not retry by itself)."""
+    retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
+    return Redis.from_url(url, decode_responses=False, health_check_interval=30, retry=retry)
+
+
 class RedisStore:
     """`Store` on Redis. Every key is prefixed with ``namespace:``.
 
@@ -54,8 +61,7 @@ class RedisStore:
 
     def __init__(self, url: str, namespace: str = "payrouter") -> None:
         # Only connection errors are retried: a timeout says little about whether the command ran.
-        retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
-        self._redis: Redis = Redis.from_url(url, decode_responses=False, health_check_interval=30, retry=retry)
+        self._redis: Redis = connect(url)
         self._ns = namespace
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)

@@ -172,7 +172,7 @@ class PaymentAttempt:
         try:
             moved = await self.write(State.SETTLING, [State.CLAIMED, State.SERVING], answer=answer, **changes)
         except StoreError as exc:
-            log.error("payment %s not settled: journal unavailable (%s)", self.record.id, exc)
+            log.warning("payment %s not settled: journal unavailable (%s)", self.record.id, exc)
             moved = False
         if not moved:
             return self._outcome("unavailable", Reason.UNEXPECTED_SETTLE, "the payment could not be recorded first")

@@ -4,8 +4,8 @@
 and the stream goes out at once. If the transfer is refused (the payer cancelled the
 authorization, moved the funds, ...) the stream is cut: one SSE error event and a failed
 receipt event, and the record says what was delivered (``owed``). If it cannot even be
-broadcast (RPC or store down) it is retried, and the stream is cut when
-``unconfirmed_seconds`` pass without a broadcast. A broadcast that is merely unconfirmed lets
+broadcast (RPC or store down) the content waits while it is retried, and the stream is cut
+when ``unconfirmed_seconds`` pass without a broadcast. A broadcast that is merely unconfirmed lets
 the stream go on: the per-payer and total exposure limits bound what may ride on such
 payments, and a payer over them (or any payer in ``before_first_byte`` mode) waits for the
 transfer before the first byte. A payer with an unpaid stream is refused streams.
@@ -29,11 +29,13 @@ import json
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from payrouter.chain import ChainError
 from payrouter.journal import State, StoredAnswer
+from payrouter.store import StoreError
 from payrouter.x402.asgi import json_error, send_response
 from payrouter.x402.call import PaidCall
 from payrouter.x402.errors import Reason
-from payrouter.x402.settlement import PaymentAttempt, SettleOutcome
+from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, receipt_header
 
 __all__ = ["StreamSettlement", "receipt_event"]
 
@@ -99,6 +101,7 @@ class StreamSettlement:
         self.task: asyncio.Task[SettleOutcome] | None = None
         self.outcome: SettleOutcome | None = None
         self.prepaid = prepaid
+        self.stalled = False  # the transfer could not be broadcast yet: content waits for it
 
     async def _settle_once(self) -> SettleOutcome:
         call = self.call
@@ -115,9 +118,32 @@ class StreamSettlement:
             retry = outcome.status == "unavailable" or (
                 outcome.status == "refused" and outcome.reason == Reason.UNEXPECTED_SETTLE
             )
+            if outcome.status == "pending":
+                return await self._confirm(outcome, deadline)
             if not retry or loop.time() + _RETRY_SECONDS >= deadline:
                 return outcome
+            self.stalled = True  # no more content until the transfer is out
             await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _confirm(self, pending: SettleOutcome, deadline: float) -> SettleOutcome:
+        """Follow an unconfirmed transfer from the chain until ``deadline`` (broadcasting it
+        again if the node lost it); the reconciler takes over after that."""
+        loop = asyncio.get_running_loop()
+        attempt = self.attempt
+        while loop.time() + _RETRY_SECONDS < deadline:
+            await asyncio.sleep(_RETRY_SECONDS)
+            try:
+                record = await attempt.services.resolver.resolve(attempt.record, settle=True)
+            except (ChainError, StoreError):
+                continue
+            attempt.record = record
+            if record.state == State.SETTLED:
+                return SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
+            if record.state != State.PENDING:
+                reason = record.reason or Reason.TRANSACTION_FAILED
+                receipt = receipt_header(record, False, record.tx, reason)
+                return SettleOutcome("refused", receipt, reason, "the transfer failed", record.tx)
+        return pending
 
     def _outcome_now(self) -> SettleOutcome | None:
         if self.outcome is not None:
@@ -166,6 +192,9 @@ class StreamSettlement:
                 return
             if self.start is not None:
                 await self._first_body(send)
+            if self.task is not None and self.stalled and not self.task.done():
+                with anyio.CancelScope(shield=True):
+                    await asyncio.shield(self.task)
             outcome = self._outcome_now()
             if outcome is not None and outcome.status in ("refused", "unavailable"):
                 self.cut = True
