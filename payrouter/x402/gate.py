@@ -48,6 +48,8 @@ log = logging.getLogger("payrouter.gate")
 _CLAIM_SLACK = 120
 # A ``settling`` record this old has lost its worker: a replay settles it itself.
 _STALE_SETTLING_MS = 60_000
+# A paid stream being served again longer than this has lost its worker: the next replay serves it.
+_STALE_SERVING_AGAIN_MS = 600_000
 # How long a paid response stays replayable under its payment-identifier.
 _PAYMENT_ID_TTL = 24 * 3600
 
@@ -346,9 +348,10 @@ class PaymentGate:
         ):
             with anyio.CancelScope(shield=True):
                 record = await services.resolver.resolve(record, settle=True)
-        if record.state == State.SETTLED and record.delivered == "again":
+        stale = now_ms() - record.updated_at > _STALE_SERVING_AGAIN_MS  # its re-serve died with its worker
+        if record.state == State.SETTLED and record.delivered == "again" and not stale:
             raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
-        if record.state == State.SETTLED and record.stream and record.delivered == "broken":
+        if record.state == State.SETTLED and record.stream and record.delivered in ("broken", "again"):
             await self._serve_again(call, payment, record, send)
             return
         if record.state == State.SETTLED:

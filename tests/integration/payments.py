@@ -78,8 +78,22 @@ def rejection(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, str(required["error"])
 
 
+def sse_events(text: str) -> list[tuple[str | None, str]]:
+    """``(event name, data)`` of each server-sent event in ``text``."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        event, data = None, ""
+        for line in block.splitlines():
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:"):
+                data = line[5:].strip()
+        out.append((event, data))
+    return out
+
+
 def sign_valid(offer_: dict[str, Any], signer: LocalSigner) -> dict[str, str]:
     return header(payment(offer_, signer))
 
 
-__all__ = ["header", "offer", "payment", "rejection", "sign_valid", "sign_authorization"]
+__all__ = ["header", "offer", "payment", "rejection", "sign_authorization", "sign_valid", "sse_events"]

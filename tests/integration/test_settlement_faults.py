@@ -32,7 +32,7 @@ from tests.redis_keys import delete_namespace
 from wallets import CancelAuthorization, Eip712Domain, LocalSigner, new_nonce
 
 from .conftest import REDIS_URL, Observer
-from .payments import header, offer, payment, rejection
+from .payments import header, offer, payment, rejection, sse_events
 
 
 @dataclass
@@ -103,29 +103,47 @@ def _nonce(paid: dict[str, Any]) -> str:
     return str(paid["payload"]["authorization"]["nonce"])
 
 
-def _events(text: str) -> list[tuple[str | None, str]]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        event, data = None, ""
-        for line in block.splitlines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-        out.append((event, data))
-    return out
+@dataclass
+class Paid:
+    """A funded agent's signed payment for one request to the faulty router."""
+
+    agent: LocalSigner
+    url: str
+    body: dict[str, Any]
+    payment: dict[str, Any]
+    amount: int
+
+    @property
+    def nonce(self) -> str:
+        return _nonce(self.payment)
+
+
+def _paid(faulty: Faulty, box: Sandbox, http: httpx.Client, **body: Any) -> Paid:
+    agent = _agent(box)
+    url = f"{faulty.url}/v1/chat/completions"
+    request = _body(**body)
+    o = offer(http, url, request)
+    return Paid(agent, url, request, payment(o, agent), int(o["accepts"][0]["amount"]))
+
+
+def _post_in_background(paid: Paid) -> tuple[threading.Thread, dict[str, httpx.Response]]:
+    result: dict[str, httpx.Response] = {}
+
+    def post() -> None:
+        with httpx.Client(timeout=30) as client:
+            result["response"] = client.post(paid.url, json=paid.body, headers=header(paid.payment))
+
+    thread = threading.Thread(target=post)
+    thread.start()
+    return thread, result
 
 
 def test_lost_send_reply_is_pending_with_its_hash_and_the_retry_gets_the_answer(
     faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
 ) -> None:
     """D2: the node took the transaction but the reply was lost."""
-    agent = _agent(box)
-    url = f"{faulty.url}/v1/chat/completions"
-    body = _body()
-    o = offer(http, url, body)
-    amount = int(o["accepts"][0]["amount"])
-    paid = payment(o, agent)
+    p = _paid(faulty, box, http)
+    agent, url, body, paid, amount = p.agent, p.url, p.body, p.payment, p.amount
     before = observer.balances(agent.address, box.operator.address)
     proxy.set_mode("lose_send")
     first = http.post(url, json=body, headers=header(paid))
@@ -156,12 +174,8 @@ def test_slow_receipt_is_pending_then_answered(
     faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
 ) -> None:
     """D3: mined after the receipt timeout."""
-    agent = _agent(box)
-    url = f"{faulty.url}/v1/chat/completions"
-    body = _body()
-    o = offer(http, url, body)
-    amount = int(o["accepts"][0]["amount"])
-    paid = payment(o, agent)
+    p = _paid(faulty, box, http)
+    agent, url, body, paid, amount = p.agent, p.url, p.body, p.payment, p.amount
     proxy.set_mode("hide_receipt")
     first = http.post(url, json=body, headers=header(paid))
     assert first.status_code == 402 and _receipt(first)["errorReason"] == "settlement_pending"
@@ -204,27 +218,17 @@ def test_cancel_before_the_first_chunk_cuts_the_stream_and_makes_a_debtor(
     faulty: Faulty, box: Sandbox, http: httpx.Client, observer: Observer
 ) -> None:
     """D1: the payer cancels its authorization after verification; its stream is cut."""
-    agent = _agent(box)
-    url = f"{faulty.url}/v1/chat/completions"
-    body = _body(stream=True, max_tokens=200)
-    o = offer(http, url, body)
-    paid = payment(o, agent)
+    p = _paid(faulty, box, http, stream=True, max_tokens=200)
+    agent, url, paid = p.agent, p.url, p.payment
     observer.control(delay_ms=600, chunk_delay_ms=40)
     before = observer.balances(agent.address, box.operator.address)
-    result: dict[str, Any] = {}
-
-    def stream() -> None:
-        with httpx.Client(timeout=30) as client:
-            result["response"] = client.post(url, json=body, headers=header(paid))
-
-    thread = threading.Thread(target=stream)
-    thread.start()
+    thread, result = _post_in_background(p)
     time.sleep(0.3)  # the attack's timing: verified, the model not answering yet
     _cancel(box, agent, _nonce(paid))
     thread.join(30)
     response: httpx.Response = result["response"]
     assert response.status_code == 200
-    events = _events(response.text)
+    events = sse_events(response.text)
     name, data = events[-1]
     receipt = json.loads(data)
     assert name == "x402.payment" and receipt["success"] is False
@@ -248,12 +252,8 @@ def test_cancel_before_the_first_chunk_cuts_the_stream_and_makes_a_debtor(
 
 def test_cancel_mid_stream_is_too_late(faulty: Faulty, box: Sandbox, http: httpx.Client, observer: Observer) -> None:
     """D1: one second into a slow stream the transfer is already mined: the cancel fails."""
-    agent = _agent(box)
-    url = f"{faulty.url}/v1/chat/completions"
-    body = _body(stream=True, max_tokens=200)
-    o = offer(http, url, body)
-    amount = int(o["accepts"][0]["amount"])
-    paid = payment(o, agent)
+    p = _paid(faulty, box, http, stream=True, max_tokens=200)
+    agent, url, body, paid, amount = p.agent, p.url, p.body, p.payment, p.amount
     observer.control(chunk_delay_ms=100)
     before = observer.balances(agent.address, box.operator.address)
     with httpx.Client(timeout=30) as client, client.stream("POST", url, json=body, headers=header(paid)) as response:
@@ -262,7 +262,7 @@ def test_cancel_mid_stream_is_too_late(faulty: Faulty, box: Sandbox, http: httpx
         time.sleep(1.0)
         with pytest.raises(Exception, match="reverted"):  # the authorization is already used
             _cancel(box, agent, _nonce(paid))
-        events = _events("\n".join(lines))
+        events = sse_events("\n".join(lines))
     assert events[-2] == (None, "[DONE]") and json.loads(events[-1][1])["success"] is True
     after = observer.balances(agent.address, box.operator.address)
     assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)
@@ -271,11 +271,8 @@ def test_cancel_mid_stream_is_too_late(faulty: Faulty, box: Sandbox, http: httpx
 def test_reconciler_settles_pending_and_releases_expired(
     faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
 ) -> None:
-    agent = _agent(box)
-    url = f"{faulty.url}/v1/chat/completions"
-    body = _body()
-    o = offer(http, url, body)
-    paid = payment(o, agent)
+    p = _paid(faulty, box, http)
+    agent, url, body, paid = p.agent, p.url, p.body, p.payment
     proxy.set_mode("hide_receipt")
     assert http.post(url, json=body, headers=header(paid)).status_code == 402
     proxy.set_mode("pass")
@@ -317,27 +314,16 @@ def test_rpc_down_at_the_first_chunk_holds_the_stream_until_it_settles(
     faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
 ) -> None:
     """D1: the RPC is down when the transfer should start: content waits, then flows once it is out."""
-    agent = _agent(box)
-    url = f"{faulty.url}/v1/chat/completions"
-    body = _body(stream=True)
-    o = offer(http, url, body)
-    amount = int(o["accepts"][0]["amount"])
-    paid = payment(o, agent)
+    p = _paid(faulty, box, http, stream=True)
+    agent, paid, amount = p.agent, p.payment, p.amount
     observer.control(delay_ms=500)
-    result: dict[str, Any] = {}
-
-    def stream() -> None:
-        with httpx.Client(timeout=30) as client:
-            result["response"] = client.post(url, json=body, headers=header(paid))
-
-    thread = threading.Thread(target=stream)
-    thread.start()
+    thread, result = _post_in_background(p)
     time.sleep(0.25)  # verified; the model answers at 0.5 s, into an RPC outage
     proxy.set_mode("down")
     time.sleep(1.0)
     proxy.set_mode("pass")
     thread.join(30)
-    events = _events(result["response"].text)
+    events = sse_events(result["response"].text)
     assert events[-2] == (None, "[DONE]")
     assert json.loads(events[-1][1])["success"] is True
     assert observer.balances(agent.address) == [5_000_000 - amount]

@@ -22,7 +22,7 @@ from pricing import StreamingPolicy
 from wallets import LocalSigner
 
 from .conftest import Observer
-from .payments import header, offer, payment
+from .payments import header, offer, payment, sse_events
 
 
 def _agent(box: Sandbox) -> LocalSigner:
@@ -39,19 +39,6 @@ def _body(**kw: Any) -> dict[str, Any]:
         "messages": [{"role": "user", "content": secrets.token_hex(6)}],
         **kw,
     }
-
-
-def _events(text: str) -> list[tuple[str | None, str]]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        event, data = None, ""
-        for line in block.splitlines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-        out.append((event, data))
-    return out
 
 
 def test_openai_sdk_streams_a_paid_answer(box: Sandbox, observer: Observer) -> None:
@@ -80,7 +67,7 @@ def test_after_stream_receipt_is_the_last_event(box: Sandbox, http: httpx.Client
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         assert "payment-response" not in response.headers  # it comes at the end
-        events = _events(response.read().decode())
+        events = sse_events(response.read().decode())
     assert events[-2] == (None, "[DONE]")
     name, data = events[-1]
     receipt = json.loads(data)
@@ -110,7 +97,7 @@ def test_anthropic_stream_reports_the_charge_in_message_delta(
     amount = int(o["accepts"][0]["amount"])
     with http.stream("POST", url, json=body, headers=header(payment(o, agent))) as response:
         assert response.status_code == 200
-        events = _events(response.read().decode())
+        events = sse_events(response.read().decode())
     names = [name for name, _ in events]
     assert names[0] == "message_start" and "message_stop" in names
     delta = json.loads(next(data for name, data in events if name == "message_delta"))
@@ -141,7 +128,7 @@ def test_before_first_byte_receipt_is_a_header(before_first_byte_router: str, bo
             receipt = receipt_of(response)
             assert receipt is not None and receipt.success  # known before the first chunk is read
             text = response.read().decode()
-    events = _events(text)
+    events = sse_events(text)
     assert events[-2] == (None, "[DONE]")  # and the receipt once more, as the last event
     assert events[-1][0] == "x402.payment" and json.loads(events[-1][1])["transaction"] == receipt.transaction
     assert observer.balances(agent.address) == [5_000_000 - receipt.amount]
@@ -173,7 +160,7 @@ def test_stream_broken_half_way_is_served_again_for_the_same_payment(
     observer.control(break_after=3, break_models=["gpt-4o-mini"])  # only the routed model breaks
     calls = observer.upstream_calls()
     with http.stream("POST", url, json=body, headers=paid) as response:
-        events = _events(response.read().decode())
+        events = sse_events(response.read().decode())
     # no failover after the first streamed byte: one upstream call, content from one model
     assert observer.upstream_calls() == calls + 1
     chunks = [json.loads(data) for name, data in events if name is None and data.startswith('{"id"')]
@@ -189,7 +176,7 @@ def test_stream_broken_half_way_is_served_again_for_the_same_payment(
     with http.stream("POST", url, json=body, headers=paid) as again:
         assert again.status_code == 200
         text = again.read().decode()
-    events = _events(text)
+    events = sse_events(text)
     assert events[-2] == (None, "[DONE]") and json.loads(events[-1][1])["transaction"] == receipt["transaction"]
     assert "".join(
         json.loads(d)["choices"][0]["delta"].get("content") or ""
@@ -200,7 +187,7 @@ def test_stream_broken_half_way_is_served_again_for_the_same_payment(
     assert observer.balances(agent.address) == [5_000_000 - amount]
     # and once more: now the kept answer, no model call
     again2 = http.post(url, json=body, headers=paid)
-    assert again2.status_code == 200 and _events(again2.text)[-2] == (None, "[DONE]")
+    assert again2.status_code == 200 and sse_events(again2.text)[-2] == (None, "[DONE]")
     assert observer.upstream_calls() == calls + 2
 
 
