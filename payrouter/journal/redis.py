@@ -10,11 +10,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from payrouter.journal.base import Exposure, Opened
 from payrouter.journal.record import EXPOSED_STATES, OPEN_STATES, PaymentRecord, State, now_ms
-from payrouter.store.base import StoreError
+from payrouter.store.redis import redis_call
 
 __all__ = ["RedisJournal"]
 
@@ -133,10 +132,7 @@ class RedisJournal:
         return f"{self._p}ans:{record_id}"
 
     async def _run(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
+        return await redis_call(coro)
 
     async def open(self, record: PaymentRecord, exposure: Exposure | None = None) -> Opened:
         p = self._p

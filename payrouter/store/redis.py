@@ -18,7 +18,7 @@ from redis.exceptions import RedisError
 
 from payrouter.store.base import StoreError
 
-__all__ = ["RedisStore", "connect"]
+__all__ = ["RedisStore", "connect", "redis_call"]
 
 # Set-if-absent that also answers yes to the owner it already holds: a command is retried once
 # on a broken connection, and a claim whose reply was lost after it ran must not reject itself.
@@ -36,6 +36,14 @@ _REPLACE = (
 )
 _INCR = "local v = redis.call('incr', KEYS[1]) if v == 1 then redis.call('expire', KEYS[1], ARGV[1]) end return v"
 _LEDGER_MAXLEN = 1_000_000
+
+
+async def redis_call(coro: Any) -> Any:
+    """Await a redis-py call; any Redis failure becomes a `StoreError`."""
+    try:
+        return await coro
+    except RedisError as exc:
+        raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
 
 
 def connect(url: str) -> Redis:
@@ -72,10 +80,7 @@ class RedisStore:
         return f"{self._ns}:{key}"
 
     async def _run(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except RedisError as exc:
-            raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
+        return await redis_call(coro)
 
     async def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         await self._run(self._redis.set(self._k(key), value, ex=ttl_seconds))
