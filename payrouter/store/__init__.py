@@ -1,4 +1,4 @@
-"""Shared state: quotes, payment claims, locks and the ledger.
+"""Shared state: quotes, claims, locks and counters (payments live in `payrouter.journal`).
 
 `RedisStore` is the real one (any number of instances share it); `MemoryStore` serves a
 single process when no Redis URL is configured (development only).

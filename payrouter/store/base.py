@@ -13,7 +13,7 @@ class StoreError(RuntimeError):
 
 
 class Store(Protocol):
-    """Key-value state with expiry, atomic claims, locks and an append-only ledger.
+    """Key-value state with expiry, atomic claims and locks (payments live in `payrouter.journal`).
 
     Keys are plain strings chosen by the caller; implementations add their namespace.
     """
@@ -49,14 +49,6 @@ class Store(Protocol):
         Raises:
             StoreError: the lock was not acquired within ``timeout_seconds``.
         """
-        ...
-
-    async def append_ledger(self, entry: dict[str, str]) -> str:
-        """Append an entry to the ledger; return its id."""
-        ...
-
-    async def read_ledger(self, count: int = 100) -> list[dict[str, str]]:
-        """The newest ``count`` ledger entries, oldest first."""
         ...
 
     async def ping(self) -> None:

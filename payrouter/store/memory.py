@@ -19,7 +19,6 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._ledger: list[dict[str, str]] = []
         self._ids = itertools.count(1)
 
     def _live(self, key: str) -> bytes | None:
@@ -73,14 +72,6 @@ class MemoryStore:
             yield
         finally:
             lock.release()
-
-    async def append_ledger(self, entry: dict[str, str]) -> str:
-        entry_id = f"{int(time.time() * 1000)}-{next(self._ids)}"
-        self._ledger.append({"id": entry_id, **entry})
-        return entry_id
-
-    async def read_ledger(self, count: int = 100) -> list[dict[str, str]]:
-        return list(self._ledger[-count:])
 
     async def ping(self) -> None:
         return None

@@ -35,7 +35,6 @@ _REPLACE = (
     "redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1 else return 0 end"
 )
 _INCR = "local v = redis.call('incr', KEYS[1]) if v == 1 then redis.call('expire', KEYS[1], ARGV[1]) end return v"
-_LEDGER_MAXLEN = 1_000_000
 
 
 async def redis_call(coro: Any) -> Any:
@@ -59,8 +58,7 @@ class RedisStore:
     A command that fails on a broken connection (a pooled connection left stale by a Redis
     restart or failover) is sent once more on a fresh connection. Claims and locks stay correct
     if the first attempt ran and only its reply was lost: a claim recognises its own owner.
-    Such a retry can count an `incr` twice or append a ledger entry twice (each entry carries
-    its transaction, so duplicates can be told apart).
+    Such a retry can count an `incr` twice (the health failure counter; harmless).
 
     Args:
         url: a ``redis://`` or ``rediss://`` URL.
@@ -117,19 +115,6 @@ class RedisStore:
             # Best effort: an unreleased lock expires by itself, and the work inside it is done.
             with contextlib.suppress(RedisError):
                 await self._release(keys=[key], args=[token])
-
-    async def append_ledger(self, entry: dict[str, str]) -> str:
-        entry_id = await self._run(
-            self._redis.xadd(self._k("ledger"), entry, maxlen=_LEDGER_MAXLEN, approximate=True)  # type: ignore[arg-type]
-        )
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-    async def read_ledger(self, count: int = 100) -> list[dict[str, str]]:
-        rows = await self._run(self._redis.xrevrange(self._k("ledger"), count=count))
-        return [
-            {"id": rid.decode(), **{k.decode(): v.decode() for k, v in fields.items()}}
-            for rid, fields in reversed(rows)
-        ]
 
     async def ping(self) -> None:
         await self._run(self._redis.ping())

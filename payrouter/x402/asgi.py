@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 from starlette.types import Message, Receive, Send
 
-from payrouter.quoting import PricedRoute
-
-__all__ = ["json_error", "ledger_entry", "replay_body", "send_response"]
+__all__ = ["json_error", "replay_body", "send_response"]
 
 
 def json_error(status: int, message: str, kind: str, param: str | None = None) -> tuple[int, bytes]:
@@ -24,20 +21,6 @@ async def send_response(send: Send, status: int, body: bytes, headers: list[tupl
     hdrs.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": hdrs})
     await send({"type": "http.response.body", "body": body})
-
-
-def ledger_entry(payer: str, priced: PricedRoute, network: str, transaction: str, digest: str) -> dict[str, str]:
-    """The ledger record of one settled payment."""
-    return {
-        "payer": payer,
-        "amount": str(priced.requirements.amount),
-        "upstream_cost": str(priced.quote.upstream_cost),
-        "model": priced.decision.model,
-        "network": network,
-        "transaction": transaction,
-        "request": digest,
-        "at": str(int(time.time())),
-    }
 
 
 def replay_body(receive: Receive, body: bytes) -> Receive:

@@ -91,14 +91,6 @@ async def test_lock_timeout_is_an_error(store: Store) -> None:
                 pass
 
 
-async def test_ledger_appends_in_order(store: Store) -> None:
-    for i in range(3):
-        await store.append_ledger({"amount": str(i), "payer": "0xabc"})
-    rows = await store.read_ledger(10)
-    assert [r["amount"] for r in rows[-3:]] == ["0", "1", "2"]
-    assert all(r["id"] for r in rows)
-
-
 async def test_unreachable_redis_is_a_store_error() -> None:
     s = RedisStore("redis://127.0.0.1:1/0")
     with pytest.raises(StoreError):
