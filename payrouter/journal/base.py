@@ -78,6 +78,13 @@ class Journal(Protocol):
         """
         ...
 
+    async def discard(self, record: PaymentRecord) -> bool:
+        """Delete a record this owner just opened (``claimed``, first attempt) whose payment
+        failed verification: nothing was served and nothing can have moved, so it leaves no
+        trace (signing bad payments costs nothing; keeping each forever would). True when deleted.
+        """
+        ...
+
     async def get(self, record_id: str) -> PaymentRecord | None:
         """The record, or None."""
         ...

@@ -72,6 +72,14 @@ class MemoryJournal:
             self._answers[record.id] = (answer, time.monotonic() + answer_ttl)
         return True, record.state
 
+    async def discard(self, record: PaymentRecord) -> bool:
+        current = self._records.get(record.id)
+        if current is None or current.owner != record.owner or current.state != State.CLAIMED or current.attempts != 1:
+            return False
+        del self._records[record.id]
+        self._exposure.pop(record.id, None)
+        return True
+
     async def get(self, record_id: str) -> PaymentRecord | None:
         record = self._records.get(record_id)
         return None if record is None else replace(record)

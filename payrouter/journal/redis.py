@@ -94,6 +94,17 @@ return {1, new}
 """
 
 
+_DISCARD = """
+local cur = redis.call('hmget', KEYS[1], 'state', 'owner', 'attempts')
+if cur[1] ~= 'claimed' or cur[2] ~= ARGV[1] or cur[3] ~= '1' then return 0 end
+redis.call('del', KEYS[1])
+redis.call('zrem', KEYS[2], ARGV[2])
+redis.call('zrem', KEYS[3], ARGV[2])
+redis.call('hdel', KEYS[4], ARGV[2])
+return 1
+"""
+
+
 def _check_state_sets() -> None:
     # The scripts spell the state sets out; keep them in step with record.py.
     assert OPEN_STATES == {"claimed", "serving", "settling", "pending", "owed"}
@@ -124,6 +135,7 @@ class RedisJournal:
         self._p = f"{namespace}:{{j}}:"
         self._open = redis.register_script(_OPEN)
         self._advance = redis.register_script(_ADVANCE)
+        self._discard = redis.register_script(_DISCARD)
 
     def _rec(self, record_id: str) -> str:
         return f"{self._p}rec:{record_id}"
@@ -189,6 +201,11 @@ class RedisJournal:
             args += [name, value]
         written, state = await self._run(self._advance(keys=keys, args=args))
         return bool(int(written)), _text(state)
+
+    async def discard(self, record: PaymentRecord) -> bool:
+        p = self._p
+        keys = [self._rec(record.id), p + "open", p + "time", p + "exposure"]
+        return bool(int(await self._run(self._discard(keys=keys, args=[record.owner, record.id]))))
 
     async def get(self, record_id: str) -> PaymentRecord | None:
         data = await self._run(self._redis.hgetall(self._rec(record_id)))

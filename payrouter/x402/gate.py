@@ -304,7 +304,7 @@ class PaymentGate:
         if isinstance(verified, BaseException):
             reason = verified.reason if isinstance(verified, PaymentRejected) else Reason.UNEXPECTED_VERIFY
             with anyio.CancelScope(shield=True):
-                await attempt.release(reason)
+                await attempt.refused(reason)
             raise verified
         # the model call must leave time to settle before the authorization expires (and a
         # far-future validBefore must not stretch anything we keep: D5)

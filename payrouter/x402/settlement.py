@@ -124,6 +124,15 @@ class PaymentAttempt:
         except StoreError as exc:
             log.warning("journal unavailable (%s); %s stays claimed", exc, self.record.id)
 
+    async def refused(self, reason: str) -> None:
+        """Verification failed: leave no record if this request created it, else release it."""
+        try:
+            if await self.services.journal.discard(self.record):
+                return
+        except StoreError:
+            pass
+        await self.release(reason)
+
     async def release(self, reason: str) -> None:
         """Nothing was broadcast and nothing is owed: the payment may be presented again."""
         await self.write(

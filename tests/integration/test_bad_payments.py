@@ -177,3 +177,19 @@ def test_reused_payment_is_served_once(box: Sandbox, http: httpx.Client, observe
     assert observer.upstream_calls() == calls
     after = observer.balances(agent.address, box.operator.address)
     assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)
+
+
+def test_a_payment_that_fails_verification_leaves_no_journal_record(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    # signing bad payments costs an attacker nothing: none of them may grow the journal
+    url = f"{box.router_url}/v1/chat/completions"
+    body = _body()
+    broke = LocalSigner.generate()
+    paid = payment(offer(http, url, body), broke)
+    with observer.unchanged(broke.address):
+        assert rejection(http.post(url, json=body, headers=header(paid))) == (402, "insufficient_funds")
+    nonce = paid["payload"]["authorization"]["nonce"]
+    with redis.Redis.from_url(REDIS_URL) as r:
+        assert not r.exists(f"{box.namespace}:{{j}}:rec:exact:{broke.address.lower()}:{nonce}")
+        assert not [k for k in r.scan_iter(match=f"{box.namespace}:{{j}}:rec:exact:{broke.address.lower()}:*")]

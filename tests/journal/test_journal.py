@@ -138,3 +138,18 @@ async def test_expired_exposure_stops_counting(journal: Journal) -> None:
         _record(payer), Exposure(amount=1000, per_payer=1000, total=1000, expires_ms=now_ms() + 9)
     )
     assert not later.held
+
+
+async def test_a_record_that_failed_verification_leaves_no_trace(journal: Journal) -> None:
+    payer = "0x" + secrets.token_hex(20)
+    limits = Exposure(amount=10, per_payer=100, total=100, expires_ms=now_ms() + 60_000)
+    record = (await journal.open(_record(payer), limits)).record
+    assert not await journal.discard(_record_like(record, owner="someone else"))
+    assert await journal.discard(record)
+    assert await journal.get(record.id) is None and await journal.records() == []
+    assert await journal.open_records() == [] and (await journal.exposure())[0] == 0
+    # a record that was released before and presented again is kept (it has a history)
+    again = (await journal.open(_record(payer))).record
+    await journal.advance(again.moved(State.RELEASED), [State.CLAIMED])
+    reopened = (await journal.open(_record_like(again, owner="b"))).record
+    assert not await journal.discard(reopened)
