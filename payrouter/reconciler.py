@@ -54,6 +54,11 @@ STALE_MS = 60_000
 LOCK_TTL_S = 300
 
 
+def _delivered(record: PaymentRecord) -> bool:
+    """The payer received content of this stream (so a failed payment leaves a debt)."""
+    return record.stream and record.delivered in ("partial", "complete", "cut")
+
+
 def _topic(address: str) -> str:
     return "0x" + "0" * 24 + address[2:].lower()
 
@@ -134,10 +139,10 @@ class Resolver:
                     record, State.SETTLED, tx=tx, settled_at=now_ms(), charged=record.amount, reason=""
                 )
             # the payer cancelled it: nothing moved and nothing ever will
-            delivered = record.stream and record.delivered not in ("", "broken")
+            delivered = _delivered(record)
             state = State.UNPAID if delivered else State.RELEASED
             return await self._write(record, state, reason="authorization_cancelled")
-        delivered = record.stream and record.delivered not in ("", "broken")
+        delivered = _delivered(record)
         if expired:
             # unused and expired: nothing can move any more
             state = State.UNPAID if delivered and record.state in (State.OWED, State.PENDING) else State.RELEASED
@@ -166,7 +171,7 @@ class Resolver:
         except SettlementInDoubt as exc:
             return await self._write(record, State.PENDING, tx=exc.transaction or record.tx, reason=exc.reason)
         except SettlementFailed as exc:
-            delivered = record.stream and record.delivered not in ("", "broken")
+            delivered = _delivered(record)
             state = State.OWED if delivered else State.RELEASED
             if state == record.state:
                 return record

@@ -30,6 +30,8 @@ class PrivateRedis:
     def start(self) -> None:
         aof = "yes" if self.appendonly else "no"
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", aof]
+        if self.appendonly:  # every write on disk before its reply: a SIGKILL loses nothing
+            args += ["--appendfsync", "always"]
         self.process = subprocess.Popen(
             [*args, "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )

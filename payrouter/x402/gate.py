@@ -22,6 +22,7 @@ import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from payrouter.chain import ChainError
 from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, parse_messages_request, request_digest
 from payrouter.journal import Exposure, PaymentRecord, State, StoredAnswer, now_ms
 from payrouter.quoting import PricedRoute, load_quote, save_quote
@@ -208,13 +209,23 @@ class PaymentGate:
         key = f"pid:{payment.authorization.from_.lower()}:{payment.payment_id}"
         fingerprint = f"{payment.fingerprint()}:{call.digest}"
         owner = json.dumps({"fp": fingerprint, "token": secrets.token_hex(8)})
-        if not await services.store.claim(key, owner, _PAYMENT_ID_TTL):
+        # in flight the claim lives no longer than a request can: a worker that lost the store
+        # mid-request must not lock the id out for a day
+        in_flight = services.table.max_timeout_seconds + _CLAIM_SLACK
+        if not await services.store.claim(key, owner, in_flight):
             existing = await services.store.get(key)
             record = json.loads(existing) if existing else {}
             if record.get("fp") != fingerprint:
                 _, err = json_error(409, "this payment id was already used for another payment or request", "conflict")
                 await send_response(send, 409, err)
             elif "response" not in record:
+                auth = payment.authorization
+                journaled = await services.journal.get(record_id(auth.from_, auth.nonce))
+                if journaled is not None and journaled.state not in (State.CLAIMED, State.SERVING, State.SETTLING):
+                    # its worker is done with it (the response was lost with the store): the
+                    # journal answers for the payment
+                    await self._paid(call, payment, send)
+                    return
                 _, err = json_error(409, "a request with this payment id is still being served", "conflict")
                 await send_response(send, 409, err)
             else:
@@ -347,7 +358,10 @@ class PaymentGate:
             record.state == State.SETTLING and now_ms() - record.updated_at > _STALE_SETTLING_MS
         ):
             with anyio.CancelScope(shield=True):
-                record = await services.resolver.resolve(record, settle=True)
+                try:
+                    record = await services.resolver.resolve(record, settle=True)
+                except (ChainError, StoreError) as exc:  # answer from what the journal knows
+                    log.warning("replay of %s: the chain could not be read (%s)", record.id, exc)
         stale = now_ms() - record.updated_at > _STALE_SERVING_AGAIN_MS  # its re-serve died with its worker
         if record.state == State.SETTLED and record.delivered == "again" and not stale:
             raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)

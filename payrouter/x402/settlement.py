@@ -102,13 +102,16 @@ class PaymentAttempt:
         expected = list(expected)
         data = answer.to_bytes() if answer is not None else None
         ttl = self.services.answer_ttl
+        deferred = self.services.deferred
         try:
+            if deferred.holds(new.id):  # earlier writes are still waiting: this one lands after them
+                raise StoreError("earlier writes to this record are still waiting for the store")
             written, stored = await self.services.journal.advance(new, expected, data, ttl, drop_answer, owner_was)
         except StoreError as exc:
             if not durable:
                 raise
             log.warning("journal unavailable (%s); %s -> %s deferred", exc, new.id, state)
-            self.services.deferred.schedule(new, expected, data, ttl)
+            deferred.schedule(new, expected, data, ttl, drop_answer, owner_was)
             self.record = new
             return True
         if not written:
@@ -116,6 +119,29 @@ class PaymentAttempt:
             return False
         self.record = new
         return True
+
+    async def finish(
+        self, state: str, expected: Iterable[str], *, answer: StoredAnswer | None = None, **changes: Any
+    ) -> None:
+        """The last write of a request (``durable``). If the reconciler (or a replay) settled
+        the payment meanwhile, what this request knows (the answer, what was delivered) is
+        added to the settled record instead of being lost."""
+        if await self.write(state, expected, answer=answer, durable=True, **changes):
+            return
+        current = await self.services.journal.get(self.record.id)
+        if current is None or current.owner != self.record.owner:
+            return
+        self.record = current
+        if current.state == State.SETTLED and state in (State.SETTLED, State.PENDING, State.OWED):
+            await self.write(State.SETTLED, [State.SETTLED], answer=answer, durable=True, **changes)
+        else:
+            log.warning(
+                "payment %s is %s: this request's %s (delivered %s) not recorded",
+                current.id,
+                current.state,
+                state,
+                changes.get("delivered"),
+            )
 
     async def serving(self) -> None:
         """Verification passed (best effort: the claim already holds the payment)."""
@@ -145,10 +171,9 @@ class PaymentAttempt:
 
     async def owe(self, reason: str, delivered: str, transaction: str = "") -> None:
         """Content went out and the transfer failed: the payer owes it."""
-        await self.write(
+        await self.finish(
             State.OWED,
             [State.CLAIMED, State.SERVING, State.SETTLING, State.PENDING],
-            durable=True,
             reason=reason,
             delivered=delivered,
             tx=transaction or self.record.tx,

@@ -106,7 +106,11 @@ class StreamSettlement:
     async def _settle_once(self) -> SettleOutcome:
         call = self.call
         usage = self.attempt.usage_fields(call.answered_by, call.input_tokens, call.output_tokens)
-        return await self.attempt.settle(None, **usage)
+        # during the stream the first chunk goes out with the broadcast: the record must say so
+        # before anything can move, or a reconciler could take a cancelled transfer for a
+        # stream nobody received
+        delivered = "" if self.held or self.prepaid else "partial"
+        return await self.attempt.settle(None, delivered=delivered, **usage)
 
     async def _settle_during(self) -> SettleOutcome:
         """Settle, retrying while nothing could be broadcast, for at most ``unconfirmed_seconds``."""
@@ -257,6 +261,8 @@ class StreamSettlement:
         await send_response(send, 402, err, [(b"content-type", b"application/json"), self.outcome.receipt])
 
     def _delivered(self) -> str:
+        if self.buffering:
+            return "held"  # kept for the payer, never sent
         if self.cut:
             return "cut"
         if self.call.failed:
@@ -285,17 +291,10 @@ class StreamSettlement:
         headers = [h for h in self.headers if h[0].lower() != b"content-length"]
         answer = StoredAnswer.capture(200, headers, bytes(self.transcript))
         if outcome.status == "settled":
-            await attempt.write(
-                State.SETTLED, [State.SETTLED], answer=answer, durable=True, delivered=delivered, **usage
-            )
+            await attempt.finish(State.SETTLED, [State.SETTLED], answer=answer, delivered=delivered, **usage)
         elif outcome.status == "pending":
-            await attempt.write(
-                State.PENDING,
-                [State.PENDING, State.SETTLING],
-                answer=answer,
-                durable=True,
-                delivered=delivered,
-                **usage,
+            await attempt.finish(
+                State.PENDING, [State.PENDING, State.SETTLING], answer=answer, delivered=delivered, **usage
             )
         elif self.started and call.content:
             await attempt.owe(outcome.reason or Reason.UNEXPECTED_SETTLE, delivered, outcome.transaction)

@@ -192,4 +192,4 @@ def test_a_payment_that_fails_verification_leaves_no_journal_record(
     nonce = paid["payload"]["authorization"]["nonce"]
     with redis.Redis.from_url(REDIS_URL) as r:
         assert not r.exists(f"{box.namespace}:{{j}}:rec:exact:{broke.address.lower()}:{nonce}")
-        assert not [k for k in r.scan_iter(match=f"{box.namespace}:{{j}}:rec:exact:{broke.address.lower()}:*")]
+        assert not list(r.scan_iter(match=f"{box.namespace}:{{j}}:rec:exact:{broke.address.lower()}:*"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import secrets
 import threading
@@ -20,6 +21,7 @@ from pydantic import SecretStr
 
 from payrouter.app import create_app
 from payrouter.chain import ChainClient
+from payrouter.chat import request_digest
 from payrouter.facilitator import LocalFacilitator
 from payrouter.journal import PaymentRecord, RedisJournal, State
 from payrouter.reconciler import Reconciler, Resolver
@@ -328,3 +330,44 @@ def test_rpc_down_at_the_first_chunk_holds_the_stream_until_it_settles(
     assert json.loads(events[-1][1])["success"] is True
     assert observer.balances(agent.address) == [5_000_000 - amount]
     assert faulty.record(agent.address, _nonce(paid))["state"] == State.SETTLED
+
+
+def test_replay_while_the_rpc_is_down_says_pending_not_500(
+    faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    p = _paid(faulty, box, http)
+    proxy.set_mode("lose_send")
+    first = http.post(p.url, json=p.body, headers=header(p.payment))
+    assert _receipt(first)["errorReason"] == "settlement_pending"
+    proxy.set_mode("down")
+    again = http.post(p.url, json=p.body, headers=header(p.payment))
+    assert again.status_code == 402, again.text  # what the journal knows: pending, with its hash
+    assert _receipt(again)["transaction"] == _receipt(first)["transaction"]
+    proxy.set_mode("pass")
+    assert http.post(p.url, json=p.body, headers=header(p.payment)).status_code == 200
+
+
+def test_a_payment_id_left_claimed_by_a_lost_worker_is_answered_from_the_journal(
+    faulty: Faulty, proxy: RpcFaultProxy, box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    p = _paid(faulty, box, http)
+    pid = f"pid-{secrets.token_hex(12)}"
+    paid = {**p.payment, "extensions": {"payment-identifier": {"info": {"id": pid}}}}
+    proxy.set_mode("lose_send")
+    first = http.post(p.url, json=p.body, headers=header(paid))
+    proxy.set_mode("pass")
+    assert _receipt(first)["errorReason"] == "settlement_pending"
+    # a worker that lost Redis mid-request leaves the id claimed, with no response, for this
+    # very payment and request
+    fingerprint = hashlib.sha256(json.dumps(paid, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    digest = request_digest("POST", "/v1/chat/completions", p.body)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        key = f"{faulty.namespace}:pid:{p.agent.address.lower()}:{pid}"
+        client.set(key, json.dumps({"fp": f"{fingerprint}:{digest}", "token": "dead"}), ex=300)
+    finally:
+        client.close()
+    # the journal knows the payment is done with its worker: it answers, once mined
+    again = http.post(p.url, json=p.body, headers=header(paid))
+    assert again.status_code == 200, again.text
+    assert _receipt(again)["transaction"] == _receipt(first)["transaction"]
