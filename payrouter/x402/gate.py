@@ -202,8 +202,9 @@ class PaymentGate:
         """x402 payment-identifier: one id, one payment, one charge.
 
         The same id with the same payment and request gets the first successful response
-        again, with no second charge and no second model call; the same id with anything else
-        is a 409, as is a retry while the first attempt is still running.
+        again, with no second charge and no second model call (while the first attempt is still
+        running, the journal answers as for any copy of a payment in flight); the same id with
+        anything else is a 409.
         """
         services = call.services
         key = f"pid:{payment.authorization.from_.lower()}:{payment.payment_id}"
@@ -219,15 +220,9 @@ class PaymentGate:
                 _, err = json_error(409, "this payment id was already used for another payment or request", "conflict")
                 await send_response(send, 409, err)
             elif "response" not in record:
-                auth = payment.authorization
-                journaled = await services.journal.get(record_id(auth.from_, auth.nonce))
-                if journaled is not None and journaled.state not in (State.CLAIMED, State.SERVING, State.SETTLING):
-                    # its worker is done with it (the response was lost with the store): the
-                    # journal answers for the payment
-                    await self._paid(call, payment, send)
-                    return
-                _, err = json_error(409, "a request with this payment id is still being served", "conflict")
-                await send_response(send, 409, err)
+                # the same payment for the same request, still in flight or left by a worker that
+                # lost the store: the journal, which makes the payment single-use, answers for it
+                await self._paid(call, payment, send)
             else:
                 cached = record["response"]
                 headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in cached["headers"]]
