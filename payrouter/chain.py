@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ _TRANSFER_WITH_AUTHORIZATION_BYTES = _selector(
 _ERROR_STRING = _selector("Error(string)")
 TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
+AUTHORIZATION_CANCELED_TOPIC = "0x" + keccak(text="AuthorizationCanceled(address,bytes32)").hex()
 
 
 def _word_address(address: str) -> bytes:
@@ -294,10 +296,12 @@ class ChainClient:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    async def get_logs(self, address: str, topics: list[str | None], from_block: int | str = 0) -> list[dict[str, Any]]:
+    async def get_logs(
+        self, address: str, topics: Sequence[str | None], from_block: int | str = 0
+    ) -> list[dict[str, Any]]:
         """Logs of ``address`` matching ``topics``."""
         start = hex(from_block) if isinstance(from_block, int) else from_block
         logs: list[dict[str, Any]] = await self.call(
-            "eth_getLogs", [{"address": address, "topics": topics, "fromBlock": start, "toBlock": "latest"}]
+            "eth_getLogs", [{"address": address, "topics": list(topics), "fromBlock": start, "toBlock": "latest"}]
         )
         return logs

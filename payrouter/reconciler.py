@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass
 
 from payrouter.chain import (
+    AUTHORIZATION_CANCELED_TOPIC,
     AUTHORIZATION_USED_TOPIC,
     TRANSFER_TOPIC,
     ChainClient,
@@ -50,13 +51,15 @@ log = logging.getLogger("payrouter.reconciler")
 EXPIRY_MARGIN_S = 30
 # A settling record untouched this long has lost its worker.
 STALE_MS = 60_000
+# The longest a record stays open, whatever its authorization's validBefore says.
+MAX_RECORD_LIFE_S = 24 * 3600
 # A pass that crashed holding the lock blocks others at most this long.
 LOCK_TTL_S = 300
 
 
 def _delivered(record: PaymentRecord) -> bool:
     """The payer received content of this stream (so a failed payment leaves a debt)."""
-    return record.stream and record.delivered in ("partial", "complete", "cut")
+    return record.stream and record.delivered in ("streaming", "partial", "complete", "cut")
 
 
 def _topic(address: str) -> str:
@@ -85,27 +88,46 @@ class Resolver:
             return new
         return await self.journal.get(record.id) or record
 
+    async def is_used(self, record: PaymentRecord) -> bool | None:
+        """Whether the token reports the authorization used (None without a chain client).
+
+        Raises:
+            ChainError: the chain could not be read.
+        """
+        return None if self.chain is None else await self._used(record)
+
     async def _used(self, record: PaymentRecord) -> bool:
         assert self.chain is not None
         data = encode_authorization_state(record.payer, bytes.fromhex(record.nonce[2:]))
         return int(await self.chain.eth_call(record.asset, data), 16) != 0
 
-    async def _find_transfer(self, record: PaymentRecord) -> str:
-        """The transaction that used the authorization for a transfer, or "" when it was cancelled.
+    async def _how_used(self, record: PaymentRecord) -> str | None:
+        """For an authorization the token reports used: the transaction that moved *this*
+        payment to ``pay_to``; ``""`` when it never will (cancelled, or its nonce spent by
+        another authorization of the payer's); None while the chain does not say which.
 
-        The token logs ``AuthorizationUsed`` only when a transfer consumed the authorization
-        (a cancellation logs ``AuthorizationCanceled``), and the authorization names its
-        recipient and value, so that log alone proves the payment.
+        A used nonce alone proves nothing: the payer can sign another authorization with the
+        same nonce (to itself) and get it mined first. Only a ``Transfer`` of the amount from
+        the payer to ``pay_to`` in the transaction that used the nonce is the payment.
         """
         assert self.chain is not None
         if record.tx:
             receipt = await self.chain.receipt(record.tx)
             if receipt is not None and receipt.status == 1 and self._moves(receipt.logs, record):
                 return record.tx
-        logs = await self.chain.get_logs(record.asset, [AUTHORIZATION_USED_TOPIC, _topic(record.payer), record.nonce])
-        for entry in logs:
-            return str(entry["transactionHash"])
-        return ""
+        payer = _topic(record.payer)
+        for used in await self.chain.get_logs(record.asset, [AUTHORIZATION_USED_TOPIC, payer, record.nonce]):
+            tx = str(used["transactionHash"]).lower()
+            block = int(str(used["blockNumber"]), 16)
+            transfers = await self.chain.get_logs(record.asset, [TRANSFER_TOPIC, payer, _topic(record.pay_to)], block)
+            for transfer in transfers:
+                if str(transfer["transactionHash"]).lower() == tx and int(str(transfer["data"]), 16) == record.amount:
+                    return str(used["transactionHash"])
+            return ""
+        cancelled = [AUTHORIZATION_CANCELED_TOPIC, payer, record.nonce]
+        if await self.chain.get_logs(record.asset, cancelled):
+            return ""
+        return None
 
     @staticmethod
     def _moves(logs: list[dict[str, object]], record: PaymentRecord) -> bool:
@@ -131,21 +153,22 @@ class Resolver:
             State.OWED,
         ):
             return record
-        expired = time.time() > record.valid_before + EXPIRY_MARGIN_S
+        expired = time.time() > self._end_of_life(record)
         if await self._used(record):
-            tx = await self._find_transfer(record)
-            if tx:
+            how = await self._how_used(record)
+            if how is None:
+                return record  # used, but the logs do not say how yet: look again next time
+            if how:
                 return await self._write(
-                    record, State.SETTLED, tx=tx, settled_at=now_ms(), charged=record.amount, reason=""
+                    record, State.SETTLED, tx=how, settled_at=now_ms(), charged=record.amount, reason=""
                 )
-            # the payer cancelled it: nothing moved and nothing ever will
-            delivered = _delivered(record)
-            state = State.UNPAID if delivered else State.RELEASED
-            return await self._write(record, state, reason="authorization_cancelled")
-        delivered = _delivered(record)
+            # cancelled, or its nonce spent elsewhere: this payment will never move
+            state = State.UNPAID if _delivered(record) else State.RELEASED
+            return await self._write(record, state, reason="authorization_not_payable")
         if expired:
             # unused and expired: nothing can move any more
-            state = State.UNPAID if delivered and record.state in (State.OWED, State.PENDING) else State.RELEASED
+            delivered = _delivered(record) and record.state in (State.OWED, State.PENDING, State.SETTLING)
+            state = State.UNPAID if delivered else State.RELEASED
             return await self._write(record, state, reason=record.reason or "expired_unused")
         if record.state in (State.CLAIMED, State.SERVING):
             return record  # its worker is still within the authorization's life
@@ -159,6 +182,13 @@ class Resolver:
             return record
         return await self._settle(record)
 
+    @staticmethod
+    def _end_of_life(record: PaymentRecord) -> float:
+        """When nothing about ``record`` can change any more: its authorization's expiry, but
+        never more than a day after it was opened (a far-future ``validBefore`` keeps nothing
+        open for ever)."""
+        return min(record.valid_before, record.created_at // 1000 + MAX_RECORD_LIFE_S) + EXPIRY_MARGIN_S
+
     async def _settle(self, record: PaymentRecord) -> PaymentRecord:
         try:
             payment = parse_payment(record.payment_object(), record.x402_version)
@@ -167,15 +197,21 @@ class Resolver:
             log.error("record %s cannot be settled again: %s", record.id, exc)
             return record
         try:
+            # a transfer that would revert is not broadcast: a debtor presenting its payment
+            # again must not make us pay gas for nothing
+            await self.facilitator.verify(payment, requirements)
+        except PaymentError as exc:
+            log.info("record %s not settled again: %s", record.id, exc)
+            return record
+        try:
             result = await self.facilitator.settle(payment, requirements)
         except SettlementInDoubt as exc:
             return await self._write(record, State.PENDING, tx=exc.transaction or record.tx, reason=exc.reason)
         except SettlementFailed as exc:
-            delivered = _delivered(record)
-            state = State.OWED if delivered else State.RELEASED
-            if state == record.state:
-                return record
-            return await self._write(record, state, reason=exc.reason, tx=exc.transaction or record.tx)
+            # our attempt failed; the authorization may still move (another broadcast, the
+            # payer): the record stays as it is until the chain or its expiry decides
+            log.info("record %s: settling again failed (%s)", record.id, exc)
+            return record
         return await self._write(
             record, State.SETTLED, tx=result.transaction, settled_at=now_ms(), charged=record.amount, reason=""
         )

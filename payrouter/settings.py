@@ -115,6 +115,11 @@ class Settings(BaseModel):
             raise ValueError("the local facilitator needs rpc_url and a gas key")
         if self.facilitator == "remote" and not self.facilitator_url:
             raise ValueError("the remote facilitator needs facilitator_url")
+        if self.facilitator == "remote" and not self.rpc_url:
+            # a settlement whose reply was lost can only be found, and its answer given, on chain
+            raise ValueError(
+                "the remote facilitator needs rpc_url too (read-only: the reconciler checks payments on chain)"
+            )
         missing = sorted({m.provider for m in self.price_table.models} - self.providers.keys())
         if missing:
             raise ValueError(f"the price table uses providers with no [providers.<name>] section: {missing}")

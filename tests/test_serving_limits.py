@@ -214,8 +214,8 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             f'[providers.{name}]\nbase_url = "http://127.0.0.1:9/v1"\n' for name in ("openai", "anthropic", "together")
         )
         (tmp / "payrouter.toml").write_text(
-            f'price_table = "{EXAMPLE_TABLE}"\n'
-            f'[facilitator]\nmode = "remote"\nurl = "{facilitator_url}"\n'
+            f'price_table = "{EXAMPLE_TABLE}"\nreconcile_interval = 0\n'
+            f'[facilitator]\nmode = "remote"\nurl = "{facilitator_url}"\nrpc_url = "http://127.0.0.1:9"\n'
             "[server]\nheader_timeout = 0.5\nbody_timeout = 1.0\nkeep_alive_timeout = 5\nmax_concurrency = 1\n"
             + providers
         )

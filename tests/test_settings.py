@@ -50,21 +50,34 @@ PROVIDERS = "\n".join(
     [
         (f'[facilitator]\nmode = "local"\n{PROVIDERS}', "needs rpc_url and a gas key"),
         (f'[facilitator]\nmode = "remote"\n{PROVIDERS}', "needs facilitator_url"),
+        (f'[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}', "needs rpc_url too"),
         (f'[facilitator]\nmode = "carrier-pigeon"\n{PROVIDERS}', "facilitator"),
-        (f'[facilitator]\nmode = "remote"\nurl = "http://f"\nbogus = 1\n{PROVIDERS}', "unknown keys in [facilitator]"),
-        ('[facilitator]\nmode = "remote"\nurl = "http://f"\n[providers.openai]\nbase_url = "http://x"\n', "together"),
-        (f'max_body_bytes = 10\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}', "max_body_bytes"),
-        (f'colour = "blue"\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}', "colour"),
         (
-            f'[server]\nheader_timeout = 0\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}',
+            f'[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\nbogus = 1\n{PROVIDERS}',
+            "unknown keys in [facilitator]",
+        ),
+        (
+            '[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n[providers.openai]\nbase_url = "http://x"\n',
+            "together",
+        ),
+        (
+            f'max_body_bytes = 10\n[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
+            "max_body_bytes",
+        ),
+        (
+            f'colour = "blue"\n[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
+            "colour",
+        ),
+        (
+            f'[server]\nheader_timeout = 0\n[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
             "server.header_timeout",
         ),
         (
-            f'[server]\nmax_concurrency = 0\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}',
+            f'[server]\nmax_concurrency = 0\n[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
             "server.max_concurrency",
         ),
         (
-            f'[server]\nread_timeout = 5\n[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}',
+            f'[server]\nread_timeout = 5\n[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
             "server.read_timeout",
         ),
     ],
@@ -103,7 +116,9 @@ def test_api_key_from_a_secrets_file(tmp_path: Path) -> None:
         '[providers.openai]\nbase_url = "http://127.0.0.1:1/v1"',
         '[providers.openai]\nbase_url = "http://127.0.0.1:1/v1"\napi_key_file = "openai.key"',
     )
-    settings = load_settings(_write(tmp_path, f'[facilitator]\nmode = "remote"\nurl = "http://f"\n{providers}'), {})
+    settings = load_settings(
+        _write(tmp_path, f'[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{providers}'), {}
+    )
     key = settings.providers["openai"].api_key
     assert key is not None and key.get_secret_value() == "sk-from-file"
     assert "sk-from-file" not in repr(settings)
@@ -114,7 +129,10 @@ def test_api_key_from_a_secrets_file(tmp_path: Path) -> None:
 
 def test_server_limits_load_from_the_config(tmp_path: Path) -> None:
     limits = "header_timeout = 2.5\nbody_timeout = 20\nkeep_alive_timeout = 75\nmax_concurrency = 100\n"
-    path = _write(tmp_path, f'[server]\n{limits}[facilitator]\nmode = "remote"\nurl = "http://f"\n{PROVIDERS}')
+    path = _write(
+        tmp_path,
+        f'[server]\n{limits}[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
+    )
     server = load_settings(path, {}).server
     assert server.model_dump() == {
         "host": "127.0.0.1",

@@ -136,6 +136,9 @@ class LocalFacilitator:
                             {
                                 "from": self._gas.address,
                                 "to": asset,
+                                # with the gas the settlement will have: a contract wallet that
+                                # approves only with more gas must fail here, not on chain
+                                "gas": hex(SETTLE_GAS_LIMIT),
                                 "data": encode_transfer_with_authorization(auth, payment.signature),
                             },
                             "latest",
@@ -186,7 +189,11 @@ class LocalFacilitator:
             return SettleResult(transaction=tx_hash, payer=auth.from_, network=network)
         # Anyone may submit a signed authorization: if someone beat us to it, the money still
         # went to payTo, and the payment stands.
-        front_run = await self._find_settlement(payment, requirements)
+        try:
+            front_run = await self._find_settlement(payment, requirements)
+        except ChainError as exc:
+            # reverted, and whether another transaction moved the money is unknown
+            raise SettlementInDoubt(f"reverted; the chain could not be searched ({exc})", auth.from_, tx_hash) from None
         if front_run is not None:
             return SettleResult(transaction=front_run, payer=auth.from_, network=network)
         raise SettlementFailed(Reason.TRANSACTION_FAILED, "transferWithAuthorization reverted", auth.from_, tx_hash)
@@ -256,17 +263,19 @@ class LocalFacilitator:
         return False
 
     async def _find_settlement(self, payment: PaymentPayload, req: Requirements) -> str | None:
+        """Another transaction that used this authorization to pay ``req.pay_to``, if any.
+
+        Raises:
+            ChainError: the chain could not be searched.
+        """
         auth = payment.authorization
-        try:
-            logs = await self._chain.get_logs(
-                req.asset, [AUTHORIZATION_USED_TOPIC, _topic_address(auth.from_), "0x" + auth.nonce.hex()]
-            )
-            for log in logs:
-                receipt = await self._chain.receipt(log["transactionHash"])
-                if receipt is not None and receipt.status == 1 and self._has_transfer(receipt, payment, req):
-                    return receipt.transaction_hash
-        except ChainError:
-            return None
+        logs = await self._chain.get_logs(
+            req.asset, [AUTHORIZATION_USED_TOPIC, _topic_address(auth.from_), "0x" + auth.nonce.hex()]
+        )
+        for log in logs:
+            receipt = await self._chain.receipt(log["transactionHash"])
+            if receipt is not None and receipt.status == 1 and self._has_transfer(receipt, payment, req):
+                return receipt.transaction_hash
         return None
 
 

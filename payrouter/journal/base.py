@@ -54,7 +54,9 @@ class Journal(Protocol):
     async def open(self, record: PaymentRecord, exposure: Exposure | None = None) -> Opened:
         """Create ``record`` (state ``claimed``) unless its payment already has one.
 
-        A ``released`` record is taken over (a new attempt: ``attempts`` + 1, the new owner).
+        A ``released`` record is taken over (a new attempt: ``attempts`` + 1, the new owner),
+        unless its settlement reverted after it verified (``existing``: one signature must not
+        buy model calls and our gas over and over).
         With ``exposure`` (a stream): a payer in debt is refused (``debtor``), and the amount
         is reserved against the limits, or ``held`` when it does not fit.
         """
@@ -79,9 +81,10 @@ class Journal(Protocol):
         ...
 
     async def discard(self, record: PaymentRecord) -> bool:
-        """Delete a record this owner just opened (``claimed``, first attempt) whose payment
-        failed verification: nothing was served and nothing can have moved, so it leaves no
-        trace (signing bad payments costs nothing; keeping each forever would). True when deleted.
+        """Delete a record this owner opened (first attempt, ``claimed`` or ``serving``) whose
+        payment failed verification or whose model call failed before anything was broadcast:
+        nothing was delivered and nothing can have moved, so it leaves no trace (fresh nonces
+        cost nothing; keeping a record of each for ever would). True when deleted.
         """
         ...
 

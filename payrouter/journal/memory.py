@@ -11,6 +11,11 @@ from payrouter.journal.record import DEBT_STATES, EXPOSED_STATES, OPEN_STATES, P
 
 __all__ = ["MemoryJournal"]
 
+# A payment whose settlement reverted after it verified is not served again: one signature
+# must not buy model calls (and our gas) over and over.
+_REVERTED = "invalid_exact_evm_transaction_failed"
+_UNSERVED = (State.CLAIMED, State.SERVING)
+
 
 class MemoryJournal:
     """`Journal` for a single process (the same rules as `RedisJournal`)."""
@@ -30,7 +35,7 @@ class MemoryJournal:
 
     async def open(self, record: PaymentRecord, exposure: Exposure | None = None) -> Opened:
         current = self._records.get(record.id)
-        if current is not None and current.state != State.RELEASED:
+        if current is not None and (current.state != State.RELEASED or current.reason == _REVERTED):
             return Opened("existing", replace(current))
         if exposure is not None and await self.debts(record.payer):
             return Opened("debtor", record)
@@ -74,7 +79,7 @@ class MemoryJournal:
 
     async def discard(self, record: PaymentRecord) -> bool:
         current = self._records.get(record.id)
-        if current is None or current.owner != record.owner or current.state != State.CLAIMED or current.attempts != 1:
+        if current is None or current.owner != record.owner or current.state not in _UNSERVED or current.attempts != 1:
             return False
         del self._records[record.id]
         self._exposure.pop(record.id, None)

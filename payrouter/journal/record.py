@@ -77,8 +77,11 @@ class PaymentRecord:
         route: the priced route (`payrouter.quoting.PricedRoute.to_record`) the payment bought.
         amount: the signed amount in atomic units; ``charged`` is what actually moved.
         upstream_cost: atomic units the answering model cost us (actual usage when known).
-        delivered: ``complete``, ``partial`` (client hung up), ``broken`` (the model failed
-            mid-stream), ``cut`` (we stopped it: the payment failed), or ``""`` (nothing yet).
+        delivered: for streams: ``streaming`` (content is going out), ``complete``, ``partial``
+            (the client hung up), ``broken`` (the model failed mid-stream), ``cut`` (we stopped
+            it: the payment failed), ``held`` (kept for the payer, never sent), ``again`` (being
+            served again), or ``""`` (nothing yet); ``complete`` for plain answers.
+        reserves: how often a paid stream that did not reach its payer whole was served again.
         tx: the settlement transaction hash, once known.
         reason: the last x402 error reason (why it was released, pending or owed).
     """
@@ -103,6 +106,7 @@ class PaymentRecord:
     route: str
     model: str
     attempts: int = 1
+    reserves: int = 0
     answered_by: str = ""
     upstream_cost: int = 0
     input_tokens: int = 0

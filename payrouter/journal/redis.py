@@ -19,7 +19,9 @@ __all__ = ["RedisJournal"]
 
 _OPEN = """
 local st = redis.call('hget', KEYS[1], 'state')
-if st and st ~= 'released' then return {'existing', redis.call('hgetall', KEYS[1])} end
+if st and (st ~= 'released' or redis.call('hget', KEYS[1], 'reason') == 'invalid_exact_evm_transaction_failed') then
+  return {'existing', redis.call('hgetall', KEYS[1])}
+end
 if ARGV[2] == '1' and tonumber(redis.call('hget', KEYS[4], ARGV[7]) or '0') > 0 then return {'debtor'} end
 local attempts = 1
 local created = ARGV[9]
@@ -96,7 +98,7 @@ return {1, new}
 
 _DISCARD = """
 local cur = redis.call('hmget', KEYS[1], 'state', 'owner', 'attempts')
-if cur[1] ~= 'claimed' or cur[2] ~= ARGV[1] or cur[3] ~= '1' then return 0 end
+if (cur[1] ~= 'claimed' and cur[1] ~= 'serving') or cur[2] ~= ARGV[1] or cur[3] ~= '1' then return 0 end
 redis.call('del', KEYS[1])
 redis.call('zrem', KEYS[2], ARGV[2])
 redis.call('zrem', KEYS[3], ARGV[2])

@@ -32,7 +32,8 @@ class Store(Protocol):
         ...
 
     async def claim(self, key: str, owner: str, ttl_seconds: int) -> bool:
-        """Atomically set ``key`` to ``owner`` if it is absent. True when this caller won."""
+        """Atomically set ``key`` to ``owner`` if it is absent. True when this caller won, or
+        when ``key`` already holds ``owner`` (a claim sent twice is still its owner's)."""
         ...
 
     async def release(self, key: str, owner: str) -> bool:

@@ -44,8 +44,9 @@ class MemoryStore:
         return value
 
     async def claim(self, key: str, owner: str, ttl_seconds: int) -> bool:
-        if self._live(key) is not None:
-            return False
+        current = self._live(key)
+        if current is not None:
+            return current == owner.encode()  # a claim recognises its own owner, as on Redis
         self._data[key] = (owner.encode(), time.monotonic() + ttl_seconds)
         return True
 

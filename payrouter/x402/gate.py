@@ -9,14 +9,11 @@ Paid request   -> decode, match the stored quote, claim the payment, verify, run
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import json
 import logging
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import anyio
 from starlette.datastructures import Headers
@@ -49,8 +46,11 @@ log = logging.getLogger("payrouter.gate")
 _CLAIM_SLACK = 120
 # A ``settling`` record this old has lost its worker: a replay settles it itself.
 _STALE_SETTLING_MS = 60_000
-# A paid stream being served again longer than this has lost its worker: the next replay serves it.
+# A paid stream being served (again) longer than this has lost its worker: the next replay serves it.
 _STALE_SERVING_AGAIN_MS = 600_000
+# How often a paid stream that did not reach its payer whole is served again (then its kept
+# transcript is the answer): a model that keeps breaking must not give endless free calls.
+_MAX_RESERVES = 1
 # How long a paid response stays replayable under its payment-identifier.
 _PAYMENT_ID_TTL = 24 * 3600
 
@@ -201,60 +201,26 @@ class PaymentGate:
     async def _idempotent(self, call: _Call, payment: PaymentPayload, send: Send) -> None:
         """x402 payment-identifier: one id, one payment, one charge.
 
-        The same id with the same payment and request gets the first successful response
-        again, with no second charge and no second model call (while the first attempt is still
-        running, the journal answers as for any copy of a payment in flight); the same id with
-        anything else is a 409.
+        The id is bound to its payment and request; the same id with anything else is a 409.
+        The same id with the same payment is that payment presented again, which the journal
+        answers (its answer once paid, no second charge, no second model call). An id whose
+        payment came to nothing (released) is free again.
         """
         services = call.services
-        key = f"pid:{payment.authorization.from_.lower()}:{payment.payment_id}"
-        fingerprint = f"{payment.fingerprint()}:{call.digest}"
-        owner = json.dumps({"fp": fingerprint, "token": secrets.token_hex(8)})
-        # in flight the claim lives no longer than a request can: a worker that lost the store
-        # mid-request must not lock the id out for a day
-        in_flight = services.table.max_timeout_seconds + _CLAIM_SLACK
-        if not await services.store.claim(key, owner, in_flight):
-            existing = await services.store.get(key)
-            record = json.loads(existing) if existing else {}
-            if record.get("fp") != fingerprint:
-                _, err = json_error(409, "this payment id was already used for another payment or request", "conflict")
-                await send_response(send, 409, err)
-            elif "response" not in record:
-                # the same payment for the same request, still in flight or left by a worker that
-                # lost the store: the journal, which makes the payment single-use, answers for it
-                await self._paid(call, payment, send)
-            else:
-                cached = record["response"]
-                headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in cached["headers"]]
-                await send_response(send, cached["status"], base64.b64decode(cached["body"]), headers)
+        auth = payment.authorization
+        key = f"pid:{auth.from_.lower()}:{payment.payment_id}"
+        binding = f"{payment.fingerprint()}:{call.digest}"
+        if not await services.store.claim(key, binding, _PAYMENT_ID_TTL):
+            _, err = json_error(409, "this payment id was already used for another payment or request", "conflict")
+            await send_response(send, 409, err)
             return
-        captured: dict[str, Any] = {"status": 0, "headers": [], "body": b""}
-
-        async def tee(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                captured["status"] = message["status"]
-                captured["headers"] = message.get("headers", [])
-            elif message["type"] == "http.response.body":
-                captured["body"] += message.get("body", b"")
-            await send(message)
-
         try:
-            await self._paid(call, payment, tee)
+            await self._paid(call, payment, send)
         finally:
-            if captured["status"] == 200:
-                response = {
-                    "status": 200,
-                    "headers": [
-                        (k.decode("latin-1"), v.decode("latin-1"))
-                        for k, v in captured["headers"]
-                        if k.lower() != b"content-length"
-                    ],
-                    "body": base64.b64encode(captured["body"]).decode(),
-                }
-                record_text = json.dumps({"fp": fingerprint, "response": response})
-                await services.store.replace(key, owner, record_text, _PAYMENT_ID_TTL)
-            else:
-                await services.store.release(key, owner)
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                record = await services.journal.get(record_id(auth.from_, auth.nonce))
+                if record is None or record.state == State.RELEASED:
+                    await services.store.release(key, binding)
 
     async def _paid(self, call: _Call, payment: PaymentPayload, send: Send) -> None:
         scope, services, request, digest = call.scope, call.services, call.request, call.digest
@@ -328,12 +294,16 @@ class PaymentGate:
         with anyio.CancelScope(shield=True):  # from here on money may move: finish even if the client left
             if status >= 400:
                 # The model call failed: nothing is settled, and the client may pay again.
-                await attempt.release("upstream_failed" if status >= 500 else "request_failed")
+                await attempt.refused("upstream_failed" if status >= 500 else "request_failed")
                 await send_response(send, status, resp_body, resp_headers)
                 return
             usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
             answer = StoredAnswer.capture(status, resp_headers, resp_body)
             outcome = await attempt.settle(answer, delivered="complete", **usage)
+            if outcome.status == "refused" and await _used_on_chain(services, attempt):
+                # someone else used the authorization first (a remote facilitator reports that
+                # as a plain failure): the chain says whether it paid us
+                outcome = await _used_elsewhere(services, attempt)
             if outcome.status == "refused":
                 await attempt.release(outcome.reason or Reason.UNEXPECTED_SETTLE)
             elif outcome.status == "unavailable":
@@ -357,10 +327,14 @@ class PaymentGate:
                     record = await services.resolver.resolve(record, settle=True)
                 except (ChainError, StoreError) as exc:  # answer from what the journal knows
                     log.warning("replay of %s: the chain could not be read (%s)", record.id, exc)
-        stale = now_ms() - record.updated_at > _STALE_SERVING_AGAIN_MS  # its re-serve died with its worker
+        stale = now_ms() - record.updated_at > _STALE_SERVING_AGAIN_MS  # its worker is gone
         if record.state == State.SETTLED and record.delivered == "again" and not stale:
             raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
-        if record.state == State.SETTLED and record.stream and record.delivered in ("broken", "again"):
+        unfinished = record.delivered in ("broken", "partial", "cut") or (
+            record.delivered in ("again", "streaming") and stale
+        )
+        if record.state == State.SETTLED and record.stream and unfinished and record.reserves < _MAX_RESERVES:
+            # paid, and the payer never got it whole (the model broke, the client or we cut it)
             await self._serve_again(call, payment, record, send)
             return
         if record.state == State.SETTLED:
@@ -404,7 +378,12 @@ class PaymentGate:
         attempt = PaymentAttempt(services, payment, priced, record)
         # take the record over (one replay at a time serves it again)
         taken = await attempt.write(
-            State.SETTLED, [State.SETTLED], owner=secrets.token_hex(16), owner_was=record.owner, delivered="again"
+            State.SETTLED,
+            [State.SETTLED],
+            owner=secrets.token_hex(16),
+            owner_was=record.owner,
+            delivered="again",
+            reserves=record.reserves + 1,
         )
         if not taken:
             raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
@@ -415,6 +394,35 @@ class PaymentGate:
         anthropic = call.scope["path"] == "/v1/messages"
         settler = StreamSettlement(attempt, paid, done, held=True, anthropic=anthropic, prepaid=prepaid)
         await settler.run(self.app, call.scope, replay_body(call.receive, call.body), send)
+
+
+async def _used_on_chain(services: Services, attempt: PaymentAttempt) -> bool:
+    """The refused authorization is used on chain, or the chain cannot tell (then the record
+    must stay where the reconciler looks, not be released)."""
+    try:
+        return bool(await services.resolver.is_used(attempt.record))
+    except ChainError:
+        return True
+
+
+async def _used_elsewhere(services: Services, attempt: PaymentAttempt) -> SettleOutcome:
+    """The facilitator reports the authorization used by another transaction (a front-run a
+    remote facilitator does not look into): settled if that transaction paid ``pay_to``,
+    pending while the chain cannot tell, refused if it did not."""
+    await attempt.write(State.PENDING, [State.SETTLING], durable=True, reason=Reason.NONCE_USED)
+    record = attempt.record
+    with contextlib.suppress(ChainError, StoreError):
+        record = await services.resolver.resolve(record, settle=False)
+    attempt.record = record
+    if record.state == State.SETTLED:
+        return SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
+    if record.state == State.PENDING:
+        reason = Reason.SETTLEMENT_PENDING
+        message = "the authorization was used by another transaction; whether it paid is not known yet"
+        return SettleOutcome("pending", receipt_header(record, False, record.tx, reason), reason, message, record.tx)
+    reason = Reason.NONCE_USED
+    message = "the authorization was used by another transaction that did not pay for this request"
+    return SettleOutcome("refused", receipt_header(record, False, "", reason), reason, message)
 
 
 async def _send_outcome(send: Send, outcome: SettleOutcome, answer: StoredAnswer | None) -> None:

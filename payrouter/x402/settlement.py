@@ -151,7 +151,8 @@ class PaymentAttempt:
             log.warning("journal unavailable (%s); %s stays claimed", exc, self.record.id)
 
     async def refused(self, reason: str) -> None:
-        """Verification failed: leave no record if this request created it, else release it."""
+        """Nothing was served and nothing broadcast (verification or the model call failed):
+        leave no record if this request created it, else release it."""
         try:
             if await self.services.journal.discard(self.record):
                 return
@@ -169,11 +170,12 @@ class PaymentAttempt:
             reason=reason,
         )
 
-    async def owe(self, reason: str, delivered: str, transaction: str = "") -> None:
-        """Content went out and the transfer failed: the payer owes it."""
+    async def owe(self, reason: str, delivered: str, transaction: str = "", answer: StoredAnswer | None = None) -> None:
+        """Content went out and the transfer failed: the payer owes it (what was sent is kept)."""
         await self.finish(
             State.OWED,
             [State.CLAIMED, State.SERVING, State.SETTLING, State.PENDING],
+            answer=answer,
             reason=reason,
             delivered=delivered,
             tx=transaction or self.record.tx,
@@ -263,6 +265,13 @@ class PaymentAttempt:
         return SettleOutcome(status, receipt, reason, message, tx)
 
 
+def _settleable(raw: dict[str, Any]) -> dict[str, Any]:
+    """What settling a payment again needs (extensions and the resource are the payer's, of any
+    size, and the fingerprint already binds them)."""
+    keep = ("x402Version", "accepted", "payload", "scheme", "network")
+    return {k: raw[k] for k in keep if k in raw}
+
+
 def record_id(payer: str, nonce: bytes) -> str:
     """The journal id of an ``exact`` payment: one record per (payer, nonce)."""
     return f"exact:{payer.lower()}:0x{nonce.hex()}"
@@ -286,7 +295,7 @@ def new_record(
         nonce="0x" + auth.nonce.hex(),
         valid_before=auth.valid_before,
         x402_version=payment.version,
-        payment=json.dumps(payment.raw, separators=(",", ":")),
+        payment=json.dumps(_settleable(payment.raw), separators=(",", ":")),
         fingerprint=payment.fingerprint(),
         request=digest,
         path=path,

@@ -109,7 +109,7 @@ class StreamSettlement:
         # during the stream the first chunk goes out with the broadcast: the record must say so
         # before anything can move, or a reconciler could take a cancelled transfer for a
         # stream nobody received
-        delivered = "" if self.held or self.prepaid else "partial"
+        delivered = "" if self.held or self.prepaid else "streaming"
         return await self.attempt.settle(None, delivered=delivered, **usage)
 
     async def _settle_during(self) -> SettleOutcome:
@@ -164,8 +164,8 @@ class StreamSettlement:
             self.outcome = self.prepaid
             start = {**start, "headers": [*start.get("headers", []), self.prepaid.receipt]}
         elif self.held:
-            await self.serving
             with anyio.CancelScope(shield=True):
+                await asyncio.shield(self.serving)
                 outcome = self.outcome = await self._settle_once()
             if outcome.status == "pending":
                 self.buffering = True  # the answer is kept until the payment confirms
@@ -279,8 +279,8 @@ class StreamSettlement:
         if self.task is None and self.outcome is None:
             # the model never produced a first chunk: nothing was broadcast
             reason = "upstream_failed" if self.status >= 500 or self.status == 0 else "request_failed"
-            await self.serving
-            await attempt.release(reason)
+            await asyncio.shield(self.serving)
+            await attempt.refused(reason)
             return
         outcome = self._outcome_now()
         if outcome is None:
@@ -297,6 +297,6 @@ class StreamSettlement:
                 State.PENDING, [State.PENDING, State.SETTLING], answer=answer, delivered=delivered, **usage
             )
         elif self.started and call.content:
-            await attempt.owe(outcome.reason or Reason.UNEXPECTED_SETTLE, delivered, outcome.transaction)
+            await attempt.owe(outcome.reason or Reason.UNEXPECTED_SETTLE, delivered, outcome.transaction, answer)
         else:
             await attempt.release(outcome.reason or Reason.UNEXPECTED_SETTLE)

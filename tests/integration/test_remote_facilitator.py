@@ -39,6 +39,7 @@ def _router(box: Sandbox, facilitator_url: str, token: str) -> Any:
         },
         facilitator="remote",
         facilitator_url=facilitator_url,
+        rpc_url=box.chain.rpc_url,
         facilitator_headers={"*": {"Authorization": SecretStr(f"Bearer {token}")}},
     )
     return create_app(settings)

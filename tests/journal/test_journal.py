@@ -153,3 +153,15 @@ async def test_a_record_that_failed_verification_leaves_no_trace(journal: Journa
     await journal.advance(again.moved(State.RELEASED), [State.CLAIMED])
     reopened = (await journal.open(_record_like(again, owner="b"))).record
     assert not await journal.discard(reopened)
+
+
+async def test_a_payment_whose_settlement_reverted_is_not_taken_over_again(journal: Journal) -> None:
+    record = (await journal.open(_record())).record
+    reverted = record.moved(State.RELEASED, reason="invalid_exact_evm_transaction_failed")
+    assert (await journal.advance(reverted, [State.CLAIMED]))[0]
+    again = await journal.open(_record_like(record, owner="b"))
+    assert again.outcome == "existing" and again.record.owner == "a"
+    # any other release leaves the payment presentable again
+    other = (await journal.open(_record())).record
+    await journal.advance(other.moved(State.RELEASED, reason="upstream_failed"), [State.CLAIMED])
+    assert (await journal.open(_record_like(other, owner="b"))).outcome == "new"

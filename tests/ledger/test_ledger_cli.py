@@ -248,7 +248,7 @@ def test_list_json_filters_by_state_and_payer(seeded: Seeded) -> None:
 
 COLUMNS = [
     "id", "scheme", "state", "owner", "payer", "pay_to", "asset", "network", "amount", "nonce", "valid_before",
-    "x402_version", "fingerprint", "request", "path", "stream", "route", "model", "attempts", "answered_by",
+    "x402_version", "fingerprint", "request", "path", "stream", "route", "model", "attempts", "reserves", "answered_by",
     "upstream_cost", "input_tokens", "output_tokens", "charged", "delivered", "tx", "reason", "created_at",
     "updated_at", "settled_at",
 ]  # fmt: skip
@@ -265,14 +265,14 @@ def test_export_csv_has_every_field_but_the_payment_in_a_fixed_order(seeded: See
     assert rows[1] == [
         r1.id, "exact", "settled", r1.owner, seeded.a.address, seeded.pay_to, r1.asset, r1.network, "10000",
         "0x" + t1.auth.nonce.hex(), str(t1.auth.valid_before), "2", r1.fingerprint, r1.request,
-        "/v1/chat/completions", "0", "{}", "gpt-4o", "1", "gpt-4o", "6000", "1200", "350", "10000", "complete",
+        "/v1/chat/completions", "0", "{}", "gpt-4o", "1", "0", "gpt-4o", "6000", "1200", "350", "10000", "complete",
         t1.tx, "", str(BASE_MS), str(BASE_MS + 3000), str(BASE_MS + 3000),
     ]  # fmt: skip
     r8 = r["r8"]
     assert rows[7] == [
         r8.id, "exact", "owed", r8.owner, seeded.b.address, seeded.pay_to, r8.asset, r8.network, "3300",
         r8.nonce, str(r8.valid_before), "2", r8.fingerprint, r8.request, "/v1/chat/completions", "1", "{}",
-        "gpt-4o-mini", "1", "gpt-4o-mini", "40000", "50", "4000", "0", "complete", "", "insufficient_funds",
+        "gpt-4o-mini", "1", "0", "gpt-4o-mini", "40000", "50", "4000", "0", "complete", "", "insufficient_funds",
         str(BASE_MS + 6 * MINUTE_MS), str(BASE_MS + 6 * MINUTE_MS + 3000), "0",
     ]  # fmt: skip
     # the signed authorization is left out unless asked for

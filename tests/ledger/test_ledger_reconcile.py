@@ -15,7 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from payrouter.devchain import DevChain, DevToken
-from payrouter.journal import RedisJournal, State
+from payrouter.journal import RedisJournal, State, now_ms
 from tests.redis_keys import delete_namespace
 from tests.service_config import GAS_KEY_ENV, example_table, write_config
 from wallets import LocalSigner
@@ -43,7 +43,8 @@ def test_reconcile_settles_the_mined_releases_the_expired_and_leaves_the_live(
     records = {
         "mined": record(chain, token, mined, "gpt-4o", BASE_MS),
         "expired": record(chain, token, expired, "gpt-4o", BASE_MS + MINUTE_MS),
-        "live": record(chain, token, live, "gpt-4o", BASE_MS + 2 * MINUTE_MS),
+        # opened now: a record opened long ago is closed whatever its validBefore (a day at most)
+        "live": record(chain, token, live, "gpt-4o", now_ms()),
     }
 
     async def seed() -> None:

@@ -44,6 +44,8 @@ def test_price_table_predictor_routes_auto(tmp_path: Path) -> None:
             providers={"p": ProviderSettings(base_url="http://127.0.0.1:9/v1")},
             facilitator="remote",
             facilitator_url=facilitator_url,
+            rpc_url="http://127.0.0.1:9",  # read by the reconciler only; no payment here
+            reconcile_interval=0,
         )
         easy, hard = _route_two_prompts(settings)
     assert (easy["model"], hard["model"]) == ("cheap", "middle")
