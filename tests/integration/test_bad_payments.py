@@ -14,6 +14,7 @@ import redis
 
 from payrouter.chat import request_digest
 from payrouter.sandbox.dev import Sandbox
+from tests.polling import wait_until
 from wallets import LocalSigner
 
 from .conftest import REDIS_URL, Observer
@@ -147,8 +148,7 @@ def test_payment_for_an_expired_quote(box: Sandbox, http: httpx.Client, observer
     key = f"{box.namespace}:quote:{request_digest('POST', '/v1/chat/completions', body)}"
     with redis.Redis.from_url(REDIS_URL) as r:
         assert r.pexpire(key, 1)
-        time.sleep(0.05)
-        assert not r.exists(key)
+        wait_until(lambda: not r.exists(key), "the quote to expire")
     with observer.unchanged(agent.address, box.operator.address):
         response = http.post(url, json=body, headers=header(payment(o, agent)))
     assert rejection(response) == (402, "invalid_payment_requirements")

@@ -41,20 +41,23 @@ def _body(**kw: Any) -> dict[str, Any]:
     }
 
 
-def test_openai_sdk_streams_a_paid_answer(box: Sandbox, observer: Observer) -> None:
+def test_openai_sdk_streams_a_paid_answer(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
     agent = _agent(box)
+    body = _body()
+    # the quote of this very request (the SDK's own 402 gets the same)
+    amount = int(offer(http, f"{box.router_url}/v1/chat/completions", body)["accepts"][0]["amount"])
     before = observer.balances(agent.address, box.operator.address)
     with (
         httpx.Client(transport=PaymentTransport(agent, SpendingPolicy(max_per_call=10**6))) as http_client,
         openai.OpenAI(base_url=f"{box.router_url}/v1", api_key="unused", http_client=http_client) as client,  # type: ignore[arg-type]
     ):
-        stream = client.chat.completions.create(**_body())
+        stream = client.chat.completions.create(**body)
         pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(pieces).startswith("[gpt-4o-mini]")
     # the SDK hangs up right after [DONE]; the settlement that follows the stream still happens
     _wait_for_change(observer, agent.address, before[0])
     after = observer.balances(agent.address, box.operator.address)
-    assert before[0] - after[0] == after[1] - before[1] > 0
+    assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)
 
 
 def test_after_stream_receipt_is_the_last_event(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
