@@ -285,7 +285,9 @@ class Reconciler:
         while not self._stop.is_set():
             try:
                 await self.run_once()
-            except Exception:  # a pass must never end the loop
+            except (ChainError, StoreError) as exc:  # an outage: the next pass tries again
+                log.warning("reconcile pass skipped: %s", exc)
+            except Exception:  # a bug: logged whole, and the loop goes on
                 log.exception("reconcile pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.interval)
