@@ -8,7 +8,7 @@ from typing import Any
 
 from payrouter.chat import ChatRequest
 from payrouter.routing import RouteConstraints, RouteDecision, Router
-from payrouter.store import Store
+from payrouter.store import Store, keys
 from payrouter.x402.requirements import Requirements
 from pricing import PriceTable, Quote, estimate_chat_input_tokens, quote_route
 
@@ -126,10 +126,10 @@ class Quoter:
 
 async def save_quote(store: Store, digest: str, priced: PricedRoute) -> None:
     """Keep ``priced`` for the request ``digest`` as long as its payment may be signed."""
-    await store.put(f"quote:{digest}", priced.to_record(), priced.requirements.max_timeout_seconds)
+    await store.put(keys.quote(digest), priced.to_record(), priced.requirements.max_timeout_seconds)
 
 
 async def load_quote(store: Store, digest: str) -> PricedRoute | None:
     """The live quote of the request ``digest``, or None when expired or never issued."""
-    record = await store.get(f"quote:{digest}")
+    record = await store.get(keys.quote(digest))
     return None if record is None else PricedRoute.from_record(record)

@@ -38,7 +38,7 @@ from payrouter.chain import (
 from payrouter.facilitator import Facilitator
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.quoting import PricedRoute
-from payrouter.store import Store, StoreError
+from payrouter.store import Store, StoreError, keys
 from payrouter.x402.errors import PaymentError, SettlementFailed, SettlementInDoubt
 from payrouter.x402.wire import parse_payment
 
@@ -242,7 +242,7 @@ class Reconciler:
         interval: seconds between background passes.
     """
 
-    LOCK = "lock:reconciler"
+    LOCK = keys.RECONCILER_LOCK
 
     def __init__(self, resolver: Resolver, store: Store, interval: float = 15.0) -> None:
         self.resolver = resolver

@@ -21,6 +21,7 @@ from payrouter.chain import (
     encode_transfer_with_authorization,
 )
 from payrouter.facilitator.base import SettleResult
+from payrouter.store import keys
 from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.requirements import Requirements
@@ -210,7 +211,7 @@ class LocalFacilitator:
             ChainError, StoreError: nothing was sent.
         """
         max_fee, tip = await self._fees()
-        nonce_key = f"gas-nonce:{self._chain_id}:{self._gas.address}"
+        nonce_key = keys.gas_nonce(self._chain_id, self._gas.address)
         async with self._store.lock(nonce_key, timeout_seconds=10.0):
             cached = await self._store.get(nonce_key)
             nonce = int(cached) if cached else await self._chain.transaction_count(self._gas.address, "pending")

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from payrouter.store import Store, StoreError
+from payrouter.store import Store, StoreError, keys
 
 __all__ = ["BreakerPolicy", "HealthTracker"]
 
@@ -57,7 +57,7 @@ class HealthTracker:
     async def record_success(self, model: str, first_byte_ms: float, tokens: int, total_ms: float) -> None:
         """A call answered: reset the failure count, update latency and error averages."""
         with contextlib.suppress(StoreError):
-            await self.store.put(f"health:fails:{model}", b"0", 1)
+            await self.store.put(keys.health_fails(model), b"0", 1)
             tps = tokens * 1000 / total_ms if total_ms > 0 and tokens else None
             await self._update_stats(model, error=False, first_byte_ms=first_byte_ms, tps=tps)
 
@@ -65,7 +65,7 @@ class HealthTracker:
         """A call failed: count it, and open the breaker on a 429 or after too many failures."""
         with contextlib.suppress(StoreError):
             await self._update_stats(model, error=True, last_error=reason)
-            fails = await self.store.incr(f"health:fails:{model}", self.policy.window)
+            fails = await self.store.incr(keys.health_fails(model), self.policy.window)
             if status == 429 or retry_after is not None or fails >= self.policy.failures:
                 cooldown = int(retry_after) if retry_after is not None else self.policy.cooldown
                 await self.open(model, max(cooldown, 1), reason)
@@ -75,12 +75,12 @@ class HealthTracker:
         until = time.time() + seconds
         self._open_until[model] = until
         await self.store.put(
-            f"health:breaker:{model}", json.dumps({"until": until, "reason": reason}).encode(), seconds
+            keys.health_breaker(model), json.dumps({"until": until, "reason": reason}).encode(), seconds
         )
         log.warning("breaker open for %s for %d s: %s", model, seconds, reason)
 
     async def _update_stats(self, model: str, error: bool, **sample: Any) -> None:
-        key = f"health:stats:{model}"
+        key = keys.health_stats(model)
         raw = await self.store.get(key)
         stats: dict[str, Any] = json.loads(raw) if raw else {"calls": 0, "error_rate": 0.0}
         a = self.policy.alpha
@@ -99,15 +99,15 @@ class HealthTracker:
     async def refresh(self) -> None:
         """Re-read every model's breaker from the store."""
         for model in self.models:
-            raw = await self.store.get(f"health:breaker:{model}")
+            raw = await self.store.get(keys.health_breaker(model))
             self._open_until[model] = float(json.loads(raw)["until"]) if raw else 0.0
 
     async def snapshot(self) -> dict[str, Any]:
         """Per model: breaker state, error rate, latency; for the operator endpoint."""
         out = {}
         for model in self.models:
-            breaker = await self.store.get(f"health:breaker:{model}")
-            stats = await self.store.get(f"health:stats:{model}")
+            breaker = await self.store.get(keys.health_breaker(model))
+            stats = await self.store.get(keys.health_stats(model))
             state = json.loads(breaker) if breaker else None
             out[model] = {
                 "breaker": "open" if state else "closed",

@@ -26,7 +26,7 @@ from payrouter.quoting import PricedRoute, load_quote, save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
-from payrouter.store import StoreError
+from payrouter.store import StoreError, keys
 from payrouter.x402.asgi import json_error, replay_body, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall
 from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
@@ -208,7 +208,8 @@ class PaymentGate:
         """
         services = call.services
         auth = payment.authorization
-        key = f"pid:{auth.from_.lower()}:{payment.payment_id}"
+        assert payment.payment_id is not None
+        key = keys.payment_id(auth.from_, payment.payment_id)
         binding = f"{payment.fingerprint()}:{call.digest}"
         if not await services.store.claim(key, binding, _PAYMENT_ID_TTL):
             _, err = json_error(409, "this payment id was already used for another payment or request", "conflict")
