@@ -27,7 +27,7 @@ from payrouter.routing.predictor import QualityPredictor
 from payrouter.services import Services
 from payrouter.serving_limits import BodyTimeout
 from payrouter.settings import Settings
-from payrouter.settlement_backend import open_settlement_backend
+from payrouter.settlement_backend import SettlementBackend, open_settlement_backend
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
 from payrouter.upstream.health import HealthTracker
@@ -45,7 +45,9 @@ def _default_router(settings: Settings, health: HealthTracker) -> Router:
     return RoutingEngine(QualityPredictor.load(path) if path else None, health=health.healthy)
 
 
-def create_app(settings: Settings, router: Router | None = None) -> Starlette:
+def create_app(
+    settings: Settings, router: Router | None = None, backend: SettlementBackend | None = None
+) -> Starlette:
     """Build the payrouter ASGI app.
 
     Connections (Redis, chain RPC, upstream HTTP pool, facilitator) open in the lifespan and
@@ -57,6 +59,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
         settings: validated service settings.
         router: the routing engine; by default a `RoutingEngine` with the price table's trained
             predictor (if it names one) and quality profiles otherwise.
+        backend: the chain client and facilitator to use instead of the ones ``settings``
+            describe (in-process tests of the gate; the caller owns and closes them).
     """
     table = settings.price_table
 
@@ -74,8 +78,8 @@ def create_app(settings: Settings, router: Router | None = None) -> Starlette:
             stack.push_async_callback(journal.close)
             deferred = DeferredWrites(journal)
             stack.push_async_callback(deferred.drain, 5.0)
-            backend = await open_settlement_backend(settings, store, stack)
-            chain, facilitator = backend.chain, backend.facilitator
+            settling = backend or await open_settlement_backend(settings, store, stack)
+            chain, facilitator = settling.chain, settling.facilitator
             health = HealthTracker(store, [m.id for m in table.models])
             await health.refresh()
             health.start()

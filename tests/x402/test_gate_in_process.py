@@ -1,0 +1,136 @@
+"""The payment gate in one process: the memory store and journal, a scripted facilitator, the
+test model server on a loopback port. No chain, so each test takes milliseconds; the same rules
+run on anvil in tests/integration."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+from starlette.testclient import TestClient
+
+from payrouter.app import create_app
+from payrouter.sandbox.dev import EXAMPLE_TABLE
+from payrouter.sandbox.serving import serve_in_thread
+from payrouter.sandbox.upstream import TestUpstream
+from payrouter.settings import ProviderSettings, Settings
+from payrouter.settlement_backend import SettlementBackend
+from pricing import load_price_table
+from tests.integration.payments import header, payment, sse_events
+from tests.x402.fake_facilitator import FakeFacilitator
+from wallets import LocalSigner
+
+ASSET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+
+
+@pytest.fixture(scope="module")
+def upstream_url() -> Iterator[str]:
+    with serve_in_thread(TestUpstream().app) as url:
+        yield url
+
+
+@pytest.fixture
+def facilitator() -> FakeFacilitator:
+    return FakeFacilitator()
+
+
+@pytest.fixture
+def client(upstream_url: str, facilitator: FakeFacilitator) -> Iterator[TestClient]:
+    table = load_price_table(EXAMPLE_TABLE).on_chain("eip155:31337", ASSET, LocalSigner.generate().address)
+    settings = Settings(
+        price_table=table,
+        providers={p: ProviderSettings(base_url=f"{upstream_url}/v1") for p in {m.provider for m in table.models}},
+        rpc_url="http://127.0.0.1:9",  # unused: the backend is given
+        gas_key=SecretStr("0x" + "11" * 32),
+        reconcile_interval=0,
+    )
+    app = create_app(settings, backend=SettlementBackend(None, facilitator))
+    with TestClient(app) as test_client:
+        yield test_client
+
+
+def _body(**kw: Any) -> dict[str, Any]:
+    return {
+        "model": "gpt-4o-mini",
+        "max_tokens": 40,
+        "messages": [{"role": "user", "content": secrets.token_hex(6)}],
+        **kw,
+    }
+
+
+def _offer(client: TestClient, body: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 402
+    offer: dict[str, Any] = json.loads(base64.b64decode(response.headers["PAYMENT-REQUIRED"]))
+    return offer
+
+
+def _receipt(response: Any) -> dict[str, Any]:
+    receipt: dict[str, Any] = json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"]))
+    return receipt
+
+
+def test_paid_answer_and_its_replay(client: TestClient, facilitator: FakeFacilitator) -> None:
+    body = _body()
+    paid = header(payment(_offer(client, body), LocalSigner.generate()))
+    first = client.post("/v1/chat/completions", json=body, headers=paid)
+    assert first.status_code == 200 and _receipt(first)["transaction"] == facilitator.settled[0]
+    again = client.post("/v1/chat/completions", json=body, headers=paid)
+    assert again.status_code == 200 and again.json() == first.json()
+    assert facilitator.settle_calls == 1
+
+
+def test_in_doubt_is_pending_never_nothing_charged(client: TestClient, facilitator: FakeFacilitator) -> None:
+    body = _body()
+    paid = header(payment(_offer(client, body), LocalSigner.generate()))
+    facilitator.outcomes.append("doubt")
+    response = client.post("/v1/chat/completions", json=body, headers=paid)
+    assert response.status_code == 402
+    receipt = _receipt(response)
+    assert receipt["errorReason"] == "settlement_pending" and receipt["transaction"].startswith("0x")
+    # without a chain to look at, it stays pending: never served twice, never "released"
+    again = client.post("/v1/chat/completions", json=body, headers=paid)
+    assert _receipt(again)["transaction"] == receipt["transaction"] and facilitator.settle_calls == 1
+
+
+def test_a_reverted_settlement_is_not_served_again(client: TestClient, facilitator: FakeFacilitator) -> None:
+    body = _body()
+    paid = header(payment(_offer(client, body), LocalSigner.generate()))
+    facilitator.outcomes.append("refuse")
+    first = client.post("/v1/chat/completions", json=body, headers=paid)
+    assert first.status_code == 402 and _receipt(first)["errorReason"] == "invalid_exact_evm_transaction_failed"
+    again = client.post("/v1/chat/completions", json=body, headers=paid)
+    assert again.status_code == 402 and facilitator.settle_calls == 1
+
+
+def test_bad_signature_is_refused_before_the_model(client: TestClient, facilitator: FakeFacilitator) -> None:
+    body = _body()
+    agent = LocalSigner.generate()
+    forged = payment(_offer(client, body), agent, sign_with=LocalSigner.generate())
+    response = client.post("/v1/chat/completions", json=body, headers=header(forged))
+    required = json.loads(base64.b64decode(response.headers["PAYMENT-REQUIRED"]))
+    assert response.status_code == 402 and required["error"] == "invalid_exact_evm_payload_signature"
+    assert facilitator.settle_calls == 0
+
+
+def test_a_refused_stream_is_cut_and_its_payer_refused_streams(
+    client: TestClient, facilitator: FakeFacilitator
+) -> None:
+    agent = LocalSigner.generate()
+    body = _body(stream=True)
+    facilitator.outcomes.append("refuse")
+    response = client.post("/v1/chat/completions", json=body, headers=header(payment(_offer(client, body), agent)))
+    events = sse_events(response.text)
+    assert json.loads(events[-1][1])["success"] is False
+    assert "payment_error" in events[-2][1]
+    body2 = _body(stream=True)
+    refused = client.post("/v1/chat/completions", json=body2, headers=header(payment(_offer(client, body2), agent)))
+    assert json.loads(base64.b64decode(refused.headers["PAYMENT-REQUIRED"]))["error"] == "payer_has_unpaid_stream"
+    plain = _body()
+    served = client.post("/v1/chat/completions", json=plain, headers=header(payment(_offer(client, plain), agent)))
+    assert served.status_code == 200
