@@ -45,9 +45,7 @@ def _default_router(settings: Settings, health: HealthTracker) -> Router:
     return RoutingEngine(QualityPredictor.load(path) if path else None, health=health.healthy)
 
 
-def create_app(
-    settings: Settings, router: Router | None = None, backend: SettlementBackend | None = None
-) -> Starlette:
+def create_app(settings: Settings, router: Router | None = None, backend: SettlementBackend | None = None) -> Starlette:
     """Build the payrouter ASGI app.
 
     Connections (Redis, chain RPC, upstream HTTP pool, facilitator) open in the lifespan and
