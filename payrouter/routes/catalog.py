@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from payrouter.chat import InvalidRequest, parse_chat_request, request_digest
+from payrouter.http_errors import error_response
 from payrouter.quoting import save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
@@ -21,7 +22,7 @@ __all__ = ["list_models", "quote"]
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param}}, status)
+    return error_response(status, message, "invalid_request_error", param)
 
 
 def _atomic_per_mtok(usd: Decimal, model: ModelPrice, table: PriceTable) -> str:

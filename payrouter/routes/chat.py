@@ -9,6 +9,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from payrouter.http_errors import error_body, error_response
 from payrouter.messages import chat_to_message, chunks_to_events
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
@@ -17,10 +18,6 @@ from payrouter.x402.call import PaidCall, paid_call
 from pricing import PriceTable, charge_for_usage
 
 __all__ = ["chat_completions", "messages"]
-
-
-def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status)
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:
@@ -38,7 +35,7 @@ async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -
             call.request.provider_body(), priced.decision, services.table, priced.requirements.amount, call.deadline
         )
     except UpstreamError as exc:
-        return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
+        return error_response(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
     # the payment gate reads these to decide what to charge when the stream ends
     call.answered_by = model_id
 
@@ -73,7 +70,7 @@ async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -
                 error = {"type": "error", "error": {"type": "api_error", "message": message}}
                 yield b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
             else:
-                error = {"error": {"message": message, "type": "upstream_error"}}
+                error = error_body(message, "upstream_error")
                 yield b"data: " + json.dumps(error).encode() + b"\n\n"
         finally:
             await stream.aclose()
@@ -102,7 +99,7 @@ async def _complete(services: Services, call: PaidCall) -> tuple[str, dict[str, 
             call.request.provider_body(), priced.decision, table, priced.requirements.amount, call.deadline
         )
     except UpstreamError as exc:
-        return _error(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
+        return error_response(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
     completion = answer.completion
     call.answered_by, call.input_tokens, call.output_tokens = (
         answer.model,

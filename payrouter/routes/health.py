@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from payrouter.chain import ChainError
+from payrouter.http_errors import error_response
 from payrouter.services import Services
 from payrouter.store import StoreError
 
@@ -39,4 +40,4 @@ async def model_health(request: Request) -> JSONResponse:
     try:
         return JSONResponse({"models": await services.health.snapshot()})
     except StoreError as exc:
-        return JSONResponse({"error": {"message": f"store unavailable: {exc.__class__.__name__}"}}, 503)
+        return error_response(503, f"store unavailable: {exc.__class__.__name__}", "server_error")

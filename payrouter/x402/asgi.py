@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import Message, Receive, Send
+
+from payrouter.http_errors import error_bytes
 
 __all__ = ["json_error", "replay_body", "send_response"]
 
 
 def json_error(status: int, message: str, kind: str, param: str | None = None) -> tuple[int, bytes]:
-    """``(status, body)`` of an OpenAI-shaped JSON error."""
-    body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
-    return status, json.dumps(body).encode()
+    """``(status, body)`` of the error response (`payrouter.http_errors`)."""
+    return status, error_bytes(message, kind, param)
 
 
 async def send_response(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:

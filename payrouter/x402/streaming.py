@@ -30,6 +30,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.chain import ChainError
+from payrouter.http_errors import error_body
 from payrouter.journal import State, StoredAnswer
 from payrouter.store import StoreError
 from payrouter.x402.asgi import json_error, send_response
@@ -60,7 +61,7 @@ def _cut_event(message: str, anthropic: bool) -> bytes:
     if anthropic:
         error = {"type": "error", "error": {"type": "payment_error", "message": message}}
         return b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n"
-    return b"data: " + json.dumps({"error": {"message": message, "type": "payment_error"}}).encode() + b"\n\n"
+    return b"data: " + json.dumps(error_body(message, "payment_error")).encode() + b"\n\n"
 
 
 class StreamSettlement:
