@@ -816,22 +816,6 @@ def _config(folder: Path, redis_url: str, proxy_url: str, upstream_url: str, tab
     return path
 
 
-def _stale_payment_ids(redis_url: str) -> dict[str, Any]:
-    """x402 payment-identifier claims still held with no response once every request ended: each
-    makes its payment answer 409 ("still being served") until the claim's TTL runs out."""
-    client = redis.Redis.from_url(redis_url)
-    try:
-        stale, ttls = 0, []
-        for key in client.scan_iter(match=f"{NAMESPACE}:pid:*", count=1000):
-            value = client.get(key)
-            if value is not None and b'"response"' not in value:
-                stale += 1
-                ttls.append(int(client.ttl(key)))
-        return {"count": stale, "ttl_s_max": max(ttls, default=0)}
-    finally:
-        client.close()
-
-
 def _commit() -> str:
     """The commit the service ran from (``+dirty`` when payrouter/ or pricing/ had local changes)."""
     try:
@@ -1013,7 +997,6 @@ def main() -> int:
         failures += [{"id": i, "got": "charged on chain, no agent made this payment"} for i in unknown_charged]
         mark = _phase(phases, "checks", mark)
 
-        stale_ids = _stale_payment_ids(redis_url)
         stuck = [r for r in open_records if not _legitimately_waiting(r, chain)]
         waiting = [r for r in open_records if _legitimately_waiting(r, chain)]
         per_payer_seen = max(chaos.per_payer_high.values(), default=0)
@@ -1084,7 +1067,6 @@ def main() -> int:
                 ],
             },
             "agent_outcomes": dict(outcomes.most_common()),
-            "stale_payment_id_claims": stale_ids,
             "unanswered_payments": _unanswered(run.payments, by_id, started),
             "odd_events": run.odd[:60],
             "requests": dict(sorted(run.stats.items())),
@@ -1167,9 +1149,6 @@ def _print_report(r: dict[str, Any]) -> None:
     out(f"[{ok('servers_alive')}] servers alive: {r['servers_alive']}")
     out(f"records by state: {r['records_by_state']}")
     out(f"agent outcomes: {r['agent_outcomes']}")
-    stale = r["stale_payment_id_claims"]
-    if stale["count"]:
-        out(f"    payment-identifier claims left with no response (409 until they expire): {stale}")
     for outcome, group in r["unanswered_payments"].items():
         out(f"    unanswered {outcome}: {group['count']}, e.g.")
         for example in group["examples"]:
