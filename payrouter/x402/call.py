@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from payrouter.chat import ChatRequest
 from payrouter.quoting import PricedRoute
+from payrouter.routing import RouteConstraints
+from payrouter.services import Services
+from payrouter.x402.requirements import Resource
 
-__all__ = ["SCOPE_KEY", "PaidCall", "paid_call"]
+__all__ = ["SCOPE_KEY", "PaidCall", "PaidRequest", "paid_call"]
 
 SCOPE_KEY = "payrouter.paid_call"
 
@@ -48,6 +51,20 @@ class PaidCall:
     def billable(self) -> bool:
         """A stream produced content and did not fail (a client hang-up still counts)."""
         return (self.content or self.completed) and not self.failed
+
+
+@dataclass(frozen=True, slots=True)
+class PaidRequest:
+    """One request to a paid endpoint as the gate has read it (body, digest, route constraints)."""
+
+    scope: Scope
+    receive: Receive
+    services: Services
+    request: ChatRequest
+    body: bytes
+    digest: str
+    resource: Resource
+    constraints: RouteConstraints
 
 
 def paid_call(scope: Scope) -> PaidCall:

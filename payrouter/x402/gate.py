@@ -1,9 +1,10 @@
 """The payment gate: pure ASGI middleware in front of the paid endpoints.
 
 Unpaid request -> route, price, store the quote, answer 402.
-Paid request   -> decode, match the stored quote, claim the payment, verify, run the
-                  handler, settle, answer with the receipt. A failed handler releases the
-                  claim and settles nothing; a payment is claimed at most once.
+Paid request   -> decode, match the stored quote, open the payment's journal record (what
+                  makes it single-use) while verifying, run the handler, settle, answer with
+                  the receipt. A failed handler settles nothing; a payment presented again
+                  is answered from its record (`payrouter.x402.replay`).
 """
 
 from __future__ import annotations
@@ -13,27 +14,27 @@ import contextlib
 import logging
 import secrets
 import time
-from dataclasses import dataclass
 
 import anyio
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payrouter.chain import ChainError
-from payrouter.chat import ChatRequest, InvalidRequest, parse_chat_request, parse_messages_request, request_digest
-from payrouter.journal import Exposure, PaymentRecord, State, StoredAnswer, now_ms
+from payrouter.chat import InvalidRequest, parse_chat_request, parse_messages_request, request_digest
+from payrouter.journal import Exposure, State, StoredAnswer
 from payrouter.quoting import PricedRoute, load_quote, save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
 from payrouter.store import StoreError, keys
 from payrouter.x402.asgi import json_error, replay_body, send_response
-from payrouter.x402.call import SCOPE_KEY, PaidCall
+from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
+from payrouter.x402.outcomes import send_outcome, used_elsewhere, used_on_chain
+from payrouter.x402.replay import replay
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.responses import payment_required
-from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, new_record, receipt_header, record_id
-from payrouter.x402.streaming import StreamSettlement, receipt_event
+from payrouter.x402.settlement import PaymentAttempt, new_record, record_id
+from payrouter.x402.streaming import StreamSettlement
 from payrouter.x402.wire import PaymentPayload, decode_header, parse_payment, v1_network_name
 from pricing import PricingError
 
@@ -44,13 +45,6 @@ log = logging.getLogger("payrouter.gate")
 # Slack beyond the quote's lifetime for anything an authorization's validBefore drives (the
 # model call's deadline, a stream's exposure entry): a far-future validBefore stretches nothing.
 _CLAIM_SLACK = 120
-# A ``settling`` record this old has lost its worker: a replay settles it itself.
-_STALE_SETTLING_MS = 60_000
-# A paid stream being served (again) longer than this has lost its worker: the next replay serves it.
-_STALE_SERVING_AGAIN_MS = 600_000
-# How often a paid stream that did not reach its payer whole is served again (then its kept
-# transcript is the answer): a model that keeps breaking must not give endless free calls.
-_MAX_RESERVES = 1
 # How long a paid response stays replayable under its payment-identifier.
 _PAYMENT_ID_TTL = 24 * 3600
 
@@ -95,27 +89,13 @@ def match_quote(payment: PaymentPayload, req: Requirements) -> None:
             )
 
 
-@dataclass(frozen=True, slots=True)
-class _Call:
-    """One paid-path request as the gate has read it."""
-
-    scope: Scope
-    receive: Receive
-    services: Services
-    request: ChatRequest
-    body: bytes
-    digest: str
-    resource: Resource
-    constraints: RouteConstraints
-
-
-async def _quote(call: _Call) -> PricedRoute:
+async def _quote(call: PaidRequest) -> PricedRoute:
     priced = call.services.quoter.price(call.request, call.constraints)
     await save_quote(call.services.store, call.digest, priced)
     return priced
 
 
-async def _reject(call: _Call, exc: PaymentError, send: Send) -> None:
+async def _reject(call: PaidRequest, exc: PaymentError, send: Send) -> None:
     # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
     priced = await _quote(call)
     log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
@@ -164,7 +144,7 @@ class PaymentGate:
         digest = request_digest("POST", scope["path"], raw, routing_headers)
         v2_header = headers.get("payment-signature")
         v1_header = headers.get("x-payment")
-        call = _Call(scope, receive, services, request, body, digest, resource, constraints)
+        call = PaidRequest(scope, receive, services, request, body, digest, resource, constraints)
         started = False
         downstream = send
 
@@ -198,7 +178,7 @@ class PaymentGate:
                 send, *json_error(503, "payment state store unavailable; nothing was charged", "server_error")
             )
 
-    async def _idempotent(self, call: _Call, payment: PaymentPayload, send: Send) -> None:
+    async def _idempotent(self, call: PaidRequest, payment: PaymentPayload, send: Send) -> None:
         """x402 payment-identifier: one id, one payment, one charge.
 
         The id is bound to its payment and request; the same id with anything else is a 409.
@@ -223,7 +203,7 @@ class PaymentGate:
                 if record is None or record.state == State.RELEASED:
                     await services.store.release(key, binding)
 
-    async def _paid(self, call: _Call, payment: PaymentPayload, send: Send) -> None:
+    async def _paid(self, call: PaidRequest, payment: PaymentPayload, send: Send) -> None:
         scope, services, request, digest = call.scope, call.services, call.request, call.digest
         auth = payment.authorization
         priced = await load_quote(services.store, digest)
@@ -231,7 +211,7 @@ class PaymentGate:
             # a payment presented again after its quote expired: its record answers
             existing = await services.journal.get(record_id(auth.from_, auth.nonce))
             if existing is not None:
-                await self._replay(call, payment, existing, send)
+                await replay(self.app, call, payment, existing, send)
                 return
             raise PaymentRejected(
                 Reason.INVALID_REQUIREMENTS,
@@ -264,7 +244,7 @@ class PaymentGate:
         if isinstance(opened, BaseException):
             raise opened
         if opened.outcome == "existing":
-            await self._replay(call, payment, opened.record, send)
+            await replay(self.app, call, payment, opened.record, send)
             return
         if opened.outcome == "debtor":
             raise PaymentRejected(
@@ -301,151 +281,16 @@ class PaymentGate:
             usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
             answer = StoredAnswer.capture(status, resp_headers, resp_body)
             outcome = await attempt.settle(answer, delivered="complete", **usage)
-            if outcome.status == "refused" and await _used_on_chain(services, attempt):
+            if outcome.status == "refused" and await used_on_chain(services, attempt):
                 # someone else used the authorization first (a remote facilitator reports that
                 # as a plain failure): the chain says whether it paid us
-                outcome = await _used_elsewhere(services, attempt)
+                outcome = await used_elsewhere(services, attempt)
             if outcome.status == "refused":
                 await attempt.release(outcome.reason or Reason.UNEXPECTED_SETTLE)
             elif outcome.status == "unavailable":
                 with contextlib.suppress(StoreError):
                     await attempt.release(Reason.UNEXPECTED_SETTLE)
-            await _send_outcome(send, outcome, answer)
-
-    async def _replay(self, call: _Call, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
-        """The same payment presented again: its answer if it was paid, else what became of it."""
-        services = call.services
-        payer = payment.authorization.from_
-        if record.fingerprint != payment.fingerprint() or record.request != call.digest:
-            raise PaymentRejected(
-                Reason.NONCE_USED, "this authorization was already used for another payment or request", payer
-            )
-        if record.state in (State.PENDING, State.OWED) or (
-            record.state == State.SETTLING and now_ms() - record.updated_at > _STALE_SETTLING_MS
-        ):
-            with anyio.CancelScope(shield=True):
-                try:
-                    record = await services.resolver.resolve(record, settle=True)
-                except (ChainError, StoreError) as exc:  # answer from what the journal knows
-                    log.warning("replay of %s: the chain could not be read (%s)", record.id, exc)
-        stale = now_ms() - record.updated_at > _STALE_SERVING_AGAIN_MS  # its worker is gone
-        if record.state == State.SETTLED and record.delivered == "again" and not stale:
-            raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
-        unfinished = record.delivered in ("broken", "partial", "cut") or (
-            record.delivered in ("again", "streaming") and stale
-        )
-        if record.state == State.SETTLED and record.stream and unfinished and record.reserves < _MAX_RESERVES:
-            # paid, and the payer never got it whole (the model broke, the client or we cut it)
-            await self._serve_again(call, payment, record, send)
-            return
-        if record.state == State.SETTLED:
-            stored = await services.journal.answer(record.id)
-            if stored is None:
-                raise PaymentRejected(
-                    Reason.NONCE_USED, f"this payment was settled ({record.tx}); its answer is no longer kept", payer
-                )
-            answer = StoredAnswer.from_bytes(stored)
-            outcome = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
-            if record.stream:  # the transcript ends with a fresh receipt event
-                event = receipt_event(outcome, record.x402_version, record.path == "/v1/messages")
-                answer = StoredAnswer(answer.status, answer.headers, answer.body + event)
-            await _send_outcome(send, outcome, answer)
-            return
-        if record.state == State.PENDING:
-            reason = Reason.SETTLEMENT_PENDING
-            message = "settlement not confirmed yet"
-            await _send_outcome(
-                send,
-                SettleOutcome("pending", receipt_header(record, False, record.tx, reason), reason, message, record.tx),
-                None,
-            )
-            return
-        if record.state in (State.OWED, State.UNPAID, State.RELEASED):
-            raise PaymentRejected(
-                record.reason or Reason.NONCE_USED,
-                f"this payment was not settled ({record.state}): {record.reason}",
-                payer,
-            )
-        raise PaymentRejected(
-            Reason.NONCE_USED,
-            "this payment is being served by another request; present it again when that finishes to get its answer",
-            payer,
-        )
-
-    async def _serve_again(self, call: _Call, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
-        """The model broke a stream after its payment moved: the same payment runs it again, free."""
-        services, payer = call.services, payment.authorization.from_
-        priced = PricedRoute.from_record(record.route.encode())
-        attempt = PaymentAttempt(services, payment, priced, record)
-        # take the record over (one replay at a time serves it again)
-        taken = await attempt.write(
-            State.SETTLED,
-            [State.SETTLED],
-            owner=secrets.token_hex(16),
-            owner_was=record.owner,
-            delivered="again",
-            reserves=record.reserves + 1,
-        )
-        if not taken:
-            raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
-        paid = PaidCall(request=call.request, route=priced, payer=record.payer, deadline=int(time.time()) + 3600)
-        call.scope[SCOPE_KEY] = paid
-        done: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(0))
-        prepaid = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
-        anthropic = call.scope["path"] == "/v1/messages"
-        settler = StreamSettlement(attempt, paid, done, held=True, anthropic=anthropic, prepaid=prepaid)
-        await settler.run(self.app, call.scope, replay_body(call.receive, call.body), send)
-
-
-async def _used_on_chain(services: Services, attempt: PaymentAttempt) -> bool:
-    """The refused authorization is used on chain, or the chain cannot tell (then the record
-    must stay where the reconciler looks, not be released)."""
-    try:
-        return bool(await services.resolver.is_used(attempt.record))
-    except ChainError:
-        return True
-
-
-async def _used_elsewhere(services: Services, attempt: PaymentAttempt) -> SettleOutcome:
-    """The facilitator reports the authorization used by another transaction (a front-run a
-    remote facilitator does not look into): settled if that transaction paid ``pay_to``,
-    pending while the chain cannot tell, refused if it did not."""
-    await attempt.write(State.PENDING, [State.SETTLING], durable=True, reason=Reason.NONCE_USED)
-    record = attempt.record
-    with contextlib.suppress(ChainError, StoreError):
-        record = await services.resolver.resolve(record, settle=False)
-    attempt.record = record
-    if record.state == State.SETTLED:
-        return SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
-    if record.state == State.PENDING:
-        reason = Reason.SETTLEMENT_PENDING
-        message = "the authorization was used by another transaction; whether it paid is not known yet"
-        return SettleOutcome("pending", receipt_header(record, False, record.tx, reason), reason, message, record.tx)
-    reason = Reason.NONCE_USED
-    message = "the authorization was used by another transaction that did not pay for this request"
-    return SettleOutcome("refused", receipt_header(record, False, "", reason), reason, message)
-
-
-async def _send_outcome(send: Send, outcome: SettleOutcome, answer: StoredAnswer | None) -> None:
-    """Answer a settled payment with its answer and receipt, anything else with why not."""
-    if outcome.ok and answer is not None:
-        headers = answer.asgi_headers() + [outcome.receipt, (b"cache-control", b"private, no-store")]
-        await send_response(send, answer.status, answer.body, headers)
-        return
-    if outcome.status == "pending":
-        message = (
-            f"settlement pending ({outcome.message}); transaction {outcome.transaction or 'unknown'}: your payment "
-            "may still move. Present the same payment again to receive the answer once it is confirmed"
-        )
-        _, err = json_error(402, message, "payment_error")
-        await send_response(send, 402, err, [(b"content-type", b"application/json"), outcome.receipt])
-    elif outcome.status == "unavailable":
-        await send_response(
-            send, *json_error(503, "payment state store unavailable; nothing was charged", "server_error")
-        )
-    else:
-        _, err = json_error(402, f"settlement failed ({outcome.reason}): {outcome.message}", "payment_error")
-        await send_response(send, 402, err, [(b"content-type", b"application/json"), outcome.receipt])
+            await send_outcome(send, outcome, answer)
 
 
 def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:
