@@ -47,6 +47,7 @@ fs.mkdirSync(outDir, { recursive: true });
 for (const [source, contracts] of Object.entries(output.contracts)) {
   if (!(source in sources)) continue; // dependencies (OpenZeppelin) get no artifact of their own
   for (const [name, c] of Object.entries(contracts)) {
+    if (!c.evm.bytecode.object) continue; // interfaces and abstract contracts have nothing to deploy
     const artifact = {
       contractName: name,
       sourceName: source,
