@@ -29,12 +29,15 @@ from x402.mechanisms.evm.batch_settlement.authorizer_signer import (
     sign_claim_batch,
     sign_refund,
 )
+from x402.mechanisms.evm.batch_settlement.client.channel import read_channel_balance_and_total_claimed
 from x402.mechanisms.evm.batch_settlement.client.eip3009 import create_batch_settlement_eip3009_deposit_payload
 from x402.mechanisms.evm.batch_settlement.client.voucher import sign_voucher
 from x402.mechanisms.evm.batch_settlement.encoding import build_erc3009_collector_data
-from x402.mechanisms.evm.batch_settlement.types import ChannelConfig, VoucherClaim
+from x402.mechanisms.evm.batch_settlement.facilitator.claim import execute_claim_with_signature
+from x402.mechanisms.evm.batch_settlement.facilitator.settle import execute_settle
+from x402.mechanisms.evm.batch_settlement.types import ChannelConfig, ClaimPayload, SettlePayload, VoucherClaim
 from x402.mechanisms.evm.batch_settlement.utils import compute_channel_id, get_batch_settlement_eip712_domain
-from x402.mechanisms.evm.signers import EthAccountSigner
+from x402.mechanisms.evm.signers import EthAccountSigner, EthAccountSignerWithRPC, FacilitatorWeb3Signer
 from x402.schemas import PaymentRequirements
 
 from payrouter.artifacts import load_artifact
@@ -601,3 +604,42 @@ def test_gas_is_modest(bs: Deployed) -> None:
     assert settle["gasUsed"] < 70_000, settle["gasUsed"]
     with pytest.raises(DevChainError):  # a reverted transaction is reported, not swallowed
         _send(bs, ch.payer, bs.settlement.functions.initiateWithdraw(ch.config, 0))
+
+
+# ------------------------------------------- the SDK's facilitator and client
+
+
+class _Facilitator(FacilitatorWeb3Signer):
+    """The SDK's web3 facilitator signer. Its `Settled` decoder looks for ``signer.w3`` (or
+    ``.web3``), which FacilitatorWeb3Signer keeps private as ``_w3``; without this alias the
+    SDK reports a successful settle with ``amount == ""``."""
+
+    @property
+    def w3(self) -> Web3:
+        return self._w3
+
+
+def test_the_sdk_facilitator_claims_and_settles_and_the_sdk_client_reads_the_channel(bs: Deployed) -> None:
+    ch = _channel(bs)
+    _deposit(ch, 40_000)
+    row = ch.claim_row(17_000, 16_500)
+    facilitator = _Facilitator(bs.chain.new_account().unsafe_export_private_key(), bs.chain.rpc_url)
+    requirements = PaymentRequirements(
+        scheme="batch-settlement",
+        network=bs.chain.network,
+        asset=bs.token.address,
+        amount="0",
+        pay_to=ch.receiver.address,
+        max_timeout_seconds=300,
+    )
+    authorizer = LocalAuthorizerSigner(ch.authorizer.unsafe_export_private_key())
+    claimed = execute_claim_with_signature(
+        facilitator, ClaimPayload(claims=[ch.sdk_claim(row)]), requirements, authorizer
+    )
+    assert claimed.success, claimed
+    client = EthAccountSignerWithRPC(Account.from_key(ch.payer.unsafe_export_private_key()), bs.chain.rpc_url)
+    assert read_channel_balance_and_total_claimed(client, "0x" + ch.id.hex()) == (40_000, 16_500)
+    settled = execute_settle(facilitator, SettlePayload(ch.receiver.address, bs.token.address), requirements)
+    assert settled.success, settled
+    assert settled.amount == "16500"
+    assert bs.token.balance_of(ch.receiver.address) == 16_500
