@@ -38,9 +38,22 @@ from wallets import (
     TransferWithAuthorization,
 )
 
-__all__ = ["AnvilNotFoundError", "DevChain", "DevChainError", "DevToken", "find_anvil", "make_web3"]
+__all__ = [
+    "BATCH_SETTLEMENT_ADDRESS",
+    "ERC3009_DEPOSIT_COLLECTOR_ADDRESS",
+    "AnvilNotFoundError",
+    "DevChain",
+    "DevChainError",
+    "DevToken",
+    "find_anvil",
+    "make_web3",
+]
 
 _REPO = Path(__file__).resolve().parent.parent
+# Where the x402 batch-settlement contracts live on every chain (deterministic deployments that
+# the official clients address directly).
+BATCH_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
+ERC3009_DEPOSIT_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004"
 _READY_TIMEOUT = 15.0
 
 
@@ -212,6 +225,27 @@ class DevChain:
         if receipt["status"] != 1:
             raise DevChainError(f"transaction {tx_hash.hex()} reverted")
         return receipt
+
+    def install_at(self, name: str, args: list[Any], address: str) -> ChecksumAddress:
+        """Deploy the committed artifact ``name`` with ``args``, then put its runtime code at
+        ``address`` (``anvil_setCode``; constructor immutables stay in the code)."""
+        artifact = load_artifact(name)
+        factory = self.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+        receipt = self.send(self.deployer, {"data": factory.constructor(*args).data_in_transaction, "gas": 6_000_000})
+        deployed = receipt["contractAddress"]
+        if deployed is None:  # pragma: no cover - a successful creation always has one
+            raise DevChainError(f"deployment of {name} has no contract address")
+        code = self.w3.eth.get_code(deployed)
+        target = Web3.to_checksum_address(address)
+        self.rpc("anvil_setCode", [target, "0x" + code.hex().removeprefix("0x")])
+        return target
+
+    def install_batch_settlement(self) -> tuple[ChecksumAddress, ChecksumAddress]:
+        """Our x402 ``batch-settlement`` contracts at the addresses the official clients use on
+        every chain: ``(settlement, ERC-3009 deposit collector)``."""
+        settlement = self.install_at("BatchSettlement", [], BATCH_SETTLEMENT_ADDRESS)
+        collector = self.install_at("ERC3009DepositCollector", [settlement], ERC3009_DEPOSIT_COLLECTOR_ADDRESS)
+        return settlement, collector
 
     def deploy_token(self, name: str = "USD Coin", symbol: str = "USDC", version: str = "2") -> DevToken:
         """Deploy the dev stablecoin (``contracts/src/DevUSDC.sol``) owned by `deployer`.

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from payrouter.devchain import BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS
+
 ROOT = Path(__file__).resolve().parents[1]
 CLI = Path(sys.executable).parent / "payrouter"
 
@@ -114,6 +116,17 @@ def test_dev_sandbox_json_line_and_clean_stop() -> None:
         }  # fmt: skip
         assert info["chain_id"] == 31337 and info["network"] == "eip155:31337" and len(info["agent_private_keys"]) == 2
         assert (info["asset_name"], info["asset_version"]) == ("USD Coin", "2")
+        # the batch-settlement contracts sit where the official clients look for them
+        assert (info["batch_settlement"], info["deposit_collector"]) == (
+            BATCH_SETTLEMENT_ADDRESS,
+            ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+        )
+        for address in (BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS):
+            code = httpx.post(
+                info["rpc_url"],
+                json={"jsonrpc": "2.0", "id": 1, "method": "eth_getCode", "params": [address, "latest"]},
+            ).json()["result"]
+            assert len(code) > 1000, address
         models = httpx.get(f"{info['router_url']}/v1/models").json()
         assert models["payment"]["asset"]["address"] == info["asset"] and models["payment"]["pay_to"] == info["pay_to"]
         proc.send_signal(signal.SIGTERM)

@@ -46,6 +46,8 @@ class Sandbox:
     upstream: TestUpstream
     gas_wallet: LocalSigner
     namespace: str
+    batch_settlement: str = ""
+    deposit_collector: str = ""
 
     def describe(self) -> dict[str, Any]:
         """The ``--json`` ready line."""
@@ -60,6 +62,8 @@ class Sandbox:
             "pay_to": self.operator.address,
             "agent_private_keys": [a.unsafe_export_private_key() for a in self.agents],
             "upstream_url": self.upstream_url,
+            "batch_settlement": self.batch_settlement,
+            "deposit_collector": self.deposit_collector,
         }
 
 
@@ -81,6 +85,7 @@ async def sandbox(
     chain = await asyncio.to_thread(DevChain.start, chain_id=chain_id)
     try:
         token = await asyncio.to_thread(chain.deploy_token, base_table.asset.name, "USDC", base_table.asset.version)
+        settlement, collector = await asyncio.to_thread(chain.install_batch_settlement)
         operator = LocalSigner.generate()
         gas = chain.new_account()
         accounts = [LocalSigner.generate() for _ in range(agents)]
@@ -112,6 +117,8 @@ async def sandbox(
         try:
             await _started(server, task)
             yield Sandbox(
+                batch_settlement=settlement,
+                deposit_collector=collector,
                 router_url=f"http://{host}:{bound_port(server)}",
                 upstream_url=upstream_url,
                 chain=chain,

@@ -62,21 +62,9 @@ class Deployed:
     collector: Contract
 
 
-def _install(chain: DevChain, name: str, args: list[Any], at: str) -> None:
-    """Deploy ``name`` anywhere, then copy its runtime code to ``at`` (immutables stay baked)."""
-    artifact = load_artifact(name)
-    factory = chain.w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    receipt = chain.send(chain.deployer, {"data": factory.constructor(*args).data_in_transaction, "gas": 5_000_000})
-    address = receipt["contractAddress"]
-    assert address is not None
-    code = chain.w3.eth.get_code(address)
-    chain.rpc("anvil_setCode", [at, "0x" + code.hex().removeprefix("0x")])
-
-
 @pytest.fixture(scope="module")
 def bs(chain: DevChain, token: DevToken) -> Deployed:
-    _install(chain, "BatchSettlement", [], SETTLEMENT)
-    _install(chain, "ERC3009DepositCollector", [SETTLEMENT], COLLECTOR)
+    assert chain.install_batch_settlement() == (SETTLEMENT, COLLECTOR)
     w3 = chain.w3
     return Deployed(
         chain,
