@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from payrouter.chat import InvalidRequest, parse_chat_request, parse_messages_request, request_digest
 from payrouter.journal import Exposure, State, StoredAnswer
 from payrouter.quoting import PricedRoute, load_quote, save_quote
+from payrouter.reconciler import MAX_RECORD_LIFE_S
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
@@ -226,7 +227,9 @@ class PaymentGate:
         exposure = None
         if request.stream and table.streaming.settlement == "during_stream":
             per_payer, total = table.unconfirmed_limits()
-            expires = min(auth.valid_before, int(time.time()) + table.max_timeout_seconds + _CLAIM_SLACK)
+            # the entry goes when the record leaves the unconfirmed states; its own expiry only
+            # covers a worker that died, and lasts as long as the record may stay open
+            expires = min(auth.valid_before, int(time.time()) + MAX_RECORD_LIFE_S)
             exposure = Exposure(requirements.amount, per_payer, total, expires * 1000)
         # Opening the record is what makes a payment single-use; verification only reads the
         # chain, so both run at once (one store round trip less before the model call starts).
