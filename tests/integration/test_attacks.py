@@ -58,7 +58,7 @@ from wallets import (
 
 from .conftest import REDIS_URL, Observer
 from .official_facilitator import facilitator_app
-from .payments import header, offer, payment, rejection
+from .payments import header, offer, payment, rejection, sse_events
 
 # --------------------------------------------------------------------------------------------
 # helpers
@@ -149,23 +149,10 @@ def _receipt(response: httpx.Response) -> dict[str, Any]:
     return decoded
 
 
-def _events(text: str) -> list[tuple[str | None, str]]:
-    out = []
-    for block in text.strip().split("\n\n"):
-        event, data = None, ""
-        for line in block.splitlines():
-            if line.startswith("event:"):
-                event = line[6:].strip()
-            elif line.startswith("data:"):
-                data = line[5:].strip()
-        out.append((event, data))
-    return out
-
-
 def _words(text: str) -> str:
     """The streamed content of an OpenAI-shaped SSE body."""
     out = []
-    for _, data in _events(text):
+    for _, data in sse_events(text):
         if data.startswith('{"id"'):
             for choice in json.loads(data).get("choices") or []:
                 out.append((choice.get("delta") or {}).get("content") or "")
