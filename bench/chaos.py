@@ -51,7 +51,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import ctypes
 import json
 import os
 import random
@@ -59,7 +58,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -79,7 +77,7 @@ from web3 import Web3
 
 from payrouter.chain import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC
 from payrouter.client import build_payment_header, read_offer
-from payrouter.devchain import DevChain, DevChainError, DevToken
+from payrouter.devchain import DevChain, DevChainError, DevToken, die_with_parent, free_port
 from payrouter.journal import PaymentRecord, State
 from payrouter.journal.open import open_journal
 from payrouter.sandbox.dev import EXAMPLE_TABLE
@@ -100,20 +98,6 @@ STALE_SETTLING_MS = 60_000  # payrouter.reconciler: a settling record this old h
 
 
 # processes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the child gets SIGTERM if this process dies, even by SIGKILL
-    if sys.platform == "linux":
-        with contextlib.suppress(OSError):
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 class Processes:
@@ -146,7 +130,7 @@ class Processes:
                 cwd=cwd,
                 start_new_session=True,
                 # a preexec_fn is not safe once threads run (the restart of Redis mid-run)
-                preexec_fn=None if threads_running else _die_with_parent,
+                preexec_fn=None if threads_running else die_with_parent,
             )
         finally:
             if sink is not None:
@@ -880,11 +864,11 @@ def main() -> int:
         table = load_price_table(folder / "prices.toml")
         per_payer_limit, total_limit = table.unconfirmed_limits()
 
-        redis_port = _free_port()
+        redis_port = free_port()
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
         _wait_redis(redis_url, procs.start("redis", _redis_argv(redis_port, redis_dir)))
 
-        up_port = _free_port()
+        up_port = free_port()
         upstream_url = f"http://127.0.0.1:{up_port}"
         procs.start(
             "upstream",
@@ -909,7 +893,7 @@ def main() -> int:
         env = {**os.environ, GAS_ENV: gas.unsafe_export_private_key(), "PYTHONFAULTHANDLER": "1"}
         urls = []
         for name in ("payrouter-a", "payrouter-b"):
-            port = _free_port()
+            port = free_port()
             procs.start(
                 name,
                 [str(CLI), "serve", "--config", str(config), "--port", str(port)],

@@ -45,7 +45,9 @@ __all__ = [
     "DevChain",
     "DevChainError",
     "DevToken",
+    "die_with_parent",
     "find_anvil",
+    "free_port",
     "make_web3",
 ]
 
@@ -91,15 +93,17 @@ def make_web3(rpc_url: str, timeout: float = 10.0) -> Web3:
     return w3
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the kernel sends SIGTERM to anvil if this process dies, even by SIGKILL.
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGTERM when this process dies, even by SIGKILL (Linux)."""
+    # PR_SET_PDEATHSIG
     if sys.platform == "linux":
         with contextlib.suppress(OSError):
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
@@ -141,7 +145,7 @@ class DevChain:
         """
         binary = find_anvil(anvil)
         for _attempt in range(3):
-            port = _free_port()
+            port = free_port()
             args = [
                 binary,
                 "--host",
@@ -160,7 +164,7 @@ class DevChain:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             url = f"http://127.0.0.1:{port}"
             if _wait_ready(process, url, chain_id):
