@@ -196,15 +196,23 @@ class PaymentGate:
             _, err = json_error(409, "this payment id was already used for another payment or request", "conflict")
             await send_response(send, 409, err)
             return
+        bound: bool | None = None  # None: the request ended in an error, the journal knows
         try:
-            await self._paid(call, payment, send)
+            bound = await self._paid(call, payment, send)
         finally:
             with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                record = await services.journal.get(record_id(auth.from_, auth.nonce))
-                if record is None or record.state == State.RELEASED:
+                if bound is None:
+                    record = await services.journal.get(record_id(auth.from_, auth.nonce))
+                    bound = record is not None and record.state != State.RELEASED
+                if not bound:
                     await services.store.release(key, binding)
 
-    async def _paid(self, call: PaidRequest, payment: PaymentPayload, send: Send) -> None:
+    async def _paid(self, call: PaidRequest, payment: PaymentPayload, send: Send) -> bool:
+        """Serve a paid request; True when its payment is spoken for (kept, not released).
+
+        Raises:
+            PaymentRejected: the payment cannot be accepted (the caller answers with an offer).
+        """
         scope, services, request, digest = call.scope, call.services, call.request, call.digest
         auth = payment.authorization
         priced = await load_quote(services.store, digest)
@@ -213,7 +221,7 @@ class PaymentGate:
             existing = await services.journal.get(record_id(auth.from_, auth.nonce))
             if existing is not None:
                 await replay(self.app, call, payment, existing, send)
-                return
+                return True
             raise PaymentRejected(
                 Reason.INVALID_REQUIREMENTS,
                 "no live quote for this request (expired or never issued); a fresh quote is attached",
@@ -248,7 +256,7 @@ class PaymentGate:
             raise opened
         if opened.outcome == "existing":
             await replay(self.app, call, payment, opened.record, send)
-            return
+            return True
         if opened.outcome == "debtor":
             raise PaymentRejected(
                 Reason.PAYER_OWES,
@@ -272,7 +280,7 @@ class PaymentGate:
             held = opened.held or table.streaming.settlement == "before_first_byte"
             settler = StreamSettlement(attempt, paid, serving, held=held, anthropic=scope["path"] == "/v1/messages")
             await settler.run(self.app, scope, replay_body(call.receive, call.body), send)
-            return
+            return attempt.record.state != State.RELEASED
         status, resp_headers, resp_body = await _run(self.app, scope, call.receive, call.body)
         await serving
         with anyio.CancelScope(shield=True):  # from here on money may move: finish even if the client left
@@ -280,7 +288,7 @@ class PaymentGate:
                 # The model call failed: nothing is settled, and the client may pay again.
                 await attempt.refused("upstream_failed" if status >= 500 else "request_failed")
                 await send_response(send, status, resp_body, resp_headers)
-                return
+                return False
             usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
             answer = StoredAnswer.capture(status, resp_headers, resp_body)
             outcome = await attempt.settle(answer, delivered="complete", **usage)
@@ -294,6 +302,7 @@ class PaymentGate:
                 with contextlib.suppress(StoreError):
                     await attempt.release(Reason.UNEXPECTED_SETTLE)
             await send_outcome(send, outcome, answer)
+        return attempt.record.state != State.RELEASED
 
 
 def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:

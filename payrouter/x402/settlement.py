@@ -155,6 +155,7 @@ class PaymentAttempt:
         leave no record if this request created it, else release it."""
         try:
             if await self.services.journal.discard(self.record):
+                self.record = self.record.moved(State.RELEASED, reason=reason)  # gone: as good as released
                 return
         except StoreError:
             pass
