@@ -183,7 +183,7 @@ class Resolver:
         return await self._settle(record)
 
     @staticmethod
-    def _end_of_life(record: PaymentRecord) -> float:
+    def _end_of_life(record: PaymentRecord) -> int:
         """When nothing about ``record`` can change any more: its authorization's expiry, but
         never more than a day after it was opened (a far-future ``validBefore`` keeps nothing
         open for ever)."""

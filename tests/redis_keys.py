@@ -26,3 +26,11 @@ def delete_namespace(url: str, namespace: str) -> int:
         left = next(r.scan_iter(match=f"{namespace}:*", count=CHUNK), None)
     assert left is None, f"{namespace}: {left!r} is still in Redis after the clean-up"
     return deleted
+
+
+def journal_record(url: str, namespace: str, payer: str, nonce: str) -> dict[str, str]:
+    """The stored fields of the ``exact`` payment ``(payer, nonce)`` in the journal of
+    ``namespace`` (empty when there is no record)."""
+    with redis.Redis.from_url(url, decode_responses=True) as client:
+        data: dict[str, str] = client.hgetall(f"{namespace}:{{j}}:rec:exact:{payer.lower()}:{nonce}")
+        return data

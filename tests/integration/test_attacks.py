@@ -46,7 +46,7 @@ from payrouter.sandbox.rpc_faults import RpcFaultProxy, fault_proxy_in_thread
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
 from pricing import PriceTable, StreamingPolicy
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, journal_record
 from wallets import (
     CancelAuthorization,
     Eip712Domain,
@@ -80,9 +80,7 @@ class Router:
         return f"{self.url}/v1/chat/completions"
 
     def record(self, payer: str, nonce: str) -> dict[str, str]:
-        with redis.Redis.from_url(REDIS_URL, decode_responses=True) as client:
-            data = client.hgetall(f"{self.namespace}:{{j}}:rec:exact:{payer.lower()}:{nonce}")
-            return dict(data)
+        return journal_record(REDIS_URL, self.namespace, payer, nonce)
 
     def gas_transactions(self) -> int:
         """Transactions the gas wallet has had mined (each costs the operator gas)."""

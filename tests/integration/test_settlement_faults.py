@@ -30,7 +30,7 @@ from payrouter.sandbox.rpc_faults import RpcFaultProxy, fault_proxy_in_thread
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
 from payrouter.store import RedisStore
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, journal_record
 from wallets import CancelAuthorization, Eip712Domain, LocalSigner, new_nonce
 
 from .conftest import REDIS_URL, Observer
@@ -47,12 +47,7 @@ class Faulty:
     gas: LocalSigner
 
     def record(self, payer: str, nonce: str) -> dict[str, str]:
-        client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
-        try:
-            data: dict[str, str] = client.hgetall(f"{self.namespace}:{{j}}:rec:exact:{payer.lower()}:{nonce}")  # type: ignore[assignment]
-            return data
-        finally:
-            client.close()
+        return journal_record(REDIS_URL, self.namespace, payer, nonce)
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,7 @@ from payrouter.store import RedisStore
 from pricing import StreamingPolicy
 from tests.polling import wait_until
 from tests.private_redis import PrivateRedis
+from tests.redis_keys import journal_record
 from wallets import LocalSigner
 
 from .conftest import Observer
@@ -45,9 +46,7 @@ class Router:
     gas: LocalSigner
 
     def record(self, payer: str, nonce: str) -> dict[str, str]:
-        with redis.Redis(port=self.redis.port, decode_responses=True) as client:
-            data: dict[str, str] = client.hgetall(f"{NAMESPACE}:{{j}}:rec:exact:{payer.lower()}:{nonce}")
-            return data
+        return journal_record(self.redis.url, NAMESPACE, payer, nonce)
 
     def wait_for(self, agent: LocalSigner, job: dict[str, Any], state: str, timeout: float = 5) -> None:
         nonce = _nonce(job)

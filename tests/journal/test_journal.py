@@ -10,6 +10,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from payrouter.journal import Exposure, Journal, MemoryJournal, PaymentRecord, RedisJournal, State, now_ms
+from tests.journal.records import sample_record
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -31,27 +32,7 @@ async def journal(request: pytest.FixtureRequest) -> AsyncIterator[Journal]:
 
 
 def _record(payer: str = "0x" + "11" * 20, owner: str = "a", amount: int = 1000) -> PaymentRecord:
-    return PaymentRecord(
-        id=f"exact:{payer}:0x{secrets.token_hex(32)}",
-        scheme="exact",
-        state=State.CLAIMED,
-        owner=owner,
-        payer=payer,
-        pay_to="0x" + "22" * 20,
-        asset="0x" + "33" * 20,
-        network="eip155:31337",
-        amount=amount,
-        nonce="0x" + "00" * 32,
-        valid_before=2**40,
-        x402_version=2,
-        payment="{}",
-        fingerprint="f",
-        request="r",
-        path="/v1/chat/completions",
-        stream=False,
-        route="{}",
-        model="gpt-4o-mini",
-    )
+    return sample_record(payer, owner=owner, amount=amount)
 
 
 async def test_open_then_existing(journal: Journal) -> None:

@@ -11,6 +11,7 @@ import pytest
 from payrouter.chain import ChainClient, ChainError
 from payrouter.journal import MemoryJournal, PaymentRecord, State
 from payrouter.ledger import Transfer, compare, fetch_records, parse_time, summarize, transfers_to, usd
+from tests.journal.records import sample_record
 
 from .seed import BASE_MS
 
@@ -18,28 +19,7 @@ A, B = "0x" + "aa" * 20, "0x" + "bb" * 20
 
 
 def _record(n: int, created_at: int, **changes: object) -> PaymentRecord:
-    base = PaymentRecord(
-        id=f"exact:{A}:0x{n:064x}",
-        scheme="exact",
-        state=State.SETTLED,
-        owner="o",
-        payer=A,
-        pay_to="0x" + "22" * 20,
-        asset="0x" + "33" * 20,
-        network="eip155:31337",
-        amount=100,
-        nonce=f"0x{n:064x}",
-        valid_before=2**40,
-        x402_version=2,
-        payment="{}",
-        fingerprint="f",
-        request="r",
-        path="/v1/chat/completions",
-        stream=False,
-        route="{}",
-        model="m",
-        created_at=created_at,
-    )
+    base = sample_record(A, f"0x{n:064x}", state=State.SETTLED, owner="o", amount=100, model="m", created_at=created_at)
     return replace(base, **changes)  # type: ignore[arg-type]
 
 
