@@ -88,14 +88,6 @@ class Resolver:
             return new
         return await self.journal.get(record.id) or record
 
-    async def is_used(self, record: PaymentRecord) -> bool | None:
-        """Whether the token reports the authorization used (None without a chain client).
-
-        Raises:
-            ChainError: the chain could not be read.
-        """
-        return None if self.chain is None else await self._used(record)
-
     async def _used(self, record: PaymentRecord) -> bool:
         assert self.chain is not None
         data = encode_authorization_state(record.payer, bytes.fromhex(record.nonce[2:]))

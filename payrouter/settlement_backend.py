@@ -90,7 +90,7 @@ async def open_settlement_backend(settings: Settings, store: Store, stack: Async
             endpoint: {k: v.get_secret_value() for k, v in values.items()}
             for endpoint, values in settings.facilitator_headers.items()
         }
-        remote = RemoteFacilitator(settings.facilitator_url, headers)
+        remote = RemoteFacilitator(settings.facilitator_url, headers, chain=chain)
         stack.push_async_callback(remote.close)
         await require_exact_support(remote, table)
         facilitator = remote

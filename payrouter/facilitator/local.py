@@ -9,8 +9,6 @@ import time
 from eth_utils.crypto import keccak
 
 from payrouter.chain import (
-    AUTHORIZATION_USED_TOPIC,
-    TRANSFER_TOPIC,
     ChainClient,
     ChainError,
     Receipt,
@@ -21,6 +19,7 @@ from payrouter.chain import (
     encode_transfer_with_authorization,
 )
 from payrouter.facilitator.base import SettleResult
+from payrouter.facilitator.onchain import find_settlement, has_transfer
 from payrouter.store import keys
 from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
@@ -59,10 +58,6 @@ def revert_reason(text: str) -> str:
     if "invalid signature" in msg:
         return Reason.SIGNATURE
     return Reason.SIMULATION_FAILED
-
-
-def _topic_address(address: str) -> str:
-    return "0x" + "0" * 24 + address[2:].lower()
 
 
 class LocalFacilitator:
@@ -186,12 +181,12 @@ class LocalFacilitator:
                 raise SettlementInDoubt(f"transaction sent, receipt unavailable ({exc})", auth.from_, tx_hash) from None
         if receipt is None:
             raise SettlementInDoubt("transaction sent but not mined in time", auth.from_, tx_hash)
-        if receipt.status == 1 and self._has_transfer(receipt, payment, requirements):
+        if receipt.status == 1 and has_transfer(receipt, payment, requirements):
             return SettleResult(transaction=tx_hash, payer=auth.from_, network=network)
         # Anyone may submit a signed authorization: if someone beat us to it, the money still
         # went to payTo, and the payment stands.
         try:
-            front_run = await self._find_settlement(payment, requirements)
+            front_run = await find_settlement(self._chain, payment, requirements)
         except ChainError as exc:
             # reverted, and whether another transaction moved the money is unknown
             raise SettlementInDoubt(f"reverted; the chain could not be searched ({exc})", auth.from_, tx_hash) from None
@@ -248,36 +243,6 @@ class LocalFacilitator:
                     pass  # the transaction is out; the next settlement re-reads the nonce on conflict
                 return sent
         raise ChainError("unreachable")  # pragma: no cover
-
-    @staticmethod
-    def _has_transfer(receipt: Receipt, payment: PaymentPayload, req: Requirements) -> bool:
-        auth = payment.authorization
-        want = [TRANSFER_TOPIC, _topic_address(auth.from_), _topic_address(req.pay_to)]
-        for log in receipt.logs:
-            topics = [t.lower() for t in log.get("topics", [])]
-            if (
-                log.get("address", "").lower() == req.asset.lower()
-                and topics == want
-                and int(log.get("data", "0x0"), 16) == auth.value
-            ):
-                return True
-        return False
-
-    async def _find_settlement(self, payment: PaymentPayload, req: Requirements) -> str | None:
-        """Another transaction that used this authorization to pay ``req.pay_to``, if any.
-
-        Raises:
-            ChainError: the chain could not be searched.
-        """
-        auth = payment.authorization
-        logs = await self._chain.get_logs(
-            req.asset, [AUTHORIZATION_USED_TOPIC, _topic_address(auth.from_), "0x" + auth.nonce.hex()]
-        )
-        for log in logs:
-            receipt = await self._chain.receipt(log["transactionHash"])
-            if receipt is not None and receipt.status == 1 and self._has_transfer(receipt, payment, req):
-                return receipt.transaction_hash
-        return None
 
 
 async def wait_until_deployed(chain: ChainClient, asset: str, attempts: int = 20) -> None:

@@ -7,7 +7,9 @@ from typing import Any
 
 import httpx
 
+from payrouter.chain import ChainClient, ChainError
 from payrouter.facilitator.base import SettleResult
+from payrouter.facilitator.onchain import find_settlement
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.wire import PaymentPayload
@@ -23,6 +25,8 @@ class RemoteFacilitator:
         headers: extra headers per endpoint, keyed ``verify``, ``settle``, ``supported``
             (and ``*`` for all), e.g. an ``Authorization`` header. Their values are never logged.
         timeout: seconds per request; settlement waits for a block, so keep it generous.
+        chain: read access to the chain: a settlement the facilitator reports failed is looked
+            for there first (someone else may have submitted the authorization).
     """
 
     def __init__(
@@ -31,7 +35,9 @@ class RemoteFacilitator:
         headers: Mapping[str, Mapping[str, str]] | None = None,
         timeout: float = 90.0,
         client: httpx.AsyncClient | None = None,
+        chain: ChainClient | None = None,
     ) -> None:
+        self._chain = chain
         self._url = url.rstrip("/")
         self._headers = {k: dict(v) for k, v in (headers or {}).items()}
         self._client = client or httpx.AsyncClient(timeout=timeout)
@@ -106,8 +112,17 @@ class RemoteFacilitator:
         if data.get("errorReason") == Reason.SETTLEMENT_PENDING:
             message = str(data.get("errorMessage") or "broadcast, not confirmed yet")
             raise SettlementInDoubt(message, payer, str(data.get("transaction") or ""))
+        reason = str(data.get("errorReason") or Reason.UNEXPECTED_SETTLE)
+        if self._chain is not None:
+            # the facilitator may report a front-run as its own failure: the chain knows better
+            try:
+                front_run = await find_settlement(self._chain, payment, requirements)
+            except ChainError as exc:
+                raise SettlementInDoubt(f"{reason}; the chain could not be searched ({exc})", payer) from None
+            if front_run is not None:
+                return SettleResult(transaction=front_run, payer=payer, network=requirements.network)
         raise SettlementFailed(
-            str(data.get("errorReason") or Reason.UNEXPECTED_SETTLE),
+            reason,
             str(data.get("errorMessage") or "facilitator could not settle"),
             payer,
             str(data.get("transaction") or ""),

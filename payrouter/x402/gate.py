@@ -30,7 +30,7 @@ from payrouter.store import StoreError, keys
 from payrouter.x402.asgi import json_error, replay_body, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
-from payrouter.x402.outcomes import send_outcome, used_elsewhere, used_on_chain
+from payrouter.x402.outcomes import send_outcome
 from payrouter.x402.replay import replay
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.responses import payment_required
@@ -292,10 +292,6 @@ class PaymentGate:
             usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
             answer = StoredAnswer.capture(status, resp_headers, resp_body)
             outcome = await attempt.settle(answer, delivered="complete", **usage)
-            if outcome.status == "refused" and await used_on_chain(services, attempt):
-                # someone else used the authorization first (a remote facilitator reports that
-                # as a plain failure): the chain says whether it paid us
-                outcome = await used_elsewhere(services, attempt)
             if outcome.status == "refused":
                 await attempt.release(outcome.reason or Reason.UNEXPECTED_SETTLE)
             elif outcome.status == "unavailable":
