@@ -37,6 +37,7 @@ from wallets import (
     TransactionSigner,
     TransferWithAuthorization,
 )
+from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS
 
 __all__ = [
     "BATCH_SETTLEMENT_ADDRESS",
@@ -52,10 +53,6 @@ __all__ = [
 ]
 
 _REPO = Path(__file__).resolve().parent.parent
-# Where the x402 batch-settlement contracts live on every chain (deterministic deployments that
-# the official clients address directly).
-BATCH_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
-ERC3009_DEPOSIT_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004"
 _READY_TIMEOUT = 15.0
 
 

@@ -13,6 +13,19 @@ Quick start::
     assert recover_authorizer(domain, auth, signature) == payer.address
 """
 
+from wallets.channels import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    MAX_WITHDRAW_DELAY,
+    MIN_WITHDRAW_DELAY,
+    ChannelConfig,
+    ClaimBatch,
+    ClaimEntry,
+    Refund,
+    Voucher,
+    batch_settlement_domain,
+    deposit_nonce,
+)
 from wallets.eip712 import Eip712Domain, Eip712Struct, full_message, typed_data_digest
 from wallets.eip3009 import (
     CancelAuthorization,
@@ -29,20 +42,31 @@ from wallets.signer import Signer, TransactionSigner
 from wallets.transactions import Eip1559Transaction
 
 __all__ = [
+    "BATCH_SETTLEMENT_ADDRESS",
     "CancelAuthorization",
+    "ChannelConfig",
+    "ClaimBatch",
+    "ClaimEntry",
+    "ERC3009_DEPOSIT_COLLECTOR_ADDRESS",
     "Eip1559Transaction",
     "Eip712Domain",
     "Eip712Struct",
     "InvalidKeyError",
     "KeystoreError",
     "LocalSigner",
+    "MAX_WITHDRAW_DELAY",
+    "MIN_WITHDRAW_DELAY",
     "ReceiveWithAuthorization",
+    "Refund",
     "SignatureError",
     "Signer",
     "TransactionSigner",
     "TransferWithAuthorization",
     "TypedDataError",
+    "Voucher",
     "WalletError",
+    "batch_settlement_domain",
+    "deposit_nonce",
     "ecc_backend_name",
     "full_message",
     "load_keystore",
