@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-
-from eth_utils.crypto import keccak
 
 from payrouter.chain import (
     ChainClient,
     ChainError,
-    Receipt,
-    ReplyLost,
     RevertError,
     encode_authorization_state,
     encode_balance_of,
@@ -20,12 +15,12 @@ from payrouter.chain import (
 )
 from payrouter.facilitator.base import SettleResult
 from payrouter.facilitator.onchain import find_settlement, has_transfer
-from payrouter.store import keys
+from payrouter.facilitator.sender import GasSender
 from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload
-from wallets import Eip712Domain, Eip1559Transaction, SignatureError, TransactionSigner, recover_authorizer
+from wallets import Eip712Domain, SignatureError, TransactionSigner, recover_authorizer
 
 __all__ = ["LocalFacilitator", "revert_reason"]
 
@@ -33,15 +28,6 @@ __all__ = ["LocalFacilitator", "revert_reason"]
 # between verification and the block that includes the transfer.
 VALID_BEFORE_MARGIN = 6
 SETTLE_GAS_LIMIT = 200_000
-_FEE_TTL = 10.0
-# A cached gas-wallet nonce expires after a quiet hour, so a wallet also used elsewhere
-# re-reads the chain now and then.
-_NONCE_TTL = 3600
-
-
-def _is_nonce_error(exc: ChainError) -> bool:
-    text = str(exc).lower()
-    return "nonce" in text or "already known" in text or "replacement transaction" in text
 
 
 def revert_reason(text: str) -> str:
@@ -81,11 +67,13 @@ class LocalFacilitator:
     ) -> None:
         self._chain = chain
         self._gas = gas_wallet
-        self._store = store
-        self._chain_id = chain_id
         self._receipt_timeout = receipt_timeout
-        self._fee: tuple[int, int] | None = None
-        self._fee_at = 0.0
+        self._sender = GasSender(chain, gas_wallet, store, chain_id)
+
+    @property
+    def sender(self) -> GasSender:
+        """The gas-wallet sender settlements go through (share it to share its fee cache)."""
+        return self._sender
 
     async def close(self) -> None:
         await self._chain.close()
@@ -157,19 +145,12 @@ class LocalFacilitator:
                 raise PaymentRejected(Reason.UNEXPECTED_VERIFY, f"chain error: {result}", payer)
         return payer
 
-    async def _fees(self) -> tuple[int, int]:
-        now = time.monotonic()
-        if self._fee is None or now - self._fee_at > _FEE_TTL:
-            self._fee = await self._chain.fee_per_gas()
-            self._fee_at = now
-        return self._fee
-
     async def settle(self, payment: PaymentPayload, requirements: Requirements) -> SettleResult:
         auth = payment.authorization
         network = requirements.network
         data = bytes.fromhex(encode_transfer_with_authorization(auth, payment.signature)[2:])
         try:
-            tx_hash, receipt = await self._broadcast(requirements.asset, data)
+            tx_hash, receipt = await self._sender.send(requirements.asset, data, SETTLE_GAS_LIMIT)
         except SettlementInDoubt as exc:
             raise SettlementInDoubt(exc.message, auth.from_, exc.transaction) from None
         except (ChainError, StoreError) as exc:
@@ -193,56 +174,6 @@ class LocalFacilitator:
         if front_run is not None:
             return SettleResult(transaction=front_run, payer=auth.from_, network=network)
         raise SettlementFailed(Reason.TRANSACTION_FAILED, "transferWithAuthorization reverted", auth.from_, tx_hash)
-
-    async def _broadcast(self, to: str, data: bytes) -> tuple[str, Receipt | None]:
-        """Sign and send from the gas wallet, under a lock shared by every worker.
-
-        The next nonce is kept in the store and advanced only after the node accepted a
-        transaction, so concurrent settlements neither collide nor leave gaps; if the node
-        disagrees (another sender used the wallet), the nonce is re-read from the chain.
-
-        Raises:
-            SettlementInDoubt: sent, reply lost (the node may have taken it; the hash is known).
-            ChainError, StoreError: nothing was sent.
-        """
-        max_fee, tip = await self._fees()
-        nonce_key = keys.gas_nonce(self._chain_id, self._gas.address)
-        async with self._store.lock(nonce_key, timeout_seconds=10.0):
-            cached = await self._store.get(nonce_key)
-            nonce = int(cached) if cached else await self._chain.transaction_count(self._gas.address, "pending")
-            for attempt in range(2):
-                tx = Eip1559Transaction(
-                    chain_id=self._chain_id,
-                    nonce=nonce,
-                    max_priority_fee_per_gas=tip,
-                    max_fee_per_gas=max_fee,
-                    gas=SETTLE_GAS_LIMIT,
-                    to=to,
-                    value=0,
-                    data=data,
-                )
-                raw = self._gas.sign_eip1559(tx)
-                try:
-                    sent = await self._chain.send_and_receipt(raw)
-                except ReplyLost as exc:
-                    # the nonce may or may not be used now: re-read it next time
-                    with contextlib.suppress(StoreError):
-                        await self._store.put(nonce_key, b"", 1)
-                    tx_hash = "0x" + keccak(raw).hex()
-                    raise SettlementInDoubt(f"transaction sent, reply lost ({exc})", None, tx_hash) from None
-                except ChainError as exc:
-                    if attempt == 0 and _is_nonce_error(exc):
-                        nonce = await self._chain.transaction_count(self._gas.address, "pending")
-                        continue
-                    with contextlib.suppress(StoreError):
-                        await self._store.put(nonce_key, b"", 1)  # forget the cache; re-read next time
-                    raise
-                try:
-                    await self._store.put(nonce_key, str(nonce + 1).encode(), _NONCE_TTL)
-                except StoreError:
-                    pass  # the transaction is out; the next settlement re-reads the nonce on conflict
-                return sent
-        raise ChainError("unreachable")  # pragma: no cover
 
 
 async def wait_until_deployed(chain: ChainClient, asset: str, attempts: int = 20) -> None:
