@@ -1,12 +1,19 @@
 """Every key payrouter keeps in the store, in one place (the store adds its namespace).
 
 The payment journal keeps its own keys (`payrouter.journal.redis`, under the ``{j}`` hash tag).
+
+Payment channels (`payrouter.channels`) hash by channel: each channel's key carries its id as
+the hash tag, so every per-request step is one script on one slot and channels spread over a
+Redis Cluster. Listing them therefore needs `CHANNEL_INDEX`, which sits in a slot of its own:
+it is written beside the channel (not atomically with it) and read only by the claimer.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "CHANNEL_INDEX",
     "RECONCILER_LOCK",
+    "channel",
     "gas_nonce",
     "health_breaker",
     "health_fails",
@@ -17,6 +24,14 @@ __all__ = [
 
 # held by the reconciler pass in progress (one at a time across instances)
 RECONCILER_LOCK = "lock:reconciler"
+
+# every known channel id (a sorted set scored by first sight, Unix ms); see the module docstring
+CHANNEL_INDEX = "channels"
+
+
+def channel(channel_id: str) -> str:
+    """The state of the payment channel ``channel_id`` (a hash; ``{id}`` is its hash tag)."""
+    return f"channel:{{{channel_id}}}"
 
 
 def quote(digest: str) -> str:
