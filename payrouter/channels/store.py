@@ -75,7 +75,8 @@ class ChannelStore(Protocol):
 
     async def release(self, channel_id: str, token: str) -> bool:
         """End ``token``'s request without a charge (it failed): the voucher is not adopted.
-        True when ``token`` held the channel."""
+        True when ``token`` held the channel (a retried release whose first reply was lost
+        answers False; the channel is free either way)."""
         ...
 
     async def upsert_onchain(
