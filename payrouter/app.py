@@ -34,6 +34,7 @@ from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
+from payrouter.x402.schemes import build_schemes
 
 __all__ = ["create_app"]
 
@@ -108,6 +109,7 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 deferred=deferred,
                 resolver=resolver,
             )
+            services.schemes = build_schemes(table)
             reconciler = Reconciler(resolver, store, settings.reconcile_interval)
             if settings.reconcile_interval > 0:
                 reconciler.start()

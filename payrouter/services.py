@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -15,6 +16,9 @@ from payrouter.store import Store
 from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
 from pricing import PriceTable
+
+if TYPE_CHECKING:
+    from payrouter.x402.schemes.base import Scheme
 
 __all__ = ["Services"]
 
@@ -37,3 +41,5 @@ class Services:
     deferred: DeferredWrites
     resolver: Resolver
     answer_ttl: int = 7 * 24 * 3600
+    # the offered payment schemes by name, in the price table's preference order
+    schemes: dict[str, Scheme] = field(default_factory=dict)

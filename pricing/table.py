@@ -35,6 +35,8 @@ from pricing.money import parse_decimal, usd_to_atomic
 __all__ = [
     "Asset",
     "Capability",
+    "ChannelTerms",
+    "Scheme",
     "Privacy",
     "RoutingPolicy",
     "RoutingRule",
@@ -49,6 +51,7 @@ __all__ = [
 Capability = Literal["tools", "vision", "json", "streaming", "reasoning"]
 Privacy = Literal["local", "trusted", "public"]
 Strategy = Literal["cost", "quality", "balanced", "latency"]
+Scheme = Literal["exact", "batch-settlement"]
 _CAIP2_EVM = re.compile(r"^eip155:[1-9]\d{0,18}$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -220,6 +223,36 @@ class StreamingPolicy(_Frozen):
     unconfirmed_seconds: Annotated[StrictInt, Field(ge=1, le=600)] = 15
 
 
+class ChannelTerms(_Frozen):
+    """The terms of the ``batch-settlement`` channels payers open with us.
+
+    Attributes:
+        withdraw_delay: seconds between a payer asking to withdraw a channel's balance and
+            being able to take it (our window to claim what we charged); the contract allows
+            900 s to 30 days.
+        min_deposit: the least USD a payer deposits into a new channel (or tops up by);
+            small deposits mean more on-chain deposits per call served.
+    """
+
+    withdraw_delay: Annotated[StrictInt, Field(ge=900, le=2_592_000)] = 86_400
+    min_deposit: Usd = Decimal("1")
+
+    def min_deposit_atomic(self, decimals: int) -> int:
+        """``min_deposit`` in atomic units (rounded up: never below the operator's minimum)."""
+        amount = usd_to_atomic(self.min_deposit, decimals)
+        return -(-amount.numerator // amount.denominator)
+
+
+def _default_schemes() -> list[Scheme]:
+    return ["exact"]
+
+
+def _schemes(value: list[Scheme]) -> list[Scheme]:
+    if len(set(value)) != len(value):
+        raise ValueError("a scheme is listed more than once")
+    return value
+
+
 class PriceTable(_Frozen):
     """The operator's whole price table.
 
@@ -232,6 +265,10 @@ class PriceTable(_Frozen):
         models: the catalog.
         routing: how ``auto`` chooses.
         streaming: when streams are paid, and the limits on unconfirmed exposure.
+        schemes: the x402 schemes offered, preferred first: ``exact`` (one on-chain transfer
+            of the quote per call) and ``batch-settlement`` (payment channels: a voucher per
+            call, charged the price of the tokens used).
+        channels: the terms of ``batch-settlement`` channels.
     """
 
     network: Annotated[StrictStr, AfterValidator(_network)]
@@ -242,6 +279,10 @@ class PriceTable(_Frozen):
     models: Annotated[list[ModelPrice], Field(min_length=1)]
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
     streaming: StreamingPolicy = Field(default_factory=StreamingPolicy)
+    schemes: Annotated[list[Scheme], Field(min_length=1), AfterValidator(_schemes)] = Field(
+        default_factory=_default_schemes
+    )
+    channels: ChannelTerms = Field(default_factory=ChannelTerms)
     _by_id: dict[str, ModelPrice] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="before")

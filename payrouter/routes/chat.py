@@ -15,7 +15,7 @@ from payrouter.quoting import PricedRoute
 from payrouter.services import Services
 from payrouter.upstream import UpstreamError
 from payrouter.x402.call import PaidCall, paid_call
-from pricing import PriceTable, charge_for_usage
+from pricing import PriceTable
 
 __all__ = ["chat_completions", "messages"]
 
@@ -48,9 +48,7 @@ async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -
             if isinstance(usage, dict) and "prompt_tokens" in usage:
                 call.input_tokens = int(usage.get("prompt_tokens") or 0)
                 call.output_tokens = int(usage.get("completion_tokens") or 0)
-                usage["payrouter"] = _charge_report(
-                    services.table, priced, model_id, attempts, call.input_tokens, call.output_tokens
-                )
+                usage["payrouter"] = _charge_report(services.table, call, attempts)
             yield chunk
         call.completed = True
 
@@ -78,14 +76,15 @@ async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -
     return StreamingResponse(
         events(),
         media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", **_route_headers(model_id, priced)},
+        headers={"Cache-Control": "no-store", **_route_headers(model_id, priced, call.quoted)},
     )
 
 
-def _route_headers(model: str, priced: PricedRoute) -> dict[str, str]:
+def _route_headers(model: str, priced: PricedRoute, charge: int) -> dict[str, str]:
+    # a stream's headers go out before its usage is known: there the charge header is the quote
     return {
         "X-Payrouter-Model": model,
-        "X-Payrouter-Charge": str(priced.requirements.amount),
+        "X-Payrouter-Charge": str(charge),
         "X-Payrouter-Route-Reason": priced.decision.reason,
     }
 
@@ -109,27 +108,28 @@ async def _complete(services: Services, call: PaidCall) -> tuple[str, dict[str, 
     body = dict(completion.body)
     body["model"] = answer.model
     usage = dict(body.get("usage") or {})
-    usage["payrouter"] = _charge_report(
-        table, priced, answer.model, answer.attempts, completion.input_tokens, completion.output_tokens
-    )
+    usage["payrouter"] = _charge_report(table, call, answer.attempts)
     body["usage"] = usage
     return answer.model, body
 
 
-def _charge_report(
-    table: PriceTable, priced: PricedRoute, answered_by: str, attempts: int, input_tokens: int, output_tokens: int
-) -> dict[str, Any]:
-    """``usage.payrouter``: what was charged, on which chain and asset, and what the usage priced at."""
-    # The exact scheme charges the quote; the usage-priced figure shows what it covered.
-    usage_price = charge_for_usage(table, answered_by, input_tokens, output_tokens, cap=priced.requirements.amount)
+def _charge_report(table: PriceTable, call: PaidCall, attempts: int) -> dict[str, Any]:
+    """``usage.payrouter``: what was charged and why, on which chain and asset.
+
+    ``charged`` is the quote (``exact``: the signed amount) or, for a usage-priced scheme, the
+    price of the tokens used (``usage_price``) capped at the quote; ``pricing`` says which.
+    """
+    priced = call.route
     return {
-        "charged": str(priced.requirements.amount),
+        "charged": str(call.charge(table)),
+        "pricing": "usage" if call.usage_priced else "quote",
+        "quoted": str(call.quoted),
         "asset": table.asset.address,
         "decimals": table.asset.decimals,
         "network": table.network,
-        "usage_price": str(usage_price.amount),
+        "usage_price": str(call.usage_price(table)),
         "routed_model": priced.decision.model,
-        "answered_by": answered_by,
+        "answered_by": call.answered_by,
         "attempts": attempts,
         "route_reason": priced.decision.reason,
     }
@@ -145,7 +145,7 @@ async def chat_completions(request: Request) -> Response:
     if isinstance(done, JSONResponse):
         return done
     model, body = done
-    return JSONResponse(body, headers=_route_headers(model, call.route))
+    return JSONResponse(body, headers=_route_headers(model, call.route, call.charge(services.table)))
 
 
 async def messages(request: Request) -> Response:
@@ -158,4 +158,6 @@ async def messages(request: Request) -> Response:
     if isinstance(done, JSONResponse):
         return done
     model, body = done
-    return JSONResponse(chat_to_message(body, model), headers=_route_headers(model, call.route))
+    return JSONResponse(
+        chat_to_message(body, model), headers=_route_headers(model, call.route, call.charge(services.table))
+    )

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from starlette.types import Message, Receive, Send
+import logging
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.http_errors import error_bytes
 
-__all__ = ["json_error", "replay_body", "send_response"]
+__all__ = ["json_error", "replay_body", "run_handler", "send_response"]
+
+log = logging.getLogger("payrouter.gate")
 
 
 def json_error(status: int, message: str, kind: str, param: str | None = None) -> tuple[int, bytes]:
@@ -34,3 +38,29 @@ def replay_body(receive: Receive, body: bytes) -> Receive:
         return await receive()
 
     return replay
+
+
+async def run_handler(
+    app: ASGIApp, scope: Scope, receive: Receive, body: bytes
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """Run the paid handler with the already-read ``body``; capture its whole response (a
+    handler that raises is a 500 that charges nothing)."""
+    status = 500
+    headers: list[tuple[bytes, bytes]] = []
+    chunks: list[bytes] = []
+
+    async def capture(message: Message) -> None:
+        nonlocal status, headers
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            headers = list(message.get("headers", []))
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+
+    try:
+        await app(scope, replay_body(receive, body), capture)
+    except Exception:
+        log.exception("handler failed")
+        _, err = json_error(500, "internal error while serving a paid request; nothing was charged", "server_error")
+        return 500, [(b"content-type", b"application/json")], err
+    return status, headers, b"".join(chunks)

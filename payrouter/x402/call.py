@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from starlette.types import Receive, Scope
+from starlette.types import ASGIApp, Receive, Scope
 
 from payrouter.chat import ChatRequest
 from payrouter.quoting import PricedRoute
 from payrouter.routing import RouteConstraints
 from payrouter.services import Services
 from payrouter.x402.requirements import Resource
+from pricing import PriceTable, PricingError, charge_for_usage
 
 __all__ = ["SCOPE_KEY", "PaidCall", "PaidRequest", "paid_call"]
 
@@ -21,7 +22,7 @@ SCOPE_KEY = "payrouter.paid_call"
 class PaidCall:
     """One paid request, shared by the gate and the handler through the ASGI scope.
 
-    The gate fills the first four; the handler reports the rest as it serves.
+    The gate fills the first five; the handler reports the rest as it serves.
 
     Attributes:
         request: the parsed request.
@@ -29,6 +30,8 @@ class PaidCall:
         payer: the verified payer.
         deadline: unix time by which the payment must be settled (the model call must leave
             room for it).
+        usage_priced: the scheme charges the price of the tokens used (never more than the
+            quote) instead of the quote.
         answered_by: the catalog model that produced the answer.
         input_tokens, output_tokens: what the upstream reported.
         content: a stream produced content (tokens or tool calls).
@@ -40,12 +43,38 @@ class PaidCall:
     route: PricedRoute
     payer: str
     deadline: int
+    usage_priced: bool = False
     answered_by: str = ""
     input_tokens: int = 0
     output_tokens: int = 0
     content: bool = False
     completed: bool = False
     failed: bool = False
+
+    @property
+    def quoted(self) -> int:
+        """The most this call may charge: the quote the payment covers."""
+        return self.route.requirements.amount
+
+    def usage_price(self, table: PriceTable) -> int:
+        """The price of the tokens the upstream reported, capped at the quote.
+
+        With no usage reported (an answering model unknown, or a stream that never sent its
+        usage) the tokens cannot be priced: the quote is the price.
+        """
+        if not self.answered_by:
+            return self.quoted
+        try:
+            return charge_for_usage(
+                table, self.answered_by, self.input_tokens, self.output_tokens, cap=self.quoted
+            ).amount
+        except PricingError:
+            return self.quoted
+
+    def charge(self, table: PriceTable) -> int:
+        """What this call charges once answered: the quote, or for a usage-priced scheme the
+        price of the tokens used."""
+        return self.usage_price(table) if self.usage_priced else self.quoted
 
     @property
     def billable(self) -> bool:
@@ -55,8 +84,12 @@ class PaidCall:
 
 @dataclass(frozen=True, slots=True)
 class PaidRequest:
-    """One request to a paid endpoint as the gate has read it (body, digest, route constraints)."""
+    """One request to a paid endpoint as the gate has read it (body, digest, route constraints).
 
+    ``app`` is the paid handler behind the gate.
+    """
+
+    app: ASGIApp
     scope: Scope
     receive: Receive
     services: Services

@@ -13,6 +13,8 @@ contains key material.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = ["PaymentError", "PaymentRejected", "Reason", "SettlementFailed", "SettlementInDoubt"]
 
 
@@ -57,7 +59,18 @@ class PaymentError(Exception):
 
 
 class PaymentRejected(PaymentError):
-    """The payment failed verification; nothing was charged."""
+    """The payment failed verification; nothing was charged.
+
+    Attributes:
+        offer_extra: fields the 402's offer of the rejected payment's scheme carries beyond
+            the usual (a corrective offer: e.g. a channel's state for the client to resync).
+    """
+
+    def __init__(
+        self, reason: str, message: str, payer: str | None = None, offer_extra: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(reason, message, payer)
+        self.offer_extra = offer_extra
 
 
 class SettlementFailed(PaymentError):

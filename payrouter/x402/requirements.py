@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from payrouter.x402.wire import v1_network_name
@@ -25,7 +25,7 @@ class Resource:
 
 @dataclass(frozen=True, slots=True)
 class Requirements:
-    """One ``exact`` EVM payment option.
+    """One EVM payment option (``exact`` or ``batch-settlement``).
 
     Attributes:
         network: CAIP-2 network (``eip155:<chainId>``).
@@ -43,6 +43,10 @@ class Requirements:
     max_timeout_seconds: int
     extra: dict[str, Any] = field(default_factory=dict)
     scheme: str = "exact"
+
+    def with_extra(self, extra: dict[str, Any]) -> Requirements:
+        """A copy whose ``extra`` also holds ``extra``."""
+        return replace(self, extra={**self.extra, **extra})
 
     @property
     def chain_id(self) -> int:
@@ -62,9 +66,10 @@ class Requirements:
         }
 
     def to_v1(self, resource: Resource) -> dict[str, Any] | None:
-        """The v1 ``PaymentRequirements`` object, or None when the network has no v1 name."""
+        """The v1 ``PaymentRequirements`` object, or None when v1 cannot express it (the network
+        has no v1 name, or the scheme is newer than v1)."""
         name = v1_network_name(self.chain_id)
-        if name is None:
+        if name is None or self.scheme != "exact":
             return None
         return {
             "scheme": self.scheme,

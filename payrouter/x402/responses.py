@@ -51,12 +51,12 @@ PAYMENT_IDENTIFIER_DECLARATION: dict[str, Any] = {
 
 
 def payment_required(
-    requirements: Requirements, resource: Resource, reason: str | None = None, message: str | None = None
+    offers: list[Requirements], resource: Resource, reason: str | None = None, message: str | None = None
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    """Body and headers of a 402.
+    """Body and headers of a 402 offering every option in ``offers`` (preferred first).
 
     The v2 ``PaymentRequired`` goes in the ``PAYMENT-REQUIRED`` header. The body is the v1
-    ``PaymentRequirementsResponse`` when the network has a v1 name (v1 clients read only the
+    ``PaymentRequirementsResponse`` when some offer has a v1 form (v1 clients read only the
     body), else the v2 object; either way it carries ``error`` (the x402 reason, or that
     payment is required) and a human ``message``.
     """
@@ -65,12 +65,13 @@ def payment_required(
         "x402Version": 2,
         "error": error,
         "resource": resource.to_wire(),
-        "accepts": [requirements.to_v2()],
+        "accepts": [r.to_v2() for r in offers],
         "extensions": PAYMENT_IDENTIFIER_DECLARATION,
     }
-    v1 = requirements.to_v1(resource)
-    body: dict[str, Any] = {"x402Version": 1, "error": error, "accepts": [v1]} if v1 else dict(v2)
-    body["message"] = message or "pay the quoted amount with an x402 exact payment and retry"
+    v1 = [w for w in (r.to_v1(resource) for r in offers) if w is not None]
+    body: dict[str, Any] = {"x402Version": 1, "error": error, "accepts": v1} if v1 else dict(v2)
+    schemes = " or ".join(dict.fromkeys(r.scheme for r in offers))
+    body["message"] = message or f"pay the quoted amount with an x402 {schemes} payment and retry"
     headers = [
         (HEADER_PAYMENT_REQUIRED.encode(), encode_header(v2).encode()),
         (b"content-type", b"application/json"),

@@ -25,9 +25,12 @@ __all__ = [
     "HEADER_V1_PAYMENT_RESPONSE",
     "MAX_PAYMENT_HEADER_BYTES",
     "V1_NETWORKS",
+    "Envelope",
     "PaymentPayload",
     "decode_header",
     "encode_header",
+    "exact_payment",
+    "parse_envelope",
     "parse_payment",
     "v1_network_name",
 ]
@@ -105,7 +108,7 @@ def decode_header(value: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class PaymentPayload:
-    """A decoded exact/EVM payment, normalised across protocol versions.
+    """A decoded ``exact`` EVM payment, normalised across protocol versions.
 
     Attributes:
         version: 1 or 2.
@@ -157,8 +160,30 @@ def _payment_id(obj: dict[str, Any]) -> str | None:
     return pid
 
 
-def parse_payment(obj: dict[str, Any], header_version: int) -> PaymentPayload:
-    """Validate the shape of a decoded payment and extract its parts.
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A decoded payment header before any scheme reads its ``payload`` (v2 and v1 alike).
+
+    Attributes:
+        version: 1 or 2.
+        scheme, network: what the client says it paid with (v2: ``accepted``; v1: top level).
+        accepted: the v2 ``accepted`` requirements echoed by the client (``None`` for v1).
+        payload: the scheme's own object, unchecked.
+        raw: the decoded JSON.
+        payment_id: the x402 payment-identifier, if the client sent one.
+    """
+
+    version: int
+    scheme: str
+    network: str
+    accepted: dict[str, Any] | None
+    payload: dict[str, Any]
+    raw: dict[str, Any]
+    payment_id: str | None = None
+
+
+def parse_envelope(obj: dict[str, Any], header_version: int) -> Envelope:
+    """Validate the scheme-independent shape of a decoded payment header.
 
     Args:
         obj: the decoded header JSON.
@@ -189,6 +214,16 @@ def parse_payment(obj: dict[str, Any], header_version: int) -> PaymentPayload:
     inner = obj.get("payload")
     if not isinstance(inner, dict):
         raise PaymentRejected(Reason.INVALID_PAYLOAD, "payload must be an object")
+    return Envelope(version, scheme, network, accepted, inner, obj, _payment_id(obj))
+
+
+def exact_payment(envelope: Envelope) -> PaymentPayload:
+    """The ``exact`` EVM payment an envelope carries (EIP-3009 authorization and signature).
+
+    Raises:
+        PaymentRejected: ``invalid_payload`` with the field named.
+    """
+    inner = envelope.payload
     sig_hex = _str_field(inner, "signature", "payload")
     try:
         if not sig_hex.startswith(("0x", "0X")):
@@ -201,12 +236,17 @@ def parse_payment(obj: dict[str, Any], header_version: int) -> PaymentPayload:
     except TypedDataError as exc:
         raise PaymentRejected(Reason.INVALID_PAYLOAD, str(exc)) from None
     return PaymentPayload(
-        payment_id=_payment_id(obj),
-        version=version,
-        scheme=scheme,
-        network=network,
-        accepted=accepted,
+        payment_id=envelope.payment_id,
+        version=envelope.version,
+        scheme=envelope.scheme,
+        network=envelope.network,
+        accepted=envelope.accepted,
         authorization=authorization,
         signature=signature,
-        raw=obj,
+        raw=envelope.raw,
     )
+
+
+def parse_payment(obj: dict[str, Any], header_version: int) -> PaymentPayload:
+    """`parse_envelope` then `exact_payment`: a decoded header as an ``exact`` payment."""
+    return exact_payment(parse_envelope(obj, header_version))

@@ -1,0 +1,72 @@
+"""The seam between the payment gate and a payment scheme.
+
+The gate owns the handshake every scheme shares: read and route the request, quote it,
+answer 402 with every offered scheme, decode the envelope, pick the scheme it names, and turn
+a rejection into a fresh offer. A `Scheme` owns the rest: its payload, its checks, how it
+reserves the payment, runs the paid handler, charges or releases, and writes the receipt.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from starlette.types import Send
+
+from payrouter.quoting import PricedRoute
+from payrouter.x402.call import PaidRequest
+from payrouter.x402.errors import PaymentRejected, Reason
+from payrouter.x402.requirements import Requirements
+from payrouter.x402.wire import Envelope, v1_network_name
+
+__all__ = ["Scheme", "match_terms"]
+
+
+class Scheme(Protocol):
+    """One x402 payment scheme the gate can offer and accept."""
+
+    @property
+    def name(self) -> str:
+        """The x402 scheme name (``accepted.scheme``)."""
+        ...
+
+    def offer(self, priced: PricedRoute) -> Requirements:
+        """This scheme's payment requirements for a priced route (deterministic: a paid retry
+        is matched against the same offer rebuilt from the stored quote)."""
+        ...
+
+    async def serve(self, call: PaidRequest, envelope: Envelope, send: Send) -> None:
+        """Serve a request paid under this scheme, answer it (with a receipt) on ``send``.
+
+        Raises:
+            PaymentRejected: the payment cannot be accepted; nothing was charged and the
+                handler did not run (the gate answers 402 with a fresh offer).
+        """
+        ...
+
+
+def match_terms(envelope: Envelope, offer: Requirements, payer: str | None) -> None:
+    """Check the terms every scheme shares: ``accepted`` echoes exactly ``offer``'s scheme,
+    network, asset, payTo, amount and timeout (v1: the network name).
+
+    Raises:
+        PaymentRejected: with the reason of the first field that differs.
+    """
+    expected_network = offer.network if envelope.version == 2 else v1_network_name(offer.chain_id)
+    if envelope.network != expected_network:
+        raise PaymentRejected(
+            Reason.INVALID_NETWORK, f"network {envelope.network!r} is not the quoted {expected_network!r}", payer
+        )
+    accepted = envelope.accepted
+    if accepted is None:
+        return
+    if str(accepted.get("asset", "")).lower() != offer.asset.lower():
+        raise PaymentRejected(Reason.INVALID_REQUIREMENTS, "accepted.asset is not the quoted asset", payer)
+    if str(accepted.get("payTo", "")).lower() != offer.pay_to.lower():
+        raise PaymentRejected(Reason.INVALID_REQUIREMENTS, "accepted.payTo is not the quoted payTo", payer)
+    if accepted.get("amount") != str(offer.amount):
+        reason = Reason.VALUE_MISMATCH if offer.scheme == "exact" else Reason.INVALID_REQUIREMENTS
+        raise PaymentRejected(
+            reason, f"accepted.amount {accepted.get('amount')!r} is not the quoted {offer.amount}", payer
+        )
+    if accepted.get("maxTimeoutSeconds") != offer.max_timeout_seconds:
+        raise PaymentRejected(Reason.INVALID_REQUIREMENTS, "accepted.maxTimeoutSeconds differs from the quote", payer)
