@@ -1,0 +1,573 @@
+"""The x402 ``BatchSettlement`` contract, driven over raw JSON-RPC.
+
+Reads go through `ChainClient` (JSON-RPC batches: one round trip per channel, or per chunk of
+channels); writes are signed by the operator's gas wallet through `GasSender`, whose nonce lock
+they share with ``exact`` settlements. Every write is simulated first (``eth_estimateGas``,
+which also sizes its gas), so a transaction that would revert is refused before it costs gas,
+with the contract's custom error decoded into the exception.
+
+Calldata is ABI-encoded with eth_abi from literal type strings; tests pin the selectors to the
+committed contract artifact.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
+from eth_utils.crypto import keccak
+
+from payrouter.chain import ChainClient, ChainError, Receipt, RevertError
+from payrouter.facilitator.sender import GasSender
+from payrouter.x402.errors import SettlementInDoubt
+from wallets import Signer
+from wallets.channels import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    ChannelConfig,
+    ClaimBatch,
+    ClaimEntry,
+    Refund,
+    batch_settlement_domain,
+)
+
+__all__ = [
+    "MAX_CLAIMS_PER_BATCH",
+    "BatchSettlementContract",
+    "ChannelError",
+    "ChannelTxFailed",
+    "ChannelTxInDoubt",
+    "ClaimRow",
+    "ClaimRowLike",
+    "Erc3009Deposit",
+    "Erc3009Like",
+    "collector_data",
+    "OnchainChannel",
+    "decode_revert",
+]
+
+# The SDK facilitators claim at most 100 channels per transaction; so do we (gas stays well
+# under a block, and one bad row reverts no more than 100).
+MAX_CLAIMS_PER_BATCH = 100
+# Reads of many channels go out 3 calls per channel, this many channels per JSON-RPC batch:
+# big enough to amortise the round trip, small enough for nodes that cap batch sizes.
+_READ_CHUNK = 50
+
+_CC = "(address,address,address,address,address,uint40,bytes32)"
+_VC = f"(({_CC},uint128),bytes,uint128)"
+
+
+def _selector(signature: str) -> bytes:
+    return keccak(text=signature)[:4]
+
+
+# name -> (selector, argument types)
+_FUNCTIONS: dict[str, tuple[bytes, list[str]]] = {
+    name: (_selector(f"{name}({','.join(types)})"), types)
+    for name, types in (
+        ("deposit", [_CC, "uint128", "address", "bytes"]),
+        ("claimWithSignature", [f"{_VC}[]", "bytes"]),
+        ("settle", ["address", "address"]),
+        ("refundWithSignature", [_CC, "uint128", "uint256", "bytes"]),
+        ("multicall", ["bytes[]"]),
+        ("channels", ["bytes32"]),
+        ("pendingWithdrawals", ["bytes32"]),
+        ("refundNonce", ["bytes32"]),
+        ("receivers", ["address", "address"]),
+    )
+}
+
+SETTLED_TOPIC = "0x" + keccak(text="Settled(address,address,address,uint128)").hex()
+REFUNDED_TOPIC = "0x" + keccak(text="Refunded(bytes32,address,uint256,uint128)").hex()
+
+# Custom errors a write can revert with: the contract's own, its collector's, and the
+# OpenZeppelin ones the token and SafeERC20 raise. name, argument names and types.
+_ERRORS: list[tuple[str, list[tuple[str, str]]]] = [
+    ("InvalidChannelConfig", []),
+    ("InvalidWithdrawDelay", [("withdrawDelay", "uint40")]),
+    ("ZeroAmount", []),
+    ("InvalidCollector", []),
+    ("DepositShortfall", [("expected", "uint256"), ("received", "uint256")]),
+    ("EmptyBatch", []),
+    ("MixedReceiverAuthorizers", []),
+    ("InvalidAuthorizerSignature", []),
+    ("InvalidVoucherSignature", [("channelId", "bytes32")]),
+    ("ClaimAboveVoucher", [("channelId", "bytes32"), ("totalClaimed", "uint128"), ("maxClaimableAmount", "uint128")]),
+    ("ClaimAboveBalance", [("channelId", "bytes32"), ("totalClaimed", "uint128"), ("balance", "uint128")]),
+    ("NotReceiver", []),
+    ("NotPayer", []),
+    ("AmountAboveAvailable", [("amount", "uint128"), ("available", "uint128")]),
+    ("WithdrawPending", []),
+    ("NoPendingWithdraw", []),
+    ("WithdrawDelayNotElapsed", [("readyAt", "uint256")]),
+    ("InvalidRefundNonce", [("expected", "uint256"), ("given", "uint256")]),
+    ("OnlySettlement", []),
+    ("ReentrancyGuardReentrantCall", []),
+    ("SafeERC20FailedOperation", [("token", "address")]),
+    ("ERC20InsufficientBalance", [("sender", "address"), ("balance", "uint256"), ("needed", "uint256")]),
+    ("ECDSAInvalidSignature", []),
+    ("ECDSAInvalidSignatureLength", [("length", "uint256")]),
+    ("ECDSAInvalidSignatureS", [("s", "bytes32")]),
+    ("FailedCall", []),
+    ("AddressEmptyCode", [("target", "address")]),
+    ("ERC20InvalidReceiver", [("receiver", "address")]),
+]
+_ERROR_BY_SELECTOR = {_selector(f"{name}({','.join(t for _, t in args)})"): (name, args) for name, args in _ERRORS}
+_CUSTOM_ERROR = re.compile(r"custom error (0x[0-9a-fA-F]{8})(?::\s?(.*))?", re.DOTALL)
+
+
+class ChannelError(RuntimeError):
+    """A channel transaction did not (certainly) do what was asked.
+
+    Attributes:
+        reason: readable cause, e.g. ``ClaimAboveBalance(channelId=0x…, totalClaimed=7, balance=5)``.
+        tx: the transaction hash, or ``""`` when nothing was sent.
+    """
+
+    def __init__(self, reason: str, tx: str = "") -> None:
+        super().__init__(f"{reason} (tx {tx})" if tx else reason)
+        self.reason = reason
+        self.tx = tx
+
+
+class ChannelTxFailed(ChannelError):
+    """The call reverted: in simulation (``tx == ""``, nothing sent, no gas spent) or on chain.
+
+    Attributes:
+        error: the custom error's name (``"ClaimAboveBalance"``) when it was recognised, else None.
+    """
+
+    def __init__(self, reason: str, tx: str = "", error: str | None = None) -> None:
+        super().__init__(reason, tx)
+        self.error = error
+
+
+class ChannelTxInDoubt(ChannelError):
+    """Sent, outcome unknown (reply lost, or not mined in time): it may still take effect.
+
+    ``tx`` is the hash to watch; never treat this as "nothing happened".
+    """
+
+
+def _data_from_message(message: str) -> bytes | None:
+    # anvil writes the revert data into the message as characters: "custom error 0x<selector>:
+    # <raw args>", or (when the selector happens to be valid UTF-8, e.g. through multicall) the
+    # raw bytes alone. Bytes above 0x7f arrive lossy, so latin-1 re-encoding is exact only when
+    # it succeeds; a wrong guess cannot match a known selector with well-formed arguments.
+    match = _CUSTOM_ERROR.search(message)
+    if match is not None:
+        data = bytes.fromhex(match.group(1)[2:])
+        try:
+            return data + (match.group(2) or "").encode("latin-1")
+        except UnicodeEncodeError:
+            return data
+    try:
+        return message.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+
+
+def decode_revert(exc: RevertError) -> tuple[str, str | None]:
+    """Turn a reverted call into ``(readable reason, custom error name or None)``.
+
+    Uses the raw revert data when the `RevertError` carries it (``data`` attribute), else the
+    node's message (anvil: ``custom error 0x<selector>: <raw bytes>``); arguments that cannot
+    be recovered exactly are left out rather than guessed.
+    """
+    raw = getattr(exc, "data", None)
+    data: bytes | None = None
+    if isinstance(raw, bytes):
+        data = raw
+    elif isinstance(raw, str) and raw.startswith("0x"):
+        try:
+            data = bytes.fromhex(raw[2:])
+        except ValueError:
+            data = None
+    if data is None:
+        data = _data_from_message(exc.reason)
+    if data is None:
+        return exc.reason, None
+    known = _ERROR_BY_SELECTOR.get(data[:4])
+    if known is None:
+        return exc.reason, None
+    name, args = known
+    if len(data) != 4 + 32 * len(args):  # every known error has static arguments only
+        return f"{name}(…)" if args else f"{name}()", name
+    try:
+        values = abi_decode([t for _, t in args], data[4:]) if args else ()
+    except Exception:  # malformed arguments (dirty padding): the name alone is still exact
+        return f"{name}(…)", name
+    shown = ", ".join(
+        f"{n}={'0x' + v.hex() if isinstance(v, bytes) else v}" for (n, _), v in zip(args, values, strict=True)
+    )
+    return f"{name}({shown})", name
+
+
+@dataclass(frozen=True, slots=True)
+class OnchainChannel:
+    """A channel as the contract holds it (all amounts in atomic token units).
+
+    Attributes:
+        balance: deposited minus returned to the payer; claims do not lower it.
+        total_claimed: the receiver's cumulative claimed share of ``balance``.
+        withdraw_amount: the payer's pending withdrawal (0 when none).
+        withdraw_initiated_at: unix time it was initiated (0 when none).
+        refund_nonce: the nonce the next signed refund must carry.
+    """
+
+    balance: int
+    total_claimed: int
+    withdraw_amount: int
+    withdraw_initiated_at: int
+    refund_nonce: int
+
+    @property
+    def available(self) -> int:
+        """What a refund or withdrawal could return now: ``balance - total_claimed``."""
+        return self.balance - self.total_claimed
+
+
+class Erc3009Deposit(NamedTuple):
+    """The payer's ERC-3009 ``ReceiveWithAuthorization`` behind a deposit (a plain 4-tuple works too).
+
+    The authorization is ``to`` = `ERC3009_DEPOSIT_COLLECTOR_ADDRESS`, ``value`` = the deposit,
+    ``nonce`` = ``deposit_nonce(channel_id, salt)``, signed in the token's domain.
+    """
+
+    valid_after: int
+    valid_before: int
+    salt: int
+    signature: bytes
+
+
+class ClaimRow(NamedTuple):
+    """One channel of a claim (a plain 4-tuple works too): raise its ``totalClaimed`` to
+    ``total_claimed`` on the payer's voucher.
+
+    Attributes:
+        config: the channel.
+        signed_max: the voucher's ``maxClaimableAmount``.
+        voucher_signature: the payer side's signature over ``Voucher(channelId, signed_max)``.
+        total_claimed: the new cumulative claim (≤ ``signed_max`` and ≤ the channel's balance;
+            at or below the current onchain total the contract skips the row).
+    """
+
+    config: ChannelConfig
+    signed_max: int
+    voucher_signature: bytes
+    total_claimed: int
+
+
+ClaimRowLike = tuple[ChannelConfig, int, bytes, int]
+Erc3009Like = tuple[int, int, int, bytes]
+
+
+def collector_data(erc3009: Erc3009Like) -> bytes:
+    """``abi.encode(validAfter, validBefore, salt, signature)``, what the ERC-3009 collector decodes."""
+    valid_after, valid_before, salt, signature = erc3009
+    return abi_encode(["uint256", "uint256", "uint256", "bytes"], [valid_after, valid_before, salt, signature])
+
+
+def _config_tuple(config: ChannelConfig) -> tuple[Any, ...]:
+    return (
+        config.payer,
+        config.payer_authorizer,
+        config.receiver,
+        config.receiver_authorizer,
+        config.token,
+        config.withdraw_delay,
+        config.salt,
+    )
+
+
+def _calldata(function: str, args: list[Any]) -> bytes:
+    selector, types = _FUNCTIONS[function]
+    return selector + abi_encode(types, args)
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + data.hex()
+
+
+def _word(value: Any, index: int) -> int:
+    if isinstance(value, ChainError):
+        raise value
+    if not isinstance(value, str):
+        raise ChainError("eth_call answered with a non-string")
+    raw = bytes.fromhex(value.removeprefix("0x"))
+    if len(raw) < 32 * (index + 1):
+        raise ChainError("eth_call answered too few bytes (no contract at the address?)")
+    return int.from_bytes(raw[32 * index : 32 * (index + 1)], "big")
+
+
+def _gas_limit(estimate: int) -> int:
+    # head room over the estimate: state may move between simulation and inclusion (a claim
+    # row that was skipped in simulation can become a real one)
+    return estimate * 5 // 4 + 25_000
+
+
+class BatchSettlementContract:
+    """Reads and writes of the batch-settlement contract.
+
+    Args:
+        chain: JSON-RPC client of the chain.
+        sender: the gas wallet's sender; None for a read-only instance (writes raise RuntimeError).
+        chain_id: EVM chain id (binds channel ids and signatures).
+        address: the contract (the canonical deployment by default; clients hard-code it).
+        receipt_timeout: seconds a write waits for its receipt before `ChannelTxInDoubt`.
+
+    Write methods raise:
+        ChannelTxFailed: it reverts (in simulation: nothing sent; or on chain, with ``tx``).
+        ChannelTxInDoubt: sent, and its outcome is unknown.
+        ChainError, StoreError: the node or the nonce store could not be used; nothing sent.
+    """
+
+    def __init__(
+        self,
+        chain: ChainClient,
+        sender: GasSender | None,
+        chain_id: int,
+        address: str = BATCH_SETTLEMENT_ADDRESS,
+        receipt_timeout: float = 30.0,
+    ) -> None:
+        self._chain = chain
+        self._sender = sender
+        self._chain_id = chain_id
+        self.address = address
+        self._receipt_timeout = receipt_timeout
+        self._domain = batch_settlement_domain(chain_id)
+
+    def __repr__(self) -> str:
+        return f"BatchSettlementContract(address={self.address}, chain_id={self._chain_id})"
+
+    # ------------------------------------------------------------------ reads
+
+    def _read(self, function: str, args: list[Any]) -> tuple[str, list[Any]]:
+        return ("eth_call", [{"to": self.address, "data": _hex(_calldata(function, args))}, "latest"])
+
+    def _channel_reads(self, channel_id: bytes) -> list[tuple[str, list[Any]]]:
+        return [self._read(f, [channel_id]) for f in ("channels", "pendingWithdrawals", "refundNonce")]
+
+    @staticmethod
+    def _channel_from(results: Sequence[Any]) -> OnchainChannel:
+        state, pending, nonce = results
+        return OnchainChannel(
+            balance=_word(state, 0),
+            total_claimed=_word(state, 1),
+            withdraw_amount=_word(pending, 0),
+            withdraw_initiated_at=_word(pending, 1),
+            refund_nonce=_word(nonce, 0),
+        )
+
+    async def channel(self, channel_id: bytes) -> OnchainChannel:
+        """The channel's onchain state, in one JSON-RPC batch (all zero when it never existed).
+
+        Raises:
+            ChainError: the node failed or answered malformed data.
+        """
+        return self._channel_from(await self._chain.batch(self._channel_reads(channel_id)))
+
+    async def channels(self, channel_ids: Sequence[bytes]) -> dict[bytes, OnchainChannel]:
+        """The state of many channels, ``_READ_CHUNK`` channels per JSON-RPC batch.
+
+        Raises:
+            ChainError: the node failed or answered malformed data (for any of them).
+        """
+        unique = list(dict.fromkeys(channel_ids))
+        out: dict[bytes, OnchainChannel] = {}
+        for start in range(0, len(unique), _READ_CHUNK):
+            chunk = unique[start : start + _READ_CHUNK]
+            calls = [call for cid in chunk for call in self._channel_reads(cid)]
+            results = await self._chain.batch(calls)
+            for i, cid in enumerate(chunk):
+                out[cid] = self._channel_from(results[3 * i : 3 * i + 3])
+        return out
+
+    async def receiver_totals(self, receiver: str, token: str) -> tuple[int, int]:
+        """``(totalClaimed, totalSettled)`` of ``receiver`` in ``token``: ``settle`` pays the difference.
+
+        Raises:
+            ChainError: the node failed or answered malformed data.
+        """
+        (result,) = await self._chain.batch([self._read("receivers", [receiver, token])])
+        return _word(result, 0), _word(result, 1)
+
+    # ----------------------------------------------------------------- writes
+
+    def _deposit_calldata(self, config: ChannelConfig, amount: int, erc3009: Erc3009Like) -> bytes:
+        return _calldata(
+            "deposit", [_config_tuple(config), amount, ERC3009_DEPOSIT_COLLECTOR_ADDRESS, collector_data(erc3009)]
+        )
+
+    async def simulate_deposit(self, config: ChannelConfig, amount: int, erc3009: Erc3009Like) -> None:
+        """Run the deposit as an ``eth_call`` (from the gas wallet when there is one).
+
+        Raises:
+            ChannelTxFailed: it would revert (``tx == ""``); ``reason`` names the contract's or
+                the token's error.
+            ChainError: the node could not be asked.
+        """
+        call: dict[str, str] = {"to": self.address, "data": _hex(self._deposit_calldata(config, amount, erc3009))}
+        if self._sender is not None:
+            call["from"] = self._sender.address
+        try:
+            await self._chain.call("eth_call", [call, "latest"])
+        except RevertError as exc:
+            reason, error = decode_revert(exc)
+            raise ChannelTxFailed(reason, "", error) from None
+
+    async def deposit(self, config: ChannelConfig, amount: int, erc3009: Erc3009Like) -> str:
+        """Deposit ``amount`` into the channel through the ERC-3009 collector; wait until mined.
+
+        Returns:
+            The transaction hash (status 1).
+
+        Raises:
+            ChannelTxFailed, ChannelTxInDoubt, ChainError, StoreError: see the class.
+        """
+        receipt = await self._transact(self._deposit_calldata(config, amount, erc3009))
+        return receipt.transaction_hash
+
+    def _claim_calldata(self, rows: Sequence[ClaimRowLike], authorizer: Signer) -> bytes:
+        if not rows:
+            raise ValueError("a claim needs at least one row")
+        if len(rows) > MAX_CLAIMS_PER_BATCH:
+            raise ValueError(f"{len(rows)} claim rows; at most {MAX_CLAIMS_PER_BATCH} per transaction")
+        entries, claims = [], []
+        for config, signed_max, voucher_signature, total_claimed in rows:
+            if config.receiver_authorizer != authorizer.address:
+                # the contract checks one shared authorizer against the batch signature
+                raise ValueError("every claimed channel's receiverAuthorizer must be the signing authorizer")
+            entries.append(ClaimEntry(config.channel_id(self._chain_id), signed_max, total_claimed))
+            claims.append(((_config_tuple(config), signed_max), voucher_signature, total_claimed))
+        signature = authorizer.sign_typed_data(self._domain, ClaimBatch(tuple(entries)))
+        return _calldata("claimWithSignature", [claims, signature])
+
+    async def claim_with_signature(self, rows: Sequence[ClaimRowLike], authorizer: Signer) -> str:
+        """Claim up to 100 channels in one transaction on ``authorizer``'s ``ClaimBatch`` signature.
+
+        Rows at or below a channel's onchain ``totalClaimed`` are skipped by the contract; any
+        other invalid row (above its voucher or the balance, bad voucher signature) reverts the
+        whole batch, which the simulation reports before anything is sent.
+
+        Returns:
+            The transaction hash (status 1).
+
+        Raises:
+            ValueError: no rows, more than 100, or a row whose receiverAuthorizer is not
+                ``authorizer``.
+            ChannelTxFailed, ChannelTxInDoubt, ChainError, StoreError: see the class.
+        """
+        receipt = await self._transact(self._claim_calldata(rows, authorizer))
+        return receipt.transaction_hash
+
+    async def settle(self, receiver: str, token: str) -> tuple[str, int]:
+        """Pay ``receiver`` what it claimed in ``token`` and was not paid yet.
+
+        Returns:
+            ``(transaction hash, amount paid)`` with the amount from the ``Settled`` event;
+            ``("", 0)`` without a transaction when nothing is owed. A settle that someone
+            else's transaction beat returns its own hash and 0.
+
+        Raises:
+            ChannelTxFailed, ChannelTxInDoubt, ChainError, StoreError: see the class.
+        """
+        claimed, settled = await self.receiver_totals(receiver, token)
+        if claimed == settled:
+            return "", 0
+        receipt = await self._transact(_calldata("settle", [receiver, token]))
+        amount = 0
+        for log in self._logs(receipt, SETTLED_TOPIC):
+            topics = log.get("topics") or []
+            if len(topics) > 1 and int(topics[1], 16) == int(receiver, 16):
+                amount += int(str(log.get("data", "0x0")), 16)
+        return receipt.transaction_hash, amount
+
+    async def refund(
+        self,
+        config: ChannelConfig,
+        amount: int,
+        nonce: int,
+        claim_rows: Sequence[ClaimRowLike],
+        authorizer: Signer,
+    ) -> tuple[str, int]:
+        """Claim ``claim_rows`` (if any) and refund up to ``amount`` to the payer, atomically.
+
+        One ``multicall([claimWithSignature(rows), refundWithSignature(config, amount, nonce)])``,
+        both signed by ``authorizer`` (the channel's receiverAuthorizer). The contract caps the
+        refund at ``balance - totalClaimed`` after the claim, and spends ``nonce`` even when
+        that cap is 0.
+
+        Returns:
+            ``(transaction hash, amount refunded)`` from the ``Refunded`` event (0 without one).
+
+        Raises:
+            ValueError: ``amount`` is 0 (the contract would revert), or the authorizer is not
+                the channel's, or the claim rows are invalid as in `claim_with_signature`.
+            ChannelTxFailed: e.g. ``InvalidRefundNonce`` when ``nonce`` is not the channel's.
+            ChannelTxInDoubt, ChainError, StoreError: see the class.
+        """
+        if amount <= 0:
+            raise ValueError("a refund amount must be positive")
+        if config.receiver_authorizer != authorizer.address:
+            raise ValueError("the refund must be signed by the channel's receiverAuthorizer")
+        channel_id = config.channel_id(self._chain_id)
+        refund_signature = authorizer.sign_typed_data(self._domain, Refund(channel_id, nonce, amount))
+        calls = [self._claim_calldata(claim_rows, authorizer)] if claim_rows else []
+        calls.append(_calldata("refundWithSignature", [_config_tuple(config), amount, nonce, refund_signature]))
+        receipt = await self._transact(_calldata("multicall", [calls]))
+        refunded = 0
+        for log in self._logs(receipt, REFUNDED_TOPIC):
+            topics = log.get("topics") or []
+            if len(topics) > 1 and bytes.fromhex(str(topics[1])[2:]) == channel_id:
+                refunded += _word(log.get("data"), 1)
+        return receipt.transaction_hash, refunded
+
+    # --------------------------------------------------------------- plumbing
+
+    def _logs(self, receipt: Receipt, topic: str) -> list[dict[str, Any]]:
+        return [
+            log
+            for log in receipt.logs
+            if str(log.get("address", "")).lower() == self.address.lower() and (log.get("topics") or [None])[0] == topic
+        ]
+
+    async def _transact(self, data: bytes) -> Receipt:
+        """Simulate (``eth_estimateGas``, which sizes the gas), send, and wait for the receipt."""
+        if self._sender is None:
+            raise RuntimeError("this BatchSettlementContract is read-only (no gas sender)")
+        try:
+            estimate = await self._chain.call(
+                "eth_estimateGas", [{"from": self._sender.address, "to": self.address, "data": _hex(data)}]
+            )
+        except RevertError as exc:
+            reason, error = decode_revert(exc)
+            raise ChannelTxFailed(reason, "", error) from None
+        try:
+            tx_hash, receipt = await self._sender.send(self.address, data, _gas_limit(int(estimate, 16)))
+        except SettlementInDoubt as exc:
+            raise ChannelTxInDoubt(exc.message, exc.transaction) from None
+        if receipt is None:
+            try:
+                receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
+            except ChainError as exc:
+                raise ChannelTxInDoubt(f"sent, receipt unavailable ({exc})", tx_hash) from None
+        if receipt is None:
+            raise ChannelTxInDoubt("sent, not mined in time", tx_hash)
+        if receipt.status != 1:
+            raise ChannelTxFailed(await self._replay_reason(data), tx_hash)
+        return receipt
+
+    async def _replay_reason(self, data: bytes) -> str:
+        # a mined revert carries no reason: re-run the call on the current state for a hint
+        try:
+            await self._chain.call("eth_call", [{"to": self.address, "data": _hex(data)}, "latest"])
+        except RevertError as exc:
+            return "reverted on chain: " + decode_revert(exc)[0]
+        except ChainError:
+            pass
+        return "reverted on chain"
