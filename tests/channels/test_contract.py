@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from eth_typing import HexStr
 from eth_utils.abi import function_abi_to_4byte_selector
 from eth_utils.crypto import keccak
 from x402.mechanisms.evm.batch_settlement.types import ChannelConfig as SdkChannelConfig
@@ -25,6 +26,7 @@ from payrouter.channels.contract import (
     MAX_CLAIMS_PER_BATCH,
     BatchSettlementContract,
     ChannelTxFailed,
+    ChannelTxInDoubt,
     ClaimRow,
     Erc3009Deposit,
     OnchainChannel,
@@ -32,6 +34,7 @@ from payrouter.channels.contract import (
 )
 from payrouter.devchain import DevChain, DevToken
 from payrouter.facilitator.sender import GasSender
+from payrouter.sandbox.rpc_faults import RpcFaultProxy
 from payrouter.store import MemoryStore
 from wallets import (
     BATCH_SETTLEMENT_ADDRESS,
@@ -317,6 +320,24 @@ async def test_a_transaction_reverting_on_chain_is_reported_with_its_hash(env: E
     assert failed[0].tx.startswith("0x") and failed[0].tx != done[0][0]
     assert failed[0].reason == "reverted on chain: InvalidRefundNonce(expected=1, given=0)"
     assert await env.contract.channel(payer.channel_id) == OnchainChannel(9_000, 0, 0, 0, 1)
+
+
+@pytest.mark.parametrize(("mode", "why"), [("lose_send", "reply lost"), ("hide_receipt", "not mined in time")])
+async def test_a_claim_whose_outcome_is_unknown_is_in_doubt_with_its_hash(env: Env, mode: str, why: str) -> None:
+    payer = await _deposited(env, 10_000, 10_000)
+    async with RpcFaultProxy(env.chain.rpc_url) as proxy:
+        client = ChainClient(proxy.url)
+        try:
+            sender = GasSender(client, env.gas, MemoryStore(), env.chain.chain_id)
+            contract = BatchSettlementContract(client, sender, env.chain.chain_id, receipt_timeout=0.2)
+            proxy.set_mode(mode)
+            with pytest.raises(ChannelTxInDoubt, match=why) as info:
+                await contract.claim_with_signature([payer.row(4_000, 4_000)], env.authorizer)
+        finally:
+            await client.close()
+    # it was taken: the hash in the error is the claim that landed
+    assert env.chain.w3.eth.wait_for_transaction_receipt(HexStr(info.value.tx), timeout=10)["status"] == 1
+    assert (await env.contract.channel(payer.channel_id)).total_claimed == 4_000
 
 
 async def test_reinstalling_the_contracts_keeps_their_state(env: Env) -> None:
