@@ -14,8 +14,23 @@ Quick start::
     with httpx.Client(transport=transport) as http:
         r = http.post(f"{ROUTER}/v1/chat/completions", json={"model": "auto", "messages": [...]})
         print(r.json()["choices"][0]["message"]["content"], receipt_of(r))
+
+Payment channels (x402 ``batch-settlement``: deposit once, then one signed voucher per request;
+the server charges the actual price)::
+
+    transport = PaymentTransport(signer, policy, budget, channels=ChannelOptions(store=FileChannelStore()))
+    ...
+    refund_channel(signer, url, FileChannelStore(), budget=budget)  # take back what is left
 """
 
+from payrouter.client.channel_payer import ChannelOptions, ChannelTermsChanged
+from payrouter.client.channels import (
+    ChannelState,
+    ChannelStore,
+    FileChannelStore,
+    MemoryChannelStore,
+    RedisChannelStore,
+)
 from payrouter.client.payment import (
     Offer,
     PaymentOfferError,
@@ -32,13 +47,23 @@ from payrouter.client.policy import (
     RedisBudgetStore,
     SpendingPolicy,
 )
-from payrouter.client.transport import AsyncPaymentTransport, PaymentPending, PaymentTransport, Receipt, receipt_of
+from payrouter.client.refunds import RefundError, RefundResult, refund_channel
+from payrouter.client.schemes import Receipt
+from payrouter.client.transport import AsyncPaymentTransport, PaymentPending, PaymentTransport, receipt_of
+from payrouter.client.vouchers import ChannelResponseError
 
 __all__ = [
     "AsyncPaymentTransport",
     "BudgetStore",
+    "ChannelOptions",
+    "ChannelResponseError",
+    "ChannelState",
+    "ChannelStore",
+    "ChannelTermsChanged",
     "FileBudgetStore",
+    "FileChannelStore",
     "MemoryBudgetStore",
+    "MemoryChannelStore",
     "Offer",
     "PaymentOfferError",
     "PaymentPending",
@@ -46,10 +71,14 @@ __all__ = [
     "PaymentTransport",
     "Receipt",
     "RedisBudgetStore",
+    "RedisChannelStore",
+    "RefundError",
+    "RefundResult",
     "SignedPayment",
     "SpendingPolicy",
     "build_payment_header",
     "read_offer",
     "receipt_of",
+    "refund_channel",
     "sign_offer",
 ]

@@ -1,13 +1,19 @@
-"""Reading 402 offers (x402 v2 header or v1 body) and signing ``exact`` EVM payments."""
+"""Reading 402 offers (x402 v2 header or v1 body), choosing an option, signing ``exact`` EVM payments.
+
+`choose` picks among the schemes a payer can pay (``exact``, and ``batch-settlement`` when
+the agent keeps payment channels: `payrouter.client.channel_payer`).
+"""
 
 from __future__ import annotations
 
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from payrouter.client.channels import ChannelAttempt
 from payrouter.client.policy import PaymentRefused, SpendingPolicy
 from payrouter.x402.wire import HEADER_PAYMENT_REQUIRED, V1_NETWORKS, decode_header, encode_header
 from wallets import Eip712Domain, Signer, TransferWithAuthorization, new_nonce, sign_authorization
@@ -19,6 +25,7 @@ __all__ = [
     "SignedPayment",
     "build_payment_header",
     "choose",
+    "payment_envelope",
     "read_offer",
     "sign_choice",
     "sign_offer",
@@ -27,8 +34,12 @@ __all__ = [
 _V1_CHAIN_IDS = {name: chain_id for chain_id, name in V1_NETWORKS.items()}
 
 
+EXACT = "exact"
+BATCH = "batch-settlement"
+
+
 class PaymentOfferError(ValueError):
-    """A 402 offer is missing, malformed, or not payable with the exact EVM scheme."""
+    """A 402 offer is missing, malformed, or has no option this payer can pay."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +64,11 @@ class Offer:
 
 @dataclass(frozen=True, slots=True)
 class SignedPayment:
-    """A signed payment ready to send."""
+    """A signed payment ready to send.
+
+    ``amount`` is what was signed for this request (for ``batch-settlement``: the request's
+    maximum; the charge is in the receipt). ``channel`` is set for ``batch-settlement``.
+    """
 
     header_name: str
     header_value: str
@@ -64,6 +79,8 @@ class SignedPayment:
     pay_to: str
     valid_before: int
     payment_id: str | None
+    scheme: str = EXACT
+    channel: ChannelAttempt | None = None
 
 
 def read_offer(headers: Any, body: bytes | None = None) -> Offer:
@@ -105,15 +122,33 @@ def _amount(req: dict[str, Any], version: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Choice:
-    """The option `choose` picked: its amount, chain and the requirement object."""
+    """The option `choose` picked: its amount, chain, the requirement object and its scheme."""
 
     amount: int
     chain_id: int
     requirement: dict[str, Any]
+    scheme: str = EXACT
+
+
+def _payable(req: dict[str, Any], chain_id: int | None, version: int) -> str | None:
+    """The scheme of ``req`` if this client can pay it (an EVM chain, EIP-3009 transfers), else None."""
+    extra = req.get("extra") or {}
+    scheme = req.get("scheme")
+    if chain_id is None or not isinstance(extra, dict) or scheme not in (EXACT, BATCH):
+        return None
+    if extra.get("assetTransferMethod", "eip3009") != "eip3009" or "name" not in extra or "version" not in extra:
+        return None
+    if scheme == BATCH:
+        delay = extra.get("withdrawDelay")
+        # batch-settlement is x402 v2 only; a channel needs the receiver's authorizer and a
+        # JSON-integer delay (else the channel id would not be the server's)
+        if version != 2 or not extra.get("receiverAuthorizer") or isinstance(delay, bool) or not isinstance(delay, int):
+            return None
+    return str(scheme)
 
 
 def sign_offer(offer: Offer, signer: Signer, policy: SpendingPolicy) -> SignedPayment:
-    """Pick the cheapest ``exact`` EVM option the policy allows and sign it.
+    """Pick the cheapest ``exact`` EVM option the policy allows and sign it (no channels).
 
     Raises:
         PaymentRefused: every option is refused by the policy (the cheapest option's reason).
@@ -122,40 +157,68 @@ def sign_offer(offer: Offer, signer: Signer, policy: SpendingPolicy) -> SignedPa
     return sign_choice(offer, signer, choose(offer, policy))
 
 
-def choose(offer: Offer, policy: SpendingPolicy) -> Choice:
-    """The cheapest ``exact`` EVM option the policy allows; nothing is signed.
+def choose(offer: Offer, policy: SpendingPolicy, schemes: Sequence[str] = (EXACT,)) -> Choice:
+    """The option to pay; nothing is signed.
+
+    Args:
+        schemes: the schemes this payer may use, most preferred first (``"exact"``,
+            ``"batch-settlement"``). Options of an earlier scheme win; within a scheme the
+            cheapest the policy allows wins.
 
     Raises:
-        PaymentRefused: every option is refused by the policy (the cheapest option's reason).
-        PaymentOfferError: no ``exact`` EVM option at all.
+        PaymentRefused: every option is refused by the policy (the first refused option's reason).
+        PaymentOfferError: no EVM (EIP-3009) option of an allowed scheme at all.
     """
     options = []
     for req in offer.accepts:
-        network = str(req.get("network", ""))
-        chain_id = _chain_id(network, offer.version)
-        extra = req.get("extra") or {}
-        if req.get("scheme") != "exact" or chain_id is None or not isinstance(extra, dict):
+        chain_id = _chain_id(str(req.get("network", "")), offer.version)
+        scheme = _payable(req, chain_id, offer.version)
+        if scheme is None or scheme not in schemes:
             continue
-        if extra.get("assetTransferMethod", "eip3009") != "eip3009" or "name" not in extra or "version" not in extra:
-            continue
-        options.append((_amount(req, offer.version), chain_id, req))
+        assert chain_id is not None
+        options.append((schemes.index(scheme), _amount(req, offer.version), chain_id, req, scheme))
     if not options:
-        raise PaymentOfferError("the offer has no exact EVM (EIP-3009) option")
-    options.sort(key=lambda o: o[0])
+        raise PaymentOfferError(f"the offer has no {' or '.join(schemes)} EVM (EIP-3009) option")
+    options.sort(key=lambda o: (o[0], o[1]))
     refusal: PaymentRefused | None = None
-    for amount, chain_id, req in options:
+    for _, amount, chain_id, req, scheme in options:
         try:
             policy.check_offer(str(req["network"]), str(req["asset"]), str(req["payTo"]), amount)
         except PaymentRefused as exc:
             refusal = refusal or exc
             continue
-        return Choice(amount, chain_id, req)
+        return Choice(amount, chain_id, req, scheme)
     assert refusal is not None
     raise refusal
 
 
+def payment_envelope(
+    offer: Offer, requirement: dict[str, Any], inner: dict[str, Any]
+) -> tuple[dict[str, Any], str | None]:
+    """The v2 ``PaymentPayload`` around a scheme's inner payload, and its payment id.
+
+    A payment id (x402 payment-identifier) is added when the offer declares the extension.
+    """
+    payload: dict[str, Any] = {
+        "x402Version": 2,
+        "resource": offer.body.get("resource"),
+        "accepted": requirement,
+        "payload": inner,
+    }
+    payment_id = None
+    if offer.payment_identifier:
+        payment_id = "pay_" + secrets.token_hex(16)
+        declared = offer.body["extensions"]["payment-identifier"]
+        info = dict(declared.get("info") or {}) if isinstance(declared, dict) else {}
+        info["id"] = payment_id
+        payload["extensions"] = {
+            "payment-identifier": {**(declared if isinstance(declared, dict) else {}), "info": info}
+        }
+    return payload, payment_id
+
+
 def sign_choice(offer: Offer, signer: Signer, choice: Choice) -> SignedPayment:
-    """Sign the chosen option as a v2 (or v1) payment header."""
+    """Sign the chosen ``exact`` option as a v2 (or v1) payment header."""
     req, amount, chain_id = choice.requirement, choice.amount, choice.chain_id
     extra = req["extra"]
     domain = Eip712Domain(str(extra["name"]), str(extra["version"]), chain_id, str(req["asset"]))
@@ -174,20 +237,7 @@ def sign_choice(offer: Offer, signer: Signer, choice: Choice) -> SignedPayment:
     inner = {"signature": "0x" + signature.hex(), "authorization": auth.to_wire()}
     payment_id = None
     if offer.version == 2:
-        payload: dict[str, Any] = {
-            "x402Version": 2,
-            "resource": offer.body.get("resource"),
-            "accepted": req,
-            "payload": inner,
-        }
-        if offer.payment_identifier:
-            payment_id = "pay_" + secrets.token_hex(16)
-            declared = offer.body["extensions"]["payment-identifier"]
-            info = dict(declared.get("info") or {}) if isinstance(declared, dict) else {}
-            info["id"] = payment_id
-            payload["extensions"] = {
-                "payment-identifier": {**(declared if isinstance(declared, dict) else {}), "info": info}
-            }
+        payload, payment_id = payment_envelope(offer, req, inner)
         name = "PAYMENT-SIGNATURE"
     else:
         payload = {"x402Version": 1, "scheme": "exact", "network": req["network"], "payload": inner}

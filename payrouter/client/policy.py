@@ -112,6 +112,11 @@ class BudgetStore(Protocol):
         """Forget a reservation whose payment was not taken."""
         ...
 
+    def credit(self, amount: int) -> str:
+        """Record ``amount`` coming back (a channel refund): it offsets spending in every window
+        it falls in, though a window's spending never counts below zero. Returns its id."""
+        ...
+
 
 def _over_budget(name: str, amount: int, spent: int, limit: int) -> PaymentRefused:
     left = max(limit - spent, 0)
@@ -126,7 +131,9 @@ def _over_budget(name: str, amount: int, spent: int, limit: int) -> PaymentRefus
 
 def _check(entries: list[tuple[float, int, str]], amount: int, windows: dict[str, tuple[int, int]], now: float) -> None:
     for name, (seconds, limit) in windows.items():
-        spent = sum(a for t, a, _ in entries if t > now - seconds)
+        # credits are negative; a refund of money spent before the window must not make room
+        # beyond the limit, hence the floor at zero
+        spent = max(sum(a for t, a, _ in entries if t > now - seconds), 0)
         if spent + amount > limit:
             raise _over_budget(name, amount, spent, limit)
 
@@ -147,6 +154,11 @@ class MemoryBudgetStore:
 
     def release(self, reservation: str) -> None:
         self._entries = [e for e in self._entries if e[2] != reservation]
+
+    def credit(self, amount: int) -> str:
+        rid = secrets.token_hex(8)
+        self._entries.append((time.time(), -amount, rid))
+        return rid
 
 
 class FileBudgetStore:
@@ -190,6 +202,12 @@ class FileBudgetStore:
         with self._locked() as entries:
             entries[:] = [e for e in entries if e[2] != reservation]
 
+    def credit(self, amount: int) -> str:
+        with self._locked() as entries:
+            rid = secrets.token_hex(8)
+            entries.append((time.time(), -amount, rid))
+            return rid
+
 
 _RESERVE = """
 local now = tonumber(ARGV[1])
@@ -199,8 +217,9 @@ for i = 4, #ARGV, 3 do
   local name, seconds, limit = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
   local spent = 0
   for _, member in ipairs(redis.call('zrangebyscore', KEYS[1], now - seconds, '+inf')) do
-    spent = spent + tonumber(string.match(member, ':(%d+)$'))
+    spent = spent + tonumber(string.match(member, ':(-?%d+)$'))
   end
+  if spent < 0 then spent = 0 end
   if spent + amount > limit then return {name, spent, limit} end
 end
 redis.call('zadd', KEYS[1], now, ARGV[3] .. ':' .. ARGV[2])
@@ -231,3 +250,9 @@ class RedisBudgetStore:
 
     def release(self, reservation: str) -> None:
         self._redis.zrem(self._key, reservation)
+
+    def credit(self, amount: int) -> str:
+        member = f"{secrets.token_hex(8)}:{-amount}"
+        self._redis.zadd(self._key, {member: time.time()})
+        self._redis.expire(self._key, 90_000)
+        return member

@@ -1,8 +1,12 @@
-"""httpx transports that pay x402 ``exact`` 402s under a spending policy, sync and async.
+"""httpx transports that pay x402 402s under a spending policy, sync and async.
 
-On a 402 the transport reads the offer, lets the policy refuse it (before anything is
-signed), reserves the amount in the budget, signs, and retries the request once with the
-payment. The parsed settlement receipt is on ``response.extensions["x402_receipt"]``.
+On a 402 the transport reads the offer, picks an option (`payrouter.client.payment.choose`),
+lets the policy refuse it before anything is signed, and hands it to the payer of its scheme
+(`payrouter.client.schemes`): ``exact`` reserves the price in the budget and signs a transfer;
+``batch-settlement`` (when channels are enabled) signs a voucher on a payment channel and
+reserves only deposits. The request is retried once with the payment; a corrective 402 of a
+channel payment is resynced and paid once more. The parsed receipt is on
+``response.extensions["x402_receipt"]``.
 
 A paid request whose outcome is unknown (the connection broke after the payment was sent) is
 remembered: retrying the same request re-sends the same signed payment instead of a new one,
@@ -12,44 +16,22 @@ answers such a retry with the original response.
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import time
-from dataclasses import dataclass
 
 import httpx
 
-from payrouter.client.payment import Offer, SignedPayment, choose, read_offer, sign_choice
+from payrouter.client.channel_payer import ChannelOptions, ChannelPayer
+from payrouter.client.payment import BATCH, EXACT, Offer, SignedPayment, choose, read_offer
 from payrouter.client.policy import BudgetStore, MemoryBudgetStore, SpendingPolicy
+from payrouter.client.schemes import ExactPayer, Receipt, SchemePayer, payment_response_header
 from wallets import Signer
 
 __all__ = ["AsyncPaymentTransport", "PaymentPending", "PaymentTransport", "Receipt", "receipt_of"]
 
 RECEIPT_KEY = "x402_receipt"
 _RETRY_FLAG = "x402_paid_attempt"
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """What was paid for a response.
-
-    Attributes:
-        success: whether the server reports the payment settled.
-        transaction: the settlement transaction hash ("" when none).
-        network, payer: as the server reports them.
-        amount, asset, pay_to: what was signed.
-        error: the server's reason when ``success`` is False.
-    """
-
-    success: bool
-    transaction: str
-    network: str
-    payer: str | None
-    amount: int
-    asset: str
-    pay_to: str
-    error: str | None = None
+SCHEMES = ("auto", EXACT, BATCH)
 
 
 class PaymentPending(Exception):
@@ -86,34 +68,28 @@ def _with_payment(request: httpx.Request, body: bytes, payment: SignedPayment) -
     return type(request)(request.method, request.url, headers=headers, content=body, extensions=extensions)
 
 
-def _receipt(response: httpx.Response, payment: SignedPayment) -> Receipt | None:
-    value = response.headers.get("payment-response") or response.headers.get("x-payment-response")
-    if not value:
-        return None
-    try:
-        data = json.loads(base64.b64decode(value))
-    except ValueError:
-        return None
-    return Receipt(
-        success=bool(data.get("success")),
-        transaction=str(data.get("transaction") or ""),
-        network=str(data.get("network") or payment.network),
-        payer=data.get("payer"),
-        amount=payment.amount,
-        asset=payment.asset,
-        pay_to=payment.pay_to,
-        error=data.get("errorReason"),
-    )
-
-
 class _Payer:
-    """The transport-independent part: policy, budget, signing, pending payments."""
+    """The transport-independent part: scheme choice, scheme payers, pending payments."""
 
-    def __init__(self, signer: Signer, policy: SpendingPolicy, budget: BudgetStore | None) -> None:
+    def __init__(
+        self,
+        signer: Signer,
+        policy: SpendingPolicy,
+        budget: BudgetStore | None,
+        channels: ChannelOptions | None,
+        scheme: str,
+    ) -> None:
+        if scheme not in SCHEMES:
+            raise ValueError(f"scheme must be one of {', '.join(SCHEMES)}, got {scheme!r}")
         self.signer = signer
         self.policy = policy
         self.budget = budget or MemoryBudgetStore()
         self.pending: dict[str, SignedPayment] = {}
+        self.payers: dict[str, SchemePayer] = {EXACT: ExactPayer(signer, policy, self.budget)}
+        if channels is not None or scheme == BATCH:
+            self.payers[BATCH] = ChannelPayer(signer, policy, self.budget, channels)
+        # auto: channels (cheaper per request, no gas per call) before exact when enabled
+        self.schemes = (scheme,) if scheme != "auto" else tuple(s for s in (BATCH, EXACT) if s in self.payers)
 
     def pending_for(self, key: str) -> SignedPayment | None:
         payment = self.pending.get(key)
@@ -122,26 +98,20 @@ class _Payer:
             return None
         return payment
 
-    def pay(self, key: str, offer: Offer) -> tuple[SignedPayment, str]:
-        """Check, reserve and sign; raises PaymentRefused before signing anything.
+    def pay(self, key: str, offer: Offer, url: str) -> tuple[SignedPayment, str | None]:
+        """Choose, check, reserve and sign; raises PaymentRefused before signing anything.
 
         The payment stays pending for ``key`` until `finish`: if the answer never arrives, a
         retry of the same request re-sends it instead of paying again.
         """
-        choice = choose(offer, self.policy)
-        reservation = self.budget.reserve(choice.amount, self.policy.windows())
-        try:
-            payment = sign_choice(offer, self.signer, choice)
-        except BaseException:
-            self.budget.release(reservation)
-            raise
+        choice = choose(offer, self.policy, self.schemes)
+        payment, reservation = self.payers[choice.scheme].pay(offer, choice, url)
         self.pending[key] = payment
         return payment, reservation
 
-    @staticmethod
-    def replay_error(response: httpx.Response, pending: SignedPayment) -> PaymentPending | None:
+    def replay_error(self, response: httpx.Response, pending: SignedPayment) -> PaymentPending | None:
         """The error for a re-sent payment the server only calls used, or None to go on."""
-        if response.status_code != 402 or _receipt(response, pending) is not None:
+        if response.status_code != 402 or payment_response_header(response) is not None:
             return None
         return PaymentPending(
             "a payment for this request was already sent and may have been taken; "
@@ -149,19 +119,31 @@ class _Payer:
             pending.valid_before,
         )
 
+    def recover(self, key: str, response: httpx.Response, payment: SignedPayment, reservation: str | None) -> bool:
+        """A 402 to a paid request (body read): True when the scheme resynced and the request
+        should be paid once more; the refused attempt is then forgotten and its budget freed."""
+        if response.status_code != 402 or not self.payers[payment.scheme].recover(payment, response):
+            return False
+        self.pending.pop(key, None)
+        if reservation is not None:
+            self.budget.release(reservation)
+        return True
+
     def finish(self, key: str, response: httpx.Response, payment: SignedPayment, reservation: str | None) -> None:
         """The answer arrived: forget the pending payment, settle the budget, attach the receipt.
 
         A ``settlement_pending`` receipt means the money may still move: the payment stays
         pending (and its budget spent), so retrying the request re-sends it and gets the answer.
         """
-        receipt = _receipt(response, payment)
+        try:
+            receipt, paid = self.payers[payment.scheme].settle(payment, response)
+        except BaseException:
+            self.pending.pop(key, None)  # the server broke the protocol; its answer is final
+            raise
         if receipt is not None and not receipt.success and receipt.error == "settlement_pending":
             response.extensions[RECEIPT_KEY] = receipt
             return
-        del self.pending[key]
-        # the money moved only with a successful receipt or a 2xx; anything else gives it back
-        paid = (receipt is not None and receipt.success) or (receipt is None and response.status_code < 400)
+        self.pending.pop(key, None)
         if not paid and reservation is not None:
             self.budget.release(reservation)
         if receipt is not None:
@@ -177,6 +159,14 @@ class PaymentTransport(httpx.BaseTransport):
         budget: where rolling budgets are kept (default: in memory; use `FileBudgetStore`
             or `RedisBudgetStore` to survive restarts).
         transport: the transport to wrap (default: httpx's).
+        channels: enables ``batch-settlement`` payment channels (`ChannelOptions`: store,
+            deposit sizing, RPC for recovery); None pays ``exact`` only.
+        scheme: ``"auto"`` (channels when enabled and offered, else ``exact``), or force
+            ``"exact"`` or ``"batch-settlement"`` (which enables in-memory channels if
+            ``channels`` is None).
+
+    Raises:
+        ValueError: an unknown ``scheme``.
     """
 
     def __init__(
@@ -185,30 +175,53 @@ class PaymentTransport(httpx.BaseTransport):
         policy: SpendingPolicy | None = None,
         budget: BudgetStore | None = None,
         transport: httpx.BaseTransport | None = None,
+        *,
+        channels: ChannelOptions | None = None,
+        scheme: str = "auto",
     ) -> None:
-        self._payer = _Payer(signer, policy or SpendingPolicy(), budget)
+        self._payer = _Payer(signer, policy or SpendingPolicy(), budget, channels, scheme)
         self._inner = transport or httpx.HTTPTransport()
+
+    @property
+    def channel_payer(self) -> ChannelPayer | None:
+        """The ``batch-settlement`` payer (its channels, its store), or None when channels are off."""
+        payer = self._payer.payers.get(BATCH)
+        return payer if isinstance(payer, ChannelPayer) else None
+
+    def _replay(self, request: httpx.Request, body: bytes, key: str, pending: SignedPayment) -> httpx.Response | None:
+        response = self._inner.handle_request(_with_payment(request, body, pending))
+        if pending.scheme == BATCH and response.status_code == 402:
+            response.read()
+            if self._payer.recover(key, response, pending, None):
+                response.close()
+                return None  # the voucher was used or stale: pay anew from the resynced channel
+        if (error := self._payer.replay_error(response, pending)) is not None:
+            response.close()
+            raise error
+        self._payer.finish(key, response, pending, None)
+        return response
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
         key = _request_key(request, body)
         pending = self._payer.pending_for(key)
-        if pending is not None:
-            response = self._inner.handle_request(_with_payment(request, body, pending))
-            if (error := self._payer.replay_error(response, pending)) is not None:
-                response.close()
-                raise error
-            self._payer.finish(key, response, pending, None)
-            return response
+        if pending is not None and (replayed := self._replay(request, body, key, pending)) is not None:
+            return replayed
         response = self._inner.handle_request(request)
         if response.status_code != 402 or request.extensions.get(_RETRY_FLAG):
             return response
         offer = read_offer(response.headers, response.read())
         response.close()
-        payment, reservation = self._payer.pay(key, offer)
+        payment, reservation = self._payer.pay(key, offer, str(request.url))
         # A transport error here leaves the outcome unknown: the payment stays pending for this
         # request. The body is not read, so streamed answers stream.
         paid = self._inner.handle_request(_with_payment(request, body, payment))
+        if payment.scheme == BATCH and paid.status_code == 402:
+            paid.read()
+            if self._payer.recover(key, paid, payment, reservation):
+                paid.close()
+                payment, reservation = self._payer.pay(key, offer, str(request.url))
+                paid = self._inner.handle_request(_with_payment(request, body, payment))
         self._payer.finish(key, paid, payment, reservation)
         return paid
 
@@ -217,7 +230,10 @@ class PaymentTransport(httpx.BaseTransport):
 
 
 class AsyncPaymentTransport(httpx.AsyncBaseTransport):
-    """The async twin of `PaymentTransport` (same arguments, same behaviour)."""
+    """The async twin of `PaymentTransport` (same arguments, same behaviour).
+
+    Channel stores and budget stores are synchronous (a local file or one Redis round trip).
+    """
 
     def __init__(
         self,
@@ -225,28 +241,53 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
         policy: SpendingPolicy | None = None,
         budget: BudgetStore | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        *,
+        channels: ChannelOptions | None = None,
+        scheme: str = "auto",
     ) -> None:
-        self._payer = _Payer(signer, policy or SpendingPolicy(), budget)
+        self._payer = _Payer(signer, policy or SpendingPolicy(), budget, channels, scheme)
         self._inner = transport or httpx.AsyncHTTPTransport()
+
+    @property
+    def channel_payer(self) -> ChannelPayer | None:
+        """The ``batch-settlement`` payer, or None when channels are off."""
+        payer = self._payer.payers.get(BATCH)
+        return payer if isinstance(payer, ChannelPayer) else None
+
+    async def _replay(
+        self, request: httpx.Request, body: bytes, key: str, pending: SignedPayment
+    ) -> httpx.Response | None:
+        response = await self._inner.handle_async_request(_with_payment(request, body, pending))
+        if pending.scheme == BATCH and response.status_code == 402:
+            await response.aread()
+            if self._payer.recover(key, response, pending, None):
+                await response.aclose()
+                return None
+        if (error := self._payer.replay_error(response, pending)) is not None:
+            await response.aclose()
+            raise error
+        self._payer.finish(key, response, pending, None)
+        return response
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         body = await request.aread()
         key = _request_key(request, body)
         pending = self._payer.pending_for(key)
-        if pending is not None:
-            response = await self._inner.handle_async_request(_with_payment(request, body, pending))
-            if (error := self._payer.replay_error(response, pending)) is not None:
-                await response.aclose()
-                raise error
-            self._payer.finish(key, response, pending, None)
-            return response
+        if pending is not None and (replayed := await self._replay(request, body, key, pending)) is not None:
+            return replayed
         response = await self._inner.handle_async_request(request)
         if response.status_code != 402 or request.extensions.get(_RETRY_FLAG):
             return response
         offer = read_offer(response.headers, await response.aread())
         await response.aclose()
-        payment, reservation = self._payer.pay(key, offer)
+        payment, reservation = self._payer.pay(key, offer, str(request.url))
         paid = await self._inner.handle_async_request(_with_payment(request, body, payment))
+        if payment.scheme == BATCH and paid.status_code == 402:
+            await paid.aread()
+            if self._payer.recover(key, paid, payment, reservation):
+                await paid.aclose()
+                payment, reservation = self._payer.pay(key, offer, str(request.url))
+                paid = await self._inner.handle_async_request(_with_payment(request, body, payment))
         self._payer.finish(key, paid, payment, reservation)
         return paid
 
