@@ -45,8 +45,8 @@ __all__ = [
     "ClaimRowLike",
     "Erc3009Deposit",
     "Erc3009Like",
-    "collector_data",
     "OnchainChannel",
+    "collector_data",
     "decode_revert",
 ]
 
@@ -318,6 +318,9 @@ class BatchSettlementContract:
         sender: the gas wallet's sender; None for a read-only instance (writes raise RuntimeError).
         chain_id: EVM chain id (binds channel ids and signatures).
         address: the contract (the canonical deployment by default; clients hard-code it).
+            Channel ids and signatures are always made in the canonical domain
+            (`wallets.batch_settlement_domain`), so another address only suits a contract
+            that was installed there (anvil ``setCode``) or read-only use.
         receipt_timeout: seconds a write waits for its receipt before `ChannelTxInDoubt`.
 
     Write methods raise:
@@ -458,8 +461,8 @@ class BatchSettlementContract:
             The transaction hash (status 1).
 
         Raises:
-            ValueError: no rows, more than 100, or a row whose receiverAuthorizer is not
-                ``authorizer``.
+            ValueError: no rows, more than 100, a row whose receiverAuthorizer is not
+                ``authorizer``, or an amount outside uint128 (`wallets.TypedDataError`).
             ChannelTxFailed, ChannelTxInDoubt, ChainError, StoreError: see the class.
         """
         receipt = await self._transact(self._claim_calldata(rows, authorizer))
