@@ -1,5 +1,9 @@
 """Agent-side commands of the ``payrouter`` CLI: ``wallet``, ``quote``, ``chat``.
 
+``chat --scheme auto`` (or ``batch-settlement``) pays from a ``batch-settlement`` payment channel
+when the router offers one: a deposit locks money in the channel, so channels are opt-in
+(channel commands: `payrouter.agent_channels`); the default pays ``exact``.
+
 The key comes from ``PAYROUTER_PRIVATE_KEY`` or an encrypted ``--keystore`` (password from
 ``--password-env`` or a prompt). Prices on the command line are USD; the SDK works in atomic
 units of the router's asset (its decimals come from ``GET /v1/models``).
@@ -17,8 +21,18 @@ from typing import Any
 
 import httpx
 
+from payrouter.agent_channels import add_channel_commands, add_channel_options, channel_store
 from payrouter.chain import encode_balance_of
-from payrouter.client import FileBudgetStore, PaymentRefused, PaymentTransport, SpendingPolicy, receipt_of
+from payrouter.client import (
+    ChannelOptions,
+    ChannelResponseError,
+    FileBudgetStore,
+    PaymentOfferError,
+    PaymentRefused,
+    PaymentTransport,
+    SpendingPolicy,
+    receipt_of,
+)
 from wallets import LocalSigner, load_keystore, save_keystore
 
 __all__ = ["add_agent_commands", "read_password"]
@@ -148,13 +162,24 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         per_day=_usd_to_atomic(args.per_day, decimals, "--per-day"),
     )
     budget = FileBudgetStore(args.budget_file or os.environ.get("PAYROUTER_BUDGET_FILE"))
-    transport = PaymentTransport(signer, policy, budget)
+    channels = None
+    if args.scheme != "exact":
+        channels = ChannelOptions(
+            store=channel_store(args),
+            rpc_url=args.rpc,
+            deposit=_usd_to_atomic(args.deposit, decimals, "--deposit"),
+            max_deposit=_usd_to_atomic(args.max_deposit, decimals, "--max-deposit"),
+        )
+    transport = PaymentTransport(signer, policy, budget, channels=channels, scheme=args.scheme)
     try:
         with httpx.Client(transport=transport, timeout=120) as http:
             reply = http.post(f"{args.router.rstrip('/')}/v1/chat/completions", json=_body(args))
     except PaymentRefused as exc:
         print(f"refused ({exc.limit}): {exc}", file=sys.stderr)
         return 3
+    except (PaymentOfferError, ChannelResponseError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if reply.status_code != 200:
         try:
             message = reply.json().get("error")
@@ -165,21 +190,30 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     data = reply.json()
     answer = data["choices"][0]["message"]["content"]
     receipt = receipt_of(reply)
-    result = {
+    # paid by channel: the price is what the server charged (the signed amount was a maximum)
+    paid = receipt.charged if receipt and receipt.charged is not None else receipt.amount if receipt else 0
+    result: dict[str, Any] = {
         "answer": answer,
         "model": reply.headers.get("x-payrouter-model", data.get("model")),
-        "amount": str(receipt.amount) if receipt else "0",
+        "amount": str(paid),
         "asset": receipt.asset if receipt else None,
         "network": receipt.network if receipt else None,
         "transaction": receipt.transaction if receipt else None,
     }
+    if receipt is not None and receipt.channel_id is not None:
+        result |= {
+            "scheme": receipt.scheme,
+            "charged": None if receipt.charged is None else str(receipt.charged),
+            "max_amount": str(receipt.amount),
+            "channel_id": receipt.channel_id,
+            "deposit": str(receipt.deposit),
+        }
     if args.json:
         print(json.dumps(result))
     else:
         print(answer)
-        print(
-            f"\nmodel {result['model']} | price {_format(int(result['amount']), decimals)} | tx {result['transaction']}"
-        )
+        paid_by = f"channel {receipt.channel_id}" if receipt and receipt.channel_id else f"tx {result['transaction']}"
+        print(f"\nmodel {result['model']} | price {_format(paid, decimals)} | {paid_by}")
     return 0
 
 
@@ -205,6 +239,7 @@ def add_agent_commands(sub: Any) -> None:
     balance.add_argument("--rpc", required=True, help="JSON-RPC URL of that network")
     balance.add_argument("--json", action="store_true")
     balance.set_defaults(func=_cmd_wallet_balance)
+    add_channel_commands(wallet, key_options, _signer)
 
     for name, func, help_text in (
         ("quote", _cmd_quote, "price a prompt without paying (POST /v1/quote)"),
@@ -223,3 +258,14 @@ def add_agent_commands(sub: Any) -> None:
             p.add_argument("--per-hour", help="rolling hourly budget (USD)")
             p.add_argument("--per-day", help="rolling daily budget (USD)")
             p.add_argument("--budget-file", help="where budgets are kept (default ~/.payrouter/spend.json)")
+            p.add_argument(
+                "--scheme",
+                choices=("auto", "exact", "batch-settlement"),
+                default=os.environ.get("PAYROUTER_SCHEME", "exact"),
+                help="exact (default, $PAYROUTER_SCHEME): one transfer per call; batch-settlement: pay from "
+                "a payment channel (deposits once); auto: a channel when offered and within --max-deposit, else exact",
+            )
+            add_channel_options(p)
+            p.add_argument("--deposit", help="channel deposit size (USD; default 5 x the price)")
+            p.add_argument("--max-deposit", help="refuse channel deposits above this (USD)")
+            p.add_argument("--rpc", help="JSON-RPC URL, to recover channel state from the chain")

@@ -209,30 +209,34 @@ class ChannelPayer:
             return self.options.deposit_multiplier * self.policy.max_per_call
         return None
 
-    def _deposit_target(self, choice: Choice, needed: int) -> int:
-        target = self.options.deposit or self.options.deposit_multiplier * choice.amount
+    def _deposit_target(self, choice: Choice, needed: int) -> tuple[int, int]:
+        """(the deposit to make, the least the server takes): ``max(needed, minDeposit, deposit
+        or multiplier × amount)`` capped at ``max_deposit``, which must cover the least."""
         announced = (choice.requirement.get("extra") or {}).get("minDeposit")
-        if isinstance(announced, str) and announced.isdigit():
-            target = max(target, int(announced))
-        deposit = max(needed, target)
+        least = max(needed, int(announced) if isinstance(announced, str) and announced.isdigit() else 0)
+        deposit = max(least, self.options.deposit or self.options.deposit_multiplier * choice.amount)
         cap = self._deposit_cap()
         if cap is not None:
-            if needed > cap:
+            if least > cap:
                 raise PaymentRefused(
-                    "max_deposit", f"the channel needs a deposit of {needed}, above max_deposit {cap}", needed, cap
+                    "max_deposit",
+                    f"the channel needs a deposit of at least {least} (the request, or the server's minDeposit), "
+                    f"above max_deposit {cap}",
+                    least,
+                    cap,
                 )
             deposit = min(deposit, cap)
-        return deposit
+        return deposit, least
 
-    def _reserve_deposit(self, deposit: int, needed: int) -> tuple[int, str]:
+    def _reserve_deposit(self, deposit: int, least: int) -> tuple[int, str]:
         windows = self.policy.windows()
         try:
             return deposit, self.budget.reserve(deposit, windows)
         except PaymentRefused:
-            if deposit <= needed:
+            if deposit <= least:
                 raise
-        # the budget cannot take the usual deposit: fund just this request
-        return needed, self.budget.reserve(needed, windows)
+        # the budget cannot take the usual deposit: deposit the least that works
+        return least, self.budget.reserve(least, windows)
 
     def pay(self, offer: Offer, choice: Choice, url: str) -> tuple[SignedPayment, str | None]:
         """Sign a voucher (and a deposit when the channel lacks the money); reserve the deposit.
@@ -248,8 +252,7 @@ class ChannelPayer:
         max_claimable = state.charged + choice.amount
         deposit, reservation = 0, None
         if max_claimable > state.balance:
-            needed = max_claimable - state.balance
-            deposit, reservation = self._reserve_deposit(self._deposit_target(choice, needed), needed)
+            deposit, reservation = self._reserve_deposit(*self._deposit_target(choice, max_claimable - state.balance))
         try:
             timeout = int(req.get("maxTimeoutSeconds") or 300)
             if deposit:

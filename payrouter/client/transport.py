@@ -23,7 +23,7 @@ import httpx
 
 from payrouter.client.channel_payer import ChannelOptions, ChannelPayer
 from payrouter.client.payment import BATCH, EXACT, Offer, SignedPayment, choose, read_offer
-from payrouter.client.policy import BudgetStore, MemoryBudgetStore, SpendingPolicy
+from payrouter.client.policy import BudgetStore, MemoryBudgetStore, PaymentRefused, SpendingPolicy
 from payrouter.client.schemes import ExactPayer, Receipt, SchemePayer, payment_response_header
 from wallets import Signer
 
@@ -58,6 +58,10 @@ def _request_key(request: httpx.Request, body: bytes) -> str:
         return "key:" + explicit
     digest = hashlib.sha256(body).hexdigest()
     return f"{request.method} {request.url} {digest}"
+
+
+def _offers(offer: Offer, scheme: str) -> bool:
+    return any(req.get("scheme") == scheme for req in offer.accepts)
 
 
 def _with_payment(request: httpx.Request, body: bytes, payment: SignedPayment) -> httpx.Request:
@@ -104,8 +108,17 @@ class _Payer:
         The payment stays pending for ``key`` until `finish`: if the answer never arrives, a
         retry of the same request re-sends it instead of paying again.
         """
-        choice = choose(offer, self.policy, self.schemes)
-        payment, reservation = self.payers[choice.scheme].pay(offer, choice, url)
+        schemes = self.schemes
+        while True:
+            choice = choose(offer, self.policy, schemes)
+            try:
+                payment, reservation = self.payers[choice.scheme].pay(offer, choice, url)
+                break
+            except PaymentRefused:
+                # a channel the policy cannot fund (deposit caps, budget): pay another way if allowed
+                schemes = tuple(s for s in schemes if s != choice.scheme)
+                if not schemes or not any(_offers(offer, s) for s in schemes):
+                    raise
         self.pending[key] = payment
         return payment, reservation
 

@@ -70,6 +70,7 @@ class BatchServer:
     seen: list[dict[str, Any]] = field(default_factory=list)  # every payment payload received
     forge_voucher_state: bool = False  # corrective 402s carry a voucher the agent did not sign
     overcharge: bool = False
+    paid_body: dict[str, Any] = field(default_factory=lambda: {"answer": 42})
 
     @property
     def chain_id(self) -> int:
@@ -202,7 +203,8 @@ class BatchServer:
         self.seen.append(envelope)
         accepted, inner = envelope["accepted"], envelope["payload"]
         if accepted["scheme"] == "exact":
-            return httpx.Response(200, json={"paid": "exact"}, headers={"PAYMENT-RESPONSE": b64({"success": True})})
+            reply = {"success": True, "transaction": "0xexact", "network": self.network}
+            return httpx.Response(200, json=self.paid_body, headers={"PAYMENT-RESPONSE": b64(reply)})
         requirements = PaymentRequirements.model_validate(accepted)
         kind = inner["type"]
         kinds: dict[str, Any] = {"deposit": DepositPayload, "voucher": VoucherPayload, "refund": RefundPayload}
@@ -253,7 +255,30 @@ class BatchServer:
             "amount": str(deposit) if deposit else "",
             "extra": {"chargedAmount": str(charge), "channelState": state},
         }
-        return httpx.Response(200, json={"answer": 42}, headers={"PAYMENT-RESPONSE": b64(reply)})
+        return httpx.Response(200, json=self.paid_body, headers={"PAYMENT-RESPONSE": b64(reply)})
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
+
+    async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """The same server as an ASGI app (for clients that open their own connections)."""
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        if path == "/v1/models":  # the CLI reads the asset's decimals here
+            response = httpx.Response(200, json={"payment": {"asset": {"decimals": 6}}})
+        else:
+            headers = [(k.decode(), v.decode()) for k, v in scope["headers"]]
+            url = f"http://router{path}"
+            response = self.handle(httpx.Request(scope["method"], url, headers=headers, content=body))
+        content = response.read()
+        headers_out = [(k.encode(), v.encode()) for k, v in response.headers.items() if k != "content-length"]
+        headers_out.append((b"content-length", str(len(content)).encode()))
+        await send({"type": "http.response.start", "status": response.status_code, "headers": headers_out})
+        await send({"type": "http.response.body", "body": content})

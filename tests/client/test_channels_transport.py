@@ -113,6 +113,17 @@ def test_min_deposit_and_caps() -> None:
     ):
         http.get(URL)
     assert info.value.limit == "max_deposit"
+    # the default cap is 5 × max_per_call; a server minimum above it is refused up front
+    with (
+        _client(agent, _server(min_deposit=60_000), ChannelOptions(), SpendingPolicy(max_per_call=10_000)) as http,
+        pytest.raises(PaymentRefused, match="minDeposit") as info,
+    ):
+        http.get(URL)
+    # ... and with exact offered too, the agent pays exact instead
+    with _client(
+        agent, _server(min_deposit=60_000, offer_exact=True), ChannelOptions(), SpendingPolicy(max_per_call=10_000)
+    ) as http:
+        assert _scheme_paid(http) == "exact"
 
 
 def test_a_budget_too_small_for_the_usual_deposit_funds_just_the_request() -> None:
@@ -200,15 +211,20 @@ def test_a_partial_refund() -> None:
     assert server.seen[-1]["payload"]["amount"] == "1000"
 
 
+def _scheme_paid(http: httpx.Client) -> str | None:
+    receipt = receipt_of(http.get(URL))
+    return receipt.scheme if receipt is not None else None
+
+
 def test_scheme_choice() -> None:
     agent, server = LocalSigner.generate(), _server(offer_exact=True)
     with _client(agent, server, None) as http:  # no channels: exact
-        assert http.get(URL).json() == {"paid": "exact"}
+        assert _scheme_paid(http) == "exact"
     with _client(agent, server, ChannelOptions()) as http:  # channels preferred when enabled
         receipt = receipt_of(http.get(URL))
         assert receipt is not None and receipt.scheme == "batch-settlement"
     with _client(agent, server, ChannelOptions(), scheme="exact") as http:
-        assert http.get(URL).json() == {"paid": "exact"}
+        assert _scheme_paid(http) == "exact"
     with _client(agent, _server(), None, scheme="batch-settlement") as http:
         receipt = receipt_of(http.get(URL))
         assert receipt is not None and receipt.scheme == "batch-settlement"
