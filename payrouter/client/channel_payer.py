@@ -17,7 +17,7 @@ server proves it with a voucher the agent signed, else reads the chain, and pays
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import httpx
 
@@ -83,7 +83,7 @@ class ChannelOptions:
     """
 
     store: ChannelStore | None = None
-    rpc_url: str | None = None
+    rpc_url: str | None = field(default=None, repr=False)  # node URLs often embed an API key
     deposit: int | None = None
     deposit_multiplier: int = 5
     max_deposit: int | None = None

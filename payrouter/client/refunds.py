@@ -84,7 +84,10 @@ def _local_state(
     try:
         onchain = read_onchain_channel(rpc_url, bytes.fromhex(attempt.channel_id[2:]))
     except (httpx.HTTPError, ChannelResponseError) as exc:
-        raise RefundError(f"no local record of channel {attempt.channel_id} and the chain read failed: {exc}") from None
+        # the exception's text may quote the RPC URL, which often embeds an API key
+        raise RefundError(
+            f"no local record of channel {attempt.channel_id} and the chain read failed ({type(exc).__name__})"
+        ) from None
     if onchain.balance == 0:
         return None
     recovered = ChannelState(

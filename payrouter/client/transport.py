@@ -21,7 +21,7 @@ import time
 
 import httpx
 
-from payrouter.client.channel_payer import ChannelOptions, ChannelPayer
+from payrouter.client.channel_payer import ChannelOptions, ChannelPayer, ChannelTermsChanged
 from payrouter.client.payment import BATCH, EXACT, Offer, SignedPayment, choose, read_offer
 from payrouter.client.policy import BudgetStore, MemoryBudgetStore, PaymentRefused, SpendingPolicy
 from payrouter.client.schemes import ExactPayer, Receipt, SchemePayer, payment_response_header
@@ -114,8 +114,9 @@ class _Payer:
             try:
                 payment, reservation = self.payers[choice.scheme].pay(offer, choice, url)
                 break
-            except PaymentRefused:
-                # a channel the policy cannot fund (deposit caps, budget): pay another way if allowed
+            except (PaymentRefused, ChannelTermsChanged):
+                # a channel the policy cannot fund (deposit caps, budget) or whose terms changed
+                # while it holds money: pay another way if allowed
                 schemes = tuple(s for s in schemes if s != choice.scheme)
                 if not schemes or not any(_offers(offer, s) for s in schemes):
                     raise

@@ -5,6 +5,7 @@ the agent's own voucher, refused when forged, or read on chain), refunds and sch
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from payrouter.client import (
+    AsyncPaymentTransport,
     ChannelOptions,
     FileBudgetStore,
     FileChannelStore,
@@ -260,3 +262,67 @@ def test_recovery_from_the_chain(chain: DevChain, token: DevToken) -> None:
     server.forge_voucher_state = True
     with _client(agent, server, ChannelOptions(store=MemoryChannelStore(), rpc_url=chain.rpc_url)) as http:
         assert http.get(URL).status_code == 402  # the server's claim is unproven; retried once, still refused
+
+
+def test_the_async_transport_pays_by_channel() -> None:
+    agent, server = LocalSigner.generate(), _server()
+    store = MemoryChannelStore()
+
+    async def run() -> list[int | None]:
+        transport = AsyncPaymentTransport(
+            agent, SpendingPolicy(), transport=server.transport(), channels=ChannelOptions(store=store)
+        )
+        charged = []
+        async with httpx.AsyncClient(transport=transport) as http:
+            for _ in range(3):
+                receipt = receipt_of(await http.get(URL))
+                charged.append(receipt.charged if receipt else None)
+        return charged
+
+    assert asyncio.run(run()) == [700, 700, 700]
+    (state,) = store.list()
+    assert (state.balance, state.charged) == (5_000, 2_100)
+
+
+class _LosesTheFirstAnswer(httpx.BaseTransport):
+    """The server gets the paid request but the connection breaks before its answer arrives."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner, self.dropped = inner, False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.inner.handle_request(request)
+        if "PAYMENT-SIGNATURE" in request.headers and not self.dropped:
+            self.dropped = True
+            raise httpx.ReadError("connection reset")
+        return response
+
+
+def test_an_unanswered_deposit_is_resent_never_signed_again() -> None:
+    agent, server = LocalSigner.generate(), _server()
+    budget = MemoryBudgetStore()
+    transport = PaymentTransport(
+        agent,
+        SpendingPolicy(per_day=5_000),
+        budget,
+        transport=_LosesTheFirstAnswer(server.transport()),
+        channels=ChannelOptions(),
+    )
+    with httpx.Client(transport=transport) as http:
+        with pytest.raises(httpx.ReadError):
+            http.get(URL)
+        # the server took the deposit and charged; the same request again re-sends the same
+        # payload, whose cumulative maximum the server has moved past: resync, then pay a voucher
+        reply = http.get(URL)
+    assert reply.status_code == 200
+    kinds = [s["payload"]["type"] for s in server.seen]
+    assert kinds == ["deposit", "deposit", "voucher"]
+    assert server.seen[0] == server.seen[1]  # re-sent, not re-signed
+    assert server.seen[2]["payload"]["voucher"]["maxClaimableAmount"] == "1700"
+    # the deposit moved, so its budget stays spent (a second deposit would not fit in 5,000)
+    with pytest.raises(PaymentRefused):
+        budget.reserve(1, SpendingPolicy(per_day=5_000).windows())
+
+
+def test_the_rpc_url_stays_out_of_reprs() -> None:
+    assert "secret-key" not in repr(ChannelOptions(rpc_url="https://node.example/v2/secret-key"))
