@@ -70,6 +70,7 @@ class BatchServer:
     seen: list[dict[str, Any]] = field(default_factory=list)  # every payment payload received
     forge_voucher_state: bool = False  # corrective 402s carry a voucher the agent did not sign
     overcharge: bool = False
+    misreport_cumulative: bool = False  # PAYMENT-RESPONSE's chargedCumulativeAmount disagrees
     paid_body: dict[str, Any] = field(default_factory=lambda: {"answer": 42})
 
     @property
@@ -245,7 +246,7 @@ class BatchServer:
             "channelId": voucher.channel_id,
             "balance": str(record.balance),
             "totalClaimed": "0",
-            "chargedCumulativeAmount": str(record.charged),
+            "chargedCumulativeAmount": str(record.charged + (1 if self.misreport_cumulative else 0)),
         }
         reply = {
             "success": True,

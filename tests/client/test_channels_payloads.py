@@ -166,6 +166,10 @@ def test_corrective_state_needs_a_recoverable_error() -> None:
     )
     assert state is not None and (state.charged, state.balance, state.signed_max) == (5, 9, 7)
     assert state.signature == bytes.fromhex("11" * 65)
+    below = read_corrective_state(
+        {"error": "invalid_batch_settlement_evm_cumulative_amount_below_claimed", "accepts": accepts}
+    )
+    assert below is not None and below.charged == 5
 
 
 # ------------------------------------------------------------------ on anvil

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ from payrouter.client import (
     receipt_of,
     refund_channel,
 )
+from payrouter.client.channels import update_channel
 from payrouter.client.vouchers import ChannelResponseError, read_onchain_channel
 from payrouter.devchain import DevChain, DevToken
 from tests.client.batch_server import BatchServer
@@ -326,3 +328,31 @@ def test_an_unanswered_deposit_is_resent_never_signed_again() -> None:
 
 def test_the_rpc_url_stays_out_of_reprs() -> None:
     assert "secret-key" not in repr(ChannelOptions(rpc_url="https://node.example/v2/secret-key"))
+
+
+def test_a_disagreeing_running_total_is_not_followed_and_resyncs() -> None:
+    agent, server = LocalSigner.generate(), _server(misreport_cumulative=True)
+    store = MemoryChannelStore()
+    with _client(agent, server, ChannelOptions(store=store)) as http:
+        http.get(URL)
+        (state,) = store.list()
+        assert (state.charged, state.balance) == (0, 5_000)  # the deposit counts; the charge is unconfirmed
+        server.misreport_cumulative = False
+        assert http.get(URL).status_code == 200  # corrective 402, proven by our voucher, then paid
+    (state,) = store.list()
+    assert state.charged == 1_400
+
+
+def test_a_refund_on_stale_state_resyncs_once() -> None:
+    agent, server = LocalSigner.generate(), _server()
+    store = MemoryChannelStore()
+    with _client(agent, server, ChannelOptions(store=store)) as http:
+        http.get(URL)
+        http.get(URL)
+    (state,) = store.list()
+    update_channel(store, state.key, lambda current: replace(current or state, charged=700))  # lost an update
+    with httpx.Client(transport=server.transport()) as http:
+        result = refund_channel(agent, URL, store, http=http)
+    assert result.amount == 5_000 - 1_400
+    assert [s["payload"]["type"] for s in server.seen[-2:]] == ["refund", "refund"]
+    assert server.seen[-1]["payload"]["voucher"]["maxClaimableAmount"] == "1400"
