@@ -160,7 +160,9 @@ class ChannelPayer:
     """`payrouter.client.schemes.SchemePayer` of ``batch-settlement``.
 
     One request at a time per channel: the server refuses a second voucher while one is in
-    flight (``…_channel_busy``); give parallel agents distinct ``salt`` s.
+    flight (``…_channel_busy``). The transports queue a process's requests on a channel; agents
+    in several processes sharing a channel get ``…_channel_busy`` 402s: give them distinct
+    ``salt`` s (distinct channels).
     """
 
     def __init__(
@@ -180,11 +182,15 @@ class ChannelPayer:
         except TypedDataError as exc:
             raise PaymentOfferError(f"unusable batch-settlement offer: {exc}") from None
 
+    def channel_key_of(self, choice: Choice) -> str:
+        """The store key of the channel that pays ``choice``."""
+        req = choice.requirement
+        return channel_key(str(req["network"]), str(req["asset"]), str(req["payTo"]), self.signer.address)
+
     def _state(self, choice: Choice, config: ChannelConfig) -> ChannelState:
         """The channel this offer pays from: the stored one, else one recovered from the chain, else new."""
-        req, network = choice.requirement, str(choice.requirement["network"])
-        key = channel_key(network, str(req["asset"]), str(req["payTo"]), self.signer.address)
-        fresh = _new_state(key, network, config, choice.chain_id)
+        key = self.channel_key_of(choice)
+        fresh = _new_state(key, str(choice.requirement["network"]), config, choice.chain_id)
         state = self.store.get(key)
         if state is not None and state.channel_id != fresh.channel_id:
             if state.remaining > 0:

@@ -16,13 +16,15 @@ answers such a retry with the original response.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import threading
 import time
 
 import httpx
 
 from payrouter.client.channel_payer import ChannelOptions, ChannelPayer, ChannelTermsChanged
-from payrouter.client.payment import BATCH, EXACT, Offer, SignedPayment, choose, read_offer
+from payrouter.client.payment import BATCH, EXACT, Offer, PaymentOfferError, SignedPayment, choose, read_offer
 from payrouter.client.policy import BudgetStore, MemoryBudgetStore, PaymentRefused, SpendingPolicy
 from payrouter.client.schemes import ExactPayer, Receipt, SchemePayer, payment_response_header
 from wallets import Signer
@@ -94,6 +96,22 @@ class _Payer:
             self.payers[BATCH] = ChannelPayer(signer, policy, self.budget, channels)
         # auto: channels (cheaper per request, no gas per call) before exact when enabled
         self.schemes = (scheme,) if scheme != "auto" else tuple(s for s in (BATCH, EXACT) if s in self.payers)
+
+    def channel_of(self, offer: Offer) -> str | None:
+        """The channel an offer would be paid from (None: not by channel, or not payable).
+
+        The transports run one paid request per channel at a time: the server refuses a second
+        voucher while one is in flight (``…_channel_busy``), and two first requests would both
+        sign a deposit.
+        """
+        payer = self.payers.get(BATCH)
+        if not isinstance(payer, ChannelPayer):
+            return None
+        try:
+            choice = choose(offer, self.policy, self.schemes)
+        except (PaymentRefused, PaymentOfferError):
+            return None  # pay() raises it again, with the lock not held
+        return payer.channel_key_of(choice) if choice.scheme == BATCH else None
 
     def pending_for(self, key: str) -> SignedPayment | None:
         payment = self.pending.get(key)
@@ -195,6 +213,7 @@ class PaymentTransport(httpx.BaseTransport):
     ) -> None:
         self._payer = _Payer(signer, policy or SpendingPolicy(), budget, channels, scheme)
         self._inner = transport or httpx.HTTPTransport()
+        self._locks: dict[str, threading.Lock] = {}  # one paid request per channel at a time
 
     @property
     def channel_payer(self) -> ChannelPayer | None:
@@ -226,6 +245,13 @@ class PaymentTransport(httpx.BaseTransport):
             return response
         offer = read_offer(response.headers, response.read())
         response.close()
+        channel = self._payer.channel_of(offer)
+        if channel is None:
+            return self._pay(request, body, key, offer)
+        with self._locks.setdefault(channel, threading.Lock()):
+            return self._pay(request, body, key, offer)
+
+    def _pay(self, request: httpx.Request, body: bytes, key: str, offer: Offer) -> httpx.Response:
         payment, reservation = self._payer.pay(key, offer, str(request.url))
         # A transport error here leaves the outcome unknown: the payment stays pending for this
         # request. The body is not read, so streamed answers stream.
@@ -261,6 +287,7 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
     ) -> None:
         self._payer = _Payer(signer, policy or SpendingPolicy(), budget, channels, scheme)
         self._inner = transport or httpx.AsyncHTTPTransport()
+        self._locks: dict[str, asyncio.Lock] = {}
 
     @property
     def channel_payer(self) -> ChannelPayer | None:
@@ -294,6 +321,13 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
             return response
         offer = read_offer(response.headers, await response.aread())
         await response.aclose()
+        channel = self._payer.channel_of(offer)
+        if channel is None:
+            return await self._pay(request, body, key, offer)
+        async with self._locks.setdefault(channel, asyncio.Lock()):
+            return await self._pay(request, body, key, offer)
+
+    async def _pay(self, request: httpx.Request, body: bytes, key: str, offer: Offer) -> httpx.Response:
         payment, reservation = self._payer.pay(key, offer, str(request.url))
         paid = await self._inner.handle_async_request(_with_payment(request, body, payment))
         if payment.scheme == BATCH and paid.status_code == 402:

@@ -11,8 +11,11 @@ anvil through the real contract, so the channel's balance is on chain.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -260,6 +263,45 @@ class BatchServer:
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
+
+    def _busy(self) -> httpx.Response:
+        return self._required("invalid_batch_settlement_evm_channel_busy")
+
+    def busy_transport(self, hold: float = 0.02) -> httpx.MockTransport:
+        """Like `transport`, but one paid request at a time (each held ``hold`` seconds), as
+        real servers reserve a channel: a concurrent one gets ``…_channel_busy``."""
+        lock = threading.Lock()
+
+        def handle(request: httpx.Request) -> httpx.Response:
+            if "PAYMENT-SIGNATURE" not in request.headers:
+                return self.handle(request)
+            if not lock.acquire(blocking=False):
+                return self._busy()
+            try:
+                time.sleep(hold)
+                return self.handle(request)
+            finally:
+                lock.release()
+
+        return httpx.MockTransport(handle)
+
+    def async_busy_transport(self, hold: float = 0.02) -> httpx.MockTransport:
+        """The asyncio twin of `busy_transport`."""
+        in_flight = [False]
+
+        async def handle(request: httpx.Request) -> httpx.Response:
+            if "PAYMENT-SIGNATURE" not in request.headers:
+                return self.handle(request)
+            if in_flight[0]:
+                return self._busy()
+            in_flight[0] = True
+            try:
+                await asyncio.sleep(hold)
+                return self.handle(request)
+            finally:
+                in_flight[0] = False
+
+        return httpx.MockTransport(handle)
 
     async def asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """The same server as an ASGI app (for clients that open their own connections)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -356,3 +357,41 @@ def test_a_refund_on_stale_state_resyncs_once() -> None:
     assert result.amount == 5_000 - 1_400
     assert [s["payload"]["type"] for s in server.seen[-2:]] == ["refund", "refund"]
     assert server.seen[-1]["payload"]["voucher"]["maxClaimableAmount"] == "1400"
+
+
+def test_concurrent_requests_queue_on_their_channel() -> None:
+    agent, server = LocalSigner.generate(), _server()
+    budget = MemoryBudgetStore()
+    transport = PaymentTransport(
+        agent, SpendingPolicy(), budget, transport=server.busy_transport(), channels=ChannelOptions()
+    )
+    statuses: list[int] = []
+    with httpx.Client(transport=transport) as http:
+
+        def call(n: int) -> None:
+            # distinct requests: identical ones would share one payment (see PaymentPending)
+            statuses.append(http.get(URL, params={"n": n}).status_code)
+
+        threads = [threading.Thread(target=call, args=(n,)) for n in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert statuses == [200] * 6  # none refused as busy
+    kinds = [s["payload"]["type"] for s in server.seen]
+    assert kinds == ["deposit"] + ["voucher"] * 5  # one deposit, not one per thread
+
+
+def test_concurrent_async_requests_queue_on_their_channel() -> None:
+    agent, server = LocalSigner.generate(), _server()
+
+    async def run() -> list[int]:
+        transport = AsyncPaymentTransport(
+            agent, SpendingPolicy(), transport=server.async_busy_transport(), channels=ChannelOptions()
+        )
+        async with httpx.AsyncClient(transport=transport) as http:
+            replies = await asyncio.gather(*(http.get(URL, params={"n": n}) for n in range(5)))
+        return [r.status_code for r in replies]
+
+    assert asyncio.run(run()) == [200] * 5
+    assert [s["payload"]["type"] for s in server.seen] == ["deposit"] + ["voucher"] * 4
