@@ -13,7 +13,11 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 
-from payrouter.journal import DeferredWrites
+from payrouter.chain import ChainClient
+from payrouter.channels import open_channel_store
+from payrouter.channels.contract import BatchSettlementContract
+from payrouter.facilitator.sender import GasSender
+from payrouter.journal import DeferredWrites, Journal
 from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
 from payrouter.quoting import Quoter
@@ -26,7 +30,7 @@ from payrouter.routing import Router, RoutingEngine
 from payrouter.routing.predictor import QualityPredictor
 from payrouter.services import Services
 from payrouter.serving_limits import BodyTimeout
-from payrouter.settings import Settings
+from payrouter.settings import ConfigError, Settings
 from payrouter.settlement_backend import SettlementBackend, open_settlement_backend
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
@@ -35,6 +39,9 @@ from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
 from payrouter.x402.schemes import build_schemes
+from payrouter.x402.schemes.batch import BATCH, BatchScheme
+from wallets import LocalSigner
+from wallets.channels import BATCH_SETTLEMENT_ADDRESS
 
 __all__ = ["create_app"]
 
@@ -44,6 +51,28 @@ log = logging.getLogger("payrouter")
 def _default_router(settings: Settings, health: HealthTracker) -> Router:
     path = settings.price_table.routing.predictor
     return RoutingEngine(QualityPredictor.load(path) if path else None, health=health.healthy)
+
+
+async def _open_batch_scheme(
+    settings: Settings, store: Store, chain: ChainClient | None, journal: Journal, stack: AsyncExitStack
+) -> BatchScheme:
+    """The ``batch-settlement`` scheme: channel store, contract (deposits from the gas wallet)
+    and the receiver authorizer key.
+
+    Raises:
+        ConfigError: no chain to send deposits on, or no settlement contract deployed there.
+    """
+    table = settings.price_table
+    if chain is None or settings.gas_key is None or settings.channel_authorizer_key is None:
+        raise ConfigError("batch-settlement needs the local facilitator (rpc_url, gas key) and an authorizer key")
+    if (await chain.get_code(BATCH_SETTLEMENT_ADDRESS)) in ("0x", "0x0", None):
+        raise ConfigError(f"no x402 batch-settlement contract at {BATCH_SETTLEMENT_ADDRESS} on {table.network}")
+    channel_store = open_channel_store(settings.redis_url, settings.namespace)
+    stack.push_async_callback(channel_store.close)
+    sender = GasSender(chain, LocalSigner(settings.gas_key.get_secret_value()), store, table.chain_id)
+    contract = BatchSettlementContract(chain, sender, table.chain_id, receipt_timeout=settings.receipt_timeout)
+    authorizer = LocalSigner(settings.channel_authorizer_key.get_secret_value())
+    return BatchScheme(table, channel_store, contract, authorizer, journal)
 
 
 def create_app(settings: Settings, router: Router | None = None, backend: SettlementBackend | None = None) -> Starlette:
@@ -109,7 +138,8 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 deferred=deferred,
                 resolver=resolver,
             )
-            services.schemes = build_schemes(table)
+            batch = await _open_batch_scheme(settings, store, chain, journal, stack) if BATCH in table.schemes else None
+            services.schemes = build_schemes(table, batch)
             reconciler = Reconciler(resolver, store, settings.reconcile_interval)
             if settings.reconcile_interval > 0:
                 reconciler.start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -89,6 +90,11 @@ class Settings(BaseModel):
         receipt_timeout: seconds to wait for a settlement to be mined.
         reconcile_interval: seconds between the background reconciler's passes (0: off; run
             ``payrouter ledger reconcile`` instead).
+        channel_authorizer_key: the receiver authorizer of ``batch-settlement`` channels (signs
+            claims and refunds; its address is offered). Needed when the table offers channels.
+        claim_interval: seconds between claims of whatever channels owe (0: only on threshold
+            and withdrawals).
+        claim_threshold: USD unclaimed across channels that triggers a claim at once.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -108,9 +114,20 @@ class Settings(BaseModel):
     receipt_timeout: float = Field(default=30.0, gt=0)
     reconcile_interval: float = Field(default=15.0, ge=0)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    channel_authorizer_key: SecretStr | None = None
+    claim_interval: float = Field(default=3600.0, ge=0)
+    claim_threshold: Decimal = Field(default=Decimal("5"), ge=0)
 
     @model_validator(mode="after")
     def _facilitator_needs(self) -> Settings:
+        if "batch-settlement" in self.price_table.schemes:
+            if self.channel_authorizer_key is None:
+                raise ValueError(
+                    "the price table offers batch-settlement: [channels] needs authorizer_key_env or "
+                    "authorizer_keystore (the key that signs claims and refunds)"
+                )
+            if self.facilitator != "local":
+                raise ValueError('batch-settlement channels are settled by the local facilitator (mode = "local")')
         if self.facilitator == "local" and (not self.rpc_url or self.gas_key is None):
             raise ValueError("the local facilitator needs rpc_url and a gas key")
         if self.facilitator == "remote" and not self.facilitator_url:
@@ -187,6 +204,20 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         data["receipt_timeout"] = fac.pop("receipt_timeout")
     if fac:
         raise ConfigError(f"unknown keys in [facilitator]: {sorted(fac)}")
+    channels = dict(doc.pop("channels", None) or {})
+    if "authorizer_key_env" in channels:
+        data["channel_authorizer_key"] = _env(env, channels.pop("authorizer_key_env"), "channels.authorizer_key_env")
+    if "authorizer_keystore" in channels:
+        password = _env(
+            env, channels.pop("authorizer_keystore_password_env", None), "channels.authorizer_keystore_password_env"
+        )
+        keystore = base / channels.pop("authorizer_keystore")
+        data["channel_authorizer_key"] = load_keystore(keystore, password).unsafe_export_private_key()
+    for name in ("claim_interval", "claim_threshold"):
+        if name in channels:
+            data[name] = channels.pop(name)
+    if channels:
+        raise ConfigError(f"unknown keys in [channels]: {sorted(channels)}")
     data.update(doc)
     try:
         return Settings.model_validate(data)

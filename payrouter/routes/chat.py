@@ -48,6 +48,7 @@ async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -
             if isinstance(usage, dict) and "prompt_tokens" in usage:
                 call.input_tokens = int(usage.get("prompt_tokens") or 0)
                 call.output_tokens = int(usage.get("completion_tokens") or 0)
+                call.usage_known = True
                 usage["payrouter"] = _charge_report(services.table, call, attempts)
             yield chunk
         call.completed = True
@@ -105,6 +106,7 @@ async def _complete(services: Services, call: PaidCall) -> tuple[str, dict[str, 
         completion.input_tokens,
         completion.output_tokens,
     )
+    call.usage_known = True
     body = dict(completion.body)
     body["model"] = answer.model
     usage = dict(body.get("usage") or {})

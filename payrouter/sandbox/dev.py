@@ -23,7 +23,7 @@ from payrouter.sandbox.serving import bound_port, uvicorn_server
 from payrouter.sandbox.upstream import TestUpstream
 from payrouter.serving_limits import uvicorn_options
 from payrouter.settings import ProviderSettings, Settings
-from pricing import PriceTable, load_price_table
+from pricing import PriceTable, Scheme, load_price_table
 from wallets import LocalSigner
 
 __all__ = ["EXAMPLE_TABLE", "Sandbox", "run_sandbox", "sandbox"]
@@ -48,6 +48,7 @@ class Sandbox:
     namespace: str
     batch_settlement: str = ""
     deposit_collector: str = ""
+    authorizer: LocalSigner | None = None
 
     def describe(self) -> dict[str, Any]:
         """The ``--json`` ready line."""
@@ -76,10 +77,12 @@ async def sandbox(
     redis_url: str | None = None,
     namespace: str = "payrouter-dev",
     chain_id: int = 31337,
+    schemes: tuple[Scheme, ...] = ("exact", "batch-settlement"),
 ) -> AsyncIterator[Sandbox]:
     """Start every part of the sandbox; stop all of it on exit, error included.
 
-    ``chain_id`` lets tests impersonate a chain with an x402 v1 name (e.g. 84532).
+    ``chain_id`` lets tests impersonate a chain with an x402 v1 name (e.g. 84532);
+    ``schemes`` are the payment schemes offered, preferred first.
     """
     base_table = load_price_table(table_path)
     chain = await asyncio.to_thread(DevChain.start, chain_id=chain_id)
@@ -92,6 +95,8 @@ async def sandbox(
         for account in accounts:
             await asyncio.to_thread(token.mint, account.address, AGENT_FUNDS * 10**base_table.asset.decimals)
         table = base_table.on_chain(chain.network, token.address, operator.address)
+        table = table.model_copy(update={"schemes": list(schemes)})
+        authorizer = LocalSigner.generate()
         upstream = TestUpstream()
         up_server = uvicorn_server(upstream.app, host="127.0.0.1", port=0)
         up_task = asyncio.create_task(up_server.serve())
@@ -111,6 +116,7 @@ async def sandbox(
             facilitator="local",
             rpc_url=chain.rpc_url,
             gas_key=SecretStr(gas.unsafe_export_private_key()),
+            channel_authorizer_key=SecretStr(authorizer.unsafe_export_private_key()),
         )
         server = uvicorn_server(create_app(settings), host=host, port=port, **uvicorn_options(settings.server))
         task = asyncio.create_task(server.serve())
@@ -119,6 +125,7 @@ async def sandbox(
             yield Sandbox(
                 batch_settlement=settlement,
                 deposit_collector=collector,
+                authorizer=authorizer,
                 router_url=f"http://{host}:{bound_port(server)}",
                 upstream_url=upstream_url,
                 chain=chain,

@@ -33,6 +33,7 @@ class PaidCall:
         usage_priced: the scheme charges the price of the tokens used (never more than the
             quote) instead of the quote.
         answered_by: the catalog model that produced the answer.
+        usage_known: the upstream reported its token usage (``input_tokens``/``output_tokens``).
         input_tokens, output_tokens: what the upstream reported.
         content: a stream produced content (tokens or tool calls).
         completed: a stream reached its end.
@@ -45,6 +46,7 @@ class PaidCall:
     deadline: int
     usage_priced: bool = False
     answered_by: str = ""
+    usage_known: bool = False
     input_tokens: int = 0
     output_tokens: int = 0
     content: bool = False
@@ -59,10 +61,10 @@ class PaidCall:
     def usage_price(self, table: PriceTable) -> int:
         """The price of the tokens the upstream reported, capped at the quote.
 
-        With no usage reported (an answering model unknown, or a stream that never sent its
-        usage) the tokens cannot be priced: the quote is the price.
+        With no usage reported (a stream cut before its usage chunk) the tokens cannot be
+        priced: the quote is the price.
         """
-        if not self.answered_by:
+        if not self.answered_by or not self.usage_known:
             return self.quoted
         try:
             return charge_for_usage(

@@ -27,6 +27,7 @@ from payrouter.x402.call import PaidRequest
 from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.responses import payment_required
+from payrouter.x402.schemes.base import Refunds
 from payrouter.x402.wire import decode_header, parse_envelope
 from pricing import PricingError
 
@@ -81,10 +82,17 @@ class PaymentGate:
         self.paid_paths = paid_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paid_paths:
+        if scope["type"] != "http" or scope["path"] not in self.paid_paths or scope["method"] not in ("POST", "GET"):
             await self.app(scope, receive, send)
             return
         services: Services = scope["state"]["services"]
+        if scope["method"] == "GET":
+            refunds = _refunds(services)
+            if refunds is None:
+                await self.app(scope, receive, send)
+            else:
+                await _refund(scope, services, refunds, send)
+            return
         body = await _read_body(receive, services.max_body_bytes)
         if body is None:
             await send_response(
@@ -147,6 +155,35 @@ class PaymentGate:
             await send_response(
                 send, *json_error(503, "payment state store unavailable; nothing was charged", "server_error")
             )
+
+
+def _refunds(services: Services) -> Refunds | None:
+    for scheme in services.schemes.values():
+        if isinstance(scheme, Refunds):
+            return scheme
+    return None
+
+
+async def _refund(scope: Scope, services: Services, refunds: Refunds, send: Send) -> None:
+    """``GET`` of a paid URL: the refund handshake (a probe without payment gets the terms)."""
+    headers = Headers(scope=scope)
+    resource = Resource(url=_resource_url(scope, headers, services.public_url), description="Channel refund")
+    offer = [refunds.refund_offer()]
+    value = headers.get("payment-signature")
+    try:
+        if value is None:
+            message = "GET of a paid URL asks for a channel refund: send a batch-settlement refund payload"
+            await send_response(send, 402, *payment_required(offer, resource, message=message))
+            return
+        await refunds.refund(parse_envelope(decode_header(value), 2), send)
+    except PaymentRejected as exc:
+        log.info("refund refused: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
+        await send_response(send, 402, *payment_required(offer, resource, exc.reason, exc.message))
+    except StoreError as exc:
+        log.error("store unavailable: %s", exc)
+        await send_response(
+            send, *json_error(503, "payment state store unavailable; nothing was refunded", "server_error")
+        )
 
 
 def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:

@@ -6,12 +6,25 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from payrouter.sandbox.dev import Sandbox
+from pricing import PriceTable
 from tests.redis_keys import delete_namespace
 from tests.sandbox_thread import sandbox_in_thread
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def authorizer_key(box: Sandbox) -> SecretStr:
+    """The sandbox's channel authorizer key, for a router of its own on the sandbox's table."""
+    assert box.authorizer is not None
+    return SecretStr(box.authorizer.unsafe_export_private_key())
+
+
+def exact_only(table: PriceTable) -> PriceTable:
+    """``table`` offering only ``exact`` (a remote facilitator settles no channels)."""
+    return table.model_copy(update={"schemes": ["exact"]})
 
 
 @pytest.fixture(scope="session")

@@ -56,7 +56,7 @@ from wallets import (
     sign_authorization,
 )
 
-from .conftest import REDIS_URL, Observer
+from .conftest import REDIS_URL, Observer, authorizer_key, exact_only
 from .official_facilitator import facilitator_app
 from .payments import header, offer, payment, rejection, sse_events
 
@@ -104,6 +104,7 @@ def _router(
         namespace=namespace,
         rpc_url=rpc_url,
         gas_key=SecretStr(gas.unsafe_export_private_key()),
+        channel_authorizer_key=authorizer_key(box),
         receipt_timeout=receipt_timeout,
         reconcile_interval=0,
     )
@@ -278,7 +279,7 @@ def _remote_router_settings(
     box: Sandbox, namespace: str, facilitator_url: str, token: str, rpc_url: str | None
 ) -> Settings:
     return Settings(
-        price_table=box.table,
+        price_table=exact_only(box.table),
         providers=_providers(box),
         redis_url=REDIS_URL,
         namespace=namespace,

@@ -18,7 +18,7 @@ from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
 
 from ..polling import wait_until
-from .conftest import REDIS_URL, Observer
+from .conftest import REDIS_URL, Observer, authorizer_key
 from .payments import header, offer, payment
 
 
@@ -34,6 +34,7 @@ def second_instance(box: Sandbox) -> Iterator[str]:
         namespace=box.namespace,
         rpc_url=box.chain.rpc_url,
         gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
+        channel_authorizer_key=authorizer_key(box),
     )
     with serve_in_thread(create_app(settings)) as url:
         yield url
@@ -140,6 +141,7 @@ def impatient_router(box: Sandbox) -> Iterator[str]:
         },
         rpc_url=box.chain.rpc_url,
         gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
+        channel_authorizer_key=authorizer_key(box),
     )
     with serve_in_thread(create_app(settings)) as url:
         yield url

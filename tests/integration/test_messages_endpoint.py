@@ -43,7 +43,7 @@ class _OfferRecorder(httpx2.BaseTransport):
     def quote(self) -> tuple[int, str]:
         """``(amount, payTo)`` of the one offer that was paid, checked against what was signed."""
         assert len(self.offers) == 1 and len(self.payments) == 1, (self.offers, self.payments)
-        (accepted,) = self.offers[0]["accepts"]
+        (accepted,) = [a for a in self.offers[0]["accepts"] if a["scheme"] == self.payments[0]["accepted"]["scheme"]]
         signed = self.payments[0]["payload"]["authorization"]
         assert int(signed["value"]) == int(accepted["amount"]) and signed["to"] == accepted["payTo"]
         return int(accepted["amount"]), accepted["payTo"]

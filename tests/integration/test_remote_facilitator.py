@@ -16,7 +16,7 @@ from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ConfigError, ProviderSettings, Settings
 from wallets import LocalSigner
 
-from .conftest import Observer
+from .conftest import Observer, exact_only
 from .official_facilitator import facilitator_app
 from .payments import header, offer, payment, rejection
 
@@ -33,7 +33,7 @@ def remote(box: Sandbox) -> Iterator[tuple[str, dict[str, int]]]:
 
 def _router(box: Sandbox, facilitator_url: str, token: str) -> Any:
     settings = Settings(
-        price_table=box.table,
+        price_table=exact_only(box.table),
         providers={
             p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
         },

@@ -33,7 +33,7 @@ from payrouter.store import RedisStore
 from tests.redis_keys import delete_namespace, journal_record
 from wallets import CancelAuthorization, Eip712Domain, LocalSigner, new_nonce
 
-from .conftest import REDIS_URL, Observer
+from .conftest import REDIS_URL, Observer, authorizer_key
 from .payments import header, offer, payment, rejection, sse_events
 
 
@@ -64,6 +64,7 @@ def faulty(box: Sandbox) -> Iterator[Faulty]:
             namespace=namespace,
             rpc_url=proxy.url,
             gas_key=SecretStr(gas.unsafe_export_private_key()),
+            channel_authorizer_key=authorizer_key(box),
             receipt_timeout=1.0,
             reconcile_interval=0,
         )

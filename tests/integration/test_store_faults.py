@@ -33,7 +33,7 @@ from tests.private_redis import PrivateRedis
 from tests.redis_keys import journal_record
 from wallets import LocalSigner
 
-from .conftest import Observer
+from .conftest import Observer, authorizer_key
 from .payments import header, offer, payment
 
 NAMESPACE = "store-faults"
@@ -69,6 +69,7 @@ def router(box: Sandbox, tmp_path: Path) -> Iterator[Router]:
             namespace=NAMESPACE,
             rpc_url=box.chain.rpc_url,
             gas_key=SecretStr(gas.unsafe_export_private_key()),
+            channel_authorizer_key=authorizer_key(box),
             reconcile_interval=0,
         )
         with serve_in_thread(create_app(settings)) as url:

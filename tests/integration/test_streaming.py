@@ -21,7 +21,7 @@ from payrouter.settings import ProviderSettings, Settings
 from pricing import StreamingPolicy
 from wallets import LocalSigner
 
-from .conftest import Observer
+from .conftest import Observer, authorizer_key
 from .payments import header, offer, payment, sse_events
 
 
@@ -118,6 +118,7 @@ def before_first_byte_router(box: Sandbox) -> Iterator[str]:
         providers={p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in table.models}},
         rpc_url=box.chain.rpc_url,
         gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
+        channel_authorizer_key=authorizer_key(box),
     )
     with serve_in_thread(create_app(settings)) as url:
         yield url

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import secrets
 import signal
@@ -12,13 +14,16 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
 from tests.price_toml import price_table_toml
+from wallets import LocalSigner
 
+from .channel_payloads import batch_offer, config_for, voucher_payment
 from .conftest import REDIS_URL, Observer
 from .payments import header, offer, payment, rejection
 
@@ -41,10 +46,17 @@ def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     )
     (folder / "payrouter.toml").write_text(
         f'price_table = "prices.toml"\nredis_url = "{REDIS_URL}"\nnamespace = "{box.namespace}"\n'
-        f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n{providers}\n'
+        f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
+        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\n{providers}\n'
     )
     # faulthandler: a server that will not stop is made to print where it is stuck (SIGABRT)
-    env = {**os.environ, "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key(), "PYTHONFAULTHANDLER": "1"}
+    assert box.authorizer is not None
+    env = {
+        **os.environ,
+        "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key(),
+        "TEST_AUTHORIZER_KEY": box.authorizer.unsafe_export_private_key(),
+        "PYTHONFAULTHANDLER": "1",
+    }
     ports = [_free_port(), _free_port()]
     # logs go to files, not pipes nobody reads (a full pipe would block the server)
     logs = [folder / f"server-{port}.log" for port in ports]
@@ -145,3 +157,63 @@ def test_distinct_payments_on_both_servers_share_the_gas_wallet(
         assert [r.status_code for r in results] == [200] * n, [r.text for r in results if r.status_code != 200]
         after = observer.balances(agent.address, box.operator.address)
         assert (before[0] - after[0], after[1] - before[1]) == (total, total)
+
+
+def test_one_channel_two_servers_serves_one_request_at_a_time(
+    servers: list[str], box: Sandbox, observer: Observer
+) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 5_000_000)
+    url = "/v1/chat/completions"
+
+    def body() -> dict[str, Any]:
+        return {"model": "gpt-4o", "max_tokens": 32, "messages": [{"role": "user", "content": secrets.token_hex(8)}]}
+
+    with httpx.Client(timeout=30) as http, ThreadPoolExecutor(max_workers=2) as pool:
+        first = body()
+        quote = offer(http, servers[0] + url, first)
+        requirement = batch_offer(quote)
+        config = config_for(requirement, payer)
+        opened = http.post(
+            servers[0] + url,
+            json=first,
+            headers=header(
+                voucher_payment(
+                    quote,
+                    config,
+                    int(requirement["amount"]),
+                    payer,
+                    chain_id=box.chain.chain_id,
+                    deposit=int(requirement["extra"]["minDeposit"]),
+                    token=payer,
+                    token_domain=box.token.domain,
+                )
+            ),
+        )
+        assert opened.status_code == 200, opened.text
+        charged = int(json.loads(base64.b64decode(opened.headers["payment-response"]))["extra"]["chargedAmount"])
+        observer.control(delay_ms=200)  # both requests in flight together
+        try:
+            for _ in range(4):
+                bodies = [body(), body()]
+                paid = []
+                for server, b in zip(servers, bodies, strict=True):
+                    q = offer(http, server + url, b)
+                    signed_max = charged + int(batch_offer(q)["amount"])
+                    paid.append(voucher_payment(q, config, signed_max, payer, chain_id=box.chain.chain_id))
+                calls = observer.upstream_calls()
+                results = list(
+                    pool.map(
+                        lambda server, b, p: http.post(server + url, json=b, headers=header(p)), servers, bodies, paid
+                    )
+                )
+                assert sorted(r.status_code for r in results) == [200, 402], [r.text for r in results]
+                loser = next(r for r in results if r.status_code == 402)
+                assert rejection(loser) == (402, "invalid_batch_settlement_evm_channel_busy")
+                assert observer.upstream_calls() == calls + 1  # exactly one model call
+                winner = next(r for r in results if r.status_code == 200)
+                charged += int(
+                    json.loads(base64.b64decode(winner.headers["payment-response"]))["extra"]["chargedAmount"]
+                )
+        finally:
+            observer.control(delay_ms=0)

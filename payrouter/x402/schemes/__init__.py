@@ -9,16 +9,21 @@ from pricing import PriceTable
 __all__ = ["EXACT", "ExactScheme", "Scheme", "build_schemes", "match_terms"]
 
 
-def build_schemes(table: PriceTable) -> dict[str, Scheme]:
+def build_schemes(table: PriceTable, batch: Scheme | None = None) -> dict[str, Scheme]:
     """The schemes ``table`` offers, by name, preferred first.
 
+    Args:
+        batch: the ``batch-settlement`` scheme (it needs connections the caller opens).
+
     Raises:
-        ValueError: a scheme this build cannot serve.
+        ValueError: the table offers a scheme it was not given.
     """
     schemes: dict[str, Scheme] = {}
     for name in table.schemes:
         if name == EXACT:
             schemes[name] = ExactScheme()
+        elif batch is not None and name == batch.name:
+            schemes[name] = batch
         else:
-            raise ValueError(f"scheme {name!r} is not available in this build")
+            raise ValueError(f"scheme {name!r} is offered but not configured")
     return schemes

@@ -8,7 +8,7 @@ reserves the payment, runs the paid handler, charges or releases, and writes the
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from starlette.types import Send
 
@@ -18,7 +18,7 @@ from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import Envelope, v1_network_name
 
-__all__ = ["Scheme", "match_terms"]
+__all__ = ["Refunds", "Scheme", "match_terms"]
 
 
 class Scheme(Protocol):
@@ -40,6 +40,24 @@ class Scheme(Protocol):
         Raises:
             PaymentRejected: the payment cannot be accepted; nothing was charged and the
                 handler did not run (the gate answers 402 with a fresh offer).
+        """
+        ...
+
+
+@runtime_checkable
+class Refunds(Protocol):
+    """A scheme that holds the payer's money between calls and gives back what is unspent
+    (x402 ``batch-settlement``: a ``GET`` of a paid URL is the refund handshake)."""
+
+    def refund_offer(self) -> Requirements:
+        """The requirements a refund probe is answered with."""
+        ...
+
+    async def refund(self, envelope: Envelope, send: Send) -> None:
+        """Carry out the refund ``envelope`` asks for; answer with its receipt on ``send``.
+
+        Raises:
+            PaymentRejected: the refund cannot be made; nothing moved.
         """
         ...
 

@@ -1,0 +1,698 @@
+"""The ``batch-settlement`` scheme: payment channels, a voucher per call, charged by the token.
+
+The payer deposits once into an on-chain channel (its first payment carries the deposit's
+ERC-3009 authorization; we send it and serve once it is mined). Every call then carries a
+voucher: a signature over the channel's new cumulative maximum, ``charged + amount``. Serving
+one costs a signature recovery and two store round trips, never a chain round trip:
+
+1. the config is ours (receiver, authorizer, token, withdraw delay) and hashes to the id;
+   the voucher is signed by the payer's authorizer;
+2. the channel is reserved in one atomic step (`payrouter.channels.ChannelStore.reserve`):
+   cumulative check, ``max <= balance``, one request in flight per channel, no withdrawal;
+3. the handler runs; a failure releases the channel and charges nothing;
+4. the charge, the price of the tokens used (never above ``amount``), is committed to the
+   channel and journaled; the receipt carries ``chargedAmount`` and ``channelState``.
+
+The claimer (`payrouter.channels.claimer`) turns committed vouchers into on-chain claims.
+
+Streams: the voucher covers the maximum, the charge is what was streamed. The headers leave
+before the charge is known, so a stream's receipt is its last SSE event (``x402.payment``,
+with ``extra.chargedAmount``); clients that only read headers resync on their next call
+through the corrective 402 (the official SDKs do this by themselves).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import secrets
+import time
+from typing import Any, NoReturn
+
+import anyio
+from starlette.types import Message, Send
+
+from payrouter.chain import ChainError
+from payrouter.channels import ChannelState, ChannelStore, Reserved
+from payrouter.channels.contract import (
+    BatchSettlementContract,
+    ChannelError,
+    ChannelTxInDoubt,
+    ClaimRow,
+    Erc3009Deposit,
+)
+from payrouter.journal import Journal, PaymentRecord, State, now_ms
+from payrouter.quoting import PricedRoute, load_quote
+from payrouter.store import StoreError
+from payrouter.x402.asgi import replay_body, run_handler, send_response
+from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
+from payrouter.x402.errors import PaymentRejected, Reason
+from payrouter.x402.requirements import Requirements
+from payrouter.x402.schemes.base import match_terms
+from payrouter.x402.schemes.batch_payload import BatchPayload, ChannelReason, parse_batch_payload
+from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, encode_header
+from pricing import PriceTable
+from wallets import Signer, recover_address, typed_data_digest
+from wallets.channels import ChannelConfig, Voucher, batch_settlement_domain
+from wallets.errors import WalletError
+
+__all__ = ["BATCH", "BatchScheme", "voucher_record_id"]
+
+log = logging.getLogger("payrouter.channels")
+
+BATCH = "batch-settlement"
+_ZERO = "0x" + "00" * 20
+# An ERC-3009 deposit authorization must stay valid this long after we check it: the deposit
+# is sent at once, and must be mined before it expires.
+_VALID_BEFORE_MARGIN = 6
+# The reservation outlives the quote's lifetime by this much (the model call must finish
+# within the quote's timeout; the slack covers committing).
+_RESERVE_SLACK_S = 60
+
+
+def voucher_record_id(channel_id: str, charged_before: int) -> str:
+    """The journal id of one voucher: ``charged`` strictly grows with every committed charge
+    (each is at least one atomic unit), so it names the voucher uniquely even when two vouchers
+    sign the same maximum."""
+    return f"batch:{channel_id}:{charged_before}"
+
+
+class BatchScheme:
+    """`Scheme` ``batch-settlement`` over our own channel store, contract and authorizer key.
+
+    Args:
+        table: the price table (channel terms, asset, pay_to).
+        store: the channel states (shared by every instance).
+        contract: the settlement contract (deposits; reads of channels we do not know).
+        authorizer: the receiver authorizer key (its address is offered; the claimer signs
+            claim batches with it).
+        journal: where deposits are recorded (vouchers go to the request's journal: the same).
+    """
+
+    name = BATCH
+
+    def __init__(
+        self,
+        table: PriceTable,
+        store: ChannelStore,
+        contract: BatchSettlementContract,
+        authorizer: Signer,
+        journal: Journal,
+    ) -> None:
+        self.table = table
+        self.journal = journal
+        self.store = store
+        self.contract = contract
+        self.authorizer = authorizer
+        self.chain_id = table.chain_id
+        self.domain = batch_settlement_domain(table.chain_id)
+        self.min_deposit = table.channels.min_deposit_atomic(table.asset.decimals)
+
+    def offer(self, priced: PricedRoute) -> Requirements:
+        base = priced.requirements
+        table = self.table
+        extra: dict[str, Any] = {
+            "receiverAuthorizer": self.authorizer.address,
+            "withdrawDelay": table.channels.withdraw_delay,  # a JSON integer, or clients assume 900
+            "name": table.asset.name,
+            "version": table.asset.version,
+            "assetTransferMethod": "eip3009",
+            "minDeposit": str(self.min_deposit),
+            "pricing": "usage",  # charged the price of the tokens used, at most `amount`
+            "route": base.extra.get("route"),
+            "price": base.extra.get("price"),
+        }
+        return Requirements(
+            network=base.network,
+            amount=base.amount,
+            asset=base.asset,
+            pay_to=base.pay_to,
+            max_timeout_seconds=base.max_timeout_seconds,
+            extra=extra,
+            scheme=BATCH,
+        )
+
+    # ------------------------------------------------------------------ checks
+
+    def _check(self, payload: BatchPayload, envelope: Envelope) -> str:
+        """The checks that need neither the store nor the chain; the channel id (0x hex)."""
+        config, table = payload.config, self.table
+        payer = config.payer
+        accepted = envelope.accepted or {}
+        extra = accepted.get("extra") if isinstance(accepted.get("extra"), dict) else {}
+        assert isinstance(extra, dict)
+        if str(extra.get("receiverAuthorizer", "")).lower() != self.authorizer.address.lower():
+            raise PaymentRejected(
+                ChannelReason.RECEIVER_AUTHORIZER_MISMATCH, "accepted.extra.receiverAuthorizer is not ours", payer
+            )
+        if extra.get("withdrawDelay") != table.channels.withdraw_delay:
+            raise PaymentRejected(
+                ChannelReason.WITHDRAW_DELAY_MISMATCH,
+                f"accepted.extra.withdrawDelay must be {table.channels.withdraw_delay}",
+                payer,
+            )
+        if config.receiver.lower() != table.pay_to.lower():
+            raise PaymentRejected(ChannelReason.RECEIVER_MISMATCH, "channelConfig.receiver is not payTo", payer)
+        if config.receiver_authorizer.lower() != self.authorizer.address.lower():
+            raise PaymentRejected(
+                ChannelReason.RECEIVER_AUTHORIZER_MISMATCH, "channelConfig.receiverAuthorizer is not ours", payer
+            )
+        if config.token.lower() != table.asset.address.lower():
+            raise PaymentRejected(ChannelReason.TOKEN_MISMATCH, "channelConfig.token is not the asset", payer)
+        if config.withdraw_delay != table.channels.withdraw_delay:
+            raise PaymentRejected(
+                ChannelReason.WITHDRAW_DELAY_MISMATCH,
+                f"channelConfig.withdrawDelay must be {table.channels.withdraw_delay}",
+                payer,
+            )
+        channel_id = config.channel_id(self.chain_id)
+        if channel_id != payload.channel_id:
+            raise PaymentRejected(
+                ChannelReason.CHANNEL_ID_MISMATCH, "voucher.channelId is not the hash of channelConfig", payer
+            )
+        signer = config.payer_authorizer if config.payer_authorizer.lower() != _ZERO else config.payer
+        if len(payload.signature) != 65:
+            # a contract payer (EIP-1271) needs an on-chain check per voucher: not offered here
+            raise PaymentRejected(
+                ChannelReason.VOUCHER_SIGNATURE, "vouchers must be 65-byte ECDSA signatures of an EOA authorizer", payer
+            )
+        try:
+            digest = typed_data_digest(self.domain, Voucher(channel_id, payload.signed_max))
+            recovered = recover_address(digest, payload.signature)
+        except WalletError as exc:
+            raise PaymentRejected(ChannelReason.VOUCHER_SIGNATURE, f"voucher signature: {exc}", payer) from None
+        if recovered.lower() != signer.lower():
+            raise PaymentRejected(
+                ChannelReason.VOUCHER_SIGNATURE, "the voucher is not signed by the channel's payer authorizer", payer
+            )
+        return "0x" + channel_id.hex()
+
+    async def _sync(self, config: ChannelConfig, channel_id: str) -> ChannelState | None:
+        """Mirror the channel from the chain into the store (a channel another deployment of
+        ours, or a lost store, does not know); None when it holds nothing."""
+        try:
+            onchain = (await self.contract.channels([bytes.fromhex(channel_id[2:])]))[bytes.fromhex(channel_id[2:])]
+        except ChainError as exc:
+            raise PaymentRejected(
+                ChannelReason.STATE_UNAVAILABLE, f"the channel could not be read on chain ({exc})", config.payer
+            ) from None
+        if onchain.balance == 0:
+            return None
+        return await self.store.upsert_onchain(
+            channel_id,
+            config=json.dumps(config.to_wire(), separators=(",", ":")),
+            payer=config.payer,
+            balance=onchain.balance,
+            total_claimed=onchain.total_claimed,
+            withdraw_requested_at=onchain.withdraw_initiated_at,
+            refund_nonce=onchain.refund_nonce,
+            synced_at_ms=now_ms(),
+        )
+
+    async def _deposit(self, call: PaidRequest, payload: BatchPayload, channel_id: str) -> None:
+        """Send the payload's deposit on chain, wait for it, and mirror the channel."""
+        deposit, config = payload.deposit, payload.config
+        assert deposit is not None
+        payer = config.payer
+        now = int(time.time())
+        if deposit.valid_after > now:
+            raise PaymentRejected(ChannelReason.VALID_AFTER, "the deposit authorization is not valid yet", payer)
+        if deposit.valid_before < now + _VALID_BEFORE_MARGIN:
+            raise PaymentRejected(ChannelReason.VALID_BEFORE, "the deposit authorization expires too soon", payer)
+        if deposit.amount < self.min_deposit:
+            raise PaymentRejected(
+                ChannelReason.DEPOSIT_BELOW_MIN, f"deposits here are at least {self.min_deposit} atomic units", payer
+            )
+        erc3009 = Erc3009Deposit(deposit.valid_after, deposit.valid_before, deposit.salt, deposit.signature)
+        try:
+            await self.contract.simulate_deposit(config, deposit.amount, erc3009)
+        except ChannelError as exc:
+            raise PaymentRejected(
+                ChannelReason.DEPOSIT_SIMULATION_FAILED, f"the deposit would fail: {exc}", payer
+            ) from None
+        except ChainError as exc:
+            raise PaymentRejected(ChannelReason.STATE_UNAVAILABLE, f"the chain is unavailable ({exc})", payer) from None
+        try:
+            tx = await self.contract.deposit(config, deposit.amount, erc3009)
+        except ChannelTxInDoubt as exc:
+            # the deposit may land: it is the payer's money in their channel either way
+            raise PaymentRejected(
+                ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit was sent and not confirmed ({exc})", payer
+            ) from None
+        except (ChannelError, ChainError, StoreError) as exc:
+            raise PaymentRejected(
+                ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit failed: {exc}", payer
+            ) from None
+        log.info("deposit: channel=%s payer=%s amount=%d tx=%s", channel_id, payer, deposit.amount, tx)
+        await self._journal_event(
+            f"batch-deposit:{channel_id}:{tx}", "deposit", payer, channel_id, deposit.amount, tx, call.digest
+        )
+        if await self._sync(config, channel_id) is None:
+            raise PaymentRejected(ChannelReason.CHANNEL_NOT_FOUND, "the deposit left the channel empty", payer)
+
+    async def _journal_event(
+        self,
+        record_id: str,
+        kind: str,
+        payer: str,
+        channel_id: str,
+        amount: int,
+        tx: str,
+        digest: str = "",
+        payment: str = "{}",
+    ) -> None:
+        table = self.table
+        record = PaymentRecord(
+            id=record_id,
+            scheme=BATCH,
+            state=State.SETTLED,
+            owner="channels",
+            payer=payer,
+            pay_to=table.pay_to,
+            asset=table.asset.address,
+            network=table.network,
+            amount=amount,
+            nonce=channel_id,
+            valid_before=0,
+            x402_version=2,
+            payment=payment,
+            fingerprint="",
+            request=digest,
+            path=kind,
+            stream=False,
+            route="",
+            model="",
+            tx=tx,
+            settled_at=now_ms(),
+        )
+        with contextlib.suppress(StoreError):  # the chain is the record of a deposit; the journal mirrors it
+            await self.journal.advance(record, [State.SETTLED])
+
+    # ------------------------------------------------------------------ refunds
+
+    def refund_offer(self) -> Requirements:
+        """What a refund probe (a ``GET`` of a paid URL) is answered with: the channel terms,
+        from which a payer derives its channel (the amount is 0: a refund charges nothing)."""
+        table = self.table
+        return Requirements(
+            network=table.network,
+            amount=0,
+            asset=table.asset.address,
+            pay_to=table.pay_to,
+            max_timeout_seconds=table.max_timeout_seconds,
+            extra={
+                "receiverAuthorizer": self.authorizer.address,
+                "withdrawDelay": table.channels.withdraw_delay,
+                "name": table.asset.name,
+                "version": table.asset.version,
+                "assetTransferMethod": "eip3009",
+                "minDeposit": str(self.min_deposit),
+            },
+            scheme=BATCH,
+        )
+
+    async def refund(self, envelope: Envelope, send: Send) -> None:
+        """Honour a cooperative refund: claim what was charged and return the rest (or the
+        amount asked for) to the payer, in one transaction; answer with its receipt.
+
+        Raises:
+            PaymentRejected: not a valid refund of a channel of ours with something left.
+        """
+        payload = parse_batch_payload(envelope)
+        config = payload.config
+        payer = config.payer
+        if payload.kind != "refund":
+            raise PaymentRejected(ChannelReason.PAYLOAD_TYPE, "a GET of a paid URL takes only refund payloads", payer)
+        if envelope.network != self.table.network:
+            raise PaymentRejected(Reason.INVALID_NETWORK, f"network {envelope.network!r} is not ours", payer)
+        channel_id = self._check(payload, envelope)
+        token = secrets.token_hex(16)
+        ttl_ms = (self.table.max_timeout_seconds + _RESERVE_SLACK_S) * 1000
+        signature = "0x" + payload.signature.hex()
+        reserved = await self.store.reserve(
+            channel_id,
+            amount=0,
+            signed_max=payload.signed_max,
+            signature=signature,
+            token=token,
+            ttl_ms=ttl_ms,
+            refund=True,
+        )
+        if reserved.kind == "not_found" and await self._sync(config, channel_id) is not None:
+            reserved = await self.store.reserve(
+                channel_id,
+                amount=0,
+                signed_max=payload.signed_max,
+                signature=signature,
+                token=token,
+                ttl_ms=ttl_ms,
+                refund=True,
+            )
+        if not reserved.ok:
+            self._refused_reservation(reserved, payload, 0)
+        try:
+            receipt = await self._refund(payload, channel_id)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                await self.store.release(channel_id, token)
+        body = json.dumps({"message": "Refund acknowledged", "channelId": channel_id}).encode()
+        await send_response(send, 200, body, [(b"content-type", b"application/json"), receipt])
+
+    async def _refund(self, payload: BatchPayload, channel_id: str) -> tuple[bytes, bytes]:
+        config, payer = payload.config, payload.config.payer
+        raw_id = bytes.fromhex(channel_id[2:])
+        try:
+            onchain = (await self.contract.channels([raw_id]))[raw_id]
+        except ChainError as exc:
+            raise PaymentRejected(ChannelReason.STATE_UNAVAILABLE, f"the chain is unavailable ({exc})", payer) from None
+        state = await self.store.get(channel_id)
+        charged = state.charged if state is not None else onchain.total_claimed
+        left = onchain.balance - max(charged, onchain.total_claimed)
+        if left <= 0:
+            raise PaymentRejected(ChannelReason.REFUND_NO_BALANCE, "nothing is left in this channel to refund", payer)
+        amount = left if payload.refund_amount is None else payload.refund_amount
+        if amount > left:
+            raise PaymentRejected(
+                ChannelReason.REFUND_AMOUNT_INVALID, f"at most {left} atomic units are left to refund", payer
+            )
+        rows: list[ClaimRow] = []
+        if state is not None and charged > onchain.total_claimed:
+            # what was charged is claimed in the same transaction: the refund cannot take it
+            rows.append(ClaimRow(config, state.signed_max, bytes.fromhex(state.signature[2:]), charged))
+        try:
+            tx, refunded = await self.contract.refund(config, amount, onchain.refund_nonce, rows, self.authorizer)
+        except (ChannelError, ChainError, StoreError, ValueError) as exc:
+            raise PaymentRejected(ChannelReason.REFUND_TRANSACTION_FAILED, f"the refund failed: {exc}", payer) from None
+        log.info("refund: channel=%s payer=%s amount=%d claimed=%d tx=%s", channel_id, payer, refunded, charged, tx)
+        if rows:
+            await self._journal_event(
+                f"batch-claim:{tx}",
+                "claim",
+                "",
+                "",
+                charged - onchain.total_claimed,
+                tx,
+                payment=json.dumps({channel_id: charged - onchain.total_claimed}, separators=(",", ":")),
+            )
+        await self._journal_event(
+            f"batch-refund:{channel_id}:{onchain.refund_nonce}", "refund", payer, channel_id, refunded, tx
+        )
+        synced = await self._sync(config, channel_id)
+        if synced is not None and rows:
+            await self.store.record_claimed(channel_id, charged)
+        obj = {
+            "success": True,
+            "transaction": tx,
+            "network": self.table.network,
+            "payer": payer,
+            "amount": str(refunded),
+            "extra": {"channelState": synced.to_wire()} if synced is not None else {},
+        }
+        return HEADER_PAYMENT_RESPONSE.encode(), encode_header(obj).encode()
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, call: PaidRequest, envelope: Envelope, send: Send) -> None:
+        payload = parse_batch_payload(envelope)
+        payer = payload.config.payer
+        if payload.kind == "refund":
+            raise PaymentRejected(
+                ChannelReason.REFUND_PAYLOAD, "a refund is asked for with GET on this URL, not with a request", payer
+            )
+        priced = await load_quote(call.services.store, call.digest)
+        if priced is None:
+            raise PaymentRejected(
+                Reason.INVALID_REQUIREMENTS,
+                "no live quote for this request (expired or never issued); a fresh quote is attached",
+                payer,
+            )
+        offer = self.offer(priced)
+        match_terms(envelope, offer, payer)
+        channel_id = self._check(payload, envelope)
+        if payload.kind == "deposit":
+            await self._deposit(call, payload, channel_id)
+        token = secrets.token_hex(16)
+        reserved = await self._reserve(payload, channel_id, offer.amount, token)
+        charged_before = reserved.state.charged if reserved.state is not None else 0
+        record = self._voucher_record(call, envelope, payload, channel_id, priced, offer.amount, charged_before, token)
+        journal = call.services.journal
+        try:
+            opened = await journal.open(record)
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                await self.store.release(channel_id, token)
+            raise
+        record = opened.record
+        paid = PaidCall(
+            request=call.request,
+            route=priced,
+            payer=payer,
+            deadline=int(time.time()) + offer.max_timeout_seconds,
+            usage_priced=True,
+        )
+        call.scope[SCOPE_KEY] = paid
+        if call.request.stream:
+            await self._stream(call, paid, record, channel_id, token, send)
+            return
+        status, headers, body = await run_handler(call.app, call.scope, call.receive, call.body)
+        with anyio.CancelScope(shield=True):  # the charge must be recorded even if the client left
+            if status >= 400:
+                await self._release(
+                    call, record, channel_id, token, "upstream_failed" if status >= 500 else "request_failed"
+                )
+                await send_response(send, status, body, headers)
+                return
+            charge = paid.charge(self.table)
+            state = await self._commit(call, paid, record, channel_id, token, charge)
+            headers = [*headers, self._receipt(payer, charge, state)]
+            await send_response(send, status, body, headers)
+
+    async def _reserve(self, payload: BatchPayload, channel_id: str, amount: int, token: str) -> Reserved:
+        ttl_ms = (self.table.max_timeout_seconds + _RESERVE_SLACK_S) * 1000
+        payer = payload.config.payer
+        signature = "0x" + payload.signature.hex()
+
+        async def attempt() -> Reserved:
+            return await self.store.reserve(
+                channel_id,
+                amount=amount,
+                signed_max=payload.signed_max,
+                signature=signature,
+                token=token,
+                ttl_ms=ttl_ms,
+            )
+
+        reserved = await attempt()
+        if reserved.kind == "not_found":
+            if await self._sync(payload.config, channel_id) is None:
+                raise PaymentRejected(
+                    ChannelReason.CHANNEL_NOT_FOUND, "no deposit in this channel; send a deposit payload first", payer
+                )
+            reserved = await attempt()
+        if reserved.ok:
+            return reserved
+        self._refused_reservation(reserved, payload, amount)
+
+    def _refused_reservation(self, reserved: Reserved, payload: BatchPayload, amount: int) -> NoReturn:
+        """Raise the rejection a refused reservation means (the corrective 402 for a mismatch)."""
+        payer = payload.config.payer
+        state = reserved.state
+        if state is None:
+            raise PaymentRejected(ChannelReason.CHANNEL_NOT_FOUND, "no deposit in this channel", payer)
+        if reserved.kind == "mismatch":
+            below = payload.signed_max <= state.total_claimed
+            raise PaymentRejected(
+                ChannelReason.BELOW_CLAIMED if below else ChannelReason.AMOUNT_MISMATCH,
+                f"the voucher's cumulative maximum must be {state.charged + amount} (charged {state.charged} + "
+                f"amount {amount}); the channel's state is attached",
+                payer,
+                offer_extra={
+                    "channelState": state.to_wire(),
+                    "voucherState": {"signedMaxClaimable": str(state.signed_max), "signature": state.signature},
+                },
+            )
+        if reserved.kind == "busy":
+            raise PaymentRejected(
+                ChannelReason.CHANNEL_BUSY,
+                "another request on this channel is in flight; channels serve one at a time (open more with salts)",
+                payer,
+            )
+        if reserved.kind == "exceeds_balance":
+            raise PaymentRejected(
+                ChannelReason.EXCEEDS_BALANCE,
+                f"the voucher's maximum {payload.signed_max} exceeds the channel's balance {state.balance}; top it up",
+                payer,
+            )
+        raise PaymentRejected(
+            ChannelReason.WITHDRAWING, "the payer asked to withdraw this channel; it takes no new vouchers", payer
+        )
+
+    def _voucher_record(
+        self,
+        call: PaidRequest,
+        envelope: Envelope,
+        payload: BatchPayload,
+        channel_id: str,
+        priced: PricedRoute,
+        amount: int,
+        charged_before: int,
+        owner: str,
+    ) -> PaymentRecord:
+        table = self.table
+        kept = {
+            "channelConfig": payload.config.to_wire(),
+            "voucher": {
+                "channelId": channel_id,
+                "maxClaimableAmount": str(payload.signed_max),
+                "signature": "0x" + payload.signature.hex(),
+            },
+        }
+        return PaymentRecord(
+            id=voucher_record_id(channel_id, charged_before),
+            scheme=BATCH,
+            state=State.CLAIMED,
+            owner=owner,
+            payer=payload.config.payer,
+            pay_to=table.pay_to,
+            asset=table.asset.address,
+            network=table.network,
+            amount=amount,
+            nonce=channel_id,
+            valid_before=0,
+            x402_version=envelope.version,
+            payment=json.dumps(kept, separators=(",", ":")),
+            fingerprint="",
+            request=call.digest,
+            path=call.scope["path"],
+            stream=call.request.stream,
+            route=priced.to_record().decode(),
+            model=priced.decision.model,
+            upstream_cost=priced.quote.upstream_cost,
+        )
+
+    async def _release(
+        self, call: PaidRequest, record: PaymentRecord, channel_id: str, token: str, reason: str
+    ) -> None:
+        with contextlib.suppress(StoreError):
+            await self.store.release(channel_id, token)
+        with contextlib.suppress(StoreError):
+            if not await call.services.journal.discard(record):
+                await call.services.journal.advance(
+                    record.moved(State.RELEASED, reason=reason), [State.CLAIMED, State.SERVING]
+                )
+
+    async def _commit(
+        self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, charge: int
+    ) -> ChannelState | None:
+        """Charge the channel and journal it (both at once: one round trip each, in parallel)."""
+        usage = _usage_fields(paid, self.table, record)
+        settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
+        committed, written = await asyncio.gather(
+            self.store.commit(channel_id, token, charge),
+            call.services.journal.advance(settled, [State.CLAIMED, State.SERVING]),
+            return_exceptions=True,
+        )
+        if isinstance(written, BaseException):
+            log.warning("voucher %s: journal write deferred (%s)", record.id, written)
+            call.services.deferred.schedule(settled, [State.CLAIMED, State.SERVING], None, 0, False, None)
+        if isinstance(committed, BaseException) or committed is None:
+            # the reservation lapsed (or the store failed): the answer went out unpaid; the
+            # journal keeps the charge for the audit
+            log.error(
+                "voucher %s: charge %d not committed to channel %s (%s)", record.id, charge, channel_id, committed
+            )
+            return None
+        return committed
+
+    def _receipt(self, payer: str, charge: int, state: ChannelState | None) -> tuple[bytes, bytes]:
+        extra: dict[str, Any] = {"chargedAmount": str(charge)}
+        if state is not None:
+            extra["channelState"] = state.to_wire()
+        obj = {
+            "success": True,
+            "transaction": "",
+            "network": self.table.network,
+            "payer": payer,
+            "amount": "",
+            "extra": extra,
+        }
+        return HEADER_PAYMENT_RESPONSE.encode(), encode_header(obj).encode()
+
+    async def _stream(
+        self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, send: Send
+    ) -> None:
+        """Stream the answer as it comes; charge what was streamed when it ends; the receipt is
+        the last SSE event."""
+        anthropic = call.scope["path"] == "/v1/messages"
+        started = False
+        status = 200
+        ended = False
+
+        async def forward(message: Message) -> None:
+            nonlocal started, status, ended
+            if message["type"] == "http.response.start":
+                started = True
+                status = message["status"]
+                await send(message)
+                return
+            if message["type"] == "http.response.body" and not message.get("more_body", False) and status < 400:
+                # hold the end back: the receipt goes before it
+                body = message.get("body", b"")
+                if body:
+                    await send({"type": "http.response.body", "body": body, "more_body": True})
+                ended = True
+                return
+            await send(message)
+
+        try:
+            await call.app(call.scope, replay_body(call.receive, call.body), forward)
+        except Exception:
+            log.exception("paid stream handler failed")
+            paid.failed = True
+        with anyio.CancelScope(shield=True):
+            if status >= 400 or not paid.billable:
+                await self._release(call, record, channel_id, token, "upstream_failed")
+                if not started:
+                    await send_response(
+                        send, 502, b'{"error":{"message":"the model call failed; nothing was charged"}}'
+                    )
+                elif ended:
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+                return
+            charge = paid.charge(self.table)
+            state = await self._commit(call, paid, record, channel_id, token, charge)
+            if ended:
+                _, receipt = self._receipt(paid.payer, charge, state)
+                with contextlib.suppress(OSError):
+                    await send(
+                        {"type": "http.response.body", "body": _receipt_event(receipt, anthropic), "more_body": True}
+                    )
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _receipt_event(receipt: bytes, anthropic: bool) -> bytes:
+    import base64
+
+    data = json.loads(base64.b64decode(receipt))
+    payload = json.dumps({"type": "x402.payment", "x402Version": 2, **data}, separators=(",", ":")).encode()
+    prefix = b"" if anthropic else b"event: x402.payment\n"
+    return prefix + b"data: " + payload + b"\n\n"
+
+
+def _usage_fields(paid: PaidCall, table: PriceTable, record: PaymentRecord) -> dict[str, Any]:
+    from pricing import PricingError, charge_for_usage
+
+    cost = record.upstream_cost
+    if paid.answered_by and paid.usage_known:
+        with contextlib.suppress(PricingError):
+            cost = charge_for_usage(
+                table, paid.answered_by, paid.input_tokens, paid.output_tokens, cap=paid.quoted
+            ).upstream_cost
+    return {
+        "answered_by": paid.answered_by,
+        "input_tokens": paid.input_tokens,
+        "output_tokens": paid.output_tokens,
+        "upstream_cost": cost,
+    }

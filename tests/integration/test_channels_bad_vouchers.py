@@ -1,0 +1,241 @@
+"""Bad batch-settlement vouchers are refused with the x402 reasons, before any model call.
+
+Every voucher here is really signed (`wallets.channels`); each is wrong in one way. A refusal
+must leave the model uncalled, the channel's charge unchanged and the payer's tokens where
+they were.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from payrouter.sandbox.dev import Sandbox
+from wallets import LocalSigner
+from wallets.channels import ChannelConfig
+
+from .channel_payloads import batch_offer, config_for, refund_payment, voucher_payment
+from .conftest import Observer
+from .payments import header, offer, rejection, sse_events
+
+
+@dataclass
+class Channel:
+    payer: LocalSigner
+    config: ChannelConfig
+    charged: int
+
+
+def _body() -> dict[str, Any]:
+    return {"model": "gpt-4o", "max_tokens": 60, "messages": [{"role": "user", "content": secrets.token_hex(4)}]}
+
+
+def _url(box: Sandbox) -> str:
+    return f"{box.router_url}/v1/chat/completions"
+
+
+def _pay(box: Sandbox, http: httpx.Client, channel: Channel, body: dict[str, Any], **kw: Any) -> httpx.Response:
+    """Pay ``body`` with a correct voucher on ``channel`` unless ``kw`` makes it wrong."""
+    quote = offer(http, _url(box), body)
+    amount = int(batch_offer(quote)["amount"])
+    signed_max = kw.pop("signed_max", channel.charged + amount)
+    signer = kw.pop("signer", channel.payer)
+    payment = voucher_payment(quote, channel.config, signed_max, signer, chain_id=box.chain.chain_id, **kw)
+    return http.post(_url(box), json=body, headers=header(payment))
+
+
+def _charged(response: httpx.Response) -> int:
+    receipt = json.loads(base64.b64decode(response.headers["payment-response"]))
+    return int(receipt["extra"]["channelState"]["chargedCumulativeAmount"])
+
+
+@pytest.fixture(scope="module")
+def channel(box: Sandbox) -> Iterator[Channel]:
+    """A channel opened by a real deposit, and one voucher paid on it."""
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 10_000_000)
+    with httpx.Client(timeout=30) as http:
+        body = _body()
+        quote = offer(http, _url(box), body)
+        requirement = batch_offer(quote)
+        config = config_for(requirement, payer)
+        amount = int(requirement["amount"])
+        payment = voucher_payment(
+            quote,
+            config,
+            amount,
+            payer,
+            chain_id=box.chain.chain_id,
+            deposit=int(requirement["extra"]["minDeposit"]),
+            token=payer,
+            token_domain=box.token.domain,
+        )
+        response = http.post(_url(box), json=body, headers=header(payment))
+        assert response.status_code == 200, response.text
+        yield Channel(payer, config, _charged(response))
+
+
+def _refused(
+    box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel, reason: str, **kw: Any
+) -> dict[str, Any]:
+    with observer.unchanged(channel.payer.address, box.operator.address):
+        response = _pay(box, http, channel, _body(), **kw)
+        assert rejection(response) == (402, reason), response.text
+    # the channel still takes the correct next voucher: nothing was charged
+    ok = _pay(box, http, channel, _body())
+    assert ok.status_code == 200, ok.text
+    channel.charged = _charged(ok)
+    required: dict[str, Any] = json.loads(base64.b64decode(response.headers["PAYMENT-REQUIRED"]))
+    return required
+
+
+def test_the_correct_voucher_is_charged_what_it_used(box: Sandbox, http: httpx.Client, channel: Channel) -> None:
+    before = channel.charged
+    response = _pay(box, http, channel, _body())
+    assert response.status_code == 200
+    usage = response.json()["usage"]["payrouter"]
+    assert usage["pricing"] == "usage" and _charged(response) == before + int(usage["charged"])
+    channel.charged = _charged(response)
+
+
+def test_wrong_signer(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
+    _refused(
+        box, http, observer, channel, "invalid_batch_settlement_evm_voucher_signature", signer=LocalSigner.generate()
+    )
+
+
+def test_wrong_channel(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
+    other = config_for(batch_offer(offer(http, _url(box), _body())), channel.payer, salt=7).channel_id(
+        box.chain.chain_id
+    )
+    _refused(box, http, observer, channel, "invalid_batch_settlement_evm_channel_id_mismatch", channel_id=other)
+
+
+def test_unknown_channel(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
+    empty = Channel(channel.payer, config_for(batch_offer(offer(http, _url(box), _body())), channel.payer, salt=9), 0)
+    with observer.unchanged(channel.payer.address):
+        response = _pay(box, http, empty, _body())
+        assert rejection(response) == (402, "invalid_batch_settlement_evm_channel_not_found")
+
+
+@pytest.mark.parametrize("delta", [1, -1])
+def test_cumulative_too_high_or_too_low_gets_the_channel_state(
+    box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel, delta: int
+) -> None:
+    body = _body()
+    amount = int(batch_offer(offer(http, _url(box), body))["amount"])
+    charged = channel.charged
+    required = _refused(
+        box,
+        http,
+        observer,
+        channel,
+        "invalid_batch_settlement_evm_cumulative_amount_mismatch",
+        signed_max=charged + amount + delta,
+    )
+    extra = batch_offer(required)["extra"]
+    # the corrective 402 tells the client where the channel stands, with our last voucher
+    assert extra["channelState"]["chargedCumulativeAmount"] == str(charged)
+    assert extra["voucherState"]["signedMaxClaimable"] and extra["voucherState"]["signature"].startswith("0x")
+
+
+def test_replayed_voucher(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
+    body = _body()
+    quote = offer(http, _url(box), body)
+    payment = voucher_payment(
+        quote,
+        channel.config,
+        channel.charged + int(batch_offer(quote)["amount"]),
+        channel.payer,
+        chain_id=box.chain.chain_id,
+    )
+    first = http.post(_url(box), json=body, headers=header(payment))
+    assert first.status_code == 200
+    channel.charged = _charged(first)
+    with observer.unchanged(channel.payer.address):
+        again = http.post(_url(box), json=body, headers=header(payment))
+        assert rejection(again) == (402, "invalid_batch_settlement_evm_cumulative_amount_mismatch")
+
+
+def test_partial_refund_then_a_voucher_above_the_balance(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 5_000_000)
+    body = _body()
+    quote = offer(http, _url(box), body)
+    requirement = batch_offer(quote)
+    config = config_for(requirement, payer, salt=3)
+    deposit = int(requirement["extra"]["minDeposit"])
+    first = http.post(
+        _url(box),
+        json=body,
+        headers=header(
+            voucher_payment(
+                quote,
+                config,
+                int(requirement["amount"]),
+                payer,
+                chain_id=box.chain.chain_id,
+                deposit=deposit,
+                token=payer,
+                token_domain=box.token.domain,
+            )
+        ),
+    )
+    assert first.status_code == 200, first.text
+    charged = _charged(first)
+    # the refund handshake: a probe, then the refund of all but 100 units
+    probe = http.get(_url(box))
+    assert probe.status_code == 402
+    probe_offer = json.loads(base64.b64decode(probe.headers["PAYMENT-REQUIRED"]))
+    before = box.token.balance_of(payer.address)
+    refund = refund_payment(
+        probe_offer, config, charged, payer, chain_id=box.chain.chain_id, amount=deposit - charged - 100
+    )
+    done = http.get(_url(box), headers=header(refund))
+    assert done.status_code == 200, done.text
+    receipt = json.loads(base64.b64decode(done.headers["payment-response"]))
+    assert receipt["success"] and int(receipt["amount"]) == deposit - charged - 100
+    assert box.token.balance_of(payer.address) - before == deposit - charged - 100
+    state = receipt["extra"]["channelState"]
+    assert state["balance"] == str(charged + 100) and state["totalClaimed"] == str(charged)
+    # 100 units left: a call's voucher goes above the balance
+    channel = Channel(payer, config, charged)
+    with observer.unchanged(payer.address):
+        response = _pay(box, http, channel, _body())
+        assert rejection(response) == (402, "invalid_batch_settlement_evm_cumulative_exceeds_balance")
+    # asking for more than is left is refused and moves nothing
+    with observer.unchanged(payer.address):
+        too_much = refund_payment(probe_offer, config, charged, payer, chain_id=box.chain.chain_id, amount=101)
+        assert rejection(http.get(_url(box), headers=header(too_much))) == (
+            402,
+            "invalid_batch_settlement_evm_refund_amount_invalid",
+        )
+
+
+def test_a_stream_is_charged_what_it_streamed_and_its_receipt_is_the_last_event(
+    box: Sandbox, http: httpx.Client, channel: Channel
+) -> None:
+    body = {**_body(), "stream": True, "stream_options": {"include_usage": True}}
+    response = _pay(box, http, channel, body)
+    assert response.status_code == 200, response.text
+    assert "payment-response" not in response.headers  # the charge is not known when headers leave
+    events = sse_events(response.text)
+    name, data = events[-1]
+    assert name == "x402.payment"
+    receipt = json.loads(data)
+    charged = int(receipt["extra"]["chargedAmount"])
+    usage = next(json.loads(d)["usage"] for _, d in events if d.startswith("{") and '"usage"' in d)
+    assert charged == int(usage["payrouter"]["charged"]) and usage["payrouter"]["pricing"] == "usage"
+    assert int(receipt["extra"]["channelState"]["chargedCumulativeAmount"]) == channel.charged + charged
+    channel.charged += charged
+    # the next voucher builds on what the stream was charged
+    after = _pay(box, http, channel, _body())
+    assert after.status_code == 200
+    channel.charged = _charged(after)
