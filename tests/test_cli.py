@@ -95,9 +95,20 @@ def test_demo_makes_paid_calls_and_refuses_a_replay() -> None:
     assert "replay of the last payment: 200, same receipt: True, charged again: 0" in out
     # the operator's final balance is the sum of the three quotes
     quotes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("quote  ")]
-    last_funds = [line for line in out.splitlines() if line.startswith("funds  ")][-1]
+    last_funds = [line for line in out.splitlines() if line.startswith("funds  ") and "operator $" in line][-1]
     operator = last_funds.split("operator $")[1]
     assert int(operator.replace(".", "")) == sum(quotes)
+    # the channel part: each call charged the tokens it used, below its quote; a refund, and the
+    # agent spent exactly the sum of the charges
+    channel_calls = [line for line in out.splitlines() if line.startswith("paid   ") and "charged $" in line]
+    assert len(channel_calls) == 4 and "deposited $" in channel_calls[0]
+    for line in channel_calls:
+        quote = int(line.split("quote $")[1].split(",")[0].replace(".", ""))
+        charged = int(line.split("charged $")[1].split()[0].replace(".", ""))
+        assert 0 < charged < quote
+    assert "refund $" in out
+    spent = next(line for line in out.splitlines() if "the agent spent" in line)
+    assert spent.split("spent ")[1].split(" =")[0] == spent.split("charges ")[1]
 
 
 def test_dev_sandbox_json_line_and_clean_stop() -> None:
