@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -239,3 +240,70 @@ def test_a_stream_is_charged_what_it_streamed_and_its_receipt_is_the_last_event(
     after = _pay(box, http, channel, _body())
     assert after.status_code == 200
     channel.charged = _charged(after)
+
+
+def _open_payment(
+    box: Sandbox, http: httpx.Client, payer: LocalSigner, body: dict[str, Any], salt: int
+) -> tuple[dict[str, Any], ChannelConfig, int]:
+    quote = offer(http, _url(box), body)
+    requirement = batch_offer(quote)
+    config = config_for(requirement, payer, salt=salt)
+    payment = voucher_payment(
+        quote,
+        config,
+        int(requirement["amount"]),
+        payer,
+        chain_id=box.chain.chain_id,
+        deposit=int(requirement["extra"]["minDeposit"]),
+        token=payer,
+        token_domain=box.token.domain,
+    )
+    return payment, config, int(requirement["amount"])
+
+
+def test_a_failed_call_charges_nothing_and_its_deposit_serves_the_payment_sent_again(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 5_000_000)
+    body = _body()
+    payment, _, _ = _open_payment(box, http, payer, body, salt=11)
+    observer.control(fail_models=["gpt-4o"])
+    try:
+        failed = http.post(_url(box), json=body, headers=header(payment))
+    finally:
+        observer.control(fail_models=[])
+    assert failed.status_code == 502, failed.text
+    # the deposit went through (it is the payer's money, in their channel); nothing was charged
+    again = http.post(_url(box), json=body, headers=header(payment))
+    assert again.status_code == 200, again.text
+    receipt = json.loads(base64.b64decode(again.headers["payment-response"]))
+    assert receipt["extra"]["channelState"]["chargedCumulativeAmount"] == receipt["extra"]["chargedAmount"]
+
+
+def test_a_client_that_hangs_up_mid_stream_pays_the_quote(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 5_000_000)
+    body = {**_body(), "stream": True}
+    payment, config, amount = _open_payment(box, http, payer, body, salt=12)
+    observer.control(chunk_delay_ms=50)
+    try:
+        with http.stream("POST", _url(box), json=body, headers=header(payment)) as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if '"content":"[' in line:
+                    break  # the answer began to arrive; then the client is gone
+    finally:
+        observer.control(chunk_delay_ms=0)
+    channel = Channel(payer, config, amount)  # the stream was charged its whole quote
+    after = None
+    for _ in range(50):  # the server finishes the cut stream in the background
+        after = _pay(box, http, channel, _body())
+        if after.status_code == 200:
+            break
+        time.sleep(0.05)
+    assert after is not None and after.status_code == 200, after.text if after is not None else ""
+    receipt = json.loads(base64.b64decode(after.headers["payment-response"]))
+    assert int(receipt["extra"]["channelState"]["chargedCumulativeAmount"]) == amount + int(
+        receipt["extra"]["chargedAmount"]
+    )

@@ -46,7 +46,7 @@ from payrouter.channels.contract import (
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.quoting import PricedRoute, load_quote
 from payrouter.store import StoreError
-from payrouter.x402.asgi import replay_body, run_handler, send_response
+from payrouter.x402.asgi import json_error, replay_body, run_handler, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements
@@ -229,6 +229,11 @@ class BatchScheme:
         try:
             await self.contract.simulate_deposit(config, deposit.amount, erc3009)
         except ChannelError as exc:
+            # the same deposit sent again (its first answer was lost) is already in the
+            # channel: the voucher it carries is served on it
+            synced = await self._sync(config, channel_id)
+            if synced is not None and synced.balance >= payload.signed_max:
+                return
             raise PaymentRejected(
                 ChannelReason.DEPOSIT_SIMULATION_FAILED, f"the deposit would fail: {exc}", payer
             ) from None
@@ -646,30 +651,34 @@ class BatchScheme:
                 return
             await send(message)
 
+        finished = False
         try:
             await call.app(call.scope, replay_body(call.receive, call.body), forward)
+            finished = True
         except Exception:
             log.exception("paid stream handler failed")
             paid.failed = True
-        with anyio.CancelScope(shield=True):
-            if status >= 400 or not paid.billable:
-                await self._release(call, record, channel_id, token, "upstream_failed")
-                if not started:
-                    await send_response(
-                        send, 502, b'{"error":{"message":"the model call failed; nothing was charged"}}'
-                    )
-                elif ended:
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                return
-            charge = paid.charge(self.table)
-            state = await self._commit(call, paid, record, channel_id, token, charge)
-            if ended:
-                _, receipt = self._receipt(paid.payer, charge, state)
-                with contextlib.suppress(OSError):
-                    await send(
-                        {"type": "http.response.body", "body": _receipt_event(receipt, anthropic), "more_body": True}
-                    )
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            # a client that hung up after content still pays for what it took (the usage is
+            # unknown then: the quote is the price); a stream without content charges nothing
+            with anyio.CancelScope(shield=True):
+                if status >= 400 or not paid.billable:
+                    await self._release(call, record, channel_id, token, "upstream_failed")
+                    charge, state = 0, None
+                else:
+                    charge = paid.charge(self.table)
+                    state = await self._commit(call, paid, record, channel_id, token, charge)
+        if status >= 400 or not paid.billable:
+            if not started:
+                _, err = json_error(502, "the model call failed; nothing was charged", "upstream_error")
+                await send_response(send, 502, err)
+            elif ended:
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if ended and finished:
+            _, receipt = self._receipt(paid.payer, charge, state)
+            await send({"type": "http.response.body", "body": _receipt_event(receipt, anthropic), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def _receipt_event(receipt: bytes, anthropic: bool) -> bytes:
