@@ -205,6 +205,10 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     if fac:
         raise ConfigError(f"unknown keys in [facilitator]: {sorted(fac)}")
     channels = dict(doc.pop("channels", None) or {})
+    if "batch-settlement" not in data["price_table"].schemes:
+        # the key is read only where it is used: a table offering no channels needs no secret
+        for name in ("authorizer_key_env", "authorizer_keystore", "authorizer_keystore_password_env"):
+            channels.pop(name, None)
     if "authorizer_key_env" in channels:
         data["channel_authorizer_key"] = _env(env, channels.pop("authorizer_key_env"), "channels.authorizer_key_env")
     if "authorizer_keystore" in channels:

@@ -142,3 +142,38 @@ def test_server_limits_load_from_the_config(tmp_path: Path) -> None:
         "keep_alive_timeout": 75,
         "max_concurrency": 100,
     }
+
+
+def _channel_prices(tmp_path: Path) -> None:
+    text = (
+        (EXAMPLES / "prices.toml").read_text().replace('schemes = ["exact"]', 'schemes = ["batch-settlement", "exact"]')
+    )
+    (tmp_path / "prices.toml").write_text(text)
+
+
+def test_channels_need_an_authorizer_key_and_the_local_facilitator(tmp_path: Path) -> None:
+    local = f'[facilitator]\nrpc_url = "http://127.0.0.1:8545"\ngas_key_env = "GAS"\n{PROVIDERS}'
+    path = _write(tmp_path, local)
+    _channel_prices(tmp_path)
+    with pytest.raises(ConfigError, match="authorizer_key_env or authorizer_keystore"):
+        load_settings(path, {"GAS": GAS})
+    path.write_text(
+        'price_table = "prices.toml"\n[channels]\nauthorizer_key_env = "AUTH"\nclaim_threshold = "2.50"\n' + local
+    )
+    with pytest.raises(ConfigError, match="AUTH"):
+        load_settings(path, {"GAS": GAS})
+    settings = load_settings(path, {"GAS": GAS, "AUTH": "0x" + "24" * 32})
+    assert settings.channel_authorizer_key is not None and "24" * 32 not in repr(settings)
+    assert str(settings.claim_threshold) == "2.50" and settings.claim_interval == 3600
+    remote = f'[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}'
+    path.write_text('price_table = "prices.toml"\n[channels]\nauthorizer_key_env = "AUTH"\n' + remote)
+    with pytest.raises(ConfigError, match="local facilitator"):
+        load_settings(path, {"AUTH": "0x" + "24" * 32})
+    path.write_text('price_table = "prices.toml"\n[channels]\nauthorizer_key_env = "AUTH"\nbogus = 1\n' + local)
+    with pytest.raises(ConfigError, match=r"unknown keys in \[channels\]"):
+        load_settings(path, {"GAS": GAS, "AUTH": "0x" + "24" * 32})
+
+
+def test_a_table_without_channels_reads_no_authorizer_secret() -> None:
+    settings = load_settings(EXAMPLES / "payrouter.toml", ENV)  # [channels] names an unset variable
+    assert settings.channel_authorizer_key is None
