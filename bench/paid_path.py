@@ -1,19 +1,38 @@
-"""Paid-path benchmark: payrouter vs the official x402 PaymentMiddlewareASGI, same endpoint.
+"""Paid-path benchmark: payrouter's two x402 schemes, and payrouter vs the official middleware.
 
-Usage: .venv/bin/python bench/paid_path.py [--paid 200] [--seconds 3] [--concurrency 16]
+Usage: .venv/bin/python bench/paid_path.py [--scheme exact|batch-settlement|both] [--block-time 0]
+       [--paid 200] [--paid-exact N] [--seconds 3] [--concurrency 16] [--no-official] [--profile FILE]
 
-Both servers run in their own processes, call the same deterministic upstream (its own
-process) and settle every payment on the same anvil chain (automine):
+Every server runs in its own process, calls the same deterministic upstream (its own process)
+and pays on the same anvil chain: automine by default, interval mining with ``--block-time N``
+(the set-up transactions are mined at once; interval mining starts before the first server).
 
-* payrouter: `create_app` with the local facilitator and the Redis store.
-* official: a Starlette app whose route calls the same upstream, behind x402's
-  `PaymentMiddlewareASGI` with `x402ResourceServer` over the in-process `x402Facilitator`
-  (`FacilitatorWeb3Signer`), priced at payrouter's quote for the same request.
+* payrouter: `create_app` with the local facilitator, the Redis store and the selected schemes.
+* official (``exact`` only, skipped with ``--no-official``): a Starlette app whose route calls
+  the same upstream, behind x402's `PaymentMiddlewareASGI` with `x402ResourceServer` over the
+  in-process `x402Facilitator` (`FacilitatorWeb3Signer`), priced at payrouter's quote.
 
-Reported per server: unpaid-402 requests per second (closed loop, `--concurrency` connections,
-driven by wrk when installed (`apt-get install wrk`), else by an httpx client)
-and the latency of paid calls (p50/p99 over `--paid` sequential calls; the client signs
-before the clock starts, so the figure is the server's verify + model call + settlement).
+Reported per scheme:
+
+* the unpaid 402 path, for reference: latency p50/p99 over ``--paid`` sequential calls and
+  requests per second (closed loop, ``--concurrency`` connections; wrk when installed, else
+  httpx). One payrouter server offers every selected scheme in one 402, so the figure is the
+  same for both rows.
+* paid calls: latency p50/p99 over sequential calls, each with a fresh body; the client gets
+  the 402 and signs before the clock starts, so the figure is the server's verify + model call
+  + charge. ``exact``: ``--paid-exact`` calls (default ``--paid``, or 20 when blocks take time:
+  each call waits for its settlement to be mined). ``batch-settlement``: ``--paid`` vouchers on
+  one channel; the deposit is the first warm-up call, outside the measured set.
+* the upstream's own latency for the same bodies, called directly right after each paid call;
+  added = paid p50 - upstream p50.
+* gas per paid call: ``exact`` = mean gasUsed of the settlement transactions (the receipts of
+  ``PAYMENT-RESPONSE.transaction``); ``batch-settlement`` = (deposit + claim + settle gasUsed) /
+  the calls the channel paid (warm-ups included), where claim and settle are one pass of
+  `payrouter.channels.claimer.Claimer` on the server's Redis namespace and chain, run after the
+  measured calls.
+
+``--profile FILE`` runs the payrouter server under cProfile and writes its stats to FILE on exit.
+The run's Redis namespace is deleted at the end and every process it started is stopped.
 """
 
 from __future__ import annotations
@@ -31,23 +50,36 @@ import statistics
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
 from typing import Any
 
 import httpx
+from eth_typing import HexStr
 
 from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
 from payrouter.devchain import DevChain
 from payrouter.sandbox.dev import EXAMPLE_TABLE
+from payrouter.x402.wire import decode_header, encode_header
 from pricing import load_price_table
-from wallets import LocalSigner
+from tests.integration.channel_payloads import batch_offer, config_for, voucher_payment
+from wallets import Eip712Domain, LocalSigner
+from wallets.channels import BATCH_SETTLEMENT_ADDRESS
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+EXACT = "exact"
+BATCH = "batch-settlement"
 BODY: dict[str, Any] = {
     "model": "gpt-4o-mini",
     "max_tokens": 64,
     "messages": [{"role": "user", "content": "benchmark me"}],
 }
+
+
+def _body() -> dict[str, Any]:
+    """A fresh request (a new quote each time) of the same size as `BODY`."""
+    return {**BODY, "messages": [{"role": "user", "content": f"benchmark {secrets.token_hex(4)}"}]}
 
 
 def _free_port() -> int:
@@ -65,7 +97,16 @@ def _serve_upstream(port: int) -> None:
     uvicorn.run(TestUpstream().app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
-def _serve_payrouter(port: int, table_json: str, rpc_url: str, gas_key: str, upstream: str, namespace: str) -> None:
+def _serve_payrouter(
+    port: int,
+    table_json: str,
+    rpc_url: str,
+    gas_key: str,
+    authorizer_key: str,
+    upstream: str,
+    namespace: str,
+    profile: str | None,
+) -> None:
     import uvicorn
     from pydantic import SecretStr
 
@@ -82,8 +123,21 @@ def _serve_payrouter(port: int, table_json: str, rpc_url: str, gas_key: str, ups
         facilitator="local",
         rpc_url=rpc_url,
         gas_key=SecretStr(gas_key),
+        channel_authorizer_key=SecretStr(authorizer_key),
     )
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="error", access_log=False)
+    app = create_app(settings)
+    if profile is None:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        return
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
 
 
 def _serve_official(
@@ -115,6 +169,9 @@ async def _wait(url: str) -> None:
             except httpx.HTTPError:
                 await asyncio.sleep(0.05)
     raise RuntimeError(f"{url} did not come up")
+
+
+# ---------------------------------------------------------------------- unpaid 402 path
 
 
 def _wrk_rps(url: str, seconds: float, concurrency: int) -> float | None:
@@ -162,77 +219,341 @@ async def _unpaid_rps(url: str, seconds: float, concurrency: int) -> float:
         return count / (time.perf_counter() - start)
 
 
-async def _paid_latencies(url: str, agent: LocalSigner, n: int) -> list[float]:
+async def _unpaid_latencies(url: str, n: int) -> list[float]:
     out = []
     async with httpx.AsyncClient(timeout=30) as http:
         for i in range(n + 5):
-            body = {**BODY, "messages": [{"role": "user", "content": f"benchmark {secrets.token_hex(4)}"}]}
-            offer = read_offer((await http.post(url, json=body)).headers).body
-            header, _ = build_payment_header(offer, agent, max_amount=10**6)
+            body = _body()
             start = time.perf_counter()
-            response = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
+            response = await http.post(url, json=body)
             elapsed = (time.perf_counter() - start) * 1000
-            assert response.status_code == 200, response.text
-            assert "payment-response" in response.headers
-            if i >= 5:  # warm-up
+            assert response.status_code == 402, response.text
+            if i >= 5:
                 out.append(elapsed)
     return out
 
 
-async def _measure(name: str, url: str, agent: LocalSigner, args: argparse.Namespace) -> dict[str, float]:
+@dataclass
+class Unpaid:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+async def _measure_unpaid(url: str, args: argparse.Namespace) -> Unpaid:
     await _wait(url)
+    lat = await _unpaid_latencies(url, args.paid)
     rps = await _unpaid_rps(url, args.seconds, args.concurrency)
-    lat = await _paid_latencies(url, agent, args.paid)
-    result = {
-        "unpaid_402_rps": rps,
-        "paid_p50_ms": statistics.median(lat),
-        "paid_p99_ms": percentile(lat, 0.99),
-        "paid_mean_ms": statistics.fmean(lat),
-    }
-    print(
-        f"{name:<10} unpaid 402: {rps:7.0f} req/s   paid: p50 {result['paid_p50_ms']:6.2f} ms"
-        f"  p99 {result['paid_p99_ms']:6.2f} ms  mean {result['paid_mean_ms']:6.2f} ms  (n={len(lat)})",
-        flush=True,
-    )
-    return result
+    return Unpaid(rps, statistics.median(lat), percentile(lat, 0.99))
+
+
+# ---------------------------------------------------------------------- paid calls
+
+
+@dataclass
+class Paid:
+    """The measured paid calls of one scheme (and, per call, the upstream called directly)."""
+
+    latencies: list[float] = field(default_factory=list)
+    upstream: list[float] = field(default_factory=list)
+    txs: list[str] = field(default_factory=list)  # exact: settlement txs; batch: the deposit
+    paid_total: int = 0  # atomic units the server took (exact) or charged (batch), warm-ups included
+    calls: int = 0  # paid calls, warm-ups included
+    deposit: int = 0
+
+
+async def _direct(http: httpx.AsyncClient, upstream: str, body: dict[str, Any]) -> float:
+    start = time.perf_counter()
+    response = await http.post(f"{upstream}/v1/chat/completions", json=body)
+    elapsed = (time.perf_counter() - start) * 1000
+    assert response.status_code == 200, response.text
+    return elapsed
+
+
+async def _paid_exact(url: str, upstream: str | None, agent: LocalSigner, n: int, warm: int) -> Paid:
+    out = Paid()
+    async with httpx.AsyncClient(timeout=60) as http, httpx.AsyncClient(timeout=60) as up:
+        for i in range(n + warm):
+            body = _body()
+            offer = read_offer((await http.post(url, json=body)).headers).body
+            header, requirement = build_payment_header(offer, agent, max_amount=10**6)
+            start = time.perf_counter()
+            response = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
+            elapsed = (time.perf_counter() - start) * 1000
+            assert response.status_code == 200, response.text
+            receipt = decode_header(response.headers["payment-response"])
+            assert receipt["success"] is True and receipt["transaction"], receipt
+            out.txs.append(str(receipt["transaction"]))
+            out.paid_total += int(requirement["amount"])
+            out.calls += 1
+            direct = await _direct(up, upstream, body) if upstream else 0.0
+            if i >= warm:
+                out.latencies.append(elapsed)
+                out.upstream.append(direct)
+    return out
+
+
+async def _paid_batch(
+    url: str, upstream: str, agent: LocalSigner, n: int, warm: int, chain_id: int, token_domain: Eip712Domain
+) -> Paid:
+    """``warm`` unmeasured calls (the first one deposits), then ``n`` measured vouchers."""
+    out = Paid()
+    config = None
+    charged = 0
+    async with httpx.AsyncClient(timeout=60) as http, httpx.AsyncClient(timeout=60) as up:
+        for i in range(n + warm):
+            body = _body()
+            offer = read_offer((await http.post(url, json=body)).headers).body
+            requirement = batch_offer(offer)
+            amount = int(requirement["amount"])
+            if config is None:
+                config = config_for(requirement, agent, salt=secrets.randbits(64))
+                out.deposit = max(int(requirement["extra"]["minDeposit"]), 2 * amount * (n + warm))
+                payment = voucher_payment(
+                    offer,
+                    config,
+                    charged + amount,
+                    agent,
+                    chain_id=chain_id,
+                    deposit=out.deposit,
+                    token=agent,
+                    token_domain=token_domain,
+                )
+            else:
+                payment = voucher_payment(offer, config, charged + amount, agent, chain_id=chain_id)
+            header = encode_header(payment)
+            start = time.perf_counter()
+            response = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
+            elapsed = (time.perf_counter() - start) * 1000
+            assert response.status_code == 200, response.text
+            receipt = decode_header(response.headers["payment-response"])
+            assert receipt["success"] is True, receipt
+            if receipt.get("transaction"):
+                out.txs.append(str(receipt["transaction"]))  # the deposit (when the receipt names it)
+            extra = receipt["extra"]
+            cumulative = int(extra["channelState"]["chargedCumulativeAmount"])
+            assert cumulative == charged + int(extra["chargedAmount"]), extra
+            charged = cumulative
+            out.calls += 1
+            direct = await _direct(up, upstream, body)
+            if i >= warm:
+                out.latencies.append(elapsed)
+                out.upstream.append(direct)
+    out.paid_total = charged
+    return out
+
+
+def _gas_used(chain: DevChain, tx: str) -> int:
+    return int(chain.w3.eth.get_transaction_receipt(HexStr(tx))["gasUsed"])
+
+
+def _sent_to(chain: DevChain, sender: str, to: str, first_block: int) -> list[str]:
+    """The transactions ``sender`` sent to ``to`` in blocks from ``first_block`` on."""
+    found = []
+    for number in range(first_block, int(chain.w3.eth.block_number) + 1):
+        for tx in chain.w3.eth.get_block(number, full_transactions=True)["transactions"]:
+            assert not isinstance(tx, bytes)
+            if str(tx["from"]).lower() == sender.lower() and str(tx.get("to") or "").lower() == to.lower():
+                found.append("0x" + bytes(tx["hash"]).hex().removeprefix("0x"))
+    return found
+
+
+async def _claim_and_settle(
+    rpc_url: str,
+    gas_key: str,
+    authorizer_key: str,
+    namespace: str,
+    pay_to: str,
+    token: str,
+    network: str,
+    chain_id: int,
+) -> tuple[list[str], str, int, int]:
+    """One claimer pass on the server's namespace: (claim txs, settle tx, claimed, settled)."""
+    from payrouter.chain import ChainClient
+    from payrouter.channels import open_channel_store
+    from payrouter.channels.claimer import Claimer
+    from payrouter.channels.contract import BatchSettlementContract
+    from payrouter.facilitator.sender import GasSender
+    from payrouter.journal.open import open_journal
+    from payrouter.store import RedisStore
+
+    chain = ChainClient(rpc_url)
+    locks = RedisStore(REDIS_URL, namespace)  # the server's gas-nonce keys: one wallet, one nonce sequence
+    store = open_channel_store(REDIS_URL, namespace)
+    journal = open_journal(REDIS_URL, namespace)
+    try:
+        contract = BatchSettlementContract(chain, GasSender(chain, LocalSigner(gas_key), locks, chain_id), chain_id)
+        claimer = Claimer(
+            store,
+            contract,
+            LocalSigner(authorizer_key),
+            journal,
+            locks,
+            pay_to,
+            token,
+            0.0,
+            0,
+            chain=chain,
+            network=network,
+        )
+        report = await claimer.run_once(wait=10)
+        assert not report.skipped and not report.errors and not report.in_doubt, report
+        return report.claim_txs, report.settle_tx, report.claimed, report.settled
+    finally:
+        for closer in (store, journal, locks):
+            await closer.close()
+        await chain.close()
+
+
+# ---------------------------------------------------------------------- report
+
+
+@dataclass
+class Row:
+    scheme: str
+    unpaid: Unpaid
+    paid: Paid
+    gas_per_call: float
+    gas_note: str
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.paid.latencies)
+
+    @property
+    def p99(self) -> float:
+        return percentile(self.paid.latencies, 0.99)
+
+    @property
+    def upstream_p50(self) -> float:
+        return statistics.median(self.paid.upstream)
+
+    @property
+    def added_p50(self) -> float:
+        return self.p50 - self.upstream_p50
+
+    def line(self) -> str:
+        lat = self.paid.latencies
+        return (
+            f"{self.scheme:<16} unpaid 402: p50 {self.unpaid.p50_ms:6.2f} ms  p99 {self.unpaid.p99_ms:6.2f} ms  "
+            f"{self.unpaid.rps:6.0f} req/s   paid: p50 {self.p50:8.2f} ms  p99 {self.p99:8.2f} ms  "
+            f"mean {statistics.fmean(lat):8.2f} ms (n={len(lat)})   upstream direct: p50 {self.upstream_p50:5.2f} ms"
+            f"  p99 {percentile(self.paid.upstream, 0.99):5.2f} ms   added p50 {self.added_p50:+6.2f} ms   "
+            f"gas/call {self.gas_per_call:,.0f} ({self.gas_note})"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "unpaid_402_rps": self.unpaid.rps,
+            "unpaid_402_p50_ms": self.unpaid.p50_ms,
+            "unpaid_402_p99_ms": self.unpaid.p99_ms,
+            "paid_p50_ms": self.p50,
+            "paid_p99_ms": self.p99,
+            "paid_mean_ms": statistics.fmean(self.paid.latencies),
+            "paid_n": len(self.paid.latencies),
+            "upstream_p50_ms": self.upstream_p50,
+            "added_p50_ms": self.added_p50,
+            "gas_per_call": self.gas_per_call,
+        }
+
+
+def _table(rows: list[Row], block_time: int) -> str:
+    lines = [
+        f"block time: {'instant (automine)' if block_time == 0 else f'{block_time} s'}",
+        "",
+        "| scheme | paid p50 | paid p99 | added p50 | gas per call | paid calls measured |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.scheme} | {row.p50:.2f} ms | {row.p99:.2f} ms | {row.added_p50:.2f} ms | "
+            f"{row.gas_per_call:,.0f} | {len(row.paid.latencies)} |"
+        )
+    by = {r.scheme: r for r in rows}
+    if EXACT in by and BATCH in by:
+        exact, batch = by[EXACT], by[BATCH]
+        lines += [
+            "",
+            f"batch vs exact at this block time: {exact.p50 / batch.p50:.1f}x faster p50",
+            f"gas per call: {100 * batch.gas_per_call / exact.gas_per_call:.2f}% of exact",
+        ]
+    return "\n".join(lines)
 
 
 def delete_namespace(namespace: str) -> None:
-    """Remove every Redis key a bench run left under ``namespace`` (journal records, quotes)."""
+    """Remove every Redis key a bench run left under ``namespace`` (store, channels, journal)."""
     import redis
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        keys = list(client.scan_iter(match=f"{namespace}:*"))
+        keys = list(client.scan_iter(match=f"*{namespace}*"))
         if keys:
             client.delete(*keys)
     finally:
         client.close()
 
 
+def _stop(procs: list[BaseProcess]) -> None:
+    for proc in procs:
+        if proc.pid is not None and proc.is_alive():
+            proc.terminate()
+    for proc in procs:
+        if proc.pid is None:
+            continue
+        proc.join(10)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(5)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--paid", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scheme", choices=(EXACT, BATCH, "both"), default="both")
+    parser.add_argument("--block-time", type=int, default=0, help="anvil interval mining, seconds (0: automine)")
+    parser.add_argument("--paid", type=int, default=200, help="measured paid calls (batch-settlement vouchers)")
+    parser.add_argument(
+        "--paid-exact", type=int, default=None, help="measured exact calls (default: --paid, or 20 with --block-time)"
+    )
+    parser.add_argument("--seconds", type=float, default=3.0, help="unpaid-402 throughput run length")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-official", action="store_true", help="skip the official x402 middleware")
+    parser.add_argument("--profile", default=None, help="cProfile the payrouter server into this file")
     args = parser.parse_args()
+    schemes = [EXACT, BATCH] if args.scheme == "both" else [args.scheme]
+    block_time: int = args.block_time
+    paid_exact: int = args.paid_exact if args.paid_exact is not None else (args.paid if block_time == 0 else 20)
+    warm = 5 if block_time == 0 else 1  # exact warm-ups cost a block each
+    official = EXACT in schemes and not args.no_official
+    started = time.perf_counter()
 
     spawn = multiprocessing.get_context("spawn")
-    with DevChain.start() as chain:
+    with DevChain.start(block_time=block_time or None) as chain:
+        if block_time:
+            chain.rpc("evm_setAutomine", [True])  # the set-up is mined at once
         base = load_price_table(EXAMPLE_TABLE)
-        token = chain.deploy_token()
+        token = chain.deploy_token(base.asset.name, "USDC", base.asset.version)
+        if BATCH in schemes:
+            chain.install_batch_settlement()
         operator = LocalSigner.generate()
+        authorizer = LocalSigner.generate()
         table = base.on_chain(chain.network, token.address, operator.address)
-        agents = [LocalSigner.generate(), LocalSigner.generate()]
-        for agent in agents:
+        table = table.model_copy(update={"schemes": schemes})
+        agents = {name: LocalSigner.generate() for name in (EXACT, BATCH, "official")}
+        for agent in agents.values():
             token.mint(agent.address, 10**12)
+        gas_wallet = chain.new_account()
+        gas_key, gas_address = gas_wallet.unsafe_export_private_key(), gas_wallet.address
+        official_gas = chain.new_account().unsafe_export_private_key()
+        if block_time:
+            chain.rpc("evm_setAutomine", [False])
+            chain.rpc("evm_setIntervalMining", [block_time])
         ports = {name: _free_port() for name in ("upstream", "payrouter", "official")}
         upstream = f"http://127.0.0.1:{ports['upstream']}"
         from pricing import estimate_chat_input_tokens, quote_route
 
         amount = quote_route(table, "gpt-4o-mini", estimate_chat_input_tokens(BODY["messages"]), 64).amount
         namespace = f"payrouter-bench-{secrets.token_hex(4)}"
-        procs = [
+        procs: list[BaseProcess] = [
             spawn.Process(target=_serve_upstream, args=(ports["upstream"],), daemon=True),
             spawn.Process(
                 target=_serve_payrouter,
@@ -240,49 +561,120 @@ def main() -> None:
                     ports["payrouter"],
                     table.model_dump_json(),
                     chain.rpc_url,
-                    chain.new_account().unsafe_export_private_key(),
+                    gas_key,
+                    authorizer.unsafe_export_private_key(),
                     upstream,
                     namespace,
-                ),
-                daemon=True,
-            ),
-            spawn.Process(
-                target=_serve_official,
-                args=(
-                    ports["official"],
-                    chain.rpc_url,
-                    chain.new_account().unsafe_export_private_key(),
-                    upstream,
-                    chain.network,
-                    token.address,
-                    operator.address,
-                    amount,
+                    args.profile,
                 ),
                 daemon=True,
             ),
         ]
-        for proc in procs:
-            proc.start()
+        if official:
+            procs.append(
+                spawn.Process(
+                    target=_serve_official,
+                    args=(
+                        ports["official"],
+                        chain.rpc_url,
+                        official_gas,
+                        upstream,
+                        chain.network,
+                        token.address,
+                        operator.address,
+                        amount,
+                    ),
+                    daemon=True,
+                )
+            )
         try:
-            before = token.balance_of(operator.address)
-            ours = asyncio.run(
-                _measure("payrouter", f"http://127.0.0.1:{ports['payrouter']}/v1/chat/completions", agents[0], args)
-            )
-            theirs = asyncio.run(
-                _measure("official", f"http://127.0.0.1:{ports['official']}/v1/chat/completions", agents[1], args)
-            )
-            settled = token.balance_of(operator.address) - before
-            assert settled == amount * 2 * (args.paid + 5), "every paid call must have settled exactly once"
-            print(
-                f"ratio      unpaid rps x{ours['unpaid_402_rps'] / theirs['unpaid_402_rps']:.2f}   "
-                f"paid p50 x{theirs['paid_p50_ms'] / ours['paid_p50_ms']:.2f} faster   "
-                f"paid p99 x{theirs['paid_p99_ms'] / ours['paid_p99_ms']:.2f} faster"
-            )
-            print(json.dumps({"payrouter": ours, "official": theirs, "amount": amount}))
-        finally:
             for proc in procs:
-                proc.terminate()
-                proc.join(5)
+                proc.start()
+            ours = f"http://127.0.0.1:{ports['payrouter']}/v1/chat/completions"
+            asyncio.run(_wait(f"{upstream}/v1/models"))
+            unpaid = asyncio.run(_measure_unpaid(ours, args))
+            rows: list[Row] = []
+            for scheme in schemes:
+                before = token.balance_of(operator.address)
+                if scheme == EXACT:
+                    paid = asyncio.run(_paid_exact(ours, upstream, agents[EXACT], paid_exact, warm))
+                    assert token.balance_of(operator.address) - before == paid.paid_total, (
+                        "exact: one settlement a call"
+                    )
+                    gas = [_gas_used(chain, tx) for tx in paid.txs]
+                    rows.append(Row(EXACT, unpaid, paid, statistics.fmean(gas), f"mean of {len(gas)} settlements"))
+                else:
+                    first_block = int(chain.w3.eth.block_number)
+                    paid = asyncio.run(
+                        _paid_batch(ours, upstream, agents[BATCH], args.paid, 5, chain.chain_id, token.domain)
+                    )
+                    claims, settle, claimed, settled = asyncio.run(
+                        _claim_and_settle(
+                            chain.rpc_url,
+                            gas_key,
+                            authorizer.unsafe_export_private_key(),
+                            namespace,
+                            operator.address,
+                            token.address,
+                            chain.network,
+                            chain.chain_id,
+                        )
+                    )
+                    assert claimed == settled == paid.paid_total, (claimed, settled, paid.paid_total)
+                    assert token.balance_of(operator.address) - before == paid.paid_total
+                    # PAYMENT-RESPONSE of a deposit leaves `transaction` empty: find it on chain
+                    deposits = paid.txs or _sent_to(chain, gas_address, BATCH_SETTLEMENT_ADDRESS, first_block)
+                    deposits = [tx for tx in deposits if tx not in claims and tx != settle]
+                    assert len(deposits) == 1, f"one deposit expected, got {deposits}"
+                    txs = {"deposit": deposits, "claim": claims, "settle": [settle]}
+                    gas_by = {kind: sum(_gas_used(chain, tx) for tx in hashes) for kind, hashes in txs.items()}
+                    note = ", ".join(f"{k} {v:,}" for k, v in gas_by.items()) + f" / {paid.calls} calls"
+                    rows.append(Row(BATCH, unpaid, paid, sum(gas_by.values()) / paid.calls, note))
+                print(rows[-1].line(), flush=True)
+            theirs: Row | None = None
+            if official:
+                url = f"http://127.0.0.1:{ports['official']}/v1/chat/completions"
+                their_unpaid = asyncio.run(_measure_unpaid(url, args))
+                before = token.balance_of(operator.address)
+                paid = asyncio.run(_paid_exact(url, None, agents["official"], paid_exact, warm))
+                assert token.balance_of(operator.address) - before == amount * paid.calls
+                gas = [_gas_used(chain, tx) for tx in paid.txs]
+                theirs = Row("official exact", their_unpaid, paid, statistics.fmean(gas), "mean")
+                print(
+                    f"{'official exact':<16} unpaid 402: p50 {their_unpaid.p50_ms:6.2f} ms  p99 "
+                    f"{their_unpaid.p99_ms:6.2f} ms  {their_unpaid.rps:6.0f} req/s   paid: p50 {theirs.p50:8.2f} ms"
+                    f"  p99 {theirs.p99:8.2f} ms  (n={len(paid.latencies)})   gas/call {theirs.gas_per_call:,.0f}",
+                    flush=True,
+                )
+                exact_row = next(r for r in rows if r.scheme == EXACT)
+                print(
+                    f"payrouter exact vs official: unpaid rps x{unpaid.rps / their_unpaid.rps:.2f}   "
+                    f"paid p50 x{theirs.p50 / exact_row.p50:.2f} faster   "
+                    f"paid p99 x{theirs.p99 / exact_row.p99:.2f} faster"
+                )
+            print()
+            if EXACT in schemes and paid_exact != args.paid:
+                print(
+                    f"note: exact measured over {paid_exact} calls (--paid-exact), batch-settlement over {args.paid}:"
+                    f" at {block_time} s blocks every exact call waits for its settlement to be mined"
+                )
+            print("note: the unpaid 402 is one server offering every selected scheme, so it is shared by the rows")
+            print()
+            print(_table(rows, block_time))
+            print()
+            print(
+                json.dumps(
+                    {
+                        "block_time": block_time,
+                        "amount": amount,
+                        **{r.scheme: r.to_json() for r in rows},
+                        **({"official": theirs.to_json()} if theirs else {}),
+                        "elapsed_s": round(time.perf_counter() - started, 1),
+                    }
+                )
+            )
+        finally:
+            _stop(procs)
             delete_namespace(namespace)
 
 
