@@ -97,6 +97,81 @@ def _serve_upstream(port: int) -> None:
     uvicorn.run(TestUpstream().app, host="127.0.0.1", port=port, log_level="error", access_log=False)
 
 
+def _instrument() -> dict[str, list[float]]:
+    """Wrap the steps of a paid call in the server process with wall-clock timers (``--timing``).
+
+    Only this process's copies of the functions are wrapped; the server code is unchanged.
+    Samples are milliseconds per call, by step; ``gate (paid)`` is the whole paid request as
+    the payment gate sees it (body read to the last byte sent).
+    """
+    import functools
+    import inspect
+
+    from starlette.datastructures import Headers
+
+    from payrouter.journal.redis import RedisJournal
+    from payrouter.upstream.health import HealthTracker
+    from payrouter.upstream.openai import OpenAICompatible
+    from payrouter.x402 import gate
+    from payrouter.x402.schemes import batch, exact
+
+    samples: dict[str, list[float]] = {}
+
+    def timed_async(name: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        async def wrapper(*a: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return await fn(*a, **kw)
+            finally:
+                samples.setdefault(name, []).append((time.perf_counter() - start) * 1000)
+
+        return wrapper
+
+    def timed_sync(name: str, fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*a: Any, **kw: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                samples.setdefault(name, []).append((time.perf_counter() - start) * 1000)
+
+        return wrapper
+
+    gate_call = gate.PaymentGate.__call__
+
+    async def gate_timed(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        paid = scope["type"] == "http" and "payment-signature" in Headers(scope=scope)
+        start = time.perf_counter()
+        try:
+            await gate_call(self, scope, receive, send)
+        finally:
+            if paid:
+                samples.setdefault("gate (paid)", []).append((time.perf_counter() - start) * 1000)
+
+    gate.PaymentGate.__call__ = gate_timed  # type: ignore[method-assign]
+    for module, prefix in ((batch, "batch"), (exact, "exact")):
+        for attr in ("load_quote", "run_handler", "send_response"):
+            if hasattr(module, attr):
+                setattr(module, attr, timed_async(f"{prefix}.{attr}", getattr(module, attr)))
+    for cls, prefix in ((batch.BatchScheme, "batch"), (getattr(exact, "ExactScheme", None), "exact")):
+        if cls is None:
+            continue
+        for attr, value in list(vars(cls).items()):
+            if attr in ("offer", "refund_offer", "__init__") or not inspect.isfunction(value):
+                continue
+            wrap = timed_async if asyncio.iscoroutinefunction(value) else timed_sync
+            setattr(cls, attr, wrap(f"{prefix}.{attr}", value))
+    RedisJournal.open = timed_async("journal.open", RedisJournal.open)  # type: ignore[method-assign]
+    RedisJournal.advance = timed_async("journal.advance", RedisJournal.advance)  # type: ignore[method-assign]
+    OpenAICompatible.chat = timed_async("upstream.chat (HTTP)", OpenAICompatible.chat)  # type: ignore[method-assign]
+    HealthTracker.record_success = timed_async(  # type: ignore[method-assign]
+        "health.record_success", HealthTracker.record_success
+    )
+    return samples
+
+
 def _serve_payrouter(
     port: int,
     table_json: str,
@@ -106,6 +181,7 @@ def _serve_payrouter(
     upstream: str,
     namespace: str,
     profile: str | None,
+    timing: str | None,
 ) -> None:
     import uvicorn
     from pydantic import SecretStr
@@ -125,19 +201,29 @@ def _serve_payrouter(
         gas_key=SecretStr(gas_key),
         channel_authorizer_key=SecretStr(authorizer_key),
     )
+    samples = _instrument() if timing else None
     app = create_app(settings)
-    if profile is None:
+    if profile is None and timing is None:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
         return
     import cProfile
+    import signal
+    import sys
 
+    # uvicorn re-raises the SIGTERM it caught once it has shut down: exit through `finally`
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     profiler = cProfile.Profile()
-    profiler.enable()
+    if profile:
+        profiler.enable()
     try:
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
     finally:
-        profiler.disable()
-        profiler.dump_stats(profile)
+        if profile:
+            profiler.disable()
+            profiler.dump_stats(profile)
+        if timing:
+            with open(timing, "w") as out:
+                json.dump(samples, out)
 
 
 def _serve_official(
@@ -480,6 +566,15 @@ def _table(rows: list[Row], block_time: int) -> str:
     return "\n".join(lines)
 
 
+def _breakdown(samples: dict[str, list[float]]) -> str:
+    """The server-side steps of paid calls (``--timing``): median and p99 ms per call."""
+    lines = ["", "server-side steps of paid calls (wall clock, ms per call; nested steps included in their parent):"]
+    lines += ["| step | calls | p50 | p99 |", "|---|---:|---:|---:|"]
+    for name, values in sorted(samples.items(), key=lambda kv: -statistics.median(kv[1])):
+        lines.append(f"| {name} | {len(values)} | {statistics.median(values):.3f} | {percentile(values, 0.99):.3f} |")
+    return "\n".join(lines)
+
+
 def delete_namespace(namespace: str) -> None:
     """Remove every Redis key a bench run left under ``namespace`` (store, channels, journal)."""
     import redis
@@ -518,6 +613,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--no-official", action="store_true", help="skip the official x402 middleware")
     parser.add_argument("--profile", default=None, help="cProfile the payrouter server into this file")
+    parser.add_argument(
+        "--timing", action="store_true", help="time the steps of paid calls in the server (best with one --scheme)"
+    )
     args = parser.parse_args()
     schemes = [EXACT, BATCH] if args.scheme == "both" else [args.scheme]
     block_time: int = args.block_time
@@ -553,6 +651,7 @@ def main() -> None:
 
         amount = quote_route(table, "gpt-4o-mini", estimate_chat_input_tokens(BODY["messages"]), 64).amount
         namespace = f"payrouter-bench-{secrets.token_hex(4)}"
+        timing_file = os.path.join(tempfile.gettempdir(), f"{namespace}-timing.json") if args.timing else None
         procs: list[BaseProcess] = [
             spawn.Process(target=_serve_upstream, args=(ports["upstream"],), daemon=True),
             spawn.Process(
@@ -566,6 +665,7 @@ def main() -> None:
                     upstream,
                     namespace,
                     args.profile,
+                    timing_file,
                 ),
                 daemon=True,
             ),
@@ -676,6 +776,10 @@ def main() -> None:
         finally:
             _stop(procs)
             delete_namespace(namespace)
+        if timing_file and os.path.exists(timing_file):
+            with open(timing_file) as source:
+                print(_breakdown(json.load(source)))
+            os.unlink(timing_file)
 
 
 if __name__ == "__main__":
