@@ -758,7 +758,8 @@ def main() -> None:
                     f"note: exact measured over {paid_exact} calls (--paid-exact), batch-settlement over {args.paid}:"
                     f" at {block_time} s blocks every exact call waits for its settlement to be mined"
                 )
-            print("note: the unpaid 402 is one server offering every selected scheme, so it is shared by the rows")
+            if len(schemes) > 1:
+                print("note: one payrouter server offers both schemes in one 402: the unpaid figures are shared")
             print()
             print(_table(rows, block_time))
             print()
