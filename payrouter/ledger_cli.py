@@ -4,6 +4,9 @@ Every command reads the service's own config file (its Redis, namespace, price t
 chain). Errors (a bad config, Redis or the node unreachable, a bad time) are one line on
 stderr and exit code 2; ``audit`` exits 1 when the chain and the journal differ, and
 ``reconcile`` when its pass was skipped or some records could not be decided.
+
+``audit`` also accounts for batch-settlement channel money (voucher records, the channel
+store and the contract; `payrouter.ledger.channel_audit`) whenever there is any.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from payrouter.chain import ChainClient, ChainError
+from payrouter.channels.contract import BatchSettlementContract
+from payrouter.channels.store import open_channel_store
 from payrouter.journal import Journal, PaymentRecord, State
 from payrouter.journal.open import open_journal
 from payrouter.ledger import (
@@ -286,6 +291,36 @@ def _print_audit(report: AuditReport, settings: Settings) -> None:
             f"  {titles[d.kind]}: tx {d.tx or '-'}{where} payer {d.payer}{record} "
             f"chain {money(d.chain_amount)} journal {money(d.journal_amount)}" + (f": {d.note}" if d.note else "")
         )
+    if report.channels is not None and (report.channels.channels or not report.channels.equal):
+        _print_channel_audit(report, money)
+
+
+def _print_channel_audit(report: AuditReport, money: Callable[[int | None], str]) -> None:
+    channels = report.channels
+    assert channels is not None
+    _out(
+        f"channels: {len(channels.channels)}, charged {money(channels.charged)}, unclaimed {money(channels.unclaimed)}"
+    )
+    _out(f"  claims:  journal {money(channels.claims_journal)}, chain {money(channels.claimed_chain)}")
+    _out(f"  settles: journal {money(channels.settles_journal)}, chain {money(channels.settled_chain)}")
+    if report.sweeps:
+        _out(f"  settle transfers to pay_to in these blocks: {report.sweeps}, total {money(report.sweeps_total)}")
+    if channels.pending:
+        _out(f"  in doubt: {', '.join(channels.pending)}")
+    for row in channels.channels:
+        if row.unclaimed:
+            _out(f"  unclaimed: channel {row.channel_id} {money(row.unclaimed)}")
+    _out(f"channel differences: {len(channels.differences)}")
+    titles = {
+        "journal_vs_store": "voucher records vs the store's charged",
+        "journal_vs_chain": "voucher records vs claimed on chain (channel gone from the store)",
+        "claimed_above_charged": "the store's charged vs claimed on chain",
+        "claims_vs_chain": "claim records vs the receiver's claimed on chain",
+        "settles_vs_chain": "settle records vs the receiver's settled on chain",
+    }
+    for d in channels.differences:
+        where = f" channel {d.channel}" if d.channel else ""
+        _out(f"  {titles[d.kind]}:{where} {money(d.expected)} vs {money(d.actual)}" + (f": {d.note}" if d.note else ""))
 
 
 async def _audit(args: argparse.Namespace) -> int:
@@ -296,14 +331,21 @@ async def _audit(args: argparse.Namespace) -> int:
     rpc_url = settings.rpc_url
 
     async def work(journal: Journal) -> int:
+        assert settings.redis_url is not None
         chain = ChainClient(rpc_url)
+        # the gate's channel store: same Redis and namespace as the journal
+        channels = open_channel_store(settings.redis_url, settings.namespace)
         try:
             chain_id = await chain.chain_id()
             if chain_id != table.chain_id:
                 raise ConfigError(f"rpc_url serves chain {chain_id}, the price table wants {table.network}")
-            report = await audit(journal, chain, table.asset.address, table.pay_to, args.from_block)
+            contract = BatchSettlementContract(chain, None, chain_id)
+            report = await audit(
+                journal, chain, table.asset.address, table.pay_to, args.from_block, (channels, contract)
+            )
         finally:
             await chain.close()
+            await channels.close()
         if args.json:
             _out(json.dumps(report.to_json()))
         else:

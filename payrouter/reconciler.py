@@ -16,6 +16,10 @@ The rules, for an authorization the chain says is
   transaction reverted, is broadcast again (or becomes ``owed``/``released``); ``owed`` and
   stale ``settling`` records (their worker is gone; the answer is kept) are settled now;
   ``claimed``/``serving`` are left to their worker until the authorization expires.
+
+Records of the ``batch-settlement`` scheme are not payments of their own (a voucher's money
+reaches us by a channel claim): they are left to the channel claimer, which also releases
+voucher records whose request died.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from payrouter.chain import (
     ChainError,
     encode_authorization_state,
 )
+from payrouter.channels.records import SCHEME as BATCH_SCHEME
 from payrouter.facilitator import Facilitator
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.quoting import PricedRoute
@@ -135,8 +140,12 @@ class Resolver:
         """Drive ``record`` as far as the chain allows; returns it as it is stored now.
 
         ``settle`` allows broadcasting (owed, stale settling, lost pending transactions).
+        ``batch-settlement`` records are returned as they are: their money moves by channel
+        claims, which the channel claimer decides (`payrouter.channels.claimer`).
         Raises ChainError or StoreError when the chain or the store cannot be read.
         """
+        if record.scheme == BATCH_SCHEME:
+            return record
         if self.chain is None or record.state not in (
             State.CLAIMED,
             State.SERVING,
@@ -256,6 +265,8 @@ class Reconciler:
             await asyncio.sleep(0.05)
         try:
             for record in await self.resolver.journal.open_records():
+                if record.scheme == BATCH_SCHEME:
+                    continue  # the channel claimer's (see the module docstring)
                 report.examined += 1
                 try:
                     ended = await self.resolver.resolve(record)

@@ -13,6 +13,11 @@ pairs up is matched; the rest is a `Difference`:
 
 Settled records whose transaction was mined outside the audited blocks (before
 ``--from-block``, or after the chain head the audit started from) are left out of both sides.
+
+``batch-settlement`` records are not single transfers (a voucher is paid by a channel claim,
+and the contract's settle pays many claims in one transfer): they and the contract's
+transfers to ``pay_to`` stay out of this comparison and are audited by
+`payrouter.ledger.channel_audit` when `audit` is given the channel store and contract.
 """
 
 from __future__ import annotations
@@ -23,7 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from payrouter.chain import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, ChainClient, ChainError
+from payrouter.channels.contract import BatchSettlementContract
+from payrouter.channels.records import SCHEME as BATCH_SCHEME
+from payrouter.channels.store import ChannelStore
 from payrouter.journal import Journal, PaymentRecord, State
+from payrouter.ledger.channel_audit import ChannelAuditReport, audit_channels
 from payrouter.ledger.records import fetch_records
 
 __all__ = ["AuditReport", "Difference", "Transfer", "audit", "compare", "transfers_to"]
@@ -110,6 +119,9 @@ class AuditReport:
         matched: records paired with their transfer, amount and all.
         out_of_range: settled records whose transaction is mined outside the audited blocks.
         other: settled records of another asset or ``pay_to`` (not audited).
+        sweeps, sweeps_total: transfers to ``pay_to`` from the batch-settlement contract (its
+            settles; audited with the channels, not here).
+        channels: the channel audit (None when it was not asked for).
     """
 
     from_block: int
@@ -121,12 +133,15 @@ class AuditReport:
     matched: int = 0
     out_of_range: int = 0
     other: int = 0
+    sweeps: int = 0
+    sweeps_total: int = 0
     differences: list[Difference] = field(default_factory=list)
+    channels: ChannelAuditReport | None = None
 
     @property
     def equal(self) -> bool:
-        """True when the chain and the journal agree on every transfer."""
-        return not self.differences
+        """True when the chain and the journal agree on every transfer (and channel count)."""
+        return not self.differences and (self.channels is None or self.channels.equal)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON object (amounts as integer strings)."""
@@ -138,8 +153,10 @@ class AuditReport:
             "matched": self.matched,
             "out_of_range": self.out_of_range,
             "other": self.other,
+            "sweeps": {"count": self.sweeps, "total": str(self.sweeps_total)},
             "equal": self.equal,
             "differences": [d.to_json() for d in self.differences],
+            "channels": None if self.channels is None else self.channels.to_json(),
         }
 
 
@@ -260,23 +277,39 @@ def _take(transfers: list[Transfer], payer: str, amount: int | None) -> Transfer
     return None
 
 
-async def audit(journal: Journal, chain: ChainClient, asset: str, pay_to: str, from_block: int = 0) -> AuditReport:
+async def audit(
+    journal: Journal,
+    chain: ChainClient,
+    asset: str,
+    pay_to: str,
+    from_block: int = 0,
+    channels: tuple[ChannelStore, BatchSettlementContract] | None = None,
+) -> AuditReport:
     """Audit the journal's settled records of ``asset`` paid to ``pay_to`` against the chain,
     from ``from_block`` to the chain head when the audit starts.
 
     The chain is read before the journal, so a payment settling meanwhile shows at worst as
     ``not_in_journal`` with its record's current state (the next audit clears it).
 
+    With ``channels`` (the channel store and the batch-settlement contract), channel money is
+    audited too (`payrouter.ledger.channel_audit`; ``report.channels``), over every block.
+
     Raises:
         ChainError: the node could not be read.
-        StoreError: the journal could not be read.
+        StoreError: the journal or the channel store could not be read.
     """
     head = int(await chain.call("eth_blockNumber", []), 16)
     report = AuditReport(from_block, head)
     transfers = await transfers_to(chain, asset, pay_to, from_block, head)
+    if channels is not None:
+        store, contract = channels
+        sweeps = [t for t in transfers if t.payer == contract.address.lower()]
+        transfers = [t for t in transfers if t.payer != contract.address.lower()]
+        report.sweeps, report.sweeps_total = len(sweeps), sum(t.amount for t in sweeps)
+        report.channels = await audit_channels(journal, store, contract, asset, pay_to)
     settled: list[PaymentRecord] = []
     for record in await fetch_records(journal, settled=True):
-        if record.state != State.SETTLED:
+        if record.state != State.SETTLED or record.scheme == BATCH_SCHEME:
             continue
         if record.asset.lower() != asset.lower() or record.pay_to.lower() != pay_to.lower():
             report.other += 1

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 __all__ = [
     "CHANNEL_INDEX",
+    "CLAIMER_LAST_CLAIM",
+    "CLAIMER_LOCK",
     "RECONCILER_LOCK",
     "channel",
     "gas_nonce",
@@ -24,6 +26,11 @@ __all__ = [
 
 # held by the reconciler pass in progress (one at a time across instances)
 RECONCILER_LOCK = "lock:reconciler"
+
+# held by the channel claimer pass in progress (one at a time across instances)
+CLAIMER_LOCK = "lock:claimer"
+# when the claimer last claimed (Unix ms as decimal text): its claim interval counts from here
+CLAIMER_LAST_CLAIM = "claimer:last-claim"
 
 # every known channel id (a sorted set scored by first sight, Unix ms); see the module docstring
 CHANNEL_INDEX = "channels"

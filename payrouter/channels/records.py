@@ -1,0 +1,146 @@
+"""Journal records of the ``batch-settlement`` scheme: what each kind looks like, and the
+claim and settle records the claimer writes.
+
+Every such record has ``scheme = "batch-settlement"`` and the price table's ``network``,
+``asset`` and ``pay_to``. Kinds, told apart by id prefix and ``path``:
+
+- voucher (the gate; one per paid request): ``batch:{channel_id}:{charged_before}``, ``nonce``
+  = the channel id, ``charged`` = what the request charged once committed (``settled``);
+- deposit (the gate): ``batch-deposit:{channel_id}:{tx}``, path ``deposit``;
+- claim (the claimer): ``batch-claim:{tx}``, path ``claim``, ``amount`` = the sum of the
+  channels' claimed deltas in that transaction, the deltas themselves in ``payment``;
+- settle (the claimer): ``batch-settle:{tx}``, path ``settle``, ``amount`` = the ``Settled`` amount;
+- refund (the gate): ``batch-refund:{channel_id}:{nonce}``, path ``refund``.
+
+Only vouchers carry a ``charged``: claims, settles and deposits move money the vouchers
+already counted, so revenue (the sum of ``charged`` over settled records) counts it once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from payrouter.journal import PaymentRecord, State, now_ms
+
+__all__ = [
+    "CLAIM_PATH",
+    "CLAIMER_OWNER",
+    "SCHEME",
+    "SETTLE_PATH",
+    "claim_deltas",
+    "claim_record",
+    "is_voucher",
+    "settle_record",
+    "voucher_charged_before",
+]
+
+SCHEME = "batch-settlement"
+CLAIM_PATH = "claim"
+SETTLE_PATH = "settle"
+# the owner of every record the claimer writes: any claimer instance may finish another's
+CLAIMER_OWNER = "claimer"
+_VOUCHER_PREFIX = "batch:"
+
+
+def is_voucher(record: PaymentRecord) -> bool:
+    """True for a batch-settlement voucher record (one paid request on a channel)."""
+    return record.scheme == SCHEME and record.id.startswith(_VOUCHER_PREFIX)
+
+
+def voucher_charged_before(record: PaymentRecord) -> int | None:
+    """The channel's ``charged`` when the voucher's request began (from its id), or None
+    when the id is not ``batch:{channel_id}:{integer}``."""
+    parts = record.id.split(":")
+    if len(parts) != 3 or not parts[2].isdigit():
+        return None
+    return int(parts[2])
+
+
+def _record(
+    record_id: str, path: str, state: str, *, network: str, asset: str, pay_to: str, amount: int, tx: str, payment: str
+) -> PaymentRecord:
+    now = now_ms()
+    return PaymentRecord(
+        id=record_id,
+        scheme=SCHEME,
+        state=state,
+        owner=CLAIMER_OWNER,
+        payer="",
+        pay_to=pay_to,
+        asset=asset,
+        network=network,
+        amount=amount,
+        nonce="",
+        valid_before=0,
+        x402_version=2,
+        payment=payment,
+        fingerprint="",
+        request="",
+        path=path,
+        stream=False,
+        route="",
+        model="",
+        charged=0,
+        delivered="",
+        tx=tx,
+        created_at=now,
+        updated_at=now,
+        settled_at=now if state == State.SETTLED else 0,
+    )
+
+
+def claim_record(
+    tx: str, deltas: Mapping[str, tuple[int, int]], *, network: str, asset: str, pay_to: str, state: str
+) -> PaymentRecord:
+    """The record of the claim transaction ``tx``.
+
+    ``deltas`` maps each claimed channel id to ``(new totalClaimed, delta)``; ``amount`` is
+    the deltas' sum. ``state`` is ``settled`` (mined) or ``pending`` (sent, outcome unknown:
+    ``deltas`` are then what was asked, and are replaced by the mined ones when it resolves).
+    """
+    payment = json.dumps(
+        {"claims": [{"channelId": c, "totalClaimed": str(t), "delta": str(d)} for c, (t, d) in sorted(deltas.items())]},
+        separators=(",", ":"),
+    )
+    amount = sum(d for _, d in deltas.values())
+    return _record(
+        f"batch-claim:{tx}",
+        CLAIM_PATH,
+        state,
+        network=network,
+        asset=asset,
+        pay_to=pay_to,
+        amount=amount,
+        tx=tx,
+        payment=payment,
+    )
+
+
+def claim_deltas(record: PaymentRecord) -> dict[str, tuple[int, int]]:
+    """Inverse of `claim_record`'s ``payment``: channel id -> ``(totalClaimed, delta)``.
+
+    Raises:
+        ValueError: ``payment`` is not a claim record's.
+    """
+    try:
+        doc = json.loads(record.payment)
+        return {str(c["channelId"]): (int(c["totalClaimed"]), int(c["delta"])) for c in doc["claims"]}
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{record.id} holds no claim deltas") from exc
+
+
+def settle_record(tx: str, amount: int, *, network: str, asset: str, pay_to: str, state: str) -> PaymentRecord:
+    """The record of the settle transaction ``tx`` that paid ``amount`` to ``pay_to``
+    (``state`` ``pending`` while in doubt: ``amount`` then 0 until it resolves)."""
+    return _record(
+        f"batch-settle:{tx}",
+        SETTLE_PATH,
+        state,
+        network=network,
+        asset=asset,
+        pay_to=pay_to,
+        amount=amount,
+        tx=tx,
+        payment="{}",
+    )

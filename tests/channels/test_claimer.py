@@ -1,0 +1,549 @@
+"""The channel claimer on a real anvil and a real Redis (127.0.0.1:6379).
+
+Payers open channels with real ERC-3009 deposits; requests are charged through the channel
+store's reserve/commit as the gate does, with the voucher records the gate journals; the
+claimer claims, settles to pay_to and journals, and the ledger's channel audit checks the
+three counts. Token balances and on-chain totals are checked exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from web3 import Web3
+
+from payrouter.artifacts import load_artifact
+from payrouter.chain import ChainClient
+from payrouter.channels import RedisChannelStore
+from payrouter.channels.claimer import STUCK_VOUCHER_MS, Claimer, ClaimReport
+from payrouter.channels.contract import BatchSettlementContract, Erc3009Deposit
+from payrouter.channels.records import SCHEME, claim_deltas, claim_record
+from payrouter.devchain import DevChain, DevToken
+from payrouter.facilitator.sender import GasSender
+from payrouter.journal import Journal, PaymentRecord, State, now_ms
+from payrouter.journal.open import open_journal
+from payrouter.ledger import fetch_records
+from payrouter.ledger.audit import audit
+from payrouter.ledger.channel_audit import audit_channels
+from payrouter.reconciler import Reconciler, Resolver
+from payrouter.store import RedisStore
+from payrouter.store.redis import connect
+from wallets import (
+    BATCH_SETTLEMENT_ADDRESS,
+    ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
+    ChannelConfig,
+    LocalSigner,
+    ReceiveWithAuthorization,
+    Voucher,
+    batch_settlement_domain,
+    deposit_nonce,
+    sign_authorization,
+)
+
+from ..redis_keys import delete_namespace
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+TTL_MS = 60_000
+NEVER = 10**30  # a threshold no test reaches
+
+
+@pytest.fixture(scope="module")
+def installed(chain: DevChain) -> DevChain:
+    chain.install_batch_settlement()
+    return chain
+
+
+@dataclass
+class Payer:
+    signer: LocalSigner
+    config: ChannelConfig
+    channel_id: str
+    deposit: int
+    charged: int = 0
+    charges: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Env:
+    chain: DevChain
+    token: DevToken
+    client: ChainClient
+    contract: BatchSettlementContract
+    gas: LocalSigner
+    pay_to: str
+    authorizer: LocalSigner
+    namespace: str
+    store: RedisChannelStore
+    journal: Journal
+    locks: RedisStore
+    closers: list[object] = field(default_factory=list)
+
+    def claimer(
+        self,
+        *,
+        interval: float = 3600.0,
+        threshold: int = 0,
+        store: RedisChannelStore | None = None,
+        journal: Journal | None = None,
+        locks: RedisStore | None = None,
+    ) -> Claimer:
+        return Claimer(
+            store or self.store,
+            self.contract,
+            self.authorizer,
+            journal or self.journal,
+            locks or self.locks,
+            self.pay_to,
+            self.token.address,
+            interval,
+            threshold,
+            chain=self.client,
+            network=self.chain.network,
+        )
+
+    def connections(self) -> tuple[RedisChannelStore, Journal, RedisStore]:
+        """A second server instance's own connections to the same Redis namespace."""
+        trio = (
+            RedisChannelStore(connect(REDIS_URL), self.namespace),
+            open_journal(REDIS_URL, self.namespace),
+            RedisStore(REDIS_URL, self.namespace),
+        )
+        self.closers.extend(trio)
+        return trio
+
+    def gas_nonce(self) -> int:
+        return int(self.chain.w3.eth.get_transaction_count(self.gas.address))
+
+
+@pytest.fixture
+async def env(installed: DevChain, token: DevToken) -> AsyncIterator[Env]:
+    namespace = f"payrouter-test-claimer-{secrets.token_hex(4)}"
+    client = ChainClient(installed.rpc_url)
+    gas = installed.new_account()
+    locks = RedisStore(REDIS_URL, namespace)
+    contract = BatchSettlementContract(client, GasSender(client, gas, locks, installed.chain_id), installed.chain_id)
+    pay_to = LocalSigner.generate().address  # fresh: its receiver totals and balance start at 0
+    store = RedisChannelStore(connect(REDIS_URL), namespace)
+    journal = open_journal(REDIS_URL, namespace)
+    e = Env(installed, token, client, contract, gas, pay_to, installed.new_account(0), namespace, store, journal, locks)
+    try:
+        yield e
+    finally:
+        try:
+            for closer in [store, journal, locks, *e.closers]:
+                await closer.close()  # type: ignore[attr-defined]
+            await client.close()
+        finally:
+            delete_namespace(REDIS_URL, namespace)
+
+
+async def _open_channel(env: Env, deposit: int, fund: int = 10**9) -> Payer:
+    """A payer deposits ``deposit`` for real (ERC-3009 to the collector) and the store learns
+    the channel as the gate does after a deposit."""
+    signer = env.chain.new_account()
+    env.token.mint(signer.address, fund)
+    config = ChannelConfig(
+        payer=signer.address,
+        payer_authorizer=signer.address,
+        receiver=env.pay_to,
+        receiver_authorizer=env.authorizer.address,
+        token=env.token.address,
+        withdraw_delay=900,
+        salt=secrets.token_bytes(32),
+    )
+    channel_id = config.channel_id(env.chain.chain_id)
+    salt = secrets.randbits(64)
+    now = int(env.chain.w3.eth.get_block("latest")["timestamp"])
+    auth = ReceiveWithAuthorization(
+        signer.address, ERC3009_DEPOSIT_COLLECTOR_ADDRESS, deposit, 0, now + 3600, deposit_nonce(channel_id, salt)
+    )
+    signature = sign_authorization(signer, env.token.domain, auth)
+    await env.contract.deposit(config, deposit, Erc3009Deposit(0, now + 3600, salt, signature))
+    cid = "0x" + channel_id.hex()
+    await env.store.upsert_onchain(
+        cid,
+        config=json.dumps(config.to_wire(), separators=(",", ":")),
+        payer=signer.address,
+        balance=deposit,
+        total_claimed=0,
+        withdraw_requested_at=0,
+        refund_nonce=0,
+        synced_at_ms=now_ms(),
+    )
+    return Payer(signer, config, cid, deposit)
+
+
+async def _charge(env: Env, payer: Payer, amount: int, charge: int | None = None) -> None:
+    """One paid request as the gate runs it: a voucher for ``charged + amount`` reserved, the
+    actual ``charge`` committed, the voucher record journaled settled."""
+    charge = amount if charge is None else charge
+    signed_max = payer.charged + amount
+    voucher = Voucher(bytes.fromhex(payer.channel_id[2:]), signed_max)
+    signature = "0x" + payer.signer.sign_typed_data(batch_settlement_domain(env.chain.chain_id), voucher).hex()
+    token = secrets.token_hex(8)
+    reserved = await env.store.reserve(
+        payer.channel_id, amount=amount, signed_max=signed_max, signature=signature, token=token, ttl_ms=TTL_MS
+    )
+    assert reserved.ok, reserved.kind
+    record = _voucher_record(env, payer, amount, owner=token)
+    assert (await env.journal.open(record)).outcome == "new"
+    assert await env.store.commit(payer.channel_id, token, charge) is not None
+    settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms())
+    assert (await env.journal.advance(settled, [State.CLAIMED]))[0]
+    payer.charged += charge
+    payer.charges.append(charge)
+
+
+def _voucher_record(env: Env, payer: Payer, amount: int, owner: str) -> PaymentRecord:
+    return PaymentRecord(
+        id=f"batch:{payer.channel_id}:{payer.charged}",
+        scheme=SCHEME,
+        state=State.CLAIMED,
+        owner=owner,
+        payer=payer.signer.address,
+        pay_to=env.pay_to,
+        asset=env.token.address,
+        network=env.chain.network,
+        amount=amount,
+        nonce=payer.channel_id,
+        valid_before=0,
+        x402_version=2,
+        payment="{}",
+        fingerprint="",
+        request="r",
+        path="/v1/chat/completions",
+        stream=False,
+        route="{}",
+        model="gpt-4o-mini",
+    )
+
+
+async def _channels(env: Env, *deposits: int) -> list[Payer]:
+    return [await _open_channel(env, d) for d in deposits]
+
+
+async def _onchain_claimed(env: Env, payers: list[Payer]) -> list[int]:
+    states = await env.contract.channels([bytes.fromhex(p.channel_id[2:]) for p in payers])
+    return [states[bytes.fromhex(p.channel_id[2:])].total_claimed for p in payers]
+
+
+async def _records(env: Env, prefix: str) -> list[PaymentRecord]:
+    return [r for r in await fetch_records(env.journal) if r.id.startswith(prefix)]
+
+
+def _initiate_withdraw(env: Env, payer: Payer, amount: int) -> None:
+    """The payer starts a unilateral withdrawal, sending the transaction itself."""
+    address = Web3.to_checksum_address(BATCH_SETTLEMENT_ADDRESS)
+    settlement = env.chain.w3.eth.contract(address=address, abi=load_artifact("BatchSettlement")["abi"])
+    c = payer.config
+    config = (c.payer, c.payer_authorizer, c.receiver, c.receiver_authorizer, c.token, c.withdraw_delay, c.salt)
+    data = settlement.encode_abi("initiateWithdraw", [config, amount])
+    env.chain.send(payer.signer, {"to": BATCH_SETTLEMENT_ADDRESS, "data": data})
+
+
+# ------------------------------------------------------------------ claims
+
+
+async def test_a_pass_claims_every_charged_channel_and_sweeps_it_to_pay_to(env: Env) -> None:
+    payers = await _channels(env, 100_000, 50_000, 70_000)
+    await _charge(env, payers[0], 3_000)
+    await _charge(env, payers[0], 2_000, charge=1_500)  # usage-priced: charged below the voucher
+    await _charge(env, payers[1], 50_000)
+    await _charge(env, payers[2], 12_345)
+    total = sum(p.charged for p in payers)
+
+    report = await env.claimer(threshold=1).run_once()
+
+    assert report.errors == [] and not report.skipped
+    assert report.trigger == "threshold" and report.channels == 3
+    assert report.unclaimed == total and report.claimed == total
+    assert len(report.claim_txs) == 1
+    assert await _onchain_claimed(env, payers) == [p.charged for p in payers]
+    assert env.token.balance_of(env.pay_to) == total == report.settled
+    assert await env.contract.receiver_totals(env.pay_to, env.token.address) == (total, total)
+    # the store's mirror follows the chain
+    stored = await env.store.get_many([p.channel_id for p in payers])
+    assert [stored[p.channel_id].total_claimed for p in payers] == [p.charged for p in payers]
+    # the journal: one claim record with the per-channel deltas, one settle record
+    (claim,) = await _records(env, "batch-claim:")
+    assert claim.id == f"batch-claim:{report.claim_txs[0]}" and claim.state == State.SETTLED
+    assert claim.amount == total and claim.charged == 0 and claim.tx == report.claim_txs[0]
+    assert claim.path == "claim" and claim.scheme == SCHEME and claim.pay_to == env.pay_to
+    assert claim_deltas(claim) == {p.channel_id: (p.charged, p.charged) for p in payers}
+    (settle,) = await _records(env, "batch-settle:")
+    assert settle.id == f"batch-settle:{report.settle_tx}" and settle.amount == total and settle.charged == 0
+    assert settle.state == State.SETTLED and settle.path == "settle"
+    # revenue is the vouchers' charges alone: claims and settles carry no charge
+    settled = [r for r in await _records(env, "batch") if r.state == State.SETTLED]
+    assert sum(r.charged for r in settled) == total
+    channels = await audit_channels(env.journal, env.store, env.contract, env.token.address, env.pay_to)
+    assert channels.equal, channels.differences
+    assert channels.charged == total and channels.unclaimed == 0
+
+    # more charges later are claimed as deltas
+    await _charge(env, payers[1], 0)  # a request that cost nothing
+    await _charge(env, payers[2], 655)
+    report = await env.claimer(threshold=1).run_once()
+    assert report.claimed == 655 and report.settled == 655
+    assert env.token.balance_of(env.pay_to) == total + 655
+    claims = await _records(env, "batch-claim:")
+    assert sorted(c.amount for c in claims) == [655, total]
+
+
+async def test_nothing_is_sent_below_the_threshold_before_the_interval(env: Env) -> None:
+    payers = await _channels(env, 10_000, 10_000)
+    await _charge(env, payers[0], 400)
+    await _charge(env, payers[1], 600)
+    nonce = env.gas_nonce()
+
+    report = await env.claimer(threshold=1_001, interval=3600).run_once()
+    assert report.trigger == "" and report.unclaimed == 1_000 and report.claim_txs == []
+    assert report.settle_tx == "" and report.errors == []
+    assert env.gas_nonce() == nonce  # not a single transaction
+    assert await _onchain_claimed(env, payers) == [0, 0]
+
+    # the interval counts from the first pass that saw money waiting
+    await asyncio.sleep(0.3)
+    report = await env.claimer(threshold=1_001, interval=0.25).run_once()
+    assert report.trigger == "interval" and report.claimed == 1_000
+    assert env.token.balance_of(env.pay_to) == 1_000
+    # ... and from the last claim afterwards
+    await _charge(env, payers[0], 5)
+    report = await env.claimer(threshold=1_001, interval=60).run_once()
+    assert report.trigger == "" and report.claim_txs == []
+
+
+async def test_a_pending_withdrawal_is_claimed_at_once_and_mirrored(env: Env) -> None:
+    leaving, staying = await _channels(env, 20_000, 20_000)
+    await _charge(env, leaving, 7_000)
+    await _charge(env, staying, 3_000)
+    _initiate_withdraw(env, leaving, 13_000)  # everything not charged... as far as the chain knows, 20 000 is free
+
+    report = await env.claimer(threshold=NEVER).run_once()
+
+    assert report.trigger == "withdrawal" and report.withdrawing == [leaving.channel_id]
+    assert report.claimed == 7_000 and len(report.claim_txs) == 1
+    assert await _onchain_claimed(env, [leaving, staying]) == [7_000, 0]  # only the one with a deadline
+    assert env.token.balance_of(env.pay_to) == 7_000
+    state = await env.store.get(leaving.channel_id)
+    assert state is not None and state.withdraw_requested_at > 0 and state.total_claimed == 7_000
+    # the gate now refuses new vouchers on it
+    voucher = Voucher(bytes.fromhex(leaving.channel_id[2:]), 7_100)
+    signature = "0x" + leaving.signer.sign_typed_data(batch_settlement_domain(env.chain.chain_id), voucher).hex()
+    refused = await env.store.reserve(
+        leaving.channel_id, amount=100, signed_max=7_100, signature=signature, token="t", ttl_ms=TTL_MS
+    )
+    assert refused.kind == "withdrawing"
+
+
+async def test_a_claimer_killed_between_passes_loses_nothing_and_claims_nothing_twice(env: Env) -> None:
+    payers = await _channels(env, 9_000, 9_000, 9_000)
+    for i, payer in enumerate(payers):
+        await _charge(env, payer, 1_000 * (i + 1))
+    await env.claimer(threshold=0).run_once()
+    claimed = await _onchain_claimed(env, payers)
+    balance = env.token.balance_of(env.pay_to)
+
+    # a fresh process (new connections, a new claimer) after the first died: same totals
+    store, journal, locks = env.connections()
+    nonce = env.gas_nonce()
+    report = await env.claimer(threshold=0, store=store, journal=journal, locks=locks).run_once()
+    assert report.claim_txs == [] and report.settle_tx == "" and report.unclaimed == 0
+    assert env.gas_nonce() == nonce
+    assert await _onchain_claimed(env, payers) == claimed == [1_000, 2_000, 3_000]
+    assert env.token.balance_of(env.pay_to) == balance == 6_000
+    assert len(await _records(env, "batch-claim:")) == 1
+
+
+async def test_a_claim_sent_in_doubt_is_counted_once_from_its_receipt(env: Env) -> None:
+    payers = await _channels(env, 9_000, 9_000)
+    await _charge(env, payers[0], 1_000)
+    await _charge(env, payers[1], 2_000)
+    # a claimer sent this claim and died before learning its outcome: it left a pending record
+    states = await env.store.get_many([p.channel_id for p in payers])
+    rows = [
+        (p.config, states[p.channel_id].signed_max, bytes.fromhex(states[p.channel_id].signature[2:]), p.charged)
+        for p in payers
+    ]
+    tx = await env.contract.claim_with_signature(rows, env.authorizer)
+    asked = {p.channel_id: (p.charged, p.charged) for p in payers}
+    pending = claim_record(
+        tx, asked, network=env.chain.network, asset=env.token.address, pay_to=env.pay_to, state=State.PENDING
+    )
+    await env.journal.advance(pending, [State.PENDING])
+
+    report = await env.claimer(threshold=0).run_once()
+
+    assert report.claim_txs == [tx] and report.claimed == 3_000  # decided from the receipt, nothing resent
+    (claim,) = await _records(env, "batch-claim:")
+    assert claim.state == State.SETTLED and claim.amount == 3_000
+    assert report.settled == 3_000 and env.token.balance_of(env.pay_to) == 3_000
+    assert await _onchain_claimed(env, payers) == [1_000, 2_000]
+    channels = await audit_channels(env.journal, env.store, env.contract, env.token.address, env.pay_to)
+    assert channels.equal, channels.differences
+
+
+async def test_two_claimers_racing_claim_once(env: Env) -> None:
+    payers = await _channels(env, 5_000, 5_000, 5_000)
+    for payer in payers:
+        await _charge(env, payer, 1_234)
+    first = env.claimer(threshold=0)
+    store, journal, locks = env.connections()
+    second = env.claimer(threshold=0, store=store, journal=journal, locks=locks)
+
+    reports: tuple[ClaimReport, ClaimReport] = await asyncio.gather(first.run_once(), second.run_once())
+
+    assert sum(len(r.claim_txs) for r in reports) == 1, reports
+    assert sum(r.claimed for r in reports) == 3 * 1_234
+    assert await _onchain_claimed(env, payers) == [1_234] * 3
+    assert env.token.balance_of(env.pay_to) == 3 * 1_234
+    assert len(await _records(env, "batch-claim:")) == 1
+    assert len(await _records(env, "batch-settle:")) == 1
+
+    # the loser waiting for the lock instead runs after the winner, and finds nothing left
+    for payer in payers:
+        await _charge(env, payer, 100)
+    reports = await asyncio.gather(first.run_once(wait=30), second.run_once(wait=30))
+    assert not any(r.skipped for r in reports)
+    assert sorted(len(r.claim_txs) for r in reports) == [0, 1]
+    assert await _onchain_claimed(env, payers) == [1_334] * 3
+    assert env.token.balance_of(env.pay_to) == 3 * 1_334
+
+
+async def test_one_bad_voucher_holds_up_no_other_channel(env: Env) -> None:
+    good, bad = await _channels(env, 5_000, 5_000)
+    await _charge(env, good, 1_000)
+    await _charge(env, bad, 1_000)
+    # the stored voucher of one channel is not the payer's (a corrupted store): the batch is
+    # refused in simulation, split, and the good channel is claimed alone
+    forged = (
+        "0x"
+        + LocalSigner.generate()
+        .sign_typed_data(batch_settlement_domain(env.chain.chain_id), Voucher(bytes.fromhex(bad.channel_id[2:]), 2_000))
+        .hex()
+    )
+    token = secrets.token_hex(8)
+    assert (
+        await env.store.reserve(
+            bad.channel_id, amount=1_000, signed_max=2_000, signature=forged, token=token, ttl_ms=TTL_MS
+        )
+    ).ok
+    await env.store.commit(bad.channel_id, token, 1_000)
+
+    report = await env.claimer(threshold=0).run_once()
+
+    assert await _onchain_claimed(env, [good, bad]) == [1_000, 0]
+    assert report.claimed == 1_000 and len(report.errors) == 1
+    assert "InvalidVoucherSignature" in report.errors[0] and forged[2:] not in report.errors[0]
+
+
+# ------------------------------------------------------------ voucher records
+
+
+async def test_voucher_records_left_by_a_dead_request_are_released_not_reconciled(env: Env) -> None:
+    (payer,) = await _channels(env, 5_000)
+    await _charge(env, payer, 100)
+    # a request that died after its record was opened: nothing was committed
+    dead = _voucher_record(env, payer, 300, owner="dead")
+    assert (await env.journal.open(dead)).outcome == "new"
+    serving = dead.moved(State.SERVING)
+    serving.updated_at = now_ms() - STUCK_VOUCHER_MS - 1_000
+    assert (await env.journal.advance(serving, [State.CLAIMED]))[0]
+    # one still within its reservation's life is left alone
+    (other,) = await _channels(env, 5_000)
+    live = _voucher_record(env, other, 50, owner="live")
+    await env.journal.open(live)
+
+    # the exact-payment reconciler does not touch channel records
+    reconciled = await Reconciler(Resolver(env.journal, env.client, None), env.locks).run_once()  # type: ignore[arg-type]
+    assert reconciled.examined == 0 and not reconciled.errors
+    assert (await env.journal.get(dead.id)).state == State.SERVING  # type: ignore[union-attr]
+
+    report = await env.claimer(threshold=NEVER).run_once()
+    assert report.released == 1
+    released = await env.journal.get(dead.id)
+    assert released is not None and released.state == State.RELEASED and released.reason == "worker_lost"
+    assert released.charged == 0
+    assert (await env.journal.get(live.id)).state == State.CLAIMED  # type: ignore[union-attr]
+
+
+async def test_a_stuck_voucher_whose_charge_reached_the_channel_is_not_released(env: Env) -> None:
+    (payer,) = await _channels(env, 5_000)
+    # the gate committed the charge to the channel, then died before journaling it
+    signed_max = 200
+    voucher = Voucher(bytes.fromhex(payer.channel_id[2:]), signed_max)
+    signature = "0x" + payer.signer.sign_typed_data(batch_settlement_domain(env.chain.chain_id), voucher).hex()
+    record = _voucher_record(env, payer, signed_max, owner="gone")
+    await env.journal.open(record)
+    assert (
+        await env.store.reserve(
+            payer.channel_id, amount=200, signed_max=200, signature=signature, token="gone", ttl_ms=TTL_MS
+        )
+    ).ok
+    await env.store.commit(payer.channel_id, "gone", 200)
+    stuck = record.moved(State.SERVING)
+    stuck.updated_at = now_ms() - STUCK_VOUCHER_MS - 1_000
+    await env.journal.advance(stuck, [State.CLAIMED])
+
+    report = await env.claimer(threshold=NEVER).run_once()
+
+    assert report.released == 0 and any(record.id in e for e in report.errors)
+    assert (await env.journal.get(record.id)).state == State.SERVING  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ audit
+
+
+async def test_the_audit_reports_planted_mismatches(env: Env) -> None:
+    payers = await _channels(env, 8_000, 8_000)
+    await _charge(env, payers[0], 1_000)
+    await _charge(env, payers[1], 2_000)
+    await env.claimer(threshold=0).run_once()
+    await _charge(env, payers[1], 500)  # charged, not claimed yet: reported, not a fault
+
+    report = await audit(env.journal, env.client, env.token.address, env.pay_to, channels=(env.store, env.contract))
+    assert report.equal, (report.differences, report.channels)
+    assert report.channels is not None and report.channels.unclaimed == 500
+    assert report.sweeps == 1 and report.sweeps_total == 3_000  # the settle, kept out of the exact audit
+    assert report.differences == []
+
+    # plant: a voucher record the store never charged, and a claim the chain never saw
+    ghost = _voucher_record(env, payers[0], 70, owner="ghost")
+    ghost.id = f"batch:{payers[0].channel_id}:999999"
+    ghost = ghost.moved(State.SETTLED, charged=70, settled_at=now_ms())
+    await env.journal.advance(ghost, [])
+    fake = claim_record(
+        "0x" + "ab" * 32,
+        {payers[1].channel_id: (9, 9)},
+        network=env.chain.network,
+        asset=env.token.address,
+        pay_to=env.pay_to,
+        state=State.SETTLED,
+    )
+    await env.journal.advance(fake, [])
+
+    report = await audit(env.journal, env.client, env.token.address, env.pay_to, channels=(env.store, env.contract))
+    assert not report.equal and report.differences == []  # the exact side is still clean
+    assert report.channels is not None
+    found = {(d.kind, d.channel, d.expected, d.actual) for d in report.channels.differences}
+    assert found == {
+        ("journal_vs_store", payers[0].channel_id, 1_070, 1_000),
+        ("claims_vs_chain", "", 3_009, 3_000),
+    }
+    assert report.to_json()["equal"] is False
+    assert report.to_json()["channels"]["differences"][0]["kind"] == "journal_vs_store"
+
+
+def test_claimer_refuses_a_fractional_threshold() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        Claimer(None, None, None, None, None, "", "", 1.0, 0.5, chain=None, network="")  # type: ignore[arg-type]
+
+
+def test_stuck_voucher_limit_outlives_any_reservation() -> None:
+    # the gate clamps a reservation to 5 s..10 min; a record older than that has no worker
+    assert STUCK_VOUCHER_MS > 10 * 60_000
