@@ -6,7 +6,10 @@ One pass (`Claimer.run_once`, one at a time across instances under the store loc
 1. Finish what an earlier pass left: claim and settle transactions whose outcome was unknown
    (journal records in ``pending``) are decided from their receipts; voucher records whose
    request died (``claimed``/``serving`` for longer than any channel reservation lives) are
-   ``released``.
+   ``released``. Then every ``Claimed`` and ``Settled`` log paying ``pay_to`` since the last
+   pass is journaled if it is not yet: a claimer killed between a mined transaction and its
+   record, a claim inside a refund (the gate's claim + refund multicall), a settle called by
+   someone else; so claim and settle records add up to the contract's receiver totals.
 2. Read every stored channel and its on-chain state (batched) and refresh the store's mirror,
    so the gate sees withdrawals and claims.
 3. Claim, with ``claimWithSignature`` in batches of at most 100 rows (``totalClaimed`` =
@@ -82,6 +85,11 @@ DROPPED_AFTER_MS = 3600_000
 _CLOCK_TTL_S = 30 * 86_400
 # Store writes per gather while refreshing the mirror.
 _UPSERT_CHUNK = 100
+# The first pass ever (no scan cursor in the store) looks this many blocks back for logs.
+FIRST_SCAN_BLOCKS = 10_000
+# Blocks per eth_getLogs (a refused range is halved until it passes).
+_LOG_CHUNK = 10_000
+_CURSOR_TTL_S = 365 * 86_400
 
 
 def _topic_address(address: str) -> str:
@@ -218,6 +226,7 @@ class Claimer:
             await asyncio.sleep(0.05)
         try:
             await self._finish_open(report)
+            await self._catch_up(report)
             await self._claim_due(report)
             await self._settle(report)
         except _Stop:
@@ -318,6 +327,54 @@ class Claimer:
         if written:
             report.released += 1
             log.info("claimer: released %s (its request died; nothing was charged)", record.id)
+
+    async def _catch_up(self, report: ClaimReport) -> None:
+        """Journal every claim and settle paying ``pay_to`` mined since the last scan that the
+        journal does not have as settled (each from its receipt, like our own)."""
+        head = int(await self.chain.call("eth_blockNumber", []), 16)
+        raw = await self.lock_store.get(keys.CLAIMER_SCANNED)
+        start = int(raw) + 1 if raw else max(head - FIRST_SCAN_BLOCKS, 0)
+        if start > head:
+            return
+        pay_to, token = _topic_address(self.pay_to), _topic_address(self.token)
+        kinds: list[tuple[str, list[str | None]]] = [
+            (CLAIM_PATH, [CLAIMED_TOPIC, None, pay_to]),
+            (SETTLE_PATH, [SETTLED_TOPIC, pay_to, token]),
+        ]
+        for path, topics in kinds:
+            txs = dict.fromkeys(
+                str(e["transactionHash"]).lower() for e in await self._logs_between(topics, start, head)
+            )
+            for tx in txs:
+                known = await self.journal.get(f"batch-{path}:{tx}")
+                if known is not None and known.state == State.SETTLED:
+                    continue
+                receipt = await self.chain.receipt(tx)
+                if receipt is None or receipt.status != 1:
+                    continue  # a log of a block reorganised away: the next scan of a new head sees the truth
+                log.info("claimer: journaling %s %s found on chain", path, tx)
+                if path == CLAIM_PATH:
+                    await self._count_claim(receipt, report)
+                else:
+                    await self._count_settle(receipt, report)
+        await self.lock_store.put(keys.CLAIMER_SCANNED, str(head).encode(), _CURSOR_TTL_S)
+
+    async def _logs_between(self, topics: list[str | None], start: int, end: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        span = _LOG_CHUNK
+        while start <= end:
+            stop = min(start + span - 1, end)
+            query = {"address": self.contract.address, "topics": topics, "fromBlock": hex(start), "toBlock": hex(stop)}
+            try:
+                logs = await self.chain.call("eth_getLogs", [query])
+            except ChainError:
+                if span == 1:
+                    raise
+                span = max(span // 2, 1)
+                continue
+            out += [e for e in logs or [] if not e.get("removed")]
+            start = stop + 1
+        return out
 
     # ------------------------------------------------------------------ claims
 

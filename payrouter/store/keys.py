@@ -14,6 +14,7 @@ __all__ = [
     "CHANNEL_INDEX",
     "CLAIMER_LAST_CLAIM",
     "CLAIMER_LOCK",
+    "CLAIMER_SCANNED",
     "RECONCILER_LOCK",
     "channel",
     "gas_nonce",
@@ -31,6 +32,8 @@ RECONCILER_LOCK = "lock:reconciler"
 CLAIMER_LOCK = "lock:claimer"
 # when the claimer last claimed (Unix ms as decimal text): its claim interval counts from here
 CLAIMER_LAST_CLAIM = "claimer:last-claim"
+# the last block whose Claimed/Settled logs the claimer journaled (decimal text)
+CLAIMER_SCANNED = "claimer:scanned-block"
 
 # every known channel id (a sorted set scored by first sight, Unix ms); see the module docstring
 CHANNEL_INDEX = "channels"

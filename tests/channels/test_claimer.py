@@ -388,6 +388,45 @@ async def test_a_claim_sent_in_doubt_is_counted_once_from_its_receipt(env: Env) 
     assert channels.equal, channels.differences
 
 
+async def test_claims_and_settles_nobody_journaled_are_found_in_the_logs(env: Env) -> None:
+    payers = await _channels(env, 9_000, 9_000)
+    await _charge(env, payers[0], 1_000)
+    await _charge(env, payers[1], 2_000)
+    states = await env.store.get_many([p.channel_id for p in payers])
+
+    def row(payer: Payer) -> tuple[ChannelConfig, int, bytes, int]:
+        state = states[payer.channel_id]
+        return (payer.config, state.signed_max, bytes.fromhex(state.signature[2:]), payer.charged)
+
+    # a claimer killed after its claim was mined and before it wrote anything
+    lost = await env.contract.claim_with_signature([row(payers[0])], env.authorizer)
+    # the gate's refund of the other channel claims its charge in the same transaction
+    refund, refunded = await env.contract.refund(payers[1].config, 10**9, 0, [row(payers[1])], env.authorizer)
+    assert refunded == 9_000 - 2_000
+    # and someone else sweeps pay_to's claims (settle is open to anyone)
+    outsider = BatchSettlementContract(
+        env.client, GasSender(env.client, env.chain.new_account(), env.locks, env.chain.chain_id), env.chain.chain_id
+    )
+    swept, amount = await outsider.settle(env.pay_to, env.token.address)
+    assert amount == 3_000
+
+    report = await env.claimer(threshold=0).run_once()
+
+    assert sorted(report.claim_txs) == sorted([lost, refund]) and report.claimed == 3_000
+    assert report.settle_tx == swept and report.settled == 3_000
+    claims = {c.tx: c for c in await _records(env, "batch-claim:")}
+    assert claim_deltas(claims[lost]) == {payers[0].channel_id: (1_000, 1_000)}
+    assert claim_deltas(claims[refund]) == {payers[1].channel_id: (2_000, 2_000)}
+    (settle,) = await _records(env, "batch-settle:")
+    assert settle.tx == swept and settle.amount == 3_000
+    channels = await audit_channels(env.journal, env.store, env.contract, env.token.address, env.pay_to)
+    assert channels.equal, channels.differences
+    # found once: the next pass journals nothing again
+    again = await env.claimer(threshold=0).run_once()
+    assert again.claim_txs == [] and again.settle_tx == ""
+    assert len(await _records(env, "batch-claim:")) == 2
+
+
 async def test_two_claimers_racing_claim_once(env: Env) -> None:
     payers = await _channels(env, 5_000, 5_000, 5_000)
     for payer in payers:
