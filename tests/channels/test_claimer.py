@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from web3 import Web3
@@ -46,10 +50,12 @@ from wallets import (
 )
 
 from ..redis_keys import delete_namespace
+from ..service_config import GAS_KEY_ENV, example_table, write_config
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TTL_MS = 60_000
 NEVER = 10**30  # a threshold no test reaches
+CLI = Path(sys.executable).parent / "payrouter"
 
 
 @pytest.fixture(scope="module")
@@ -576,6 +582,50 @@ async def test_the_audit_reports_planted_mismatches(env: Env) -> None:
     }
     assert report.to_json()["equal"] is False
     assert report.to_json()["channels"]["differences"][0]["kind"] == "journal_vs_store"
+
+
+async def test_ledger_audit_command_reports_channel_money(env: Env, tmp_path: Path) -> None:
+    payers = await _channels(env, 8_000, 8_000)
+    await _charge(env, payers[0], 1_000)
+    await _charge(env, payers[1], 2_000)
+    await env.claimer(threshold=0).run_once()
+    await _charge(env, payers[1], 250)
+    table = example_table(env.chain.network, env.token.address, env.pay_to)
+    config = write_config(tmp_path, table, REDIS_URL, env.namespace, env.chain.rpc_url)
+    cli_env = {**os.environ, GAS_KEY_ENV: env.chain.new_account().unsafe_export_private_key()}
+
+    def audit_cli(*extra: str) -> subprocess.CompletedProcess[str]:
+        command = [str(CLI), "ledger", "audit", "--config", str(config), *extra]
+        return subprocess.run(command, capture_output=True, text=True, timeout=60, env=cli_env)
+
+    clean = audit_cli()
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "channels: 2" in clean.stdout and "channel differences: 0" in clean.stdout
+    assert f"unclaimed: channel {payers[1].channel_id}" in clean.stdout
+
+    # the store charged a request the journal never recorded
+    voucher = Voucher(bytes.fromhex(payers[0].channel_id[2:]), 1_400)
+    signature = "0x" + payers[0].signer.sign_typed_data(batch_settlement_domain(env.chain.chain_id), voucher).hex()
+    await env.store.reserve(
+        payers[0].channel_id, amount=400, signed_max=1_400, signature=signature, token="x", ttl_ms=TTL_MS
+    )
+    await env.store.commit(payers[0].channel_id, "x", 400)
+
+    found = audit_cli("--json")
+    assert found.returncode == 1, found.stdout + found.stderr
+    doc = json.loads(found.stdout)
+    assert doc["equal"] is False and doc["differences"] == []
+    assert doc["channels"]["differences"] == [
+        {
+            "kind": "journal_vs_store",
+            "channel": payers[0].channel_id,
+            "expected": "1000",
+            "actual": "1400",
+            "note": "a voucher record lost, or a charge not journaled",
+        }
+    ]
+    text = audit_cli()
+    assert text.returncode == 1 and "voucher records vs the store's charged" in text.stdout
 
 
 def test_claimer_refuses_a_fractional_threshold() -> None:
