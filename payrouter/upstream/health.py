@@ -39,6 +39,10 @@ class BreakerPolicy:
     alpha: float = 0.2
 
 
+# How long successes wait to be written together (see `HealthTracker.note_success`).
+_FLUSH_S = 0.05
+
+
 class HealthTracker:
     """Records call outcomes per catalog model and answers "is it healthy?"."""
 
@@ -49,22 +53,44 @@ class HealthTracker:
         self._open_until: dict[str, float] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        self._successes: dict[str, list[tuple[float | None, float | None]]] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     def healthy(self, model: str) -> bool:
         """False while this instance knows the model's breaker to be open."""
         return self._open_until.get(model, 0.0) <= time.time()
+
+    def note_success(self, model: str, first_byte_ms: float, tokens: int, total_ms: float) -> None:
+        """`record_success`, later and in bulk: a paid answer must not wait for statistics, and
+        a busy instance writes each model's statistics once per `_FLUSH_S` instead of three
+        store round trips per call. `stop` writes what is still waiting."""
+        tps = tokens * 1000 / total_ms if total_ms > 0 and tokens else None
+        self._successes.setdefault(model, []).append((first_byte_ms, tps))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(_FLUSH_S)
+        await self._flush()
+
+    async def _flush(self) -> None:
+        pending, self._successes = self._successes, {}
+        for model, samples in pending.items():
+            with contextlib.suppress(StoreError):
+                await self.store.put(keys.health_fails(model), b"0", 1)
+                await self._update_stats(model, False, samples)
 
     async def record_success(self, model: str, first_byte_ms: float, tokens: int, total_ms: float) -> None:
         """A call answered: reset the failure count, update latency and error averages."""
         with contextlib.suppress(StoreError):
             await self.store.put(keys.health_fails(model), b"0", 1)
             tps = tokens * 1000 / total_ms if total_ms > 0 and tokens else None
-            await self._update_stats(model, error=False, first_byte_ms=first_byte_ms, tps=tps)
+            await self._update_stats(model, False, [(first_byte_ms, tps)])
 
     async def record_failure(self, model: str, status: int | None, retry_after: float | None, reason: str) -> None:
         """A call failed: count it, and open the breaker on a 429 or after too many failures."""
         with contextlib.suppress(StoreError):
-            await self._update_stats(model, error=True, last_error=reason)
+            await self._update_stats(model, True, [(None, None)], last_error=reason)
             fails = await self.store.incr(keys.health_fails(model), self.policy.window)
             if status == 429 or retry_after is not None or fails >= self.policy.failures:
                 cooldown = int(retry_after) if retry_after is not None else self.policy.cooldown
@@ -79,20 +105,28 @@ class HealthTracker:
         )
         log.warning("breaker open for %s for %d s: %s", model, seconds, reason)
 
-    async def _update_stats(self, model: str, error: bool, **sample: Any) -> None:
+    async def _update_stats(
+        self,
+        model: str,
+        error: bool,
+        samples: list[tuple[float | None, float | None]],
+        last_error: str | None = None,
+    ) -> None:
+        """Fold ``samples`` (``(first byte ms, tokens per second)`` per call) into the model's
+        moving averages."""
         key = keys.health_stats(model)
         raw = await self.store.get(key)
         stats: dict[str, Any] = json.loads(raw) if raw else {"calls": 0, "error_rate": 0.0}
         a = self.policy.alpha
-        stats["calls"] = int(stats.get("calls", 0)) + 1
-        stats["error_rate"] = (1 - a) * float(stats.get("error_rate", 0.0)) + a * (1.0 if error else 0.0)
-        for name in ("first_byte_ms", "tps"):
-            value = sample.get(name)
-            if value is not None:
-                old = stats.get(name)
-                stats[name] = value if old is None else (1 - a) * float(old) + a * float(value)
-        if sample.get("last_error"):
-            stats["last_error"] = sample["last_error"]
+        for first_byte_ms, tps in samples:
+            stats["calls"] = int(stats.get("calls", 0)) + 1
+            stats["error_rate"] = (1 - a) * float(stats.get("error_rate", 0.0)) + a * (1.0 if error else 0.0)
+            for name, value in (("first_byte_ms", first_byte_ms), ("tps", tps)):
+                if value is not None:
+                    old = stats.get(name)
+                    stats[name] = value if old is None else (1 - a) * float(old) + a * float(value)
+        if last_error:
+            stats["last_error"] = last_error
             stats["last_error_at"] = int(time.time())
         await self.store.put(key, json.dumps(stats).encode(), 7 * 86_400)
 
@@ -131,7 +165,12 @@ class HealthTracker:
         self._task = asyncio.create_task(loop())
 
     async def stop(self, grace: float = 2.0) -> None:
-        """Stop the background refresh (waits at most ``grace`` seconds for it)."""
+        """Stop the background refresh (waits at most ``grace`` seconds for it and for the
+        statistics still being written)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._flush(), grace)
         if self._task is None:
             return
         self._stopping.set()

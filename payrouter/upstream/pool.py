@@ -74,10 +74,10 @@ class UpstreamPool:
         if self.health is not None:
             await self.health.record_failure(model_id, exc.status, exc.retry_after, str(exc))
 
-    async def _succeeded(self, model_id: str, started: float, first_byte: float, tokens: int) -> None:
+    def _succeeded(self, model_id: str, started: float, first_byte: float, tokens: int) -> None:
         if self.health is not None:
             now = time.perf_counter()
-            await self.health.record_success(model_id, (first_byte - started) * 1000, tokens, (now - started) * 1000)
+            self.health.note_success(model_id, (first_byte - started) * 1000, tokens, (now - started) * 1000)
 
     async def _first_success(
         self,
@@ -109,7 +109,7 @@ class UpstreamPool:
                     raise
                 last = exc
                 continue
-            await self._succeeded(model_id, started, time.perf_counter(), output_tokens(result))
+            self._succeeded(model_id, started, time.perf_counter(), output_tokens(result))
             return model_id, result, attempt
         assert last is not None
         raise last

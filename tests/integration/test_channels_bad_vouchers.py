@@ -80,6 +80,14 @@ def channel(box: Sandbox) -> Iterator[Channel]:
         )
         response = http.post(_url(box), json=body, headers=header(payment))
         assert response.status_code == 200, response.text
+        # the deposit's receipt names its transaction and amount, as the spec asks
+        receipt = json.loads(base64.b64decode(response.headers["payment-response"]))
+        deposit = int(requirement["extra"]["minDeposit"])
+        assert (
+            receipt["amount"] == str(deposit)
+            and box.chain.w3.eth.get_transaction_receipt(receipt["transaction"])["status"] == 1
+        )
+        assert receipt["extra"]["channelState"]["balance"] == str(deposit)
         yield Channel(payer, config, _charged(response))
 
 

@@ -110,7 +110,10 @@ def test_repeated_failures_open_the_breaker(box: Sandbox, http: httpx.Client, ob
 @pytest.mark.usefixtures("clean_breakers")
 def test_success_records_latency(box: Sandbox, http: httpx.Client) -> None:
     assert _paid_call(box, http, "llama-3.1-8b").status_code == 200
-    state = _models(box.router_url)["llama-3.1-8b"]
+    # successes are written in bulk shortly after the answer (never on the paid path)
+    state = wait_until(
+        lambda: (s := _models(box.router_url)["llama-3.1-8b"]).get("first_byte_ms") and s, "the success recorded"
+    )
     assert state["breaker"] == "closed" and state["first_byte_ms"] > 0 and state["error_rate"] == 0
 
 

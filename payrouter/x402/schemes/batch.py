@@ -211,8 +211,9 @@ class BatchScheme:
             synced_at_ms=now_ms(),
         )
 
-    async def _deposit(self, call: PaidRequest, payload: BatchPayload, channel_id: str) -> None:
-        """Send the payload's deposit on chain, wait for it, and mirror the channel."""
+    async def _deposit(self, call: PaidRequest, payload: BatchPayload, channel_id: str) -> tuple[str, int]:
+        """Send the payload's deposit on chain, wait for it, and mirror the channel; its
+        ``(transaction, amount)`` (``("", 0)`` when it was already in the channel)."""
         deposit, config = payload.deposit, payload.config
         assert deposit is not None
         payer = config.payer
@@ -233,7 +234,7 @@ class BatchScheme:
             # channel: the voucher it carries is served on it
             synced = await self._sync(config, channel_id)
             if synced is not None and synced.balance >= payload.signed_max:
-                return
+                return "", 0
             raise PaymentRejected(
                 ChannelReason.DEPOSIT_SIMULATION_FAILED, f"the deposit would fail: {exc}", payer
             ) from None
@@ -256,6 +257,7 @@ class BatchScheme:
         )
         if await self._sync(config, channel_id) is None:
             raise PaymentRejected(ChannelReason.CHANNEL_NOT_FOUND, "the deposit left the channel empty", payer)
+        return tx, deposit.amount
 
     async def _journal_event(
         self,
@@ -426,30 +428,32 @@ class BatchScheme:
             raise PaymentRejected(
                 ChannelReason.REFUND_PAYLOAD, "a refund is asked for with GET on this URL, not with a request", payer
             )
-        priced = await load_quote(call.services.store, call.digest)
-        if priced is None:
-            raise PaymentRejected(
-                Reason.INVALID_REQUIREMENTS,
-                "no live quote for this request (expired or never issued); a fresh quote is attached",
-                payer,
-            )
-        offer = self.offer(priced)
-        match_terms(envelope, offer, payer)
-        channel_id = self._check(payload, envelope)
-        if payload.kind == "deposit":
-            await self._deposit(call, payload, channel_id)
+        channel_id = self._check(payload, envelope)  # memory only, before any round trip
         token = secrets.token_hex(16)
-        reserved = await self._reserve(payload, channel_id, offer.amount, token)
+        deposited = ("", 0)
+        if payload.kind == "deposit":
+            priced = await self._quote(call, envelope, payer)
+            deposited = await self._deposit(call, payload, channel_id)
+            reserved = await self._reserve(payload, channel_id, priced.requirements.amount, token)
+        else:
+            # The quote and the reservation in one round trip: the reservation takes the amount
+            # the payer accepted, and is given back unless it is the quote's.
+            accepted = _accepted_amount(envelope, payer)
+            got = await asyncio.gather(
+                self._quote(call, envelope, payer),
+                self._reserve(payload, channel_id, accepted, token),
+                return_exceptions=True,
+            )
+            quoted, held = got
+            if isinstance(quoted, BaseException) or isinstance(held, BaseException):
+                if not isinstance(held, BaseException):
+                    with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                        await self.store.release(channel_id, token)
+                raise quoted if isinstance(quoted, BaseException) else held  # type: ignore[misc]
+            priced, reserved = quoted, held
+        offer = self.offer(priced)
         charged_before = reserved.state.charged if reserved.state is not None else 0
         record = self._voucher_record(call, envelope, payload, channel_id, priced, offer.amount, charged_before, token)
-        journal = call.services.journal
-        try:
-            opened = await journal.open(record)
-        except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                await self.store.release(channel_id, token)
-            raise
-        record = opened.record
         paid = PaidCall(
             request=call.request,
             route=priced,
@@ -461,18 +465,33 @@ class BatchScheme:
         if call.request.stream:
             await self._stream(call, paid, record, channel_id, token, send)
             return
-        status, headers, body = await run_handler(call.app, call.scope, call.receive, call.body)
+        try:
+            status, headers, body = await run_handler(call.app, call.scope, call.receive, call.body)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._release(channel_id, token)
+            raise
         with anyio.CancelScope(shield=True):  # the charge must be recorded even if the client left
             if status >= 400:
-                await self._release(
-                    call, record, channel_id, token, "upstream_failed" if status >= 500 else "request_failed"
-                )
+                await self._release(channel_id, token)
                 await send_response(send, status, body, headers)
                 return
             charge = paid.charge(self.table)
             state = await self._commit(call, paid, record, channel_id, token, charge)
-            headers = [*headers, self._receipt(payer, charge, state)]
+            headers = [*headers, self._receipt(payer, charge, state, *deposited)]
             await send_response(send, status, body, headers)
+
+    async def _quote(self, call: PaidRequest, envelope: Envelope, payer: str) -> PricedRoute:
+        """The stored quote of the request, which the payment's terms must echo."""
+        priced = await load_quote(call.services.store, call.digest)
+        if priced is None:
+            raise PaymentRejected(
+                Reason.INVALID_REQUIREMENTS,
+                "no live quote for this request (expired or never issued); a fresh quote is attached",
+                payer,
+            )
+        match_terms(envelope, self.offer(priced), payer)
+        return priced
 
     async def _reserve(self, payload: BatchPayload, channel_id: str, amount: int, token: str) -> Reserved:
         ttl_ms = (self.table.max_timeout_seconds + _RESERVE_SLACK_S) * 1000
@@ -577,16 +596,11 @@ class BatchScheme:
             upstream_cost=priced.quote.upstream_cost,
         )
 
-    async def _release(
-        self, call: PaidRequest, record: PaymentRecord, channel_id: str, token: str, reason: str
-    ) -> None:
+    async def _release(self, channel_id: str, token: str) -> None:
+        """The call failed: the channel is free again and nothing was charged (no voucher was
+        accepted, so the journal has nothing to keep)."""
         with contextlib.suppress(StoreError):
             await self.store.release(channel_id, token)
-        with contextlib.suppress(StoreError):
-            if not await call.services.journal.discard(record):
-                await call.services.journal.advance(
-                    record.moved(State.RELEASED, reason=reason), [State.CLAIMED, State.SERVING]
-                )
 
     async def _commit(
         self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, charge: int
@@ -596,12 +610,12 @@ class BatchScheme:
         settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
         committed, written = await asyncio.gather(
             self.store.commit(channel_id, token, charge),
-            call.services.journal.advance(settled, [State.CLAIMED, State.SERVING]),
+            call.services.journal.advance(settled, [State.CLAIMED]),
             return_exceptions=True,
         )
         if isinstance(written, BaseException):
             log.warning("voucher %s: journal write deferred (%s)", record.id, written)
-            call.services.deferred.schedule(settled, [State.CLAIMED, State.SERVING], None, 0, False, None)
+            call.services.deferred.schedule(settled, [State.CLAIMED], None, 0, False, None)
         if isinstance(committed, BaseException) or committed is None:
             # the reservation lapsed (or the store failed): the answer went out unpaid; the
             # journal keeps the charge for the audit
@@ -611,16 +625,19 @@ class BatchScheme:
             return None
         return committed
 
-    def _receipt(self, payer: str, charge: int, state: ChannelState | None) -> tuple[bytes, bytes]:
+    def _receipt(
+        self, payer: str, charge: int, state: ChannelState | None, deposit_tx: str = "", deposit: int = 0
+    ) -> tuple[bytes, bytes]:
+        """``PAYMENT-RESPONSE``: the charge and the channel; a deposit's transaction and amount."""
         extra: dict[str, Any] = {"chargedAmount": str(charge)}
         if state is not None:
             extra["channelState"] = state.to_wire()
         obj = {
             "success": True,
-            "transaction": "",
+            "transaction": deposit_tx,
             "network": self.table.network,
             "payer": payer,
-            "amount": "",
+            "amount": str(deposit) if deposit_tx else "",
             "extra": extra,
         }
         return HEADER_PAYMENT_RESPONSE.encode(), encode_header(obj).encode()
@@ -663,7 +680,7 @@ class BatchScheme:
             # unknown then: the quote is the price); a stream without content charges nothing
             with anyio.CancelScope(shield=True):
                 if status >= 400 or not paid.billable:
-                    await self._release(call, record, channel_id, token, "upstream_failed")
+                    await self._release(channel_id, token)
                     charge, state = 0, None
                 else:
                     charge = paid.charge(self.table)
@@ -679,6 +696,14 @@ class BatchScheme:
             _, receipt = self._receipt(paid.payer, charge, state)
             await send({"type": "http.response.body", "body": _receipt_event(receipt, anthropic), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _accepted_amount(envelope: Envelope, payer: str) -> int:
+    accepted = envelope.accepted or {}
+    value = accepted.get("amount")
+    if envelope.version != 2 or not isinstance(value, str) or not value.isdigit() or len(value) > 39:
+        raise PaymentRejected(Reason.INVALID_PAYLOAD, "accepted.amount must be the offer's amount (x402 v2)", payer)
+    return int(value)
 
 
 def _receipt_event(receipt: bytes, anthropic: bool) -> bytes:
