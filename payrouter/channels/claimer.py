@@ -53,6 +53,7 @@ from payrouter.channels.records import (
     CLAIM_PATH,
     SCHEME,
     SETTLE_PATH,
+    claim_deltas,
     claim_record,
     is_voucher,
     settle_record,
@@ -225,9 +226,9 @@ class Claimer:
                 return report
             await asyncio.sleep(0.05)
         try:
-            await self._finish_open(report)
+            held = await self._finish_open(report)
             await self._catch_up(report)
-            await self._claim_due(report)
+            await self._claim_due(report, held)
             await self._settle(report)
         except _Stop:
             pass
@@ -272,27 +273,34 @@ class Claimer:
 
     # ------------------------------------------------ what earlier passes left
 
-    async def _finish_open(self, report: ClaimReport) -> None:
+    async def _finish_open(self, report: ClaimReport) -> set[str]:
+        """Decide what earlier passes left; return the channels of claims still in doubt (not
+        claimed again meanwhile: the transaction in the mempool may still claim them)."""
         now = now_ms()
+        held: set[str] = set()
         for record in await self.journal.open_records():
             if record.scheme != SCHEME:
                 continue
             if record.state == State.PENDING and record.path in (CLAIM_PATH, SETTLE_PATH):
-                await self._decide(record, report)
+                if not await self._decide(record, report) and record.path == CLAIM_PATH:
+                    with contextlib.suppress(ValueError):
+                        held |= claim_deltas(record).keys()
             elif is_voucher(record) and record.state in (State.CLAIMED, State.SERVING):
                 if now - record.updated_at > STUCK_VOUCHER_MS:
                     await self._release_stuck(record, report)
+        return held
 
-    async def _decide(self, record: PaymentRecord, report: ClaimReport) -> None:
-        """A claim or settle sent in doubt: count it from its receipt, or give it up."""
+    async def _decide(self, record: PaymentRecord, report: ClaimReport) -> bool:
+        """A claim or settle sent in doubt: count it from its receipt, or give it up. False
+        while it is still in doubt."""
         receipt = await self.chain.receipt(record.tx)
         if receipt is None:
             if now_ms() - record.created_at < DROPPED_AFTER_MS:
                 report.in_doubt.append(record.tx)
-                return
+                return False
             if await self.chain.call("eth_getTransactionByHash", [record.tx]) is not None:
                 report.in_doubt.append(record.tx)
-                return
+                return False
             await self._give_up(record, "dropped")
         elif receipt.status != 1:
             await self._give_up(record, "reverted")
@@ -300,6 +308,7 @@ class Claimer:
             await self._count_claim(receipt, report)
         else:
             await self._count_settle(receipt, report)
+        return True
 
     async def _give_up(self, record: PaymentRecord, reason: str) -> None:
         # nothing moved: the record stays as the trace of a transaction that did nothing
@@ -378,11 +387,13 @@ class Claimer:
 
     # ------------------------------------------------------------------ claims
 
-    async def _claim_due(self, report: ClaimReport) -> None:
-        candidates = await self._candidates(report)
-        report.unclaimed = sum(c.delta for c in candidates)
+    async def _claim_due(self, report: ClaimReport, held: set[str]) -> None:
+        found = await self._candidates(report)
+        report.unclaimed = sum(c.delta for c in found)
+        candidates = [c for c in found if c.channel_id not in held]
+        unclaimed = sum(c.delta for c in candidates)
         withdrawing = [c for c in candidates if c.onchain.withdraw_initiated_at]
-        if report.unclaimed >= self.threshold and report.unclaimed > 0:
+        if unclaimed >= self.threshold and unclaimed > 0:
             report.trigger, chosen = "threshold", candidates
         elif await self._interval_due(bool(candidates)):
             report.trigger, chosen = "interval", candidates
@@ -489,12 +500,17 @@ class Claimer:
             log.warning("claimer: claim of %s failed: %s", where, exc)
             return
         except ChannelTxInDoubt as exc:
-            asked = {c.channel_id: (c.target, c.delta) for c in batch}
-            record = claim_record(exc.tx, asked, **self._where(), state=State.PENDING)
-            await self.journal.advance(record, [State.PENDING])
-            report.in_doubt.append(exc.tx)
-            log.warning("claimer: claim %s in doubt (%s); decided next pass", exc.tx, exc.reason)
+            if exc.tx:  # without a hash the log scan of a later pass finds it, if it was mined
+                asked = {c.channel_id: (c.target, c.delta) for c in batch}
+                record = claim_record(exc.tx, asked, **self._where(), state=State.PENDING)
+                await self.journal.advance(record, [State.PENDING])
+                report.in_doubt.append(exc.tx)
+            log.warning("claimer: claim %s in doubt (%s); decided next pass", exc.tx or "(no hash)", exc.reason)
             raise _Stop from None
+        except ValueError as exc:  # a row the contract object refuses to encode: a bug, not an outage
+            report.errors.append(f"claim of {len(batch)} channels not sent: {exc}")
+            log.error("claimer: claim of %d channels not sent: %s", len(batch), exc)
+            return
         receipt = await self.chain.receipt(tx)
         if receipt is None:  # mined a moment ago, yet the node lost it: decide it next pass
             asked = {c.channel_id: (c.target, c.delta) for c in batch}
@@ -529,10 +545,11 @@ class Claimer:
             log.warning("claimer: settle failed: %s", exc)
             return
         except ChannelTxInDoubt as exc:
-            record = settle_record(exc.tx, 0, **self._where(), state=State.PENDING)
-            await self.journal.advance(record, [State.PENDING])
-            report.in_doubt.append(exc.tx)
-            log.warning("claimer: settle %s in doubt (%s); decided next pass", exc.tx, exc.reason)
+            if exc.tx:
+                record = settle_record(exc.tx, 0, **self._where(), state=State.PENDING)
+                await self.journal.advance(record, [State.PENDING])
+                report.in_doubt.append(exc.tx)
+            log.warning("claimer: settle %s in doubt (%s); decided next pass", exc.tx or "(no hash)", exc.reason)
             return
         if tx and amount:
             await self.journal.advance(settle_record(tx, amount, **self._where(), state=State.SETTLED), [State.PENDING])

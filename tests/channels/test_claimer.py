@@ -97,10 +97,11 @@ class Env:
         store: RedisChannelStore | None = None,
         journal: Journal | None = None,
         locks: RedisStore | None = None,
+        contract: BatchSettlementContract | None = None,
     ) -> Claimer:
         return Claimer(
             store or self.store,
-            self.contract,
+            contract or self.contract,
             self.authorizer,
             journal or self.journal,
             locks or self.locks,
@@ -390,6 +391,37 @@ async def test_a_claim_sent_in_doubt_is_counted_once_from_its_receipt(env: Env) 
     assert claim.state == State.SETTLED and claim.amount == 3_000
     assert report.settled == 3_000 and env.token.balance_of(env.pay_to) == 3_000
     assert await _onchain_claimed(env, payers) == [1_000, 2_000]
+    channels = await audit_channels(env.journal, env.store, env.contract, env.token.address, env.pay_to)
+    assert channels.equal, channels.differences
+
+
+async def test_a_claim_not_mined_in_time_is_pending_then_counted_once_mined(env: Env) -> None:
+    payers = await _channels(env, 9_000, 9_000)
+    await _charge(env, payers[0], 1_500)
+    await _charge(env, payers[1], 2_500)
+    sender = GasSender(env.client, env.gas, env.locks, env.chain.chain_id)
+    impatient = BatchSettlementContract(env.client, sender, env.chain.chain_id, receipt_timeout=0.3)
+    env.chain.rpc("evm_setAutomine", [False])
+    try:
+        report = await env.claimer(threshold=0, contract=impatient).run_once()
+        assert report.claim_txs == [] and len(report.in_doubt) == 1 and report.settle_tx == ""
+        (tx,) = report.in_doubt
+        (pending,) = await _records(env, "batch-claim:")
+        assert pending.state == State.PENDING and pending.tx == tx
+        # still unmined: the next pass sends nothing more and leaves it in doubt
+        report = await env.claimer(threshold=0, contract=impatient).run_once()
+        assert report.in_doubt == [tx] and report.claim_txs == []
+        env.chain.rpc("evm_mine", [])
+    finally:
+        env.chain.rpc("evm_setAutomine", [True])
+
+    report = await env.claimer(threshold=0, contract=impatient).run_once()
+
+    assert report.claim_txs == [tx] and report.claimed == 4_000 and report.settled == 4_000
+    (claim,) = await _records(env, "batch-claim:")
+    assert claim.state == State.SETTLED and claim.amount == 4_000
+    assert await _onchain_claimed(env, payers) == [1_500, 2_500]
+    assert env.token.balance_of(env.pay_to) == 4_000
     channels = await audit_channels(env.journal, env.store, env.contract, env.token.address, env.pay_to)
     assert channels.equal, channels.differences
 
