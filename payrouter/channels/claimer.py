@@ -228,7 +228,7 @@ class Claimer:
         try:
             held = await self._finish_open(report)
             await self._catch_up(report)
-            await self._claim_due(report, held)
+            await self._claim_due(report, held, owner)
             await self._settle(report)
         except _Stop:
             pass
@@ -387,7 +387,7 @@ class Claimer:
 
     # ------------------------------------------------------------------ claims
 
-    async def _claim_due(self, report: ClaimReport, held: set[str]) -> None:
+    async def _claim_due(self, report: ClaimReport, held: set[str], owner: str) -> None:
         found = await self._candidates(report)
         report.unclaimed = sum(c.delta for c in found)
         candidates = [c for c in found if c.channel_id not in held]
@@ -404,6 +404,11 @@ class Claimer:
         # withdrawals first: their claims are the ones with a deadline
         chosen = sorted(chosen, key=lambda c: c.onchain.withdraw_initiated_at == 0)
         for start in range(0, len(chosen), MAX_CLAIMS_PER_BATCH):
+            # each batch may wait long for its receipt: keep the lock, or stop if it lapsed
+            # (another pass may have started; our rows would only be sent twice)
+            if not await self.lock_store.replace(self.LOCK, owner, owner, LOCK_TTL_S):
+                report.errors.append("the claimer lock lapsed during the pass; the rest is left to the next")
+                raise _Stop
             await self._claim_batch(chosen[start : start + MAX_CLAIMS_PER_BATCH], report)
         if report.claim_txs:
             await self.lock_store.put(keys.CLAIMER_LAST_CLAIM, str(now_ms()).encode(), _CLOCK_TTL_S)

@@ -25,7 +25,7 @@ from payrouter.artifacts import load_artifact
 from payrouter.chain import ChainClient
 from payrouter.channels import RedisChannelStore
 from payrouter.channels.claimer import STUCK_VOUCHER_MS, Claimer, ClaimReport
-from payrouter.channels.contract import BatchSettlementContract, Erc3009Deposit
+from payrouter.channels.contract import MAX_CLAIMS_PER_BATCH, BatchSettlementContract, Erc3009Deposit
 from payrouter.channels.records import SCHEME, claim_deltas, claim_record
 from payrouter.devchain import DevChain, DevToken
 from payrouter.facilitator.sender import GasSender
@@ -300,6 +300,22 @@ async def test_a_pass_claims_every_charged_channel_and_sweeps_it_to_pay_to(env: 
     assert env.token.balance_of(env.pay_to) == total + 655
     claims = await _records(env, "batch-claim:")
     assert sorted(c.amount for c in claims) == [655, total]
+
+
+async def test_more_than_100_channels_are_claimed_in_batches_of_100(env: Env) -> None:
+    payers = [await _open_channel(env, 1_000) for _ in range(MAX_CLAIMS_PER_BATCH + 1)]
+    for i, payer in enumerate(payers):
+        await _charge(env, payer, 1 + i)
+    total = sum(p.charged for p in payers)
+
+    report = await env.claimer(threshold=0).run_once()
+
+    assert report.errors == [] and len(report.claim_txs) == 2 and report.claimed == total
+    assert await _onchain_claimed(env, payers) == [p.charged for p in payers]
+    assert env.token.balance_of(env.pay_to) == total
+    claims = await _records(env, "batch-claim:")
+    assert sorted(len(claim_deltas(c)) for c in claims) == [1, MAX_CLAIMS_PER_BATCH]
+    assert sum(c.amount for c in claims) == total
 
 
 async def test_nothing_is_sent_below_the_threshold_before_the_interval(env: Env) -> None:
