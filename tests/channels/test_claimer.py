@@ -49,6 +49,7 @@ from wallets import (
     sign_authorization,
 )
 
+from ..polling import async_wait_until
 from ..redis_keys import delete_namespace
 from ..service_config import GAS_KEY_ENV, example_table, write_config
 
@@ -98,6 +99,7 @@ class Env:
         journal: Journal | None = None,
         locks: RedisStore | None = None,
         contract: BatchSettlementContract | None = None,
+        poll: float = 30.0,
     ) -> Claimer:
         return Claimer(
             store or self.store,
@@ -111,6 +113,7 @@ class Env:
             threshold,
             chain=self.client,
             network=self.chain.network,
+            poll=poll,
         )
 
     def connections(self) -> tuple[RedisChannelStore, Journal, RedisStore]:
@@ -316,6 +319,22 @@ async def test_more_than_100_channels_are_claimed_in_batches_of_100(env: Env) ->
     claims = await _records(env, "batch-claim:")
     assert sorted(len(claim_deltas(c)) for c in claims) == [1, MAX_CLAIMS_PER_BATCH]
     assert sum(c.amount for c in claims) == total
+
+
+async def test_the_background_loop_claims_what_is_charged_until_stopped(env: Env) -> None:
+    (payer,) = await _channels(env, 5_000)
+    claimer = env.claimer(threshold=0, poll=0.05)
+    claimer.start()
+    try:
+        await _charge(env, payer, 700)
+        await async_wait_until(lambda: env.token.balance_of(env.pay_to) == 700, "the first charge swept")
+        await _charge(env, payer, 300)
+        await async_wait_until(lambda: env.token.balance_of(env.pay_to) == 1_000, "the second charge swept")
+    finally:
+        await claimer.stop()
+    await _charge(env, payer, 50)
+    await asyncio.sleep(0.3)
+    assert await _onchain_claimed(env, [payer]) == [1_000]  # stopped: nothing more claimed
 
 
 async def test_nothing_is_sent_below_the_threshold_before_the_interval(env: Env) -> None:
