@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from payrouter.chain import ChainClient
 from payrouter.channels import open_channel_store
+from payrouter.channels.claimer import Claimer
 from payrouter.channels.contract import BatchSettlementContract
 from payrouter.facilitator.sender import GasSender
 from payrouter.journal import DeferredWrites, Journal
@@ -40,6 +41,7 @@ from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
 from payrouter.x402.schemes import build_schemes
 from payrouter.x402.schemes.batch import BATCH, BatchScheme
+from pricing import usd_to_atomic
 from wallets import LocalSigner
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS
 
@@ -73,6 +75,26 @@ async def _open_batch_scheme(
     contract = BatchSettlementContract(chain, sender, table.chain_id, receipt_timeout=settings.receipt_timeout)
     authorizer = LocalSigner(settings.channel_authorizer_key.get_secret_value())
     return BatchScheme(table, channel_store, contract, authorizer, journal)
+
+
+def _claimer(settings: Settings, batch: BatchScheme, journal: Journal, store: Store, chain: ChainClient) -> Claimer:
+    """The background claimer of the channels ``batch`` serves."""
+    table = settings.price_table
+    threshold = usd_to_atomic(settings.claim_threshold, table.asset.decimals)
+    return Claimer(
+        batch.store,
+        batch.contract,
+        batch.authorizer,
+        journal,
+        store,
+        table.pay_to,
+        table.asset.address,
+        settings.claim_interval,
+        threshold.numerator // threshold.denominator,
+        chain=chain,
+        network=table.network,
+        poll=settings.claim_poll,
+    )
 
 
 def create_app(settings: Settings, router: Router | None = None, backend: SettlementBackend | None = None) -> Starlette:
@@ -140,6 +162,10 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
             )
             batch = await _open_batch_scheme(settings, store, chain, journal, stack) if BATCH in table.schemes else None
             services.schemes = build_schemes(table, batch)
+            if batch is not None and chain is not None and settings.claim_poll > 0:
+                claimer = _claimer(settings, batch, journal, store, chain)
+                claimer.start()
+                stack.push_async_callback(claimer.stop)
             reconciler = Reconciler(resolver, store, settings.reconcile_interval)
             if settings.reconcile_interval > 0:
                 reconciler.start()

@@ -95,6 +95,8 @@ class Settings(BaseModel):
         claim_interval: seconds between claims of whatever channels owe (0: only on threshold
             and withdrawals).
         claim_threshold: USD unclaimed across channels that triggers a claim at once.
+        claim_poll: seconds between the claimer's passes (each reads every channel and its
+            withdrawals; keep it well under the withdraw delay). 0: no background claimer.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -117,6 +119,7 @@ class Settings(BaseModel):
     channel_authorizer_key: SecretStr | None = None
     claim_interval: float = Field(default=3600.0, ge=0)
     claim_threshold: Decimal = Field(default=Decimal("5"), ge=0)
+    claim_poll: float = Field(default=30.0, ge=0)
 
     @model_validator(mode="after")
     def _facilitator_needs(self) -> Settings:
@@ -125,6 +128,11 @@ class Settings(BaseModel):
                 raise ValueError(
                     "the price table offers batch-settlement: [channels] needs authorizer_key_env or "
                     "authorizer_keystore (the key that signs claims and refunds)"
+                )
+            if self.claim_poll >= self.price_table.channels.withdraw_delay / 2:
+                raise ValueError(
+                    f"claim_poll ({self.claim_poll} s) must be well under the channels' withdraw_delay "
+                    f"({self.price_table.channels.withdraw_delay} s): withdrawals are noticed by the claimer"
                 )
             if self.facilitator != "local":
                 raise ValueError('batch-settlement channels are settled by the local facilitator (mode = "local")')
@@ -217,7 +225,7 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         )
         keystore = base / channels.pop("authorizer_keystore")
         data["channel_authorizer_key"] = load_keystore(keystore, password).unsafe_export_private_key()
-    for name in ("claim_interval", "claim_threshold"):
+    for name in ("claim_interval", "claim_threshold", "claim_poll"):
         if name in channels:
             data[name] = channels.pop(name)
     if channels:

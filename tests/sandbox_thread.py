@@ -38,9 +38,12 @@ def sandbox_in_thread(
     redis_url: str | None = None,
     namespace: str = "payrouter-test",
     chain_id: int = 31337,
+    claim_poll: float = 0.0,
 ) -> Iterator[Sandbox]:
     runner = LoopThread()
-    manager = sandbox(table, agents=agents, redis_url=redis_url, namespace=namespace, chain_id=chain_id)
+    manager = sandbox(
+        table, agents=agents, redis_url=redis_url, namespace=namespace, chain_id=chain_id, claim_poll=claim_poll
+    )
     box = runner.run(manager.__aenter__())
     try:
         yield box

@@ -78,11 +78,13 @@ async def sandbox(
     namespace: str = "payrouter-dev",
     chain_id: int = 31337,
     schemes: tuple[Scheme, ...] = ("exact", "batch-settlement"),
+    claim_poll: float = 30.0,
 ) -> AsyncIterator[Sandbox]:
     """Start every part of the sandbox; stop all of it on exit, error included.
 
     ``chain_id`` lets tests impersonate a chain with an x402 v1 name (e.g. 84532);
-    ``schemes`` are the payment schemes offered, preferred first.
+    ``schemes`` are the payment schemes offered, preferred first; ``claim_poll`` the seconds
+    between the channel claimer's passes (0: none; tests run passes themselves).
     """
     base_table = load_price_table(table_path)
     chain = await asyncio.to_thread(DevChain.start, chain_id=chain_id)
@@ -117,6 +119,7 @@ async def sandbox(
             rpc_url=chain.rpc_url,
             gas_key=SecretStr(gas.unsafe_export_private_key()),
             channel_authorizer_key=SecretStr(authorizer.unsafe_export_private_key()),
+            claim_poll=claim_poll,
         )
         server = uvicorn_server(create_app(settings), host=host, port=port, **uvicorn_options(settings.server))
         task = asyncio.create_task(server.serve())

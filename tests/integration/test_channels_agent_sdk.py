@@ -24,6 +24,7 @@ from payrouter.sandbox.dev import Sandbox
 from pricing import charge_for_usage
 from wallets import LocalSigner
 
+from .claims import claim_pass
 from .conftest import Observer
 
 CALLS = 50
@@ -43,6 +44,7 @@ def test_agent_sdk_pays_by_channel_and_refunds(box: Sandbox, observer: Observer,
         scheme="batch-settlement",
     )
     url = f"{box.router_url}/v1/chat/completions"
+    claim_pass(box)  # whatever earlier tests left is claimed and settled now, not below
     before = box.token.balance_of(payer.address)
     operator_before = box.token.balance_of(box.operator.address)
     charges = []
@@ -76,7 +78,11 @@ def test_agent_sdk_pays_by_channel_and_refunds(box: Sandbox, observer: Observer,
     assert deposits > 0 and len(set(charges)) > 1
     assert before - box.token.balance_of(payer.address) == deposits  # only the deposit left the wallet
     assert box.token.balance_of(box.operator.address) == operator_before  # nothing settled per call
+    report = claim_pass(box)  # the claimer claims the channel's charges and sweeps them to pay_to
+    assert report.claimed == sum(charges) == report.settled and len(report.claim_txs) == 1
+    assert box.token.balance_of(box.operator.address) - operator_before == sum(charges)
 
     result = refund_channel(payer, url, store, budget=budget)
     assert result.channel_id == channel_id and result.amount == deposits - sum(charges)
     assert before - box.token.balance_of(payer.address) == sum(charges)  # spent exactly what was charged
+    assert claim_pass(box).claimed == 0  # nothing was left to claim

@@ -17,12 +17,15 @@ from typing import Any
 
 import httpx
 import pytest
+from web3 import Web3
 
+from payrouter.artifacts import load_artifact
 from payrouter.sandbox.dev import Sandbox
 from wallets import LocalSigner
-from wallets.channels import ChannelConfig
+from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ChannelConfig
 
 from .channel_payloads import batch_offer, config_for, refund_payment, voucher_payment
+from .claims import claim_pass
 from .conftest import Observer
 from .payments import header, offer, rejection, sse_events
 
@@ -315,3 +318,38 @@ def test_a_client_that_hangs_up_mid_stream_pays_the_quote(box: Sandbox, http: ht
     assert int(receipt["extra"]["channelState"]["chargedCumulativeAmount"]) == amount + int(
         receipt["extra"]["chargedAmount"]
     )
+
+
+def test_a_channel_being_withdrawn_is_claimed_at_once_and_takes_no_more_vouchers(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 5_000_000)
+    box.chain.set_eth_balance(payer.address, 10**18)  # the payer sends its own withdrawal
+    body = _body()
+    payment, config, _ = _open_payment(box, http, payer, body, salt=13)
+    opened = http.post(_url(box), json=body, headers=header(payment))
+    assert opened.status_code == 200, opened.text
+    channel = Channel(payer, config, _charged(opened))
+    claim_pass(box)  # every channel's charges so far (this one's too) are claimed now
+    claimed_before = channel.charged
+    settlement = box.chain.w3.eth.contract(
+        address=Web3.to_checksum_address(BATCH_SETTLEMENT_ADDRESS), abi=load_artifact("BatchSettlement")["abi"]
+    )
+    c = config
+    data = settlement.encode_abi(
+        "initiateWithdraw",
+        [(c.payer, c.payer_authorizer, c.receiver, c.receiver_authorizer, c.token, c.withdraw_delay, c.salt), 1000],
+    )
+    box.chain.send(payer, {"to": BATCH_SETTLEMENT_ADDRESS, "data": data})
+    # the next voucher is still served until the claimer sees the withdrawal ...
+    served = _pay(box, http, channel, _body())
+    assert served.status_code == 200
+    channel.charged = _charged(served)
+    report = claim_pass(box)
+    # ... which it claims at once (before the delay lets the payer take it), and then refuses
+    channel_id = "0x" + config.channel_id(box.chain.chain_id).hex()
+    assert channel_id in report.withdrawing and report.claimed == channel.charged - claimed_before
+    with observer.unchanged(payer.address):
+        response = _pay(box, http, channel, _body())
+        assert rejection(response) == (402, "invalid_batch_settlement_evm_channel_withdrawing")

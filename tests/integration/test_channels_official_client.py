@@ -33,6 +33,8 @@ from payrouter.sandbox.dev import Sandbox
 from pricing import charge_for_usage
 from wallets import LocalSigner
 
+from .claims import claim_pass
+
 CALLS = 50
 
 
@@ -114,7 +116,9 @@ def test_official_client_pays_by_channel_and_is_charged_the_tokens_used(box: San
                 charges.append(charged)
                 assert int(state["chargedCumulativeAmount"]) == sum(charges)
 
+    claim_pass(box)  # whatever earlier tests left is claimed and settled now, not below
     before = box.token.balance_of(payer.address)
+    operator_before = box.token.balance_of(box.operator.address)
     asyncio.run(calls())
     assert len(set(charges)) > 1, "the charges should follow the tokens used, not one flat quote"
     balance, claimed = asyncio.run(_channel_totals(box, channel_id))
@@ -127,3 +131,6 @@ def test_official_client_pays_by_channel_and_is_charged_the_tokens_used(box: San
     spent = before - box.token.balance_of(payer.address)
     assert spent == sum(charges)  # deposit minus refund: exactly what was charged
     assert claimed == sum(charges) == balance  # the refund claimed our charges in the same transaction
+    report = claim_pass(box)  # the claimer sweeps what was claimed to pay_to
+    assert report.settled == sum(charges)
+    assert box.token.balance_of(box.operator.address) - operator_before == sum(charges)
