@@ -475,12 +475,12 @@ class Claimer:
             report.withdrawing.append(state.channel_id)
         # a claim above the balance reverts the whole batch: claim what is left, and say so
         target = min(state.charged, chain.balance)
-        if target < state.charged:
+        if target <= chain.total_claimed:
+            return None
+        if target < state.charged:  # the payer withdrew before we claimed: the rest is lost
             report.errors.append(
                 f"channel {state.channel_id}: charged {state.charged} but only {chain.balance} is deposited"
             )
-        if target <= chain.total_claimed:
-            return None
         if not state.signature.startswith("0x") or state.signed_max < target:
             report.errors.append(f"channel {state.channel_id}: charged {target} without a voucher covering it")
             return None

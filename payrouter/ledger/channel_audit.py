@@ -6,7 +6,9 @@ Money on a channel is counted three times, and the counts must agree:
   store's cumulative ``charged`` (``journal_vs_store``); a channel the store no longer has
   (deleted after a full refund) against its on-chain ``totalClaimed`` (``journal_vs_chain``);
 - per channel, the store's ``charged`` against the on-chain ``totalClaimed``: the difference
-  is unclaimed money (reported, not a fault); a claim above the charge is (``claimed_above_charged``);
+  is unclaimed money (reported, not a fault); a claim above the charge is (``claimed_above_charged``),
+  and so is a charge above the channel's on-chain balance (``charged_above_balance``: the payer
+  withdrew what we had not claimed yet, so it can never be);
 - for ``pay_to`` and the token, the settled claim records' sum against the contract's
   ``receivers.totalClaimed`` (``claims_vs_chain``), and the settle records' sum against its
   ``totalSettled`` (``settles_vs_chain``).
@@ -34,7 +36,12 @@ from payrouter.ledger.records import fetch_records
 __all__ = ["ChannelAuditReport", "ChannelDifference", "ChannelRow", "audit_channels", "compare_channels"]
 
 ChannelKind = Literal[
-    "journal_vs_store", "journal_vs_chain", "claimed_above_charged", "claims_vs_chain", "settles_vs_chain"
+    "journal_vs_store",
+    "journal_vs_chain",
+    "claimed_above_charged",
+    "charged_above_balance",
+    "claims_vs_chain",
+    "settles_vs_chain",
 ]
 
 
@@ -191,6 +198,16 @@ def compare_channels(report: ChannelAuditReport) -> list[ChannelDifference]:
             )
             out.append(
                 ChannelDifference("journal_vs_store", row.channel_id, row.journal_charged, row.store_charged, note)
+            )
+        if row.store_charged > row.balance:
+            out.append(
+                ChannelDifference(
+                    "charged_above_balance",
+                    row.channel_id,
+                    row.store_charged,
+                    row.balance,
+                    "charged beyond what the channel holds: the payer took it back before it was claimed",
+                )
             )
         if row.store_charged < row.claimed:
             out.append(

@@ -33,7 +33,7 @@ from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.journal.open import open_journal
 from payrouter.ledger import fetch_records
 from payrouter.ledger.audit import audit
-from payrouter.ledger.channel_audit import audit_channels
+from payrouter.ledger.channel_audit import ChannelAuditReport, ChannelRow, audit_channels, compare_channels
 from payrouter.reconciler import Reconciler, Resolver
 from payrouter.store import RedisStore
 from payrouter.store.redis import connect
@@ -693,6 +693,30 @@ async def test_ledger_audit_command_reports_channel_money(env: Env, tmp_path: Pa
     ]
     text = audit_cli()
     assert text.returncode == 1 and "voucher records vs the store's charged" in text.stdout
+
+
+def test_channel_counts_are_compared_row_by_row() -> None:
+    a, b, c = ("0x" + ch * 64 for ch in "abc")
+    report = ChannelAuditReport(
+        channels=[
+            ChannelRow(a, journal_charged=500, store_charged=500, claimed=100, balance=1_000),  # unclaimed: fine
+            ChannelRow(b, journal_charged=900, store_charged=900, claimed=400, balance=400),  # withdrawn first
+            ChannelRow(c, journal_charged=300, store_charged=None, claimed=250, balance=250),  # refunded short
+        ],
+        claims_journal=750,
+        claimed_chain=750,
+        settles_journal=700,
+        settled_chain=750,
+        pending=["0x" + "01" * 32],
+    )
+    found = [(d.kind, d.channel, d.expected, d.actual) for d in compare_channels(report)]
+    assert found == [
+        ("charged_above_balance", b, 900, 400),
+        ("journal_vs_chain", c, 300, 250),
+        ("settles_vs_chain", "", 700, 750),
+    ]
+    assert compare_channels(report)[-1].note == "1 transactions still in doubt"
+    assert report.unclaimed == 400 + 500 + 50 and report.charged == 1_700
 
 
 def test_claimer_refuses_a_fractional_threshold() -> None:
