@@ -93,6 +93,14 @@ _LOG_CHUNK = 10_000
 _CURSOR_TTL_S = 365 * 86_400
 
 
+def _is_hex(value: str) -> bool:
+    """``0x`` and an even, non-zero number of hex digits (a stored signature we can send)."""
+    try:
+        return value.startswith("0x") and len(bytes.fromhex(value[2:])) > 0
+    except ValueError:
+        return False
+
+
 def _topic_address(address: str) -> str:
     return "0x" + "0" * 24 + address[2:].lower()
 
@@ -481,7 +489,7 @@ class Claimer:
             report.errors.append(
                 f"channel {state.channel_id}: charged {state.charged} but only {chain.balance} is deposited"
             )
-        if not state.signature.startswith("0x") or state.signed_max < target:
+        if not _is_hex(state.signature) or state.signed_max < target:
             report.errors.append(f"channel {state.channel_id}: charged {target} without a voucher covering it")
             return None
         if config.receiver_authorizer != self.authorizer.address:
