@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tests.price_toml import price_table_toml
 from wallets import LocalSigner
 
 from .channel_payloads import batch_offer, config_for, voucher_payment
+from .claims import claim_pass
 from .conftest import REDIS_URL, Observer
 from .payments import header, offer, payment, rejection
 
@@ -37,8 +39,17 @@ def _free_port() -> int:
         return port
 
 
+@dataclass
+class Servers:
+    """Two ``payrouter serve`` processes on the sandbox's Redis namespace and chain."""
+
+    urls: list[str]
+    procs: list[subprocess.Popen[bytes]]
+    config: Path
+
+
 @pytest.fixture(scope="module")
-def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+def two(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     folder = tmp_path_factory.mktemp("two-servers")
     (folder / "prices.toml").write_text(price_table_toml(box.table.model_dump(mode="json")))
     providers = "\n".join(
@@ -47,7 +58,8 @@ def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     (folder / "payrouter.toml").write_text(
         f'price_table = "prices.toml"\nredis_url = "{REDIS_URL}"\nnamespace = "{box.namespace}"\n'
         f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
-        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\n{providers}\n'
+        # the tests run claimer passes themselves
+        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n{providers}\n'
     )
     # faulthandler: a server that will not stop is made to print where it is stuck (SIGABRT)
     assert box.authorizer is not None
@@ -84,7 +96,7 @@ def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                     pass
                 assert time.monotonic() < deadline, "server did not become healthy"
                 time.sleep(0.05)
-        yield urls
+        yield Servers(urls, procs, folder / "payrouter.toml")
     finally:
         for proc in procs:
             proc.terminate()
@@ -95,6 +107,11 @@ def servers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
                 proc.send_signal(signal.SIGABRT)
                 proc.wait(10)
                 pytest.fail(f"payrouter serve did not stop on SIGTERM within 10 s:\n{_log_tail(log)}")
+
+
+@pytest.fixture
+def servers(two: Servers) -> list[str]:
+    return two.urls
 
 
 def _log_tail(path: Path) -> str:
@@ -217,3 +234,56 @@ def test_one_channel_two_servers_serves_one_request_at_a_time(
                 )
         finally:
             observer.control(delay_ms=0)
+
+
+def test_a_server_killed_after_serving_vouchers_loses_no_charge(two: Servers, box: Sandbox) -> None:
+    """Vouchers served by a process that is then killed (SIGKILL, no shutdown) are claimed by
+    another: the charges live in the shared store and journal, not in the process. Runs last:
+    it kills the first server."""
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 5_000_000)
+    url = two.urls[0] + "/v1/chat/completions"
+    claim_pass(box)  # what earlier tests charged is claimed now, not below
+    charges: list[int] = []
+    with httpx.Client(timeout=30) as http:
+        config = None
+        for i in range(10):
+            b = {"model": "gpt-4o", "max_tokens": 64, "messages": [{"role": "user", "content": "word " * (30 * i)}]}
+            q = offer(http, url, b)
+            requirement = batch_offer(q)
+            extra: dict[str, Any] = {}
+            if config is None:
+                config = config_for(requirement, payer, salt=21)
+                extra = {
+                    "deposit": int(requirement["extra"]["minDeposit"]),
+                    "token": payer,
+                    "token_domain": box.token.domain,
+                }
+            signed_max = sum(charges) + int(requirement["amount"])
+            paid = voucher_payment(q, config, signed_max, payer, chain_id=box.chain.chain_id, **extra)
+            response = http.post(url, json=b, headers=header(paid))
+            assert response.status_code == 200, response.text
+            charges.append(
+                int(json.loads(base64.b64decode(response.headers["payment-response"]))["extra"]["chargedAmount"])
+            )
+    two.procs[0].kill()  # no shutdown, no drain: the process is gone
+    two.procs[0].wait(10)
+    operator_before = box.token.balance_of(box.operator.address)
+    report = claim_pass(box)
+    assert report.claimed == sum(charges) == report.settled
+    assert box.token.balance_of(box.operator.address) - operator_before == sum(charges)
+    # the ledger accounts for it: voucher records, the store and the chain agree
+    assert box.authorizer is not None
+    authorizer = box.authorizer.unsafe_export_private_key()
+    audit = subprocess.run(
+        [str(CLI), "ledger", "audit", "--config", str(two.config), "--json"],
+        env={
+            **os.environ,
+            "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key(),
+            "TEST_AUTHORIZER_KEY": authorizer,
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
