@@ -43,6 +43,7 @@ from payrouter.channels.contract import (
     ClaimRow,
     Erc3009Deposit,
 )
+from payrouter.channels.records import claim_record
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.quoting import PricedRoute, load_quote
 from payrouter.store import StoreError
@@ -268,7 +269,6 @@ class BatchScheme:
         amount: int,
         tx: str,
         digest: str = "",
-        payment: str = "{}",
     ) -> None:
         table = self.table
         record = PaymentRecord(
@@ -284,7 +284,7 @@ class BatchScheme:
             nonce=channel_id,
             valid_before=0,
             x402_version=2,
-            payment=payment,
+            payment="{}",
             fingerprint="",
             request=digest,
             path=kind,
@@ -394,15 +394,17 @@ class BatchScheme:
             raise PaymentRejected(ChannelReason.REFUND_TRANSACTION_FAILED, f"the refund failed: {exc}", payer) from None
         log.info("refund: channel=%s payer=%s amount=%d claimed=%d tx=%s", channel_id, payer, refunded, charged, tx)
         if rows:
-            await self._journal_event(
-                f"batch-claim:{tx}",
-                "claim",
-                "",
-                "",
-                charged - onchain.total_claimed,
+            table = self.table
+            claim = claim_record(
                 tx,
-                payment=json.dumps({channel_id: charged - onchain.total_claimed}, separators=(",", ":")),
+                {channel_id: (charged, charged - onchain.total_claimed)},
+                network=table.network,
+                asset=table.asset.address,
+                pay_to=table.pay_to,
+                state=State.SETTLED,
             )
+            with contextlib.suppress(StoreError):  # the claimer journals mined claims it finds missing
+                await self.journal.advance(claim, [State.SETTLED])
         await self._journal_event(
             f"batch-refund:{channel_id}:{onchain.refund_nonce}", "refund", payer, channel_id, refunded, tx
         )
