@@ -30,6 +30,7 @@ __all__ = [
     "SETTLE_PATH",
     "claim_deltas",
     "claim_record",
+    "is_call",
     "is_voucher",
     "settle_record",
     "voucher_charged_before",
@@ -46,6 +47,12 @@ _VOUCHER_PREFIX = "batch:"
 def is_voucher(record: PaymentRecord) -> bool:
     """True for a batch-settlement voucher record (one paid request on a channel)."""
     return record.scheme == SCHEME and record.id.startswith(_VOUCHER_PREFIX)
+
+
+def is_call(record: PaymentRecord) -> bool:
+    """True for the record of a paid call (an exact payment or a voucher); False for a channel's
+    money movements (deposits, claims, settles, refunds), which carry no revenue of their own."""
+    return record.scheme != SCHEME or is_voucher(record)
 
 
 def voucher_charged_before(record: PaymentRecord) -> int | None:

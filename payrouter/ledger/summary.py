@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from payrouter.channels.records import is_call
 from payrouter.journal import PaymentRecord, State
 
 __all__ = ["GROUPINGS", "Grouping", "Totals", "group_key", "summarize"]
@@ -59,8 +60,11 @@ def group_key(record: PaymentRecord, by: Grouping | None) -> str:
 
 
 def summarize(records: Iterable[PaymentRecord], by: Grouping | None = None) -> dict[str, Totals]:
-    """`Totals` per group, in sorted group order (one ``total`` group without ``by``)."""
+    """`Totals` of the paid calls per group, in sorted group order (one ``total`` group without
+    ``by``). A channel's deposits, claims, settles and refunds are not calls: they move money
+    its vouchers already counted."""
     groups: dict[str, Totals] = {}
     for record in records:
-        groups.setdefault(group_key(record, by), Totals()).add(record)
+        if is_call(record):
+            groups.setdefault(group_key(record, by), Totals()).add(record)
     return dict(sorted(groups.items()))

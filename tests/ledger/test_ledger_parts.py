@@ -125,3 +125,17 @@ async def test_transfers_to_halves_a_range_the_node_refuses() -> None:
     broken = ChainClient("http://node", client=httpx.AsyncClient(transport=httpx.MockTransport(down)))
     with pytest.raises(ChainError):
         await transfers_to(broken, "0x" + "33" * 20, "0x" + "22" * 20, 0, 3, chunk=4)
+
+
+def test_channel_money_movements_are_not_calls() -> None:
+    from payrouter.channels.records import claim_record, settle_record
+
+    voucher = replace(
+        sample_record(state=State.SETTLED, charged=700), id="batch:0x" + "ab" * 32 + ":0", scheme="batch-settlement"
+    )
+    claim = claim_record(
+        "0x" + "01" * 32, {"0x" + "ab" * 32: (700, 700)}, network="eip155:1", asset=A, pay_to=B, state=State.SETTLED
+    )
+    settle = settle_record("0x" + "02" * 32, 700, network="eip155:1", asset=A, pay_to=B, state=State.SETTLED)
+    total = summarize([voucher, claim, settle])["total"]
+    assert (total.records, total.settled, total.revenue) == (1, 1, 700)
