@@ -153,12 +153,21 @@ class ModelPrice(_Frozen):
         return self
 
 
+Percent = Annotated[StrictInt, Field(ge=1, le=100)]
+
+
 class RoutingRule(_Frozen):
     """An operator rule: when a request matches, route it as the rule says.
 
     A request matches when every condition given holds: any of ``keywords`` (case-insensitive)
     in the last user message, ``regex`` found in it, and every ``metadata`` key equal in the
     request's ``metadata`` object. The first matching rule applies.
+
+    ``split`` sends a share of the matching requests to models under trial: ``{"new-model" =
+    10}`` routes 10% of them (chosen by a digest of the request, so the same request always
+    lands in the same arm) to ``new-model`` (the "trial" arm); the rest (the "control" arm)
+    are routed by the rule's other effects, or by the strategy when it has none. A rule whose
+    only effect is a split may have no condition: it then splits every ``auto`` request.
     """
 
     name: NonEmpty
@@ -168,13 +177,18 @@ class RoutingRule(_Frozen):
     model: StrictStr | None = None
     strategy: Strategy | None = None
     only: list[StrictStr] = Field(default_factory=list)
+    split: dict[StrictStr, Percent] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _effect(self) -> RoutingRule:
-        if not (self.keywords or self.regex or self.metadata):
+        if not (self.keywords or self.regex or self.metadata or self.split):
             raise ValueError("a rule needs at least one condition (keywords, regex or metadata)")
-        if not (self.model or self.strategy or self.only):
-            raise ValueError("a rule needs an effect (model, strategy or only)")
+        if not (self.model or self.strategy or self.only or self.split):
+            raise ValueError("a rule needs an effect (model, strategy, only or split)")
+        if sum(self.split.values()) > 100:
+            raise ValueError(f"split shares add up to {sum(self.split.values())}%, more than 100%")
+        if self.model is not None and self.model in self.split:
+            raise ValueError(f"split: {self.model!r} is the rule's own model (the control arm), not a trial")
         if self.regex is not None:
             try:
                 re.compile(self.regex)
@@ -305,7 +319,7 @@ class PriceTable(_Frozen):
         if self.default_model not in by_id:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models")
         for rule in self.routing.rules:
-            for named in [rule.model, *rule.only]:
+            for named in [rule.model, *rule.only, *rule.split]:
                 if named is not None and named not in by_id:
                     raise ValueError(f"routing rule {rule.name!r} names unknown model {named!r}")
         self._by_id = by_id

@@ -57,6 +57,8 @@ class RouteDecision:
         reason: a short human explanation of the choice.
         strategy: the strategy applied (``named`` for a model named by the caller).
         candidates: every model considered, best first, with its predictions.
+        rule: the name of the operator rule that matched ("" when none did).
+        arm: ``"control"`` or ``"trial"`` when the rule splits traffic, else "".
     """
 
     model: str
@@ -66,6 +68,8 @@ class RouteDecision:
     reason: str = ""
     strategy: str = "named"
     candidates: tuple[Candidate, ...] = ()
+    rule: str = ""
+    arm: str = ""
 
 
 class Router(Protocol):

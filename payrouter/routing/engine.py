@@ -19,6 +19,7 @@ from payrouter.chat import ChatRequest
 from payrouter.routing.base import DEFAULT_OUTPUT_BUDGET, Candidate, RouteDecision, RoutingError
 from payrouter.routing.constraints import RouteConstraints
 from payrouter.routing.predictor import QualityPredictor
+from payrouter.routing.split import CONTROL, TRIAL, request_key, split_arm
 from pricing import ModelPrice, PriceTable, RoutingRule, Strategy, quote_route
 
 __all__ = ["RoutingEngine"]
@@ -141,6 +142,13 @@ class RoutingEngine:
                 )
             scored = within
         ranked = self._rank(scored, strategy, policy.quality_floor, policy.usd_per_quality_point, table.asset.decimals)
+        arm = ""
+        if rule is not None and rule.split:
+            trial = self._trial(rule, request, input_tokens, table, constraints, predicted)
+            arm = CONTROL if trial is None else TRIAL
+            if trial is not None:
+                # the trial model answers first; the control arm's ranking is its fallback
+                ranked = [trial, *(s for s in ranked if s.model.id != trial.model.id)]
         chosen = ranked[0]
         fallbacks = tuple(s.model.id for s in ranked[1 : 1 + MAX_FALLBACKS])
         if forced is not None and rule is None:
@@ -148,6 +156,8 @@ class RoutingEngine:
             fallbacks = self._fallbacks_for_named(chosen, request, input_tokens, table, constraints, predicted)
         else:
             how = f"rule {rule.name!r}" if rule is not None else strategy
+            if arm:
+                how += f" ({arm} arm)"
             reason = f"{how}: predicted quality {chosen.quality / 100:.1f}, price {chosen.price}"
         return RouteDecision(
             model=chosen.model.id,
@@ -157,7 +167,35 @@ class RoutingEngine:
             reason=reason,
             strategy=strategy if auto else "named",
             candidates=tuple(Candidate(s.model.id, s.quality, s.price, s.latency_ms, s.budget) for s in ranked),
+            rule=rule.name if rule is not None else "",
+            arm=arm,
         )
+
+    def _trial(
+        self,
+        rule: RoutingRule,
+        request: ChatRequest,
+        input_tokens: int,
+        table: PriceTable,
+        constraints: RouteConstraints,
+        predicted: _Predicted | None,
+    ) -> _Scored | None:
+        """The trial model this request is split to, scored; None for the control arm.
+
+        A trial never makes a request fail: a trial model the request's constraints exclude
+        (capabilities, privacy, ``only``, price cap) leaves the request in the control arm.
+        """
+        model_id = split_arm(rule.split, rule.name, request_key(request))
+        if model_id is None or not self.health(model_id):
+            return None
+        try:
+            pool = self._filter([table.model(model_id)], request, input_tokens, constraints, set(constraints.only))
+        except RoutingError:
+            return None
+        trial = self._score(pool[0], self._qualities(pool, predicted)[model_id], request, input_tokens, table)
+        if constraints.max_price is not None and trial.price > constraints.max_price:
+            return None
+        return trial
 
     # ---- constraints -------------------------------------------------------------------
 
