@@ -82,16 +82,30 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from payrouter.app import create_app
     from payrouter.serving_limits import uvicorn_options
-    from payrouter.settings import load_settings
+    from payrouter.startup_checks import StartupError, check_startup
 
-    settings = load_settings(args.config)
+    try:
+        report = check_startup(args.config)
+    except StartupError as exc:
+        print(exc.report(), file=sys.stderr)
+        return 2
+    settings = report.settings
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for warning in report.warnings:
+        logging.getLogger("payrouter").warning("%s", warning)
     if settings.redis_url:
         from payrouter.store.persistence import warn_unless_persistent
 
         warn_unless_persistent(settings.redis_url)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
+    workers = args.workers if args.workers is not None else settings.server.workers
+    if workers > 1:
+        if not settings.redis_url:
+            raise ConfigError("more than one worker needs redis_url: workers share their state through Redis")
+        from payrouter.workers import Supervisor
+
+        return Supervisor(args.config, host, port, workers).run()
     limits = uvicorn_options(settings.server)
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", access_log=False, **limits)
     return 0
@@ -231,6 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="service config TOML (see examples/payrouter.toml)")
     serve.add_argument("--host", help="override [server].host")
     serve.add_argument("--port", type=int, help="override [server].port")
+    serve.add_argument("--workers", type=int, help="override [server].workers (server processes on one port)")
     serve.set_defaults(func=_cmd_serve)
 
     dev = sub.add_parser("dev", help="local sandbox: chain, token, funded agents, test upstream and router")

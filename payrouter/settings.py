@@ -8,22 +8,31 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from pricing import PriceTable, load_price_table
-from wallets import load_keystore
+from payrouter.store.redis import cluster_seeds, is_cluster_url
+from pricing import PriceTable, PricingError, load_price_table
+from wallets import WalletError, load_keystore
 
-__all__ = ["ConfigError", "ProviderSettings", "ServerSettings", "Settings", "load_settings"]
+__all__ = ["ConfigError", "DashboardSettings", "ProviderSettings", "ServerSettings", "Settings", "load_settings"]
 
 
 class ConfigError(ValueError):
-    """The config file or the environment it refers to is invalid."""
+    """The config file or the environment it refers to is invalid.
+
+    Attributes:
+        problems: every problem found, one sentence each (the message alone when built without).
+    """
+
+    def __init__(self, message: str, problems: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.problems = list(problems) or [message]
 
 
 class ProviderSettings(BaseModel):
@@ -61,7 +70,9 @@ class ServerSettings(BaseModel):
         keep_alive_timeout: seconds an idle keep-alive connection stays open between requests
             (behind a load balancer, make it longer than the balancer's own idle timeout).
         max_concurrency: connections served at once, idle keep-alive ones included; a request
-            on a connection beyond it gets 503 and the connection is closed.
+            on a connection beyond it gets 503 and the connection is closed (per worker).
+        workers: server processes sharing the port (``payrouter serve --workers`` overrides);
+            more than one needs ``redis_url``. About one per core.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -72,6 +83,36 @@ class ServerSettings(BaseModel):
     body_timeout: float = Field(default=30.0, gt=0)
     keep_alive_timeout: int = Field(default=5, ge=1)
     max_concurrency: int = Field(default=512, ge=1)
+    workers: int = Field(default=1, ge=1)
+
+
+class DashboardSettings(BaseModel):
+    """The operator dashboard (``GET /dashboard``; see `payrouter.routes.dashboard`).
+
+    Attributes:
+        token: the operator's bearer token (from ``[dashboard] token_env``); None: no dashboard
+            (its routes do not exist).
+        max_records: most journal records one refresh reads for the history charts.
+        refresh_seconds: how often an open page fetches new data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # a guessable token would open revenue, payers and payments to anyone who can reach the port
+    MIN_TOKEN_LENGTH: ClassVar[int] = 24
+
+    token: SecretStr | None = None
+    max_records: int = Field(default=20_000, ge=100, le=500_000)
+    refresh_seconds: float = Field(default=5.0, ge=1, le=300)
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < cls.MIN_TOKEN_LENGTH:
+            raise ValueError(
+                f"the dashboard token must be at least {cls.MIN_TOKEN_LENGTH} characters (e.g. openssl rand -hex 32)"
+            )
+        return token
 
 
 class Settings(BaseModel):
@@ -81,6 +122,10 @@ class Settings(BaseModel):
         price_table: the loaded price table.
         providers: upstream per provider name.
         redis_url: shared state; None runs on an in-process store (one process, development).
+            ``redis+cluster://host:port,host:port`` (or ``rediss+cluster://``) names Redis
+            Cluster seed nodes.
+        redis_cluster: ``redis_url`` is a Redis Cluster node (any one; the rest are learned
+            from it). Set by a ``redis+cluster://`` URL too; `redis_url` is then always that form.
         namespace: Redis key prefix.
         facilitator: ``local`` (verify and settle ourselves over ``rpc_url`` with ``gas_key``)
             or ``remote`` (an x402 facilitator at ``facilitator_url``).
@@ -97,6 +142,7 @@ class Settings(BaseModel):
         claim_threshold: USD unclaimed across channels that triggers a claim at once.
         claim_poll: seconds between the claimer's passes (each reads every channel and its
             withdrawals; keep it well under the withdraw delay). 0: no background claimer.
+        dashboard: the operator dashboard (off without a token).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -104,6 +150,7 @@ class Settings(BaseModel):
     price_table: PriceTable
     providers: dict[str, ProviderSettings]
     redis_url: str | None = None
+    redis_cluster: bool = False
     namespace: str = "payrouter"
     facilitator: Literal["local", "remote"] = "local"
     rpc_url: str | None = None
@@ -120,6 +167,24 @@ class Settings(BaseModel):
     claim_interval: float = Field(default=3600.0, ge=0)
     claim_threshold: Decimal = Field(default=Decimal("5"), ge=0)
     claim_poll: float = Field(default=30.0, ge=0)
+    dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+
+    @model_validator(mode="after")
+    def _redis_cluster_url(self) -> Settings:
+        # one spelling downstream: every Redis client is built from a redis+cluster:// URL
+        if self.redis_url is not None and is_cluster_url(self.redis_url):
+            self.redis_cluster = True
+        elif self.redis_cluster:
+            if self.redis_url is None:
+                raise ValueError("redis_cluster = true needs redis_url (a node of the cluster)")
+            scheme, sep, rest = self.redis_url.partition("://")
+            if not sep or scheme.lower() not in ("redis", "rediss"):
+                raise ValueError("redis_url must be redis://, rediss:// or redis+cluster:// with redis_cluster")
+            self.redis_url = f"{scheme.lower()}+cluster://{rest}"
+        if self.redis_cluster:
+            assert self.redis_url is not None
+            cluster_seeds(self.redis_url)  # raises ValueError naming what is wrong
+        return self
 
     @model_validator(mode="after")
     def _facilitator_needs(self) -> Settings:
@@ -175,22 +240,48 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config {path} is not valid TOML: {exc}") from None
     base = path.parent
+    # every problem is collected, so one run names all of them (four unset variables are four
+    # lines of one error, not four runs)
+    problems: list[str] = []
+
+    def secret(name: object, what: str) -> str:
+        try:
+            return _env(env, name, what)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            return ""  # a placeholder, so the rest of the config is still checked
+
+    def keystore_key(keystore: Path, password: str, what: str) -> str:
+        if not password:
+            return ""
+        try:
+            return load_keystore(keystore, password).unsafe_export_private_key()
+        except (WalletError, OSError) as exc:
+            problems.append(f"{what} {keystore}: {exc}")
+            return ""
+
     table_path = doc.pop("price_table", None)
+    table: PriceTable | None = None
     if not isinstance(table_path, str):
-        raise ConfigError("price_table must name the price table file")
-    data: dict[str, Any] = {"price_table": load_price_table(base / table_path)}
+        problems.append("price_table must name the price table file")
+    else:
+        try:
+            table = load_price_table(base / table_path)
+        except PricingError as exc:
+            problems.append(str(exc))
+    data: dict[str, Any] = {"price_table": table}
 
     providers = {}
     for name, section in (doc.pop("providers", None) or {}).items():
         section = dict(section)
         if "api_key_env" in section:
-            section["api_key"] = _env(env, section.pop("api_key_env"), f"providers.{name}.api_key_env")
+            section["api_key"] = secret(section.pop("api_key_env"), f"providers.{name}.api_key_env")
         elif "api_key_file" in section:
             secret_file = base / str(section.pop("api_key_file"))
             try:
                 section["api_key"] = secret_file.read_text().strip()
             except OSError as exc:
-                raise ConfigError(f"providers.{name}.api_key_file: cannot read {secret_file}: {exc.strerror}") from None
+                problems.append(f"providers.{name}.api_key_file: cannot read {secret_file}: {exc.strerror}")
         providers[name] = section
     data["providers"] = providers
 
@@ -199,43 +290,54 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     if "rpc_url" in fac:
         data["rpc_url"] = fac.pop("rpc_url")
     if "gas_key_env" in fac:
-        data["gas_key"] = _env(env, fac.pop("gas_key_env"), "facilitator.gas_key_env")
+        data["gas_key"] = secret(fac.pop("gas_key_env"), "facilitator.gas_key_env")
     if "gas_keystore" in fac:
-        password = _env(env, fac.pop("gas_keystore_password_env", None), "facilitator.gas_keystore_password_env")
-        data["gas_key"] = load_keystore(base / fac.pop("gas_keystore"), password).unsafe_export_private_key()
+        password = secret(fac.pop("gas_keystore_password_env", None), "facilitator.gas_keystore_password_env")
+        data["gas_key"] = keystore_key(base / fac.pop("gas_keystore"), password, "facilitator.gas_keystore")
     if "url" in fac:
         data["facilitator_url"] = fac.pop("url")
     if "headers_env" in fac:
-        headers = {h: _env(env, var, f"facilitator.headers_env.{h}") for h, var in fac.pop("headers_env").items()}
+        headers = {h: secret(var, f"facilitator.headers_env.{h}") for h, var in fac.pop("headers_env").items()}
         data["facilitator_headers"] = {"*": headers}
     if "receipt_timeout" in fac:
         data["receipt_timeout"] = fac.pop("receipt_timeout")
     if fac:
-        raise ConfigError(f"unknown keys in [facilitator]: {sorted(fac)}")
+        problems.append(f"unknown keys in [facilitator]: {sorted(fac)}")
     channels = dict(doc.pop("channels", None) or {})
-    if "batch-settlement" not in data["price_table"].schemes:
+    if table is None or "batch-settlement" not in table.schemes:
         # the key is read only where it is used: a table offering no channels needs no secret
         for name in ("authorizer_key_env", "authorizer_keystore", "authorizer_keystore_password_env"):
             channels.pop(name, None)
     if "authorizer_key_env" in channels:
-        data["channel_authorizer_key"] = _env(env, channels.pop("authorizer_key_env"), "channels.authorizer_key_env")
+        data["channel_authorizer_key"] = secret(channels.pop("authorizer_key_env"), "channels.authorizer_key_env")
     if "authorizer_keystore" in channels:
-        password = _env(
-            env, channels.pop("authorizer_keystore_password_env", None), "channels.authorizer_keystore_password_env"
+        password = secret(
+            channels.pop("authorizer_keystore_password_env", None), "channels.authorizer_keystore_password_env"
         )
         keystore = base / channels.pop("authorizer_keystore")
-        data["channel_authorizer_key"] = load_keystore(keystore, password).unsafe_export_private_key()
+        data["channel_authorizer_key"] = keystore_key(keystore, password, "channels.authorizer_keystore")
     for name in ("claim_interval", "claim_threshold", "claim_poll"):
         if name in channels:
             data[name] = channels.pop(name)
     if channels:
-        raise ConfigError(f"unknown keys in [channels]: {sorted(channels)}")
+        problems.append(f"unknown keys in [channels]: {sorted(channels)}")
+    dashboard = dict(doc.pop("dashboard", None) or {})
+    if "token_env" in dashboard:
+        token = secret(dashboard.pop("token_env"), "dashboard.token_env")
+        if token:
+            dashboard["token"] = token
+    data["dashboard"] = dashboard
     data.update(doc)
-    try:
-        return Settings.model_validate(data)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
-            for e in exc.errors(include_url=False)
-        )
-        raise ConfigError(f"invalid config {path}: {problems}") from None
+    settings: Settings | None = None
+    if table is not None:
+        try:
+            settings = Settings.model_validate(data)
+        except ValidationError as exc:
+            problems += [
+                f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors(include_url=False)
+            ]
+    if problems or settings is None:
+        sep = "\n  " if len(problems) > 1 or "\n" in problems[0] else " "
+        raise ConfigError(f"invalid config {path}:{sep}" + "\n  ".join(problems), problems)
+    return settings

@@ -128,7 +128,7 @@ def test_api_key_from_a_secrets_file(tmp_path: Path) -> None:
 
 
 def test_server_limits_load_from_the_config(tmp_path: Path) -> None:
-    limits = "header_timeout = 2.5\nbody_timeout = 20\nkeep_alive_timeout = 75\nmax_concurrency = 100\n"
+    limits = "header_timeout = 2.5\nbody_timeout = 20\nkeep_alive_timeout = 75\nmax_concurrency = 100\nworkers = 3\n"
     path = _write(
         tmp_path,
         f'[server]\n{limits}[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
@@ -141,6 +141,7 @@ def test_server_limits_load_from_the_config(tmp_path: Path) -> None:
         "body_timeout": 20,
         "keep_alive_timeout": 75,
         "max_concurrency": 100,
+        "workers": 3,
     }
 
 

@@ -1,13 +1,16 @@
-"""``GET /healthz``: is the store reachable, and does the chain answer?"""
+"""``GET /healthz``: is the store reachable, does the chain answer, can the gas wallet pay?"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from payrouter.chain import ChainError
+from payrouter.facilitator import LocalFacilitator
+from payrouter.gas_funds import gas_funds
 from payrouter.http_errors import error_response
 from payrouter.services import Services
 from payrouter.store import StoreError
@@ -16,9 +19,16 @@ __all__ = ["healthz", "model_health"]
 
 
 async def healthz(request: Request) -> JSONResponse:
-    """200 with component states when healthy, 503 naming what is down."""
+    """200 with component states when healthy, 503 naming what is down; ``worker`` is the pid of
+    the process that answered (one of ``payrouter serve --workers N``).
+
+    With a local facilitator, ``checks.gas_wallet`` is ``ok``, ``low`` (fewer than
+    `payrouter.gas_funds.LOW_SETTLEMENTS` settlements left: still 200) or ``empty`` (not one
+    settlement: 503), and ``gas`` details the wallet (`payrouter.gas_funds.GasFunds.as_json`).
+    """
     services: Services = request.state.services
     checks: dict[str, str] = {}
+    gas: dict[str, object] = {}
     try:
         await asyncio.wait_for(services.store.ping(), 2.0)
         checks["store"] = "ok"
@@ -30,8 +40,17 @@ async def healthz(request: Request) -> JSONResponse:
             checks["chain"] = "ok"
         except (ChainError, TimeoutError) as exc:
             checks["chain"] = f"down: {exc.__class__.__name__}"
-    healthy = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if healthy else "degraded", "checks": checks}, 200 if healthy else 503)
+    if services.chain is not None and isinstance(services.facilitator, LocalFacilitator):
+        try:
+            funds = await asyncio.wait_for(gas_funds(services.chain, services.facilitator.sender.address), 2.0)
+            checks["gas_wallet"] = funds.state
+            gas = {"gas": funds.as_json()}
+        except (ChainError, TimeoutError) as exc:
+            checks["gas_wallet"] = f"unknown: {exc.__class__.__name__}"
+    # a low gas wallet still settles: it is reported, not a reason to take the instance out
+    healthy = all(v in ("ok", "low") for v in checks.values())
+    body = {"status": "ok" if healthy else "degraded", "checks": checks, "worker": os.getpid(), **gas}
+    return JSONResponse(body, 200 if healthy else 503)
 
 
 async def model_health(request: Request) -> JSONResponse:
