@@ -40,7 +40,12 @@ def _cmd_keys_address(args: argparse.Namespace) -> int:
 
 
 def _cmd_prices_check(args: argparse.Namespace) -> int:
+    from payrouter.startup_checks import predictor_problem
+
     table = load_price_table(args.table)
+    if problem := predictor_problem(table):
+        print(f"error: {args.table}: {problem}", file=sys.stderr)
+        return 2
     print(f"ok: {len(table.models)} models on {table.network}, asset {table.asset.address}, pay_to {table.pay_to}")
     for model in table.models:
         print(

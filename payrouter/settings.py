@@ -133,6 +133,9 @@ class Settings(BaseModel):
         max_body_bytes: largest accepted request body.
         cors_origins: origins allowed to call from browsers.
         receipt_timeout: seconds to wait for a settlement to be mined.
+        gas_keys: more gas wallets besides ``gas_key`` (local facilitator): each settlement is
+            sent from a free one, each with its own nonce sequence, so settlements are not
+            serialised on one wallet's nonce lock.
         reconcile_interval: seconds between the background reconciler's passes (0: off; run
             ``payrouter ledger reconcile`` instead).
         channel_authorizer_key: the receiver authorizer of ``batch-settlement`` channels (signs
@@ -143,6 +146,9 @@ class Settings(BaseModel):
         claim_poll: seconds between the claimer's passes (each reads every channel and its
             withdrawals; keep it well under the withdraw delay). 0: no background claimer.
         dashboard: the operator dashboard (off without a token).
+        price_table_path: the file ``price_table`` was loaded from (set by `load_settings`).
+        reload: seconds between checks of the price table and its router file for changes
+            (a changed file is reloaded without a restart; SIGHUP reloads at once). 0: SIGHUP only.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -155,6 +161,7 @@ class Settings(BaseModel):
     facilitator: Literal["local", "remote"] = "local"
     rpc_url: str | None = None
     gas_key: SecretStr | None = None
+    gas_keys: list[SecretStr] = Field(default_factory=list)
     facilitator_url: str | None = None
     facilitator_headers: dict[str, dict[str, SecretStr]] = Field(default_factory=dict)
     public_url: str | None = None
@@ -168,6 +175,8 @@ class Settings(BaseModel):
     claim_threshold: Decimal = Field(default=Decimal("5"), ge=0)
     claim_poll: float = Field(default=30.0, ge=0)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    price_table_path: Path | None = None
+    reload: float = Field(default=1.0, ge=0)
 
     @model_validator(mode="after")
     def _redis_cluster_url(self) -> Settings:
@@ -270,6 +279,8 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         except PricingError as exc:
             problems.append(str(exc))
     data: dict[str, Any] = {"price_table": table}
+    if isinstance(table_path, str):
+        data["price_table_path"] = (base / table_path).resolve()
 
     providers = {}
     for name, section in (doc.pop("providers", None) or {}).items():
@@ -294,6 +305,19 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     if "gas_keystore" in fac:
         password = secret(fac.pop("gas_keystore_password_env", None), "facilitator.gas_keystore_password_env")
         data["gas_key"] = keystore_key(base / fac.pop("gas_keystore"), password, "facilitator.gas_keystore")
+    more_gas: list[str] = []
+    for name in ("gas_keys_env", "gas_keystores"):
+        if not isinstance(fac.get(name, []), list):
+            problems.append(f"facilitator.{name} must be a list")
+            fac.pop(name)
+    for i, var in enumerate(fac.pop("gas_keys_env", [])):
+        more_gas.append(secret(var, f"facilitator.gas_keys_env[{i}]"))
+    if "gas_keystores" in fac:
+        password = secret(fac.pop("gas_keystores_password_env", None), "facilitator.gas_keystores_password_env")
+        for i, keystore in enumerate(fac.pop("gas_keystores")):
+            more_gas.append(keystore_key(base / str(keystore), password, f"facilitator.gas_keystores[{i}]"))
+    if more_gas:
+        data["gas_keys"] = more_gas
     if "url" in fac:
         data["facilitator_url"] = fac.pop("url")
     if "headers_env" in fac:

@@ -1,0 +1,97 @@
+"""Can the gas wallet pay for settlements? Checked when ``payrouter serve`` starts and by ``/healthz``.
+
+A local facilitator settles every ``exact`` payment (and sends channel deposits, claims and
+refunds) from the operator's gas wallet. A node takes a transaction only when the wallet holds
+its gas limit times its fee cap, so a wallet that cannot cover one settlement makes every paid
+call run the model (the operator pays the upstream) and then fail to settle.
+
+Policy: below one settlement the wallet is ``empty`` (``serve`` refuses to start, ``/healthz``
+is 503); below `LOW_SETTLEMENTS` settlements it is ``low`` (``serve`` logs a warning, ``/healthz``
+says so and stays 200); otherwise ``ok``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from payrouter.chain import ChainClient, ChainError
+from payrouter.facilitator.local import SETTLE_GAS_LIMIT
+
+__all__ = ["LOW_SETTLEMENTS", "GasFunds", "gas_funds"]
+
+LOW_SETTLEMENTS = 100
+_WEI_PER_ETH = 10**18
+
+
+def _eth(wei: int) -> str:
+    whole, frac = divmod(wei, _WEI_PER_ETH)
+    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
+
+
+@dataclass(frozen=True, slots=True)
+class GasFunds:
+    """What the gas wallet holds against what settlements need, at the current fee.
+
+    Attributes:
+        address: the gas wallet.
+        balance_wei: its native balance.
+        per_settlement_wei: what one settlement needs up front (gas limit x fee cap).
+        settlements: how many settlements the balance covers.
+        state: ``empty`` (not one), ``low`` (fewer than `LOW_SETTLEMENTS`) or ``ok``.
+    """
+
+    address: str
+    balance_wei: int
+    per_settlement_wei: int
+    settlements: int
+    state: Literal["ok", "low", "empty"]
+
+    def describe(self) -> str:
+        """One sentence for the operator: address, balance, and what is needed."""
+        needed = LOW_SETTLEMENTS * self.per_settlement_wei
+        text = (
+            f"gas wallet {self.address} holds {_eth(self.balance_wei)} ({self.balance_wei} wei): enough for "
+            f"{self.settlements} settlements; one needs up to {self.per_settlement_wei} wei "
+            f"({SETTLE_GAS_LIMIT} gas at the current fee), {LOW_SETTLEMENTS} need {_eth(needed)}"
+        )
+        if self.state != "ok":
+            text += f"; send the chain's native coin (ETH) to {self.address}"
+        return text
+
+    def as_json(self) -> dict[str, object]:
+        """The ``/healthz`` form (amounts as integer strings of wei)."""
+        return {
+            "address": self.address,
+            "balance_wei": str(self.balance_wei),
+            "per_settlement_wei": str(self.per_settlement_wei),
+            "settlements": self.settlements,
+            "state": self.state,
+        }
+
+
+async def gas_funds(chain: ChainClient, address: str) -> GasFunds:
+    """Read ``address``'s balance and the current fee cap in one round trip.
+
+    Raises:
+        ChainError: the node could not be asked.
+    """
+    balance, block, tip = await chain.batch(
+        [
+            ("eth_getBalance", [address, "latest"]),
+            ("eth_getBlockByNumber", ["latest", False]),
+            ("eth_maxPriorityFeePerGas", []),
+        ]
+    )
+    if isinstance(balance, ChainError):
+        raise balance
+    if isinstance(block, ChainError):
+        raise block
+    priority = int(tip, 16) if isinstance(tip, str) else 10**9
+    # the same fee cap GasSender sends with (ChainClient.fee_per_gas)
+    max_fee = 2 * int(block.get("baseFeePerGas") or "0x0", 16) + priority
+    per = SETTLE_GAS_LIMIT * max(max_fee, 1)
+    wei = int(balance, 16)
+    count = wei // per
+    state: Literal["ok", "low", "empty"] = "empty" if count < 1 else "low" if count < LOW_SETTLEMENTS else "ok"
+    return GasFunds(address, wei, per, count, state)
