@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 import threading
 import time
+from typing import Any
 
 import httpx
 
@@ -72,6 +74,18 @@ def _with_payment(request: httpx.Request, body: bytes, payment: SignedPayment) -
     extensions = {**request.extensions, _RETRY_FLAG: True}
     # type(request): the same class the client uses (httpx, or httpx2 for the openai/anthropic SDKs)
     return type(request)(request.method, request.url, headers=headers, content=body, extensions=extensions)
+
+
+def _package_of(request: httpx.Request) -> str:
+    """The HTTP library the request comes from: ``httpx``, or ``httpx2`` (httpx's successor, which the
+    Anthropic and OpenAI SDKs from PyPI run on; its objects have the same API but other classes)."""
+    return type(request).__module__.partition(".")[0]
+
+
+def _default_transport(package: str, kind: str) -> Any:
+    """``package``'s own ``HTTPTransport`` or ``AsyncHTTPTransport``: a request must be sent by a transport of
+    the library that made it (httpx's transport refuses httpx2's request streams)."""
+    return getattr(importlib.import_module(package), kind)()
 
 
 class _Payer:
@@ -190,7 +204,10 @@ class PaymentTransport(httpx.BaseTransport):
         policy: spending limits; refused payments raise `PaymentRefused` before signing.
         budget: where rolling budgets are kept (default: in memory; use `FileBudgetStore`
             or `RedisBudgetStore` to survive restarts).
-        transport: the transport to wrap (default: httpx's).
+        transport: the transport to wrap (default: the ``HTTPTransport`` of the library each request
+            comes from: httpx's, or httpx2's when this transport serves an ``httpx2.Client``, as the
+            Anthropic and OpenAI SDKs from PyPI need: ``anthropic.Anthropic(...,
+            http_client=httpx2.Client(transport=PaymentTransport(...)))``).
         channels: enables ``batch-settlement`` payment channels (`ChannelOptions`: store,
             deposit sizing, RPC for recovery); None pays ``exact`` only.
         scheme: ``"auto"`` (channels when enabled and offered, else ``exact``), or force
@@ -212,8 +229,21 @@ class PaymentTransport(httpx.BaseTransport):
         scheme: str = "auto",
     ) -> None:
         self._payer = _Payer(signer, policy or SpendingPolicy(), budget, channels, scheme)
-        self._inner = transport or httpx.HTTPTransport()
+        self._given = transport
+        # the default sender per HTTP library (httpx, httpx2), made on its first request
+        self._senders: dict[str, httpx.BaseTransport] = {}
+        self._senders_lock = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}  # one paid request per channel at a time
+
+    def _sender(self, request: httpx.Request) -> httpx.BaseTransport:
+        if self._given is not None:
+            return self._given
+        package = _package_of(request)
+        sender = self._senders.get(package)
+        if sender is None:
+            with self._senders_lock:
+                sender = self._senders.setdefault(package, _default_transport(package, "HTTPTransport"))
+        return sender
 
     @property
     def channel_payer(self) -> ChannelPayer | None:
@@ -222,7 +252,7 @@ class PaymentTransport(httpx.BaseTransport):
         return payer if isinstance(payer, ChannelPayer) else None
 
     def _replay(self, request: httpx.Request, body: bytes, key: str, pending: SignedPayment) -> httpx.Response | None:
-        response = self._inner.handle_request(_with_payment(request, body, pending))
+        response = self._sender(request).handle_request(_with_payment(request, body, pending))
         if pending.scheme == BATCH and response.status_code == 402:
             response.read()
             if self._payer.recover(key, response, pending, None):
@@ -240,7 +270,7 @@ class PaymentTransport(httpx.BaseTransport):
         pending = self._payer.pending_for(key)
         if pending is not None and (replayed := self._replay(request, body, key, pending)) is not None:
             return replayed
-        response = self._inner.handle_request(request)
+        response = self._sender(request).handle_request(request)
         if response.status_code != 402 or request.extensions.get(_RETRY_FLAG):
             return response
         offer = read_offer(response.headers, response.read())
@@ -255,18 +285,19 @@ class PaymentTransport(httpx.BaseTransport):
         payment, reservation = self._payer.pay(key, offer, str(request.url))
         # A transport error here leaves the outcome unknown: the payment stays pending for this
         # request. The body is not read, so streamed answers stream.
-        paid = self._inner.handle_request(_with_payment(request, body, payment))
+        paid = self._sender(request).handle_request(_with_payment(request, body, payment))
         if payment.scheme == BATCH and paid.status_code == 402:
             paid.read()
             if self._payer.recover(key, paid, payment, reservation):
                 paid.close()
                 payment, reservation = self._payer.pay(key, offer, str(request.url))
-                paid = self._inner.handle_request(_with_payment(request, body, payment))
+                paid = self._sender(request).handle_request(_with_payment(request, body, payment))
         self._payer.finish(key, paid, payment, reservation)
         return paid
 
     def close(self) -> None:
-        self._inner.close()
+        for sender in [self._given] if self._given is not None else list(self._senders.values()):
+            sender.close()
 
 
 class AsyncPaymentTransport(httpx.AsyncBaseTransport):
@@ -286,8 +317,18 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
         scheme: str = "auto",
     ) -> None:
         self._payer = _Payer(signer, policy or SpendingPolicy(), budget, channels, scheme)
-        self._inner = transport or httpx.AsyncHTTPTransport()
+        self._given = transport
+        self._senders: dict[str, httpx.AsyncBaseTransport] = {}  # per HTTP library, as in PaymentTransport
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def _sender(self, request: httpx.Request) -> httpx.AsyncBaseTransport:
+        if self._given is not None:
+            return self._given
+        package = _package_of(request)
+        sender = self._senders.get(package)
+        if sender is None:  # one event loop thread: no lock needed
+            sender = self._senders[package] = _default_transport(package, "AsyncHTTPTransport")
+        return sender
 
     @property
     def channel_payer(self) -> ChannelPayer | None:
@@ -298,7 +339,7 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
     async def _replay(
         self, request: httpx.Request, body: bytes, key: str, pending: SignedPayment
     ) -> httpx.Response | None:
-        response = await self._inner.handle_async_request(_with_payment(request, body, pending))
+        response = await self._sender(request).handle_async_request(_with_payment(request, body, pending))
         if pending.scheme == BATCH and response.status_code == 402:
             await response.aread()
             if self._payer.recover(key, response, pending, None):
@@ -316,7 +357,7 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
         pending = self._payer.pending_for(key)
         if pending is not None and (replayed := await self._replay(request, body, key, pending)) is not None:
             return replayed
-        response = await self._inner.handle_async_request(request)
+        response = await self._sender(request).handle_async_request(request)
         if response.status_code != 402 or request.extensions.get(_RETRY_FLAG):
             return response
         offer = read_offer(response.headers, await response.aread())
@@ -329,15 +370,16 @@ class AsyncPaymentTransport(httpx.AsyncBaseTransport):
 
     async def _pay(self, request: httpx.Request, body: bytes, key: str, offer: Offer) -> httpx.Response:
         payment, reservation = self._payer.pay(key, offer, str(request.url))
-        paid = await self._inner.handle_async_request(_with_payment(request, body, payment))
+        paid = await self._sender(request).handle_async_request(_with_payment(request, body, payment))
         if payment.scheme == BATCH and paid.status_code == 402:
             await paid.aread()
             if self._payer.recover(key, paid, payment, reservation):
                 await paid.aclose()
                 payment, reservation = self._payer.pay(key, offer, str(request.url))
-                paid = await self._inner.handle_async_request(_with_payment(request, body, payment))
+                paid = await self._sender(request).handle_async_request(_with_payment(request, body, payment))
         self._payer.finish(key, paid, payment, reservation)
         return paid
 
     async def aclose(self) -> None:
-        await self._inner.aclose()
+        for sender in [self._given] if self._given is not None else list(self._senders.values()):
+            await sender.aclose()
