@@ -21,14 +21,19 @@ from payrouter.facilitator.sender import GasSender
 from payrouter.journal import DeferredWrites, Journal
 from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
+from payrouter.metrics.middleware import REQUEST_LOG_STATE, RequestMetrics
+from payrouter.quote_seal import QuoteSeal
 from payrouter.quoting import Quoter
 from payrouter.reconciler import Reconciler, Resolver
+from payrouter.request_log import RequestLog
+from payrouter.reload import LiveRouting, LiveServices, Reloader, build_router
 from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions, messages
+from payrouter.routes.dashboard import dashboard_routes
 from payrouter.routes.health import healthz, model_health
+from payrouter.routes.metrics import metrics_endpoint
 from payrouter.routes.openapi import openapi
-from payrouter.routing import Router, RoutingEngine
-from payrouter.routing.predictor import QualityPredictor
+from payrouter.routing import Router
 from payrouter.services import Services
 from payrouter.serving_limits import BodyTimeout
 from payrouter.settings import ConfigError, Settings
@@ -51,8 +56,7 @@ log = logging.getLogger("payrouter")
 
 
 def _default_router(settings: Settings, health: HealthTracker) -> Router:
-    path = settings.price_table.routing.predictor
-    return RoutingEngine(QualityPredictor.load(path) if path else None, health=health.healthy)
+    return build_router(settings.price_table, health.healthy)
 
 
 async def _open_batch_scheme(
@@ -108,7 +112,8 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
     Args:
         settings: validated service settings.
         router: the routing engine; by default a `RoutingEngine` with the price table's trained
-            predictor (if it names one) and quality profiles otherwise.
+            predictor, or the packaged default router when the table names none (the price
+            table and its router file are then reloaded live, `payrouter.reload`).
         backend: the chain client and facilitator to use instead of the ones ``settings``
             describe (in-process tests of the gate; the caller owns and closes them).
     """
@@ -159,6 +164,7 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 journal=journal,
                 deferred=deferred,
                 resolver=resolver,
+                quotes=QuoteSeal(store),
             )
             batch = await _open_batch_scheme(settings, store, chain, journal, stack) if BATCH in table.schemes else None
             services.schemes = build_schemes(table, batch)
@@ -170,8 +176,20 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
             if settings.reconcile_interval > 0:
                 reconciler.start()
                 stack.push_async_callback(reconciler.stop)
+            request_log = RequestLog(settings.request_log)
+            stack.callback(request_log.close)
             log.info("payrouter ready: %d models on %s", len(table.models), table.network)
-            yield {"services": services}
+            live = LiveRouting(
+                services,
+                settings.price_table_path,
+                set(settings.providers),
+                (lambda _table: router) if router is not None else None,
+            )
+            if settings.price_table_path is not None:
+                reloader = Reloader(live, settings.reload)
+                reloader.start()
+                stack.push_async_callback(reloader.stop)
+            yield {"services": services, "live_routing": live, REQUEST_LOG_STATE: request_log}
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -181,8 +199,12 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/health/models", model_health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *dashboard_routes(settings.dashboard),
     ]
     middleware = [
+        Middleware(RequestMetrics, paths=[getattr(r, "path", "") for r in routes]),
+        Middleware(LiveServices),
         Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
