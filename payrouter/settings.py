@@ -73,6 +73,10 @@ class ServerSettings(BaseModel):
             on a connection beyond it gets 503 and the connection is closed (per worker).
         workers: server processes sharing the port (``payrouter serve --workers`` overrides);
             more than one needs ``redis_url``. About one per core.
+        unpaid_rate: unpaid requests (402 quotes, refused payments) one client address may
+            sustain per second, per worker; each accepted payment gives its quote's back, so
+            paying clients are not limited. 0: no limit.
+        unpaid_burst: how many unpaid requests a client may make at once.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -84,6 +88,8 @@ class ServerSettings(BaseModel):
     keep_alive_timeout: int = Field(default=5, ge=1)
     max_concurrency: int = Field(default=512, ge=1)
     workers: int = Field(default=1, ge=1)
+    unpaid_rate: float = Field(default=10.0, ge=0)
+    unpaid_burst: int = Field(default=100, ge=1)
 
 
 class DashboardSettings(BaseModel):
@@ -146,6 +152,8 @@ class Settings(BaseModel):
         claim_poll: seconds between the claimer's passes (each reads every channel and its
             withdrawals; keep it well under the withdraw delay). 0: no background claimer.
         dashboard: the operator dashboard (off without a token).
+        request_log: file the request log is appended to, one JSON line per paid or refused
+            request (``"-"``: standard output; None: off). `payrouter logs` reads it.
         price_table_path: the file ``price_table`` was loaded from (set by `load_settings`).
         reload: seconds between checks of the price table and its router file for changes
             (a changed file is reloaded without a restart; SIGHUP reloads at once). 0: SIGHUP only.
@@ -175,6 +183,7 @@ class Settings(BaseModel):
     claim_threshold: Decimal = Field(default=Decimal("5"), ge=0)
     claim_poll: float = Field(default=30.0, ge=0)
     dashboard: DashboardSettings = Field(default_factory=DashboardSettings)
+    request_log: str | None = None
     price_table_path: Path | None = None
     reload: float = Field(default=1.0, ge=0)
 
@@ -351,6 +360,8 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
         if token:
             dashboard["token"] = token
     data["dashboard"] = dashboard
+    if isinstance(doc.get("request_log"), str) and doc["request_log"] not in ("", "-"):
+        doc["request_log"] = str(base / doc["request_log"])  # relative to the config file, like the price table
     data.update(doc)
     settings: Settings | None = None
     if table is not None:

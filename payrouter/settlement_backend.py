@@ -76,8 +76,14 @@ async def open_settlement_backend(settings: Settings, store: Store, stack: Async
             raise ConfigError(f"rpc_url serves chain {chain_id}, the price table wants {table.network}")
         await wait_until_deployed(chain, table.asset.address)
         gas = LocalSigner(settings.gas_key.get_secret_value())
+        more_gas = [LocalSigner(key.get_secret_value()) for key in settings.gas_keys]
         local = LocalFacilitator(
-            ChainClient(settings.rpc_url), gas, store, chain_id, receipt_timeout=settings.receipt_timeout
+            ChainClient(settings.rpc_url),
+            gas,
+            store,
+            chain_id,
+            receipt_timeout=settings.receipt_timeout,
+            more_gas_wallets=more_gas,
         )
         stack.push_async_callback(local.close)
         facilitator = local

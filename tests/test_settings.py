@@ -102,6 +102,28 @@ def test_gas_key_from_keystore(tmp_path: Path) -> None:
         load_settings(path, {"GAS_PW": "nope"})
 
 
+def test_more_gas_wallets_from_env_and_keystores(tmp_path: Path) -> None:
+    stored = [LocalSigner.generate() for _ in range(2)]
+    for i, signer in enumerate(stored):
+        save_keystore(signer, tmp_path / f"gas{i}.json", "pw", scrypt_n=2**10)
+    from_env = LocalSigner.generate()
+    path = _write(
+        tmp_path,
+        f'[facilitator]\nrpc_url = "http://127.0.0.1:8545"\ngas_key_env = "GAS"\ngas_keys_env = ["GAS_2"]\n'
+        f'gas_keystores = ["gas0.json", "gas1.json"]\ngas_keystores_password_env = "GAS_PW"\n{PROVIDERS}',
+    )
+    env = {"GAS": GAS, "GAS_2": from_env.unsafe_export_private_key(), "GAS_PW": "pw"}
+    settings = load_settings(path, env)
+    addresses = [LocalSigner(k.get_secret_value()).address for k in settings.gas_keys]
+    assert addresses == [from_env.address, stored[0].address, stored[1].address]
+    assert from_env.unsafe_export_private_key()[2:] not in repr(settings) + settings.model_dump_json()
+    with pytest.raises(ConfigError, match=r"GAS_2 \(facilitator.gas_keys_env\[0\]\)"):
+        load_settings(path, {"GAS": GAS, "GAS_PW": "pw"})
+    path.write_text(path.read_text().replace('["GAS_2"]', '"GAS_2"'))
+    with pytest.raises(ConfigError, match="gas_keys_env must be a list"):
+        load_settings(path, env)
+
+
 def test_unreadable_config(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "nope.toml", {})

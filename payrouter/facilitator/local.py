@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
+from payrouter import metrics
 from payrouter.chain import (
     ChainClient,
     ChainError,
@@ -15,7 +17,7 @@ from payrouter.chain import (
 )
 from payrouter.facilitator.base import SettleResult
 from payrouter.facilitator.onchain import find_settlement, has_transfer
-from payrouter.facilitator.sender import GasSender
+from payrouter.facilitator.sender import GasPool, GasSender
 from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.requirements import Requirements
@@ -52,7 +54,9 @@ class LocalFacilitator:
     Args:
         chain: JSON-RPC client of the settlement chain.
         gas_wallet: pays gas for ``transferWithAuthorization`` (never receives payments).
-        store: shared store; its lock serialises nonce use of ``gas_wallet`` across workers.
+        store: shared store; its lock serialises nonce use of each gas wallet across workers.
+        more_gas_wallets: further gas wallets; a settlement is sent from whichever is free
+            (`GasPool`), so settlements are not serialised on one wallet's nonce.
         receipt_timeout: seconds to wait for a settlement to be mined before answering
             ``settlement_pending``.
     """
@@ -64,16 +68,22 @@ class LocalFacilitator:
         store: Store,
         chain_id: int,
         receipt_timeout: float = 30.0,
+        more_gas_wallets: Sequence[TransactionSigner] = (),
     ) -> None:
         self._chain = chain
         self._gas = gas_wallet
         self._receipt_timeout = receipt_timeout
-        self._sender = GasSender(chain, gas_wallet, store, chain_id)
+        self._pool = GasPool([GasSender(chain, w, store, chain_id) for w in (gas_wallet, *more_gas_wallets)])
 
     @property
     def sender(self) -> GasSender:
-        """The gas-wallet sender settlements go through (share it to share its fee cache)."""
-        return self._sender
+        """The first gas wallet's sender (share it to share its fee cache)."""
+        return self._pool.senders[0]
+
+    @property
+    def gas_pool(self) -> GasPool:
+        """Every gas wallet's sender; settlements go through it."""
+        return self._pool
 
     async def close(self) -> None:
         await self._chain.close()
@@ -150,7 +160,7 @@ class LocalFacilitator:
         network = requirements.network
         data = bytes.fromhex(encode_transfer_with_authorization(auth, payment.signature)[2:])
         try:
-            tx_hash, receipt = await self._sender.send(requirements.asset, data, SETTLE_GAS_LIMIT)
+            tx_hash, receipt = await self._pool.send(requirements.asset, data, SETTLE_GAS_LIMIT)
         except SettlementInDoubt as exc:
             raise SettlementInDoubt(exc.message, auth.from_, exc.transaction) from None
         except (ChainError, StoreError) as exc:
@@ -160,6 +170,8 @@ class LocalFacilitator:
                 receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
             except ChainError as exc:
                 raise SettlementInDoubt(f"transaction sent, receipt unavailable ({exc})", auth.from_, tx_hash) from None
+            if receipt is not None:
+                metrics.GAS_SPENT.inc(receipt.gas_wei)
         if receipt is None:
             raise SettlementInDoubt("transaction sent but not mined in time", auth.from_, tx_hash)
         if receipt.status == 1 and has_transfer(receipt, payment, requirements):

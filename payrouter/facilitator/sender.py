@@ -1,20 +1,30 @@
-"""Sending transactions from the operator's gas wallet, one nonce at a time across workers."""
+"""Sending transactions from the operator's gas wallets, one nonce at a time per wallet across workers.
+
+One wallet sends one transaction at a time (its nonce lock is held from reading the nonce to
+the node accepting the transaction: a round trip to the node, ~50 ms to a hosted RPC), which
+caps settlements at about 1 / that round trip per wallet. `GasPool` spreads sends over several
+wallets, each with its own nonce sequence.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
 import time
+from collections.abc import Sequence
 
 from eth_typing import ChecksumAddress
 from eth_utils.crypto import keccak
 
+from payrouter import metrics
 from payrouter.chain import ChainClient, ChainError, Receipt, ReplyLost
 from payrouter.store import keys
 from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import SettlementInDoubt
 from wallets import Eip1559Transaction, TransactionSigner
 
-__all__ = ["GasSender"]
+__all__ = ["GasPool", "GasSender"]
 
 # Fees are re-read at most this often: one RPC per transaction is a noticeable share of a
 # settlement, and a 10 s old base fee is covered by the 2x head room of ``fee_per_gas``.
@@ -53,6 +63,9 @@ class GasSender:
         self._chain_id = chain_id
         self._fee: tuple[int, int] | None = None
         self._fee_at = 0.0
+        # Senders of this process queue here, so one of them at a time polls the store lock.
+        self._local = asyncio.Lock()
+        self._waiting = 0
 
     def __repr__(self) -> str:
         return f"GasSender(address={self._gas.address}, chain_id={self._chain_id})"
@@ -61,6 +74,16 @@ class GasSender:
     def address(self) -> ChecksumAddress:
         """The gas wallet's address (the ``from`` of every transaction sent)."""
         return self._gas.address
+
+    @property
+    def busy(self) -> bool:
+        """A send of this process holds (or waits for) the wallet."""
+        return self._waiting > 0
+
+    @property
+    def waiting(self) -> int:
+        """Sends of this process in progress or queued on the wallet."""
+        return self._waiting
 
     async def fees(self) -> tuple[int, int]:
         """``(maxFeePerGas, maxPriorityFeePerGas)``, cached for 10 s.
@@ -87,7 +110,24 @@ class GasSender:
                 holds the hash; ``payer`` is None, the caller knows it).
             ChainError, StoreError: nothing was sent.
         """
-        max_fee, tip = await self.fees()
+        self._waiting += 1
+        try:
+            max_fee, tip = await self.fees()
+            try:
+                if self._local.locked():
+                    await asyncio.wait_for(self._local.acquire(), _LOCK_TIMEOUT)
+                else:
+                    await self._local.acquire()  # free: no timer, no task
+            except TimeoutError:
+                raise StoreError(f"gas wallet {self._gas.address} busy for {_LOCK_TIMEOUT} s") from None
+            try:
+                return await self._send_locked(to, data, gas, max_fee, tip)
+            finally:
+                self._local.release()
+        finally:
+            self._waiting -= 1
+
+    async def _send_locked(self, to: str, data: bytes, gas: int, max_fee: int, tip: int) -> tuple[str, Receipt | None]:
         nonce_key = keys.gas_nonce(self._chain_id, self._gas.address)
         async with self._store.lock(nonce_key, timeout_seconds=_LOCK_TIMEOUT):
             cached = await self._store.get(nonce_key)
@@ -123,5 +163,58 @@ class GasSender:
                     await self._store.put(nonce_key, str(nonce + 1).encode(), _NONCE_TTL)
                 except StoreError:
                     pass  # the transaction is out; the next send re-reads the nonce on conflict
+                if sent[1] is not None:  # mined on arrival (else the waiter counts it: `wait_for_receipt`)
+                    metrics.GAS_SPENT.inc(sent[1].gas_wei)
                 return sent
         raise ChainError("unreachable")  # pragma: no cover
+
+
+class GasPool:
+    """Several gas wallets behind `GasSender`'s interface: each send goes from a wallet no send of
+    this process is using (taking turns), or, when all are in use, queues on the least busy.
+
+    Each wallet keeps its own nonce sequence and store lock, so instances sharing the store
+    never collide; two instances may pick the same wallet at once, and then one waits for the
+    other's send (milliseconds), as with a single wallet.
+
+    Args:
+        senders: one `GasSender` per wallet (at least one); the first is the pool's `address`
+            (the ``from`` of simulations).
+    """
+
+    def __init__(self, senders: Sequence[GasSender]) -> None:
+        if not senders:
+            raise ValueError("a gas pool needs at least one wallet")
+        self._senders = list(senders)
+        self._turn = itertools.cycle(range(len(self._senders)))
+
+    def __repr__(self) -> str:
+        return f"GasPool({', '.join(s.address for s in self._senders)})"
+
+    @property
+    def senders(self) -> list[GasSender]:
+        """The wallets' senders, in configuration order."""
+        return list(self._senders)
+
+    @property
+    def address(self) -> ChecksumAddress:
+        """The first wallet's address."""
+        return self._senders[0].address
+
+    async def fees(self) -> tuple[int, int]:
+        """See `GasSender.fees` (the first wallet's cache; fees do not depend on the wallet)."""
+        return await self._senders[0].fees()
+
+    def pick(self) -> GasSender:
+        """The wallet the next send goes from."""
+        start = next(self._turn)
+        count = len(self._senders)
+        for i in range(count):
+            sender = self._senders[(start + i) % count]
+            if not sender.busy:
+                return sender
+        return min(self._senders, key=lambda s: s.waiting)
+
+    async def send(self, to: str, data: bytes, gas: int) -> tuple[str, Receipt | None]:
+        """`GasSender.send` from the wallet `pick` chooses."""
+        return await self.pick().send(to, data, gas)
