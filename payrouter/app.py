@@ -26,6 +26,7 @@ from payrouter.reconciler import Reconciler, Resolver
 from payrouter.reload import LiveRouting, LiveServices, Reloader, build_router
 from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions, messages
+from payrouter.routes.dashboard import dashboard_routes
 from payrouter.routes.health import healthz, model_health
 from payrouter.routes.openapi import openapi
 from payrouter.routing import Router
@@ -191,6 +192,7 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/health/models", model_health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *dashboard_routes(settings.dashboard),
     ]
     middleware = [
         Middleware(LiveServices),

@@ -1,0 +1,63 @@
+"""Everything one dashboard refresh shows, as one JSON-ready document."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from payrouter.dashboard.current import current_state, read_registry
+from payrouter.dashboard.history import Window, history, open_payments, read_window
+from payrouter.services import Services
+from payrouter.store import StoreError
+
+__all__ = ["dashboard_data"]
+
+# every read of the store is bounded in time: a slow Redis shows as an error on the page, not a hung refresh
+_STORE_TIMEOUT = 5.0
+
+
+async def dashboard_data(services: Services, window: Window, max_records: int) -> dict[str, Any]:
+    """The data of every panel.
+
+    ``current``: this instance's Prometheus registry (since its workers started);
+    ``history`` and ``payments``: the payment journal (every instance, survives restarts);
+    ``health``: model health shared through the store. A part that cannot be read is null and
+    its failure is listed in ``errors``. Money is in integer strings of atomic units of ``asset``.
+    """
+    now_ms = int(time.time() * 1000)
+    start_ms, bucket_ms = window.bounds(now_ms)
+    table = services.table
+    errors: list[str] = []
+    doc: dict[str, Any] = {
+        "now_ms": now_ms,
+        "window": {"name": window.name, "seconds": window.seconds, "bucket_seconds": window.bucket_seconds},
+        "asset": {"address": table.asset.address, "name": table.asset.name, "decimals": table.asset.decimals},
+        "network": table.network,
+        "catalog": [m.id for m in table.models],
+        "current": current_state(read_registry()),
+        "history": None,
+        "payments": None,
+        "health": None,
+        "errors": errors,
+    }
+    try:
+        records, complete_from = await asyncio.wait_for(
+            read_window(services.journal, start_ms, now_ms, bucket_ms, max_records), _STORE_TIMEOUT
+        )
+        doc["history"] = {
+            **history(records, start_ms, now_ms, bucket_ms),
+            "records_read": len(records),
+            "complete_from_ms": complete_from,
+        }
+    except (StoreError, TimeoutError) as exc:
+        errors.append(f"journal history unavailable: {exc.__class__.__name__}")
+    try:
+        doc["payments"] = await asyncio.wait_for(open_payments(services.journal, now_ms=now_ms), _STORE_TIMEOUT)
+    except (StoreError, TimeoutError) as exc:
+        errors.append(f"open payments unavailable: {exc.__class__.__name__}")
+    try:
+        doc["health"] = await asyncio.wait_for(services.health.snapshot(), _STORE_TIMEOUT)
+    except (StoreError, TimeoutError) as exc:
+        errors.append(f"model health unavailable: {exc.__class__.__name__}")
+    return doc
