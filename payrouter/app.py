@@ -21,13 +21,16 @@ from payrouter.facilitator.sender import GasSender
 from payrouter.journal import DeferredWrites, Journal
 from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
+from payrouter.metrics.middleware import REQUEST_LOG_STATE, RequestMetrics
 from payrouter.quoting import Quoter
 from payrouter.reconciler import Reconciler, Resolver
 from payrouter.reload import LiveRouting, LiveServices, Reloader, build_router
+from payrouter.request_log import RequestLog
 from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions, messages
 from payrouter.routes.dashboard import dashboard_routes
 from payrouter.routes.health import healthz, model_health
+from payrouter.routes.metrics import metrics_endpoint
 from payrouter.routes.openapi import openapi
 from payrouter.routing import Router
 from payrouter.services import Services
@@ -171,6 +174,8 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
             if settings.reconcile_interval > 0:
                 reconciler.start()
                 stack.push_async_callback(reconciler.stop)
+            request_log = RequestLog(settings.request_log)
+            stack.callback(request_log.close)
             log.info("payrouter ready: %d models on %s", len(table.models), table.network)
             live = LiveRouting(
                 services,
@@ -182,7 +187,7 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 reloader = Reloader(live, settings.reload)
                 reloader.start()
                 stack.push_async_callback(reloader.stop)
-            yield {"services": services, "live_routing": live}
+            yield {"services": services, "live_routing": live, REQUEST_LOG_STATE: request_log}
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -192,9 +197,11 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/health/models", model_health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         *dashboard_routes(settings.dashboard),
     ]
     middleware = [
+        Middleware(RequestMetrics, paths=[getattr(r, "path", "") for r in routes]),
         Middleware(LiveServices),
         Middleware(
             CORSMiddleware,

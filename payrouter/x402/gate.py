@@ -17,6 +17,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.chat import InvalidRequest, parse_chat_request, parse_messages_request, request_digest
+from payrouter.metrics import calls as observed
 from payrouter.quoting import PricedRoute, save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
@@ -52,6 +53,7 @@ def offers(
 
 async def _quote(call: PaidRequest) -> PricedRoute:
     priced = call.services.quoter.price(call.request, call.constraints)
+    observed.quoted(call.scope["path"], priced.decision, call.services.schemes)
     await save_quote(call.services.store, call.digest, priced)
     return priced
 
@@ -59,6 +61,7 @@ async def _quote(call: PaidRequest) -> PricedRoute:
 async def _reject(call: PaidRequest, exc: PaymentError, scheme: str | None, send: Send) -> None:
     # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
     priced = await _quote(call)
+    observed.refused(call.scope, scheme, exc.reason, exc.message, exc.payer, priced)
     log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
     extra = exc.offer_extra if isinstance(exc, PaymentRejected) else None
     await send_response(
@@ -143,6 +146,7 @@ class PaymentGate:
                         f"scheme {envelope.scheme!r} is not offered; offered: {', '.join(services.schemes)}",
                     )
                 scheme_name = scheme.name
+                observed.scheme_chosen(scope, scheme_name)
                 await scheme.serve(call, envelope, send)
             except PaymentRejected as exc:
                 await _reject(call, exc, scheme_name, send)

@@ -34,6 +34,7 @@ from typing import Any, NoReturn
 import anyio
 from starlette.types import Message, Send
 
+from payrouter import metrics
 from payrouter.chain import ChainError
 from payrouter.channels import ChannelState, ChannelStore, Reserved
 from payrouter.channels.contract import (
@@ -45,6 +46,8 @@ from payrouter.channels.contract import (
 )
 from payrouter.channels.records import claim_record
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
+from payrouter.metrics import calls as observed
+from payrouter.metrics.timing import timed
 from payrouter.quoting import PricedRoute, load_quote
 from payrouter.store import StoreError
 from payrouter.x402.asgi import json_error, replay_body, run_handler, send_response
@@ -71,6 +74,9 @@ _VALID_BEFORE_MARGIN = 6
 # The reservation outlives the quote's lifetime by this much (the model call must finish
 # within the quote's timeout; the slack covers committing).
 _RESERVE_SLACK_S = 60
+# a voucher is verified by its signature alone, and "settled" (charged) by committing it
+_VERIFY_SECONDS = metrics.VERIFY_SECONDS.labels(scheme=BATCH)
+_SETTLE_SECONDS = metrics.SETTLE_SECONDS.labels(scheme=BATCH)
 
 
 def voucher_record_id(channel_id: str, charged_before: int) -> str:
@@ -430,12 +436,15 @@ class BatchScheme:
             raise PaymentRejected(
                 ChannelReason.REFUND_PAYLOAD, "a refund is asked for with GET on this URL, not with a request", payer
             )
+        checking = time.perf_counter()
         channel_id = self._check(payload, envelope)  # memory only, before any round trip
+        _VERIFY_SECONDS.observe(time.perf_counter() - checking)
         token = secrets.token_hex(16)
         deposited = ("", 0)
         if payload.kind == "deposit":
             priced = await self._quote(call, envelope, payer)
             deposited = await self._deposit(call, payload, channel_id)
+            observed.deposit_sent(call.scope, deposited[0])
             reserved = await self._reserve(payload, channel_id, priced.requirements.amount, token)
         else:
             # The quote and the reservation in one round trip: the reservation takes the amount
@@ -610,10 +619,14 @@ class BatchScheme:
         """Charge the channel and journal it (both at once: one round trip each, in parallel)."""
         usage = _usage_fields(paid, self.table, record)
         settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
-        committed, written = await asyncio.gather(
-            self.store.commit(channel_id, token, charge),
-            call.services.journal.advance(settled, [State.CLAIMED]),
-            return_exceptions=True,
+        observed.committed(call.scope, settled)
+        committed, written = await timed(
+            asyncio.gather(
+                self.store.commit(channel_id, token, charge),
+                call.services.journal.advance(settled, [State.CLAIMED]),
+                return_exceptions=True,
+            ),
+            _SETTLE_SECONDS,
         )
         if isinstance(written, BaseException):
             log.warning("voucher %s: journal write deferred (%s)", record.id, written)

@@ -17,7 +17,10 @@ import time
 import anyio
 from starlette.types import Send
 
+from payrouter import metrics
 from payrouter.journal import Exposure, State, StoredAnswer
+from payrouter.metrics import calls as observed
+from payrouter.metrics.timing import timed
 from payrouter.quoting import PricedRoute, load_quote
 from payrouter.reconciler import MAX_RECORD_LIFE_S
 from payrouter.store import StoreError, keys
@@ -40,6 +43,7 @@ EXACT = "exact"
 # Slack beyond the quote's lifetime for anything an authorization's validBefore drives (the
 # model call's deadline, a stream's exposure entry): a far-future validBefore stretches nothing.
 _CLAIM_SLACK = 120
+_VERIFY_SECONDS = metrics.VERIFY_SECONDS.labels(scheme=EXACT)
 # How long a paid response stays replayable under its payment-identifier.
 _PAYMENT_ID_TTL = 24 * 3600
 
@@ -142,7 +146,7 @@ class ExactScheme:
         try:
             opened, verified = await asyncio.gather(
                 services.journal.open(record, exposure),
-                services.facilitator.verify(payment, requirements),
+                timed(services.facilitator.verify(payment, requirements), _VERIFY_SECONDS),
                 return_exceptions=True,
             )
         except BaseException:  # cancelled (client gone): give our claim back if it was taken
@@ -163,6 +167,7 @@ class ExactScheme:
                 auth.from_,
             )
         attempt = PaymentAttempt(services, payment, priced, opened.record)
+        observed.holds(scope, attempt)
         if isinstance(verified, BaseException):
             reason = verified.reason if isinstance(verified, PaymentRejected) else Reason.UNEXPECTED_VERIFY
             with anyio.CancelScope(shield=True):
