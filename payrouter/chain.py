@@ -113,6 +113,7 @@ class Receipt:
     status: int
     block_number: int
     logs: list[dict[str, Any]]
+    gas_wei: int = 0  # gasUsed x effectiveGasPrice: what the sender paid
 
 
 def _revert_from_error(error: dict[str, Any]) -> RevertError:
@@ -277,6 +278,7 @@ class ChainClient:
             status=int(raw["status"], 16),
             block_number=int(raw["blockNumber"], 16),
             logs=raw.get("logs") or [],
+            gas_wei=int(raw.get("gasUsed") or "0x0", 16) * int(raw.get("effectiveGasPrice") or "0x0", 16),
         )
 
     async def receipt(self, tx_hash: str) -> Receipt | None:

@@ -21,6 +21,7 @@ from eth_abi.abi import decode as abi_decode
 from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
+from payrouter import metrics
 from payrouter.chain import ChainClient, ChainError, Receipt, RevertError
 from payrouter.facilitator.sender import GasSender
 from payrouter.x402.errors import SettlementInDoubt
@@ -559,6 +560,8 @@ class BatchSettlementContract:
                 receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
             except ChainError as exc:
                 raise ChannelTxInDoubt(f"sent, receipt unavailable ({exc})", tx_hash) from None
+            if receipt is not None:
+                metrics.GAS_SPENT.inc(receipt.gas_wei)
         if receipt is None:
             raise ChannelTxInDoubt("sent, not mined in time", tx_hash)
         if receipt.status != 1:

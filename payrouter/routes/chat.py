@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Scope
 
+from payrouter import metrics
 from payrouter.http_errors import error_body, error_response
 from payrouter.messages import chat_to_message, chunks_to_events
+from payrouter.metrics import calls as observed
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
 from payrouter.upstream import UpstreamError
@@ -28,8 +32,9 @@ def _has_content(chunk: dict[str, Any]) -> bool:
     return False
 
 
-async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -> Response:
+async def _stream(services: Services, call: PaidCall, scope: Scope, anthropic: bool = False) -> Response:
     priced = call.route
+    started = time.perf_counter()
     try:
         model_id, stream, attempts = await services.upstreams.stream(
             call.request.provider_body(), priced.decision, services.table, priced.requirements.amount, call.deadline
@@ -38,6 +43,8 @@ async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -
         return error_response(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
     # the payment gate reads these to decide what to charge when the stream ends
     call.answered_by = model_id
+    completion_id = str(stream.first.get("id") or "")
+    observed.answered(scope, completion_id.replace("chatcmpl", "msg", 1) if anthropic else completion_id)
 
     async def tracked() -> AsyncIterator[dict[str, Any]]:
         async for chunk in stream.chunks():
@@ -52,6 +59,10 @@ async def _stream(services: Services, call: PaidCall, anthropic: bool = False) -
                 usage["payrouter"] = _charge_report(services.table, call, attempts)
             yield chunk
         call.completed = True
+        took = time.perf_counter() - started  # failovers before the first chunk included
+        provider = services.table.model(model_id).provider
+        metrics.UPSTREAM_SECONDS.labels(provider=provider, model=model_id).observe(took)
+        observed.model_time(scope, took * 1000)
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -90,16 +101,19 @@ def _route_headers(model: str, priced: PricedRoute, charge: int) -> dict[str, st
     }
 
 
-async def _complete(services: Services, call: PaidCall) -> tuple[str, dict[str, Any]] | JSONResponse:
+async def _complete(services: Services, call: PaidCall, scope: Scope) -> tuple[str, dict[str, Any]] | JSONResponse:
     """Run the non-streaming call: ``(answering model, OpenAI body with usage.payrouter)``, or a 502."""
     priced = call.route
     table = services.table
+    started = time.perf_counter()
     try:
         answer = await services.upstreams.complete(
             call.request.provider_body(), priced.decision, table, priced.requirements.amount, call.deadline
         )
     except UpstreamError as exc:
+        observed.model_time(scope, (time.perf_counter() - started) * 1000)
         return error_response(502, f"the model call failed ({exc}); your payment was not settled", "upstream_error")
+    observed.model_time(scope, (time.perf_counter() - started) * 1000)
     completion = answer.completion
     call.answered_by, call.input_tokens, call.output_tokens = (
         answer.model,
@@ -142,11 +156,12 @@ async def chat_completions(request: Request) -> Response:
     services: Services = request.state.services
     call = paid_call(request.scope)
     if call.request.stream:
-        return await _stream(services, call)
-    done = await _complete(services, call)
+        return await _stream(services, call, request.scope)
+    done = await _complete(services, call, request.scope)
     if isinstance(done, JSONResponse):
         return done
     model, body = done
+    observed.answered(request.scope, str(body.get("id") or ""))
     return JSONResponse(body, headers=_route_headers(model, call.route, call.charge(services.table)))
 
 
@@ -155,11 +170,11 @@ async def messages(request: Request) -> Response:
     services: Services = request.state.services
     call = paid_call(request.scope)
     if call.request.stream:
-        return await _stream(services, call, anthropic=True)
-    done = await _complete(services, call)
+        return await _stream(services, call, request.scope, anthropic=True)
+    done = await _complete(services, call, request.scope)
     if isinstance(done, JSONResponse):
         return done
     model, body = done
-    return JSONResponse(
-        chat_to_message(body, model), headers=_route_headers(model, call.route, call.charge(services.table))
-    )
+    message = chat_to_message(body, model)
+    observed.answered(request.scope, str(message.get("id") or ""))
+    return JSONResponse(message, headers=_route_headers(model, call.route, call.charge(services.table)))

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from payrouter import metrics
 from payrouter.store import Store, StoreError, keys
 
 __all__ = ["BreakerPolicy", "HealthTracker"]
@@ -100,6 +101,7 @@ class HealthTracker:
         """Open ``model``'s breaker for ``seconds`` on every instance."""
         until = time.time() + seconds
         self._open_until[model] = until
+        metrics.BREAKER_OPEN.labels(model=model).set(1)  # closing is seen when scraped (`healthy`)
         await self.store.put(
             keys.health_breaker(model), json.dumps({"until": until, "reason": reason}).encode(), seconds
         )

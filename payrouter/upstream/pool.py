@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from payrouter import metrics
 from payrouter.routing import RouteDecision
 from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.openai import Completion, UpstreamError, UpstreamStream
@@ -87,14 +88,20 @@ class UpstreamPool:
         deadline: float | None,
         call: Callable[[Provider, ModelPrice], Awaitable[T]],
         output_tokens: Callable[[T], int],
+        whole: bool,
     ) -> tuple[str, T, int]:
         """Try the candidates in order; return ``(model, result, attempts)`` of the first success.
 
         Every outcome is recorded in the shared health. A non-retryable error (the request
-        itself is bad; another model would refuse it too) stops at once.
+        itself is bad; another model would refuse it too) stops at once. ``whole``: ``call``
+        returns the whole answer (its first byte and last byte are timed at once).
         """
         last: UpstreamError | None = None
+        failed = ""
         for attempt, model_id in enumerate(self._candidates(decision, table, paid, deadline), start=1):
+            if failed:
+                metrics.FAILOVERS.labels(from_model=failed, to_model=model_id).inc()
+            failed = model_id  # until it succeeds
             model = table.model(model_id)
             adapter = self._adapters.get(model.provider)
             if adapter is None:
@@ -109,7 +116,11 @@ class UpstreamPool:
                     raise
                 last = exc
                 continue
-            self._succeeded(model_id, started, time.perf_counter(), output_tokens(result))
+            answered = time.perf_counter()
+            self._succeeded(model_id, started, answered, output_tokens(result))
+            metrics.UPSTREAM_FIRST_BYTE.labels(provider=model.provider, model=model_id).observe(answered - started)
+            if whole:  # a stream's last byte is timed where it ends (`payrouter.routes.chat`)
+                metrics.UPSTREAM_SECONDS.labels(provider=model.provider, model=model_id).observe(answered - started)
             return model_id, result, attempt
         assert last is not None
         raise last
@@ -132,6 +143,7 @@ class UpstreamPool:
             deadline,
             lambda adapter, model: adapter.stream(body, model.upstream_model, decision.output_tokens),
             lambda _stream: 0,
+            whole=False,
         )
 
     async def complete(
@@ -150,5 +162,6 @@ class UpstreamPool:
             deadline,
             lambda adapter, model: adapter.chat(body, model.upstream_model, decision.output_tokens),
             lambda result: result.output_tokens,
+            whole=True,
         )
         return Answer(model=model_id, completion=completion, attempts=attempts)

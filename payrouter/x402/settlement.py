@@ -20,7 +20,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from payrouter import metrics
 from payrouter.journal import PaymentRecord, State, StoredAnswer, now_ms
+from payrouter.metrics.timing import timed
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
 from payrouter.store import StoreError
@@ -218,7 +220,10 @@ class PaymentAttempt:
     async def _settle_recorded(self) -> SettleOutcome:
         requirements, record = self.priced.requirements, self.record
         try:
-            result = await self.services.facilitator.settle(self.payment, requirements)
+            result = await timed(
+                self.services.facilitator.settle(self.payment, requirements),
+                metrics.SETTLE_SECONDS.labels(scheme=record.scheme),
+            )
         except SettlementInDoubt as exc:
             log.warning(
                 "settlement pending: payer=%s nonce=%s tx=%s (%s)", record.payer, record.nonce, exc.transaction, exc
