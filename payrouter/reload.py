@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from payrouter.chat import ChatRequest
 from payrouter.quoting import Quoter
 from payrouter.routing import Router, RoutingEngine
+from payrouter.routing.default import DEFAULT_ROUTER
 from payrouter.routing.predictor import QualityPredictor
 from payrouter.services import Services
 from pricing import PriceTable, PriceTableError, estimate_chat_input_tokens, load_price_table
@@ -38,8 +39,6 @@ __all__ = ["DEFAULT_ROUTER", "LiveRouting", "LiveServices", "ReloadRefused", "Re
 
 log = logging.getLogger("payrouter.reload")
 
-# the router file used for `auto` when the price table names none (scripts/build_default_router)
-DEFAULT_ROUTER = Path(__file__).resolve().parent / "routing" / "default_router.npz"
 _PROBE = ChatRequest.model_validate({"model": "auto", "messages": [{"role": "user", "content": "Say hello."}]})
 # what the running process wired in at start (settlement, channels): a change needs a restart
 _FIXED = ("network", "pay_to", "asset", "schemes", "channels")
