@@ -8,7 +8,6 @@ buckets the way PromQL's ``histogram_quantile`` does (linear inside the bucket).
 from __future__ import annotations
 
 import math
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry, multiprocess
 
 from payrouter import metrics as _metrics  # noqa: F401  (every family exists before the first read)
+from payrouter.metrics.exposition import multiprocess_dir
 
 __all__ = ["Samples", "current_state", "quantile", "read_registry"]
 
@@ -27,10 +27,11 @@ QUANTILES = (0.5, 0.95, 0.99)
 def read_registry(registry: CollectorRegistry | None = None) -> Samples:
     """Every sample of ``registry`` (default: this instance's, multi-process aware) by sample name.
 
-    ``*_created`` samples are left out.
+    ``*_created`` samples are left out. Reads one file per worker and metric type when
+    multi-process: call it off the event loop then.
     """
     if registry is None:
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        if multiprocess_dir() is not None:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         else:

@@ -6,8 +6,11 @@ import asyncio
 import time
 from typing import Any
 
+import anyio.to_thread
+
 from payrouter.dashboard.current import current_state, read_registry
 from payrouter.dashboard.history import Window, history, open_payments, read_window
+from payrouter.metrics.exposition import multiprocess_dir
 from payrouter.services import Services
 from payrouter.store import StoreError
 
@@ -29,13 +32,17 @@ async def dashboard_data(services: Services, window: Window, max_records: int) -
     start_ms, bucket_ms = window.bounds(now_ms)
     table = services.table
     errors: list[str] = []
+    if multiprocess_dir() is None:
+        samples = read_registry()
+    else:
+        samples = await anyio.to_thread.run_sync(read_registry)
     doc: dict[str, Any] = {
         "now_ms": now_ms,
         "window": {"name": window.name, "seconds": window.seconds, "bucket_seconds": window.bucket_seconds},
         "asset": {"address": table.asset.address, "name": table.asset.name, "decimals": table.asset.decimals},
         "network": table.network,
         "catalog": [m.id for m in table.models],
-        "current": current_state(read_registry()),
+        "current": current_state(samples),
         "history": None,
         "payments": None,
         "health": None,
