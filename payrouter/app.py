@@ -18,6 +18,8 @@ from payrouter.channels import open_channel_store
 from payrouter.channels.claimer import Claimer
 from payrouter.channels.contract import BatchSettlementContract
 from payrouter.facilitator.sender import GasSender
+from payrouter.feedback import FeedbackRecorder
+from payrouter.feedback.served import FEEDBACK_STATE
 from payrouter.journal import DeferredWrites, Journal
 from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
@@ -29,6 +31,7 @@ from payrouter.request_log import RequestLog
 from payrouter.routes.catalog import list_models, quote
 from payrouter.routes.chat import chat_completions, messages
 from payrouter.routes.dashboard import dashboard_routes
+from payrouter.routes.feedback import feedback
 from payrouter.routes.health import healthz, model_health
 from payrouter.routes.metrics import metrics_endpoint
 from payrouter.routes.openapi import openapi
@@ -187,7 +190,10 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 reloader = Reloader(live, settings.reload)
                 reloader.start()
                 stack.push_async_callback(reloader.stop)
-            yield {"services": services, "live_routing": live, REQUEST_LOG_STATE: request_log}
+            recorder = FeedbackRecorder(store)
+            recorder.start()
+            stack.push_async_callback(recorder.stop)
+            yield {"services": services, "live_routing": live, REQUEST_LOG_STATE: request_log, FEEDBACK_STATE: recorder}
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
@@ -197,6 +203,7 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
         Route("/healthz", healthz, methods=["GET"]),
         Route("/v1/health/models", model_health, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/v1/feedback", feedback, methods=["POST"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *dashboard_routes(settings.dashboard),
     ]

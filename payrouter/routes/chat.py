@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Scope
 
 from payrouter import metrics
+from payrouter.feedback.served import served
 from payrouter.http_errors import error_body, error_response
 from payrouter.messages import chat_to_message, chunks_to_events
 from payrouter.metrics import calls as observed
@@ -44,7 +45,8 @@ async def _stream(services: Services, call: PaidCall, scope: Scope, anthropic: b
     # the payment gate reads these to decide what to charge when the stream ends
     call.answered_by = model_id
     completion_id = str(stream.first.get("id") or "")
-    observed.answered(scope, completion_id.replace("chatcmpl", "msg", 1) if anthropic else completion_id)
+    completion_id = completion_id.replace("chatcmpl", "msg", 1) if anthropic else completion_id
+    observed.answered(scope, completion_id)
 
     async def tracked() -> AsyncIterator[dict[str, Any]]:
         async for chunk in stream.chunks():
@@ -63,6 +65,7 @@ async def _stream(services: Services, call: PaidCall, scope: Scope, anthropic: b
         provider = services.table.model(model_id).provider
         metrics.UPSTREAM_SECONDS.labels(provider=provider, model=model_id).observe(took)
         observed.model_time(scope, took * 1000)
+        served(scope, services, call, completion_id, took)
 
     async def events() -> AsyncIterator[bytes]:
         try:
@@ -157,11 +160,13 @@ async def chat_completions(request: Request) -> Response:
     call = paid_call(request.scope)
     if call.request.stream:
         return await _stream(services, call, request.scope)
+    started = time.perf_counter()
     done = await _complete(services, call, request.scope)
     if isinstance(done, JSONResponse):
         return done
     model, body = done
     observed.answered(request.scope, str(body.get("id") or ""))
+    served(request.scope, services, call, str(body.get("id") or ""), time.perf_counter() - started)
     return JSONResponse(body, headers=_route_headers(model, call.route, call.charge(services.table)))
 
 
@@ -171,10 +176,12 @@ async def messages(request: Request) -> Response:
     call = paid_call(request.scope)
     if call.request.stream:
         return await _stream(services, call, request.scope, anthropic=True)
+    started = time.perf_counter()
     done = await _complete(services, call, request.scope)
     if isinstance(done, JSONResponse):
         return done
     model, body = done
     message = chat_to_message(body, model)
     observed.answered(request.scope, str(message.get("id") or ""))
+    served(request.scope, services, call, str(message.get("id") or ""), time.perf_counter() - started)
     return JSONResponse(message, headers=_route_headers(model, call.route, call.charge(services.table)))

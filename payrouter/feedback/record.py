@@ -1,0 +1,143 @@
+"""What a served call leaves for its payer's feedback, written off the paid path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+
+from payrouter.routing.features import format_signature, prompt_features
+from payrouter.store import Store, StoreError
+
+__all__ = ["FEEDBACK_TTL", "CallRecord", "FeedbackRecorder", "call_key", "rated_key"]
+
+log = logging.getLogger("payrouter.feedback")
+
+# how long a completion can be rated after it was served (seconds)
+FEEDBACK_TTL = 7 * 24 * 3600
+_FLUSH_S = 0.05
+_MAX_PENDING = 10_000
+
+
+def call_key(completion_id: str) -> str:
+    """The store key of a served call's `CallRecord`."""
+    return f"feedback:call:{completion_id}"
+
+
+def rated_key(completion_id: str) -> str:
+    """The store key holding a completion's rating (set once)."""
+    return f"feedback:rated:{completion_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """A served call, as feedback needs it.
+
+    Attributes:
+        payer: the address that paid (only it may rate the call).
+        model: the catalog model that answered.
+        router_name: that model's name in the router's training data ("" when it has none).
+        rule, arm: the split rule and arm the call was routed by ("" when none).
+        features: the prompt's hashed feature indices (`payrouter.routing.features`).
+        format: the prompt's format class (`format_signature`).
+    """
+
+    payer: str
+    model: str
+    router_name: str
+    rule: str
+    arm: str
+    features: list[int]
+    format: str
+
+    def to_json(self) -> bytes:
+        """Serialise for the store."""
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> CallRecord:
+        """Inverse of `to_json`.
+
+        Raises:
+            ValueError: not a record.
+        """
+        try:
+            return cls(**json.loads(data))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"not a feedback call record: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    completion_id: str
+    payer: str
+    model: str
+    router_name: str
+    rule: str
+    arm: str
+    prompt: str
+
+
+class FeedbackRecorder:
+    """Keeps a `CallRecord` per answered call, written in the background.
+
+    `note` only queues (no hashing, no store call on the paid path); a task computes the
+    prompt features and writes the records every ~50 ms. When the store fails the batch is
+    dropped (logged): feedback on those calls is then refused as unknown, nothing else breaks.
+    """
+
+    def __init__(self, store: Store, ttl: int = FEEDBACK_TTL) -> None:
+        self.store = store
+        self.ttl = ttl
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def note(
+        self, completion_id: str, payer: str, model: str, router_name: str, rule: str, arm: str, prompt: str
+    ) -> None:
+        """Queue the record of a call answered with ``completion_id``."""
+        if not completion_id or len(self._pending) >= _MAX_PENDING:
+            return
+        self._pending.append(_Pending(completion_id, payer, model, router_name, rule, arm, prompt))
+        self._wake.set()
+
+    def start(self) -> None:
+        """Start the background writer."""
+        self._task = asyncio.create_task(self._run(), name="payrouter-feedback")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write every queued record now."""
+        batch, self._pending = self._pending, []
+        for item in batch:
+            record = CallRecord(
+                item.payer,
+                item.model,
+                item.router_name,
+                item.rule,
+                item.arm,
+                prompt_features(item.prompt),
+                format_signature(item.prompt),
+            )
+            try:
+                await self.store.put(call_key(item.completion_id), record.to_json(), self.ttl)
+            except StoreError as exc:
+                log.warning("feedback records dropped (%d): %s", len(batch), exc)
+                return
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            await asyncio.sleep(_FLUSH_S)
+            self._wake.clear()
+            await self.flush()
