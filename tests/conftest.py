@@ -5,6 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from payrouter.devchain import DevChain, DevToken
+from tests.cluster import redis_cluster  # noqa: F401  (a fixture for every test)
 from tests.private_redis import private_redis  # noqa: F401  (a fixture for every test)
 
 

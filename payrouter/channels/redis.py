@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, get_args
 
-from redis.asyncio import Redis
-
 from payrouter.channels.state import (
     ChannelState,
     InvalidCharge,
@@ -31,7 +29,7 @@ from payrouter.channels.state import (
     expected_charged,
 )
 from payrouter.store import keys
-from payrouter.store.redis import redis_call
+from payrouter.store.redis import RedisClient, redis_call
 
 __all__ = ["RedisChannelStore"]
 
@@ -198,7 +196,7 @@ class RedisChannelStore:
         namespace: key prefix, as the store's.
     """
 
-    def __init__(self, redis: Redis, namespace: str = "payrouter") -> None:
+    def __init__(self, redis: RedisClient, namespace: str = "payrouter") -> None:
         self._redis = redis
         self._ns = namespace
         self._index = f"{namespace}:{keys.CHANNEL_INDEX}"

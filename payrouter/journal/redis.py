@@ -9,11 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from redis.asyncio import Redis
-
 from payrouter.journal.base import Exposure, Opened
 from payrouter.journal.record import EXPOSED_STATES, OPEN_STATES, PaymentRecord, State, now_ms
-from payrouter.store.redis import redis_call
+from payrouter.store.redis import RedisClient, redis_call
 
 __all__ = ["RedisJournal"]
 
@@ -132,7 +130,7 @@ class RedisJournal:
         namespace: key prefix, as the store's.
     """
 
-    def __init__(self, redis: Redis, namespace: str = "payrouter") -> None:
+    def __init__(self, redis: RedisClient, namespace: str = "payrouter") -> None:
         self._redis = redis
         self._p = f"{namespace}:{{j}}:"
         self._open = redis.register_script(_OPEN)

@@ -9,16 +9,37 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import unquote
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from payrouter.store.base import StoreError
 
-__all__ = ["RedisStore", "connect", "redis_call"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "REDIS_ERRORS",
+    "RedisClient",
+    "RedisStore",
+    "cluster_seeds",
+    "connect",
+    "is_cluster_url",
+    "redis_call",
+]
+
+# A standalone Redis or a Cluster: the stores speak to either through the same commands.
+RedisClient = Redis | RedisCluster
+
+# URL schemes naming Cluster seed nodes: ``redis+cluster://[user:password@]host:port[,host:port...]``
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+# What a failed Redis call raises: a Cluster client's own errors (no reachable seed, a slot no
+# node serves) are not `RedisError`s.
+REDIS_ERRORS = (RedisError, RedisClusterException)
 
 # Set-if-absent that also answers yes to the owner it already holds: a command is retried once
 # on a broken connection, and a claim whose reply was lost after it ran must not reject itself.
@@ -41,13 +62,78 @@ async def redis_call(coro: Any) -> Any:
     """Await a redis-py call; any Redis failure becomes a `StoreError`."""
     try:
         return await coro
-    except RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
 
 
-def connect(url: str) -> Redis:
-    """A client for ``url`` that retries a command once on a broken connection (a Redis restart
-    leaves every pooled connection stale; redis-py's ``from_url`` does not retry by itself)."""
+def is_cluster_url(url: str) -> bool:
+    """Whether ``url`` names Redis Cluster seed nodes (``redis+cluster://`` or ``rediss+cluster://``)."""
+    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
+
+
+def cluster_seeds(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, bool]:
+    """``(seed (host, port)s, username, password, tls)`` of a ``redis+cluster://`` URL.
+
+    Raises:
+        ValueError: not a cluster URL, no seed, a port that is not a number, or a database
+            other than 0 (a Cluster has only database 0).
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() not in CLUSTER_SCHEMES:
+        raise ValueError("a Redis Cluster URL starts with redis+cluster:// or rediss+cluster://")
+    location, _, path = rest.partition("/")
+    location = location.split("?", 1)[0]
+    if path.split("?", 1)[0] not in ("", "0"):
+        raise ValueError("a Redis Cluster has only database 0")
+    username = password = None
+    if "@" in location:
+        userinfo, _, location = location.rpartition("@")
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    seeds = []
+    for item in location.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not port.isdigit() or not host:
+            raise ValueError(f"a Redis Cluster seed must be host:port, got {item.strip()!r}")
+        seeds.append((host.strip("[]"), int(port)))
+    return seeds, username, password, scheme.lower() == "rediss+cluster"
+
+
+class _Cluster(RedisCluster):
+    # A time-out says little about whether a command ran: like the standalone client, only
+    # refused connections and a Cluster being failed over are retried.
+    ERRORS_ALLOW_RETRY = (RedisConnectionError, ClusterDownError, SlotNotCoveredError)  # type: ignore[assignment]
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        # Commands sent before the client first learned the topology are routed without it in
+        # redis-py 8.1 and can use a connection it closes meanwhile (AttributeError under
+        # concurrent first use): learn the topology first, once (initialize holds a lock).
+        if self._initialize and self.get_default_node() is None:
+            await self.initialize()
+        return await super().execute_command(*args, **kwargs)
+
+
+def connect(url: str) -> RedisClient:
+    """A client for ``url`` that retries a command on a broken connection (a Redis restart
+    leaves every pooled connection stale; redis-py's ``from_url`` does not retry by itself).
+
+    A ``redis+cluster://host:port,host:port`` URL gives a `RedisCluster` that learns the
+    topology from any of the seeds. A command to a master that went away is retried (with a
+    topology refresh) for about a second, then fails: while its replica is being promoted,
+    requests fail closed instead of waiting.
+    """
+    if is_cluster_url(url):
+        seeds, username, password, tls = cluster_seeds(url)
+        return _Cluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in seeds],
+            username=username,
+            password=password,
+            ssl=tls,
+            decode_responses=False,
+            # no health_check_interval: a stale connection fails and is retried instead
+            retry=Retry(ExponentialBackoff(cap=0.4, base=0.05), retries=4),
+        )
     retry = Retry(NoBackoff(), retries=1, supported_errors=(RedisConnectionError,))
     return Redis.from_url(url, decode_responses=False, health_check_interval=30, retry=retry)
 
@@ -60,14 +146,17 @@ class RedisStore:
     if the first attempt ran and only its reply was lost: a claim recognises its own owner.
     Such a retry can count an `incr` twice (the health failure counter; harmless).
 
+    On a Cluster every key (and so every script) is one slot: the store's operations each
+    touch a single key.
+
     Args:
-        url: a ``redis://`` or ``rediss://`` URL.
+        url: a ``redis://`` or ``rediss://`` URL, or ``redis+cluster://host:port,...`` (seeds).
         namespace: key prefix, so several deployments (or test runs) can share one Redis.
     """
 
     def __init__(self, url: str, namespace: str = "payrouter") -> None:
         # Only connection errors are retried: a timeout says little about whether the command ran.
-        self._redis: Redis = connect(url)
+        self._redis: RedisClient = connect(url)
         self._ns = namespace
         self._claim = self._redis.register_script(_CLAIM)
         self._release = self._redis.register_script(_RELEASE)
@@ -113,7 +202,7 @@ class RedisStore:
             yield
         finally:
             # Best effort: an unreleased lock expires by itself, and the work inside it is done.
-            with contextlib.suppress(RedisError):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._release(keys=[key], args=[token])
 
     async def ping(self) -> None:

@@ -1,4 +1,5 @@
-"""Both channel stores keep the same rules: in memory and on Redis (real, on 127.0.0.1:6379)."""
+"""Every channel store keeps the same rules: in memory, on Redis (real, on 127.0.0.1:6379) and on a
+real local Redis Cluster (`tests.cluster`)."""
 
 from __future__ import annotations
 
@@ -18,24 +19,26 @@ from payrouter.channels import (
 )
 from payrouter.store.redis import connect
 
+from ..cluster import REDIS_BACKENDS, SINGLE_REDIS_URL, delete_keys, redis_url_for
 from ..redis_keys import delete_namespace
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
+REDIS_URL = SINGLE_REDIS_URL
 PAYER = "0x" + "11" * 20
 CONFIG = '{"payer":"0x1111111111111111111111111111111111111111","salt":"0x00"}'
 TTL = 60_000
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_BACKENDS])
 async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ChannelStore, ChannelStore]]:
-    """Two handles on one set of channels: two server instances (two Redis connections), or one
-    memory store twice (a process has only one)."""
+    """Two handles on one set of channels: two server instances (two Redis connections, on one
+    node or a Cluster), or one memory store twice (a process has only one)."""
     if request.param == "memory":
         memory = MemoryChannelStore()
         yield memory, memory
         return
+    url = redis_url_for(request.param, request)
     namespace = f"payrouter-test-channels-{secrets.token_hex(4)}"
-    first, second = RedisChannelStore(connect(REDIS_URL), namespace), RedisChannelStore(connect(REDIS_URL), namespace)
+    first, second = RedisChannelStore(connect(url), namespace), RedisChannelStore(connect(url), namespace)
     try:
         yield first, second
     finally:
@@ -43,7 +46,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ChannelS
             await first.close()
             await second.close()
         finally:
-            delete_namespace(REDIS_URL, namespace)
+            delete_keys(url, namespace)
 
 
 @pytest.fixture

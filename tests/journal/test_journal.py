@@ -1,4 +1,4 @@
-"""The journal's rules, on Redis and in memory alike."""
+"""The journal's rules, in memory, on one Redis node and on a Redis Cluster alike."""
 
 from __future__ import annotations
 
@@ -7,28 +7,29 @@ from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from redis.asyncio import Redis
 
 from payrouter.journal import Exposure, Journal, MemoryJournal, PaymentRecord, RedisJournal, State, now_ms
+from payrouter.store.redis import connect
+from tests.cluster import REDIS_BACKENDS, delete_keys, redis_url_for
 from tests.journal.records import sample_record
 
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
-
-@pytest_asyncio.fixture(params=["memory", "redis"])
+@pytest_asyncio.fixture(params=["memory", *REDIS_BACKENDS])
 async def journal(request: pytest.FixtureRequest) -> AsyncIterator[Journal]:
+    """The journal in memory, on one Redis node, and on a Redis Cluster."""
     if request.param == "memory":
         yield MemoryJournal()
         return
+    url = redis_url_for(request.param, request)
     namespace = f"payrouter-test-journal-{secrets.token_hex(4)}"
-    redis = Redis.from_url(REDIS_URL)
+    journal = RedisJournal(connect(url), namespace)
     try:
-        yield RedisJournal(redis, namespace)
+        yield journal
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{namespace}:*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
+        try:
+            await journal.close()
+        finally:
+            delete_keys(url, namespace)
 
 
 def _record(payer: str = "0x" + "11" * 20, owner: str = "a", amount: int = 1000) -> PaymentRecord:

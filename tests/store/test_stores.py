@@ -1,4 +1,5 @@
-"""Both stores behave alike: the in-memory one and Redis (real, on 127.0.0.1:6379)."""
+"""Every store behaves alike: the in-memory one, Redis (real, on 127.0.0.1:6379) and a real local
+Redis Cluster (3 masters, 3 replicas; `tests.cluster`)."""
 
 from __future__ import annotations
 
@@ -11,26 +12,25 @@ import pytest
 
 from payrouter.store import MemoryStore, RedisStore, Store, StoreError
 
+from ..cluster import REDIS_BACKENDS, delete_keys, redis_url_for
 from ..polling import async_wait_until
-from ..redis_keys import delete_namespace
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", *REDIS_BACKENDS])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         yield MemoryStore()
         return
+    url = redis_url_for(request.param, request)
     namespace = f"payrouter-test-store-{secrets.token_hex(4)}"
-    s = RedisStore(REDIS_URL, namespace)
+    s = RedisStore(url, namespace)
     try:
         yield s
     finally:
         try:
             await s.close()
         finally:
-            delete_namespace(REDIS_URL, namespace)
+            delete_keys(url, namespace)
 
 
 async def test_put_get_expire(store: Store) -> None:
@@ -91,8 +91,9 @@ async def test_lock_timeout_is_an_error(store: Store) -> None:
                 pass
 
 
-async def test_unreachable_redis_is_a_store_error() -> None:
-    s = RedisStore("redis://127.0.0.1:1/0")
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "redis+cluster://127.0.0.1:1,127.0.0.1:2"])
+async def test_unreachable_redis_is_a_store_error(url: str) -> None:
+    s = RedisStore(url)
     with pytest.raises(StoreError):
         await s.ping()
     await s.close()
