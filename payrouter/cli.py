@@ -141,14 +141,16 @@ def _cmd_dev(args: argparse.Namespace) -> int:
 def _cmd_router_train(args: argparse.Namespace) -> int:
     import time
 
-    from payrouter.routing.predictor import QualityPredictor, load_rows
+    from payrouter.routing.predictor import QualityPredictor, load_feedback, load_rows
 
     rows = load_rows(args.data)
+    feedback = load_feedback(args.feedback or [])
     started = time.perf_counter()
-    predictor = QualityPredictor.train(rows, l2=args.l2, steps=args.steps)
+    predictor = QualityPredictor.train(rows, l2=args.l2, steps=args.steps, feedback=feedback)
     predictor.save(args.out)
     elapsed = time.perf_counter() - started
-    print(f"trained on {len(rows)} prompts x {len(predictor.models)} models in {elapsed:.1f} s -> {args.out}")
+    rated = f" and {predictor.meta.get('feedback_rows', 0)} rated calls" if args.feedback else ""
+    print(f"trained on {len(rows)} prompts{rated} x {len(predictor.models)} models in {elapsed:.1f} s -> {args.out}")
     return 0
 
 
@@ -270,6 +272,12 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="router file to write (.npz)")
     train.add_argument("--l2", type=float, default=DEFAULT_L2, help="L2 regularisation strength")
     train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimiser steps")
+    train.add_argument(
+        "--feedback",
+        action="append",
+        metavar="FROM_LOG",
+        help="request log whose payer ratings (feedback events) are folded in (repeatable)",
+    )
     train.set_defaults(func=_cmd_router_train)
     evaluate = router.add_parser("eval", help="evaluate a router file on rows it was not trained on")
     evaluate.add_argument("--router", required=True)

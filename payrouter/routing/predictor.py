@@ -21,7 +21,16 @@ from numpy.typing import NDArray
 
 from payrouter.routing.features import FEATURE_BITS, format_signature, prompt_features
 
-__all__ = ["DEFAULT_L2", "DEFAULT_STEPS", "QualityPredictor", "RouterRow", "load_rows", "prompt_id"]
+__all__ = [
+    "DEFAULT_L2",
+    "DEFAULT_STEPS",
+    "FeedbackRow",
+    "QualityPredictor",
+    "RouterRow",
+    "load_feedback",
+    "load_rows",
+    "prompt_id",
+]
 
 CHARS_PER_TOKEN = 4
 PRIOR_STRENGTH = 5.0  # pseudo-prompts pulling a rare format's base rate toward the overall rate
@@ -33,6 +42,44 @@ DEFAULT_STEPS = 200
 def prompt_id(prompt: str) -> str:
     """A stable id of a prompt's text (to tell training rows from unseen ones)."""
     return hashlib.sha256(prompt.encode()).hexdigest()[:20]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedbackRow:
+    """A served call its payer rated: the prompt's features, the model that answered (its
+    training name) and the rating as a score (1 good, 0 bad)."""
+
+    features: list[int]
+    format: str
+    model: str
+    score: float
+
+
+def load_feedback(paths: Iterable[str | Path]) -> list[FeedbackRow]:
+    """The ``feedback`` events of request logs (JSON lines; other events and lines are skipped).
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    out: list[FeedbackRow] = []
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            for line in handle:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict) or event.get("event") != "feedback":
+                    continue
+                features, model = event.get("features"), event.get("router_name")
+                if not isinstance(features, list) or not model or event.get("rating") not in ("good", "bad"):
+                    continue
+                limit = 1 << FEATURE_BITS
+                if not all(isinstance(x, int) and 0 <= x < limit for x in features):
+                    continue
+                score = 1.0 if event["rating"] == "good" else 0.0
+                out.append(FeedbackRow(features, str(event.get("format", "")), str(model), score))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +151,10 @@ def _fit(
     offset: NDArray[np.float64] | None = None,
     steps: int = 200,
     lr: float = 0.1,
+    mask: NDArray[np.float64] | None = None,
 ) -> NDArray[np.float32]:
-    """Full-batch Adam on mean loss + l2 * |W|^2 over the used features only."""
+    """Full-batch Adam on mean loss + l2 * |W|^2 over the used features only; ``mask`` (rows x
+    models, 0 or 1) leaves out the targets a row does not have."""
     used, local = np.unique(cols, return_inverse=True)
     k = targets.shape[1]
     w = np.zeros((len(used), k))
@@ -120,7 +169,7 @@ def _fit(
         if offset is not None:
             z += offset
         pred = 1.0 / (1.0 + np.exp(-z)) if logistic else z
-        err = (pred - targets) / n
+        err = (pred - targets) / n if mask is None else (pred - targets) * mask / n
         for j in range(k):
             grad[:, j] = np.bincount(local, weights=err[rows, j], minlength=len(used))
         grad += 2 * l2 * w
@@ -160,8 +209,16 @@ class QualityPredictor:
         self._overall: list[float] = self.meta.get("overall_prior", [0.5] * len(models))
 
     @classmethod
-    def train(cls, rows: Sequence[RouterRow], l2: float = DEFAULT_L2, steps: int = DEFAULT_STEPS) -> QualityPredictor:
-        """Fit on ``rows`` (every row must have the same models).
+    def train(
+        cls,
+        rows: Sequence[RouterRow],
+        l2: float = DEFAULT_L2,
+        steps: int = DEFAULT_STEPS,
+        feedback: Sequence[FeedbackRow] = (),
+    ) -> QualityPredictor:
+        """Fit on ``rows`` (every row must have the same models), plus ``feedback``: served
+        calls rated by their payers, each a label for the one model that answered (ratings
+        of models the rows do not score are ignored).
 
         Raises:
             ValueError: no rows, or rows with different model sets.
@@ -171,22 +228,43 @@ class QualityPredictor:
         models = sorted(rows[0].scores)
         if any(sorted(r.scores) != models for r in rows):
             raise ValueError("every training row must score the same models")
+        index = {m: j for j, m in enumerate(models)}
+        feedback = [f for f in feedback if f.model in index]
         r_idx, c_idx = _sparse([r.prompt for r in rows])
         n = len(rows)
         scores = np.array([[r.scores[m] for m in models] for r in rows])
         # Base rates per prompt format (smoothed toward the overall rate); the text model learns
         # only what moves a prompt away from its format's base rate.
         signatures = [format_signature(r.prompt) for r in rows]
-        overall = scores.mean(0)
+        q_rows, q_cols, labelled, q_scores, q_signatures = r_idx, c_idx, None, scores, signatures
+        if feedback:
+            # a rated call is a row of its own with one known target: its model's
+            f_rows = np.concatenate([np.full(len(f.features), n + i, dtype=np.int64) for i, f in enumerate(feedback)])
+            f_cols = np.concatenate([np.asarray(f.features, dtype=np.int64) for f in feedback])
+            q_rows, q_cols = np.concatenate([r_idx, f_rows]), np.concatenate([c_idx, f_cols])
+            labelled = np.zeros((n + len(feedback), len(models)))
+            labelled[:n] = 1.0
+            q_scores = np.zeros_like(labelled)
+            q_scores[:n] = scores
+            for i, f in enumerate(feedback):
+                labelled[n + i, index[f.model]] = 1.0
+                q_scores[n + i, index[f.model]] = f.score
+            q_signatures = signatures + [f.format for f in feedback]
+        overall = scores.mean(0) if labelled is None else q_scores.sum(0) / np.maximum(labelled.sum(0), 1.0)
         priors: dict[str, list[float]] = {}
-        for sig in sorted(set(signatures)):
-            mask = np.array([s == sig for s in signatures])
-            rate = (scores[mask].sum(0) + PRIOR_STRENGTH * overall) / (mask.sum() + PRIOR_STRENGTH)
+        for sig in sorted(set(q_signatures)):
+            mask = np.array([s == sig for s in q_signatures])
+            if labelled is None:
+                rate = (scores[mask].sum(0) + PRIOR_STRENGTH * overall) / (mask.sum() + PRIOR_STRENGTH)
+            else:
+                rate = (q_scores[mask].sum(0) + PRIOR_STRENGTH * overall) / (labelled[mask].sum(0) + PRIOR_STRENGTH)
             priors[sig] = np.clip(rate, 0.01, 0.99).tolist()
-        offset = np.log(np.array([priors[s] for s in signatures]))
-        offset -= np.log1p(-np.array([priors[s] for s in signatures]))
+        offset = np.log(np.array([priors[s] for s in q_signatures]))
+        offset -= np.log1p(-np.array([priors[s] for s in q_signatures]))
         chars = np.array([[max(r.response_chars.get(m, 0.0), 1.0) for m in models] for r in rows])
-        quality = _fit(r_idx, c_idx, n, scores, logistic=True, l2=l2, steps=steps, offset=offset)
+        quality = _fit(
+            q_rows, q_cols, len(q_scores), q_scores, logistic=True, l2=l2, steps=steps, offset=offset, mask=labelled
+        )
         log_len = np.log(chars)
         length = _fit(r_idx, c_idx, n, log_len, logistic=False, l2=l2, steps=steps)
         z = np.stack([np.bincount(r_idx, weights=length[c_idx, j], minlength=n) for j in range(len(models))], 1)
@@ -204,9 +282,15 @@ class QualityPredictor:
             "cost_per_char": cost_fit[0].tolist(),
             "cost_base": cost_fit[1].tolist(),
             "format_priors": priors,
-            "format_costs": {sig: costs[np.array([s == sig for s in signatures])].mean(0).tolist() for sig in priors},
+            "format_costs": {
+                sig: costs[np.array([s == sig for s in signatures])].mean(0).tolist()
+                for sig in priors
+                if sig in signatures
+            },
             "overall_prior": np.clip(overall, 0.01, 0.99).tolist(),
         }
+        if feedback:
+            meta["feedback_rows"] = len(feedback)
         return cls(models, quality, length, margin, {prompt_id(r.prompt) for r in rows}, meta)
 
     def expected_cost(self, text: str) -> NDArray[np.float64]:
