@@ -15,7 +15,7 @@ EASY = "A simple question about seeds (77)?\nA) yes\nB) no\nAnswer:"
 
 
 def _log(path: Path, n: int, rating: str) -> Path:
-    events = [{"event": "call", "request_id": "x", "model": "m"}]  # other events are skipped
+    events: list[dict[str, object]] = [{"event": "call", "request_id": "x", "model": "m"}]  # skipped
     for i in range(n):
         prompt = f"A simple question about rivers ({1000 + i})?\nA) yes\nB) no\nAnswer:"
         events.append(
