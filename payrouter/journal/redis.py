@@ -1,7 +1,7 @@
 """The journal on Redis: one hash per record, indexes beside it, transitions in Lua.
 
-Every key carries the hash tag ``{j}``, so each transition (record, indexes, answer) is one
-atomic script on one slot, on a standalone Redis and on a Cluster alike.
+Every key carries the hash tag ``{j}`` (`payrouter.store.keys`), so each transition (record,
+indexes, answer) is one atomic script on one slot, on a standalone Redis and on a Cluster alike.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from payrouter.journal.base import Exposure, Opened
 from payrouter.journal.record import EXPOSED_STATES, OPEN_STATES, PaymentRecord, State, now_ms
+from payrouter.store import keys
 from payrouter.store.redis import RedisClient, redis_call
 
 __all__ = ["RedisJournal"]
@@ -132,30 +133,31 @@ class RedisJournal:
 
     def __init__(self, redis: RedisClient, namespace: str = "payrouter") -> None:
         self._redis = redis
-        self._p = f"{namespace}:{{j}}:"
+        self._ns = namespace
+        self._p = {name: f"{namespace}:{keys.journal_index(name)}" for name in keys.JOURNAL_INDEXES}
         self._open = redis.register_script(_OPEN)
         self._advance = redis.register_script(_ADVANCE)
         self._discard = redis.register_script(_DISCARD)
 
     def _rec(self, record_id: str) -> str:
-        return f"{self._p}rec:{record_id}"
+        return f"{self._ns}:{keys.journal_record(record_id)}"
 
     def _ans(self, record_id: str) -> str:
-        return f"{self._p}ans:{record_id}"
+        return f"{self._ns}:{keys.journal_answer(record_id)}"
 
     async def _run(self, coro: Any) -> Any:
         return await redis_call(coro)
 
     async def open(self, record: PaymentRecord, exposure: Exposure | None = None) -> Opened:
         p = self._p
-        keys = [self._rec(record.id), p + "open", p + "time", p + "debts", p + "exposure", p + "exposure-high"]
+        names = [self._rec(record.id), p["open"], p["time"], p["debts"], p["exposure"], p["exposure-high"]]
         args: list[Any] = [now_ms(), "1" if exposure else "0"]
         args += [exposure.amount, exposure.per_payer, exposure.total, exposure.expires_ms] if exposure else [0, 0, 0, 0]
         args += [record.payer, record.id, record.created_at]
         for name, value in record.to_fields().items():
             if name not in ("state", "attempts", "created_at"):
                 args += [name, value]
-        reply = await self._run(self._open(keys=keys, args=args))
+        reply = await self._run(self._open(keys=names, args=args))
         outcome = _text(reply[0])
         if outcome == "existing":
             return Opened("existing", PaymentRecord.from_fields(_pairs(reply[1])))
@@ -174,14 +176,14 @@ class RedisJournal:
         owner_was: str | None = None,
     ) -> tuple[bool, str]:
         p = self._p
-        keys = [
+        names = [
             self._rec(record.id),
             self._ans(record.id),
-            p + "open",
-            p + "time",
-            p + "settled",
-            p + "debts",
-            p + "exposure",
+            p["open"],
+            p["time"],
+            p["settled"],
+            p["debts"],
+            p["exposure"],
         ]
         mode = "keep" if answer is not None else ("drop" if drop_answer else "")
         args: list[Any] = [
@@ -199,13 +201,13 @@ class RedisJournal:
         ]
         for name, value in record.to_fields().items():
             args += [name, value]
-        written, state = await self._run(self._advance(keys=keys, args=args))
+        written, state = await self._run(self._advance(keys=names, args=args))
         return bool(int(written)), _text(state)
 
     async def discard(self, record: PaymentRecord) -> bool:
         p = self._p
-        keys = [self._rec(record.id), p + "open", p + "time", p + "exposure"]
-        return bool(int(await self._run(self._discard(keys=keys, args=[record.owner, record.id]))))
+        names = [self._rec(record.id), p["open"], p["time"], p["exposure"]]
+        return bool(int(await self._run(self._discard(keys=names, args=[record.owner, record.id]))))
 
     async def get(self, record_id: str) -> PaymentRecord | None:
         data = await self._run(self._redis.hgetall(self._rec(record_id)))
@@ -227,23 +229,23 @@ class RedisJournal:
         return [PaymentRecord.from_fields({_text(k): _text(v) for k, v in row.items()}) for row in rows if row]
 
     async def open_records(self, limit: int = 1000) -> list[PaymentRecord]:
-        ids = await self._run(self._redis.zrange(self._p + "open", 0, limit - 1))
+        ids = await self._run(self._redis.zrange(self._p["open"], 0, limit - 1))
         return await self._load(ids)
 
     async def records(
         self, start_ms: int = 0, end_ms: int | None = None, limit: int = 1000, settled: bool = False
     ) -> list[PaymentRecord]:
-        index = self._p + ("settled" if settled else "time")
+        index = self._p["settled" if settled else "time"]
         high: int | str = "+inf" if end_ms is None else end_ms
         ids = await self._run(self._redis.zrangebyscore(index, start_ms, high, start=0, num=limit))
         return await self._load(ids)
 
     async def debts(self, payer: str) -> int:
-        return int(await self._run(self._redis.hget(self._p + "debts", payer)) or 0)
+        return int(await self._run(self._redis.hget(self._p["debts"], payer)) or 0)
 
     async def exposure(self) -> tuple[int, int]:
         entries, high = await self._run(
-            _gather(self._redis.hgetall(self._p + "exposure"), self._redis.get(self._p + "exposure-high"))
+            _gather(self._redis.hgetall(self._p["exposure"]), self._redis.get(self._p["exposure-high"]))
         )
         now = now_ms()
         total = 0
