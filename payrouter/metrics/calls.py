@@ -40,6 +40,14 @@ __all__ = [
 
 OBSERVATION_KEY = "payrouter.observation"
 
+# The route a paid call runs comes back from its quote's seal, which keeps what the call needs
+# (model, fallbacks, reason, strategy) but not the candidates the engine weighed; the request
+# log takes them from the decision this process quoted for the same digest, when it did (a
+# client's paid retry usually comes back on the connection its 402 went out on). Bounded:
+# the oldest quotes are forgotten first.
+_RECENT = 4096
+_recent: dict[str, RouteDecision] = {}
+
 # Why a served call charged nothing, when the call (not the payment) failed.
 _CALL_FAILURES = frozenset({"upstream_failed", "request_failed", "client_gone"})
 
@@ -65,6 +73,7 @@ class Observation:
         upstream_ms: time spent in the model call(s), failovers included.
         refusal: ``(reason, message, payer)`` of a refused payment.
         offered: the route a refused request was offered instead.
+        digest: the request digest (what its quote was issued for).
     """
 
     endpoint: str
@@ -78,6 +87,7 @@ class Observation:
     upstream_ms: float | None = None
     refusal: tuple[str, str, str | None] | None = None
     offered: PricedRoute | None = None
+    digest: str = ""
 
 
 def _get(scope: Scope) -> Observation | None:
@@ -85,10 +95,11 @@ def _get(scope: Scope) -> Observation | None:
     return obs if isinstance(obs, Observation) else None
 
 
-def scheme_chosen(scope: Scope, scheme: str) -> None:
-    """The gate picked ``scheme`` for the payment."""
+def scheme_chosen(scope: Scope, scheme: str, digest: str = "") -> None:
+    """The gate picked ``scheme`` for the payment of the request ``digest``."""
     if (obs := _get(scope)) is not None:
         obs.scheme = scheme
+        obs.digest = digest
 
 
 def holds(scope: Scope, holder: _Holder) -> None:
@@ -171,6 +182,9 @@ def finish(scope: Scope, obs: Observation, request_log: RequestLog | None) -> No
 def _served(obs: Observation, paid: PaidCall, request_log: RequestLog | None) -> None:
     record = obs.holder.record if obs.holder is not None else obs.record
     decision = paid.route.decision
+    quoted = _recent.get(obs.digest) if obs.digest and not decision.candidates else None
+    if quoted is not None and quoted.model == decision.model:
+        decision = quoted
     scheme = record.scheme if record is not None else obs.scheme
     model = (record.answered_by if record is not None else "") or paid.answered_by or decision.model
     charged = cost = 0
@@ -251,8 +265,12 @@ def _refused(obs: Observation, request_log: RequestLog | None) -> None:
     request_log.write(event)
 
 
-def quoted(endpoint: str, decision: RouteDecision, schemes: Iterable[str]) -> None:
-    """The gate routed and priced a request and offers it under ``schemes`` (a 402)."""
+def quoted(endpoint: str, decision: RouteDecision, schemes: Iterable[str], digest: str = "") -> None:
+    """The gate routed and priced the request ``digest`` and offers it under ``schemes`` (a 402)."""
+    if digest and decision.candidates:
+        _recent[digest] = decision
+        if len(_recent) > _RECENT:
+            del _recent[next(iter(_recent))]
     metrics.ROUTING_DECISIONS.labels(
         strategy=decision.strategy, model=decision.model, reason=reason_kind(decision)
     ).inc()

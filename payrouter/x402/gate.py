@@ -53,7 +53,7 @@ def offers(
 
 async def _quote(call: PaidRequest) -> PricedRoute:
     priced = call.services.quoter.price(call.request, call.constraints)
-    observed.quoted(call.scope["path"], priced.decision, call.services.schemes)
+    observed.quoted(call.scope["path"], priced.decision, call.services.schemes, call.digest)
     await save_quote(call.services.store, call.digest, priced)
     return priced
 
@@ -146,7 +146,7 @@ class PaymentGate:
                         f"scheme {envelope.scheme!r} is not offered; offered: {', '.join(services.schemes)}",
                     )
                 scheme_name = scheme.name
-                observed.scheme_chosen(scope, scheme_name)
+                observed.scheme_chosen(scope, scheme_name, digest)
                 await scheme.serve(call, envelope, send)
             except PaymentRejected as exc:
                 await _reject(call, exc, scheme_name, send)
