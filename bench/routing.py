@@ -1,9 +1,10 @@
 """Routing-decision latency of the default engine, feature extraction included.
 
-Usage: .venv/bin/python bench/routing.py [--router FILE] [--data CSV] [--n 2000]
+Usage: .venv/bin/python bench/routing.py --data CSV [--router FILE] [--n 2000]
 
-Without --router it trains a predictor on --data first (default: the shared RouterBench
-slice). Then it times `RoutingEngine.decide` (prompt text -> features -> predicted quality
+--data is routing data in the RouterBench format (README, "Routing data"; e.g.
+../shared/data/routerbench/train.csv where that exists). Without --router it trains a
+predictor on it first. Then it times `RoutingEngine.decide` (prompt text -> features -> predicted quality
 and length per model -> constraints -> pricing of every candidate -> strategy) on the
 example price table for --n prompts from the data, and the predictor alone.
 """
@@ -18,20 +19,23 @@ from pathlib import Path
 from bench.timing import percentile
 from payrouter.chat import ChatRequest
 from payrouter.routing import RoutingEngine
-from payrouter.routing.predictor import QualityPredictor, load_rows
+from payrouter.routing.data import DATA_HELP, RoutingDataError, read_routing_data
+from payrouter.routing.predictor import QualityPredictor
 from pricing import estimate_chat_input_tokens, load_price_table
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "routerbench" / "train.csv"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--router")
-    parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--n", type=int, default=2000)
+    parser = argparse.ArgumentParser(description="Routing-decision latency of the default engine.")
+    parser.add_argument("--router", help="a router file (default: train one on --data first)")
+    parser.add_argument("--data", required=True, help=f"routing data, {DATA_HELP}")
+    parser.add_argument("--n", type=int, default=2000, help="prompts to time (default 2000)")
     args = parser.parse_args()
-    rows = load_rows([args.data])
+    try:
+        rows = read_routing_data([args.data])
+    except RoutingDataError as exc:
+        parser.exit(2, f"error: {exc}\n")
     if args.router:
         predictor = QualityPredictor.load(args.router)
     else:

@@ -1,6 +1,9 @@
 """Where the routing data's oracle gap comes from, and how much of it prompt text can reach.
 
-Usage: .venv/bin/python bench/routing_ceiling.py [--data CSV] [--folds 5]
+Usage: .venv/bin/python bench/routing_ceiling.py --data CSV [--folds 5]
+
+--data is routing data in the RouterBench format (README, "Routing data"; e.g.
+../shared/data/routerbench/train.csv where that exists).
 
 Prints, per task:
 1. out-of-fold AUC of the shipped predictor's P(correct) for every model, *within* the task
@@ -25,11 +28,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from payrouter.routing.data import DATA_HELP, RoutingDataError, read_routing_data
 from payrouter.routing.features import extract_question
-from payrouter.routing.predictor import QualityPredictor, RouterRow, load_rows
+from payrouter.routing.predictor import QualityPredictor, RouterRow
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "routerbench" / "train.csv"
 REFERENCE = "gpt-4-1106-preview"
 _OPTION = re.compile(r"^[A-H]\) (.*)$", re.MULTILINE)
 
@@ -97,11 +100,14 @@ def twins(rows: list[RouterRow]) -> list[tuple[int, int, bool]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default=str(DATA))
-    parser.add_argument("--folds", type=int, default=5)
+    parser = argparse.ArgumentParser(description="Where the routing data's oracle gap comes from.")
+    parser.add_argument("--data", required=True, help=f"routing data, {DATA_HELP}")
+    parser.add_argument("--folds", type=int, default=5, help="folds of the out-of-fold predictions (default 5)")
     args = parser.parse_args()
-    rows = load_rows([args.data])
+    try:
+        rows = read_routing_data([args.data])
+    except RoutingDataError as exc:
+        parser.exit(2, f"error: {exc}\n")
     models = sorted(rows[0].scores)
     scores = np.array([[r.scores[m] for m in models] for r in rows])
     costs = np.array([[r.costs[m] for m in models] for r in rows])

@@ -122,7 +122,7 @@ def add_channel_commands(
     """Register ``wallet channels`` and ``wallet refund`` on the ``wallet`` subparsers."""
     channels = wallet.add_parser("channels", help="list the local payment channels (batch-settlement)")
     add_channel_options(channels)
-    channels.add_argument("--json", action="store_true")
+    channels.add_argument("--json", action="store_true", help="print the channels as one JSON list")
     channels.set_defaults(func=_cmd_channels)
 
     refund = wallet.add_parser("refund", help="ask servers to refund what is left in your channels")

@@ -38,21 +38,40 @@ from wallets import LocalSigner, load_keystore, save_keystore
 __all__ = ["add_agent_commands", "read_password"]
 
 KEY_ENV = "PAYROUTER_PRIVATE_KEY"
+# Without --max-price, ``chat`` refuses to pay more than this per call (USD; $PAYROUTER_MAX_PRICE
+# overrides): a typo'd prompt or a surprising route should not cost more than a few cents.
+DEFAULT_MAX_PRICE = "0.10"
+MAX_PRICE_ENV = "PAYROUTER_MAX_PRICE"
 
 
 def read_password(args: argparse.Namespace, confirm: bool = False) -> str:
-    """The keystore password: from ``--password-env``'s variable, else a prompt (twice to confirm)."""
+    """The keystore password: from ``--password-env``'s variable, else a prompt (twice to confirm).
+
+    Raises:
+        SystemExit: the variable is unset, there is no terminal to prompt on, or the entries differ.
+    """
     if getattr(args, "password_env", None):
         value = os.environ.get(args.password_env)
         if not value:
             raise SystemExit(f"error: environment variable {args.password_env} is empty or unset")
         return value
+    if not sys.stdin.isatty():
+        raise SystemExit(
+            "error: no terminal to ask for the keystore password on: put it in an environment variable "
+            "and pass its name with --password-env NAME"
+        )
     password = getpass.getpass("keystore password: ")
     if confirm and getpass.getpass("repeat password: ") != password:
         raise SystemExit("error: passwords differ")
     if not password:
         raise SystemExit("error: empty password")
     return password
+
+
+def refuse_existing(path: str) -> None:
+    """Stop before any prompt when the keystore to create exists (it is never overwritten)."""
+    if os.path.lexists(path):
+        raise SystemExit(f"error: {path} exists; keystores are never overwritten: choose another path")
 
 
 def _signer(args: argparse.Namespace) -> LocalSigner:
@@ -82,8 +101,12 @@ def _format(amount: int, decimals: int) -> str:
 
 
 def _catalog(router: str) -> dict[str, Any]:
-    reply = httpx.get(f"{router.rstrip('/')}/v1/models", timeout=30)
-    reply.raise_for_status()
+    url = f"{router.rstrip('/')}/v1/models"
+    try:
+        reply = httpx.get(url, timeout=30)
+        reply.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise SystemExit(f"error: cannot read the router's catalog at {url}: {exc}") from None
     data: dict[str, Any] = reply.json()
     return data
 
@@ -98,6 +121,7 @@ def _body(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_wallet_new(args: argparse.Namespace) -> int:
     signer = LocalSigner.generate()
     if args.keystore:
+        refuse_existing(args.keystore)
         save_keystore(signer, args.keystore, read_password(args, confirm=True))
         print(json.dumps({"address": signer.address, "keystore": args.keystore}))
     elif args.print_key:
@@ -123,9 +147,17 @@ def _cmd_wallet_balance(args: argparse.Namespace) -> int:
         "method": "eth_call",
         "params": [{"to": asset, "data": encode_balance_of(address)}, "latest"],
     }
-    reply = httpx.post(args.rpc, json=body, timeout=30).json()
+    try:
+        answer = httpx.post(args.rpc, json=body, timeout=30)
+        answer.raise_for_status()
+        reply = answer.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise SystemExit(
+            f"error: cannot reach the JSON-RPC node at {args.rpc}: {exc} "
+            "(the sandbox's is the rpc_url that `payrouter dev` prints)"
+        ) from None
     if "error" in reply:
-        raise SystemExit(f"error: RPC: {reply['error'].get('message')}")
+        raise SystemExit(f"error: RPC {args.rpc}: {reply['error'].get('message')}")
     atomic = int(reply["result"], 16)
     out = {"address": address, "network": payment["network"], "asset": asset, "balance": str(atomic)}
     print(
@@ -134,6 +166,15 @@ def _cmd_wallet_balance(args: argparse.Namespace) -> int:
         else f"{address} holds {_format(atomic, decimals)} ({atomic} atomic) on {payment['network']}"
     )
     return 0
+
+
+def _funding_hint(address: str, payment: dict[str, Any]) -> str:
+    asset = payment["asset"]
+    return (
+        f"the wallet {address} holds too little {asset.get('name') or 'of the asset'} ({asset['address']}) "
+        f"on {payment['network']} for this call. On the local sandbox: .venv/bin/payrouter dev fund {address}; "
+        f"elsewhere, send it {asset.get('name') or 'the asset'} on {payment['network']}"
+    )
 
 
 def _cmd_quote(args: argparse.Namespace) -> int:
@@ -155,7 +196,8 @@ def _cmd_quote(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     signer = _signer(args)
-    decimals = int(_catalog(args.router)["payment"]["asset"]["decimals"])
+    payment = _catalog(args.router)["payment"]
+    decimals = int(payment["asset"]["decimals"])
     policy = SpendingPolicy(
         max_per_call=_usd_to_atomic(args.max_price, decimals, "--max-price"),
         per_hour=_usd_to_atomic(args.per_hour, decimals, "--per-hour"),
@@ -186,6 +228,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         except ValueError:
             message = reply.text
         print(f"error: HTTP {reply.status_code}: {message}", file=sys.stderr)
+        if "insufficient_funds" in str(message):
+            print(_funding_hint(signer.address, payment), file=sys.stderr)
         return 2
     data = reply.json()
     answer = data["choices"][0]["message"]["content"]
@@ -237,7 +281,7 @@ def add_agent_commands(sub: Any) -> None:
     key_options(balance)
     balance.add_argument("--router", required=True, help="router base URL (its asset and network)")
     balance.add_argument("--rpc", required=True, help="JSON-RPC URL of that network")
-    balance.add_argument("--json", action="store_true")
+    balance.add_argument("--json", action="store_true", help="print one JSON object")
     balance.set_defaults(func=_cmd_wallet_balance)
     add_channel_commands(wallet, key_options, _signer)
 
@@ -246,15 +290,21 @@ def add_agent_commands(sub: Any) -> None:
         ("chat", _cmd_chat, "ask a paid question"),
     ):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("prompt")
+        p.add_argument("prompt", help="the question, as one user message")
         p.add_argument("--router", required=True, help="router base URL, e.g. http://127.0.0.1:8402")
-        p.add_argument("--model", default="auto")
-        p.add_argument("--max-tokens", type=int)
+        p.add_argument(
+            "--model", default="auto", help="catalog id, or auto / auto:cost / auto:quality ... (default auto)"
+        )
+        p.add_argument("--max-tokens", type=int, help="the answer's output token budget (default: the router's)")
         p.add_argument("--json", action="store_true", help="print one JSON object")
         p.set_defaults(func=func)
         if name == "chat":
             key_options(p)
-            p.add_argument("--max-price", help="refuse to pay more than this per call (USD)")
+            p.add_argument(
+                "--max-price",
+                default=os.environ.get(MAX_PRICE_ENV, DEFAULT_MAX_PRICE),
+                help=f"refuse to pay more than this per call (USD; default {DEFAULT_MAX_PRICE}, ${MAX_PRICE_ENV})",
+            )
             p.add_argument("--per-hour", help="rolling hourly budget (USD)")
             p.add_argument("--per-day", help="rolling daily budget (USD)")
             p.add_argument("--budget-file", help="where budgets are kept (default ~/.payrouter/spend.json)")

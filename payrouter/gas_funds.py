@@ -18,13 +18,14 @@ from typing import Literal
 from payrouter.chain import ChainClient, ChainError
 from payrouter.facilitator.local import SETTLE_GAS_LIMIT
 
-__all__ = ["LOW_SETTLEMENTS", "GasFunds", "gas_funds"]
+__all__ = ["LOW_SETTLEMENTS", "GasFunds", "format_eth", "gas_funds"]
 
 LOW_SETTLEMENTS = 100
 _WEI_PER_ETH = 10**18
 
 
-def _eth(wei: int) -> str:
+def format_eth(wei: int) -> str:
+    """``wei`` in ETH, exactly (no float)."""
     whole, frac = divmod(wei, _WEI_PER_ETH)
     return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
 
@@ -51,9 +52,9 @@ class GasFunds:
         """One sentence for the operator: address, balance, and what is needed."""
         needed = LOW_SETTLEMENTS * self.per_settlement_wei
         text = (
-            f"gas wallet {self.address} holds {_eth(self.balance_wei)} ({self.balance_wei} wei): enough for "
+            f"gas wallet {self.address} holds {format_eth(self.balance_wei)} ({self.balance_wei} wei): enough for "
             f"{self.settlements} settlements; one needs up to {self.per_settlement_wei} wei "
-            f"({SETTLE_GAS_LIMIT} gas at the current fee), {LOW_SETTLEMENTS} need {_eth(needed)}"
+            f"({SETTLE_GAS_LIMIT} gas at the current fee), {LOW_SETTLEMENTS} need {format_eth(needed)}"
         )
         if self.state != "ok":
             text += f"; send the chain's native coin (ETH) to {self.address}"

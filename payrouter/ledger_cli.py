@@ -410,7 +410,7 @@ def add_ledger_commands(sub: Any) -> None:
 
     listing = ledger.add_parser("list", help="records created in a time range, newest last")
     common(listing)
-    listing.add_argument("--state", choices=STATES)
+    listing.add_argument("--state", choices=STATES, help="only records in this state")
     listing.add_argument("--payer", help="payer address (any case)")
     listing.add_argument("--limit", type=int, default=50, help="show the newest N matching records (default 50)")
     listing.add_argument("--json", action="store_true", help="one JSON object per line (every field but payment)")
@@ -418,7 +418,7 @@ def add_ledger_commands(sub: Any) -> None:
 
     export = ledger.add_parser("export", help="every record created in a time range, all fields")
     common(export)
-    export.add_argument("--format", choices=("csv", "jsonl"), required=True)
+    export.add_argument("--format", choices=("csv", "jsonl"), required=True, help="csv or JSON lines")
     export.add_argument("--out", help="write to this file (default: stdout)")
     export.add_argument(
         "--with-payment", action="store_true", help="include the signed payment (usable by anyone while valid)"
@@ -428,13 +428,13 @@ def add_ledger_commands(sub: Any) -> None:
     summary = ledger.add_parser("summary", help="revenue, upstream cost and margin of records created in a range")
     common(summary)
     summary.add_argument("--by", choices=GROUPINGS, help="one row per model, payer or UTC day")
-    summary.add_argument("--json", action="store_true")
+    summary.add_argument("--json", action="store_true", help="one JSON object")
     summary.set_defaults(func=_run(_summary))
 
     check = ledger.add_parser("audit", help="settled records against the asset's transfers to pay_to on chain")
     common(check, times=False)
     check.add_argument("--from-block", type=int, default=0, help="first block to read (default 0)")
-    check.add_argument("--json", action="store_true")
+    check.add_argument("--json", action="store_true", help="one JSON object (differences included)")
     check.set_defaults(func=_run(_audit))
 
     reconcile = ledger.add_parser("reconcile", help="one reconcile pass over open records (safe beside the service)")
@@ -442,5 +442,5 @@ def add_ledger_commands(sub: Any) -> None:
     reconcile.add_argument(
         "--wait", type=float, default=10.0, help="seconds to wait for another pass to finish (default 10)"
     )
-    reconcile.add_argument("--json", action="store_true")
+    reconcile.add_argument("--json", action="store_true", help="one JSON object")
     reconcile.set_defaults(func=_run(_reconcile))

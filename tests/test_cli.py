@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,81 @@ def test_dev_sandbox_json_line_and_clean_stop() -> None:
     for url in (info["router_url"], info["rpc_url"]):
         with pytest.raises(httpx.HTTPError):
             httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_chainId", "params": []}, timeout=2)
+
+
+def _no_tty(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI with stdin on /dev/null: no terminal to prompt on (CI, a pipe, a service)."""
+    return subprocess.run(
+        [str(CLI), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_keys_new_without_a_terminal_says_how_to_give_the_password(tmp_path: Path) -> None:
+    for command in (("keys", "new", "--out"), ("wallet", "new", "--keystore")):
+        result = _no_tty(*command, str(tmp_path / "k.json"))
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert "no terminal" in result.stderr and "--password-env" in result.stderr
+        assert not (tmp_path / "k.json").exists()
+
+
+def test_an_existing_keystore_is_refused_before_the_password_is_asked(tmp_path: Path) -> None:
+    existing = tmp_path / "operator.json"
+    existing.write_text("{}")
+    for command in (("keys", "new", "--out"), ("wallet", "new", "--keystore")):
+        # no terminal and no --password-env: had it asked for the password first, it would say so
+        result = _no_tty(*command, str(existing))
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        assert "exists" in result.stderr and "no terminal" not in result.stderr, result.stderr
+    assert existing.read_text() == "{}"
+
+
+def _options(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _options(child, f"{path} {name}")
+        elif not isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            yield f"{path} {'/'.join(action.option_strings) or action.dest}", action
+
+
+def test_every_flag_and_argument_has_help_text() -> None:
+    from payrouter.cli import _parser
+
+    options = list(_options(_parser(), "payrouter"))
+    assert len(options) > 80
+    missing = [name for name, action in options if not action.help]
+    assert missing == []
+
+
+def test_chat_has_a_default_spending_cap() -> None:
+    from payrouter.agent_cli import DEFAULT_MAX_PRICE
+    from payrouter.cli import _parser
+
+    args = _parser().parse_args(["chat", "hi", "--router", "http://127.0.0.1:1"])
+    assert args.max_price == DEFAULT_MAX_PRICE == "0.10"
+    assert "default 0.10" in " ".join(run("chat", "--help").stdout.split())
+
+
+def test_dev_fund_without_a_sandbox_is_a_clear_error(tmp_path: Path) -> None:
+    result = run("dev", "fund", "0x" + "ab" * 20, env={"PAYROUTER_SANDBOX_FILE": str(tmp_path / "none.json")})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no sandbox is running" in result.stderr and "payrouter dev" in result.stderr
+
+
+def test_scripts_test_can_run_only_pytest() -> None:
+    result = subprocess.run(
+        [str(ROOT / "scripts/test"), "--pytest-only", "-q", "--collect-only", "tests/test_layering.py"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "== pytest" in result.stderr and "== ruff" not in result.stderr and "== mypy" not in result.stderr
+    assert "test_layering.py" in result.stdout

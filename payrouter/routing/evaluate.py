@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 from payrouter.routing.features import extract_question
 from payrouter.routing.predictor import QualityPredictor, RouterRow, prompt_id
 
-__all__ = ["aiq", "cross_validate", "evaluate", "summarise"]
+__all__ = ["aiq", "cross_validate", "evaluate", "format_result", "summarise"]
 
 # λ in quality per USD: 0 is "best quality at any price", large values "cheapest".
 LAMBDAS = [0.0, *[float(x) for x in np.logspace(-1, 6, 211)]]
@@ -159,7 +159,10 @@ def evaluate(
     """
     unseen = [r for r in rows if prompt_id(r.prompt) not in predictor.train_ids]
     if not unseen:
-        raise ValueError("every row was used for training; evaluate on other data")
+        raise ValueError(
+            "every row was used to train this router file: evaluate on rows held out of training "
+            "(`payrouter router holdout` makes a train/hold-out pair)"
+        )
     models = [m for m in predictor.models if m in unseen[0].scores]
     if reference not in models:
         raise ValueError(f"reference {reference!r} is not one of {models}")
@@ -244,12 +247,28 @@ def task_best_scorer(train: Sequence[RouterRow], models: list[str]) -> Scorer:
     return score
 
 
-def cross_validate(rows: Sequence[RouterRow], reference: str, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+def cross_validate(
+    rows: Sequence[RouterRow],
+    reference: str,
+    folds: int = 5,
+    seed: int = 0,
+    on_fold: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
     """k-fold by prompt: train on k-1 folds, evaluate on the held-out fold, pool all held-out rows.
 
     The pooled curve is computed from every row's out-of-fold predictions, for our router and
-    for the TF-IDF nearest-neighbour and best-model-per-task baselines.
+    for the TF-IDF nearest-neighbour and best-model-per-task baselines. ``on_fold(i)`` is
+    called after fold ``i`` (0-based) is done, for progress reports.
+
+    Raises:
+        ValueError: fewer than 2 folds, more folds than rows, or the reference is not a model of the data.
     """
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2 (got {folds}): each fold is held out once while the others train")
+    if folds > len(rows):
+        raise ValueError(f"folds must be at most the number of rows ({len(rows)}), got {folds}")
+    if reference not in rows[0].scores:
+        raise ValueError(f"reference {reference!r} is not one of {sorted(rows[0].scores)}")
     order = list(range(len(rows)))
     random.Random(seed).shuffle(order)
     models = sorted(rows[0].scores)
@@ -271,6 +290,8 @@ def cross_validate(rows: Sequence[RouterRow], reference: str, folds: int = 5, se
             if name == "router":
                 times += t
         held += test
+        if on_fold is not None:
+            on_fold(f)
     scores, costs = _matrices(held, models)
     base = _single_and_oracle(scores, costs, models)
     ref = base["single_models"][reference]
@@ -298,3 +319,43 @@ def cross_validate(rows: Sequence[RouterRow], reference: str, folds: int = 5, se
             "points": curves[name],
         }
     return result
+
+
+def _pct(value: float | None) -> str:
+    return "never" if value is None else f"{value:.0%}"
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A `evaluate` or `cross_validate` result as a table for people (rounded; ``--json`` has it all)."""
+    ref_cost = result["reference_cost_usd"]
+    how = f"{result['folds']}-fold cross-validation" if "folds" in result else "held-out evaluation"
+    lines = [
+        f"{how} on {result['rows']} rows; reference {result['reference']}: "
+        f"accuracy {result['reference_accuracy']:.3f} at ${ref_cost:.6f} a prompt",
+        "",
+        f"{'router':<22} {'accuracy at 10% / 25% / 50% of its cost':<42} {'cost to match':<14} AIQ",
+    ]
+    baselines = result["baselines"]
+    rows = [("payrouter", result), *((n, baselines[n]) for n in ("tfidf_knn", "best_model_per_task") if n in baselines)]
+    for name, r in rows:
+        at = r["accuracy_at_cost_ratio"]
+        accuracies = " / ".join(_acc(at.get(k)) for k in COST_RATIOS)
+        match = _pct(r["cost_ratio_to_match_reference"])
+        lines.append(f"{name:<22} {accuracies:<42} {match:<14} {r['aiq']:.3f}")
+    oracle = baselines["oracle"]
+    lines += [
+        "",
+        f"oracle (cheapest correct model): accuracy {oracle['accuracy']:.3f} at ${oracle['cost_usd']:.6f} "
+        f"({_pct(oracle['cost_usd'] / ref_cost if ref_cost else None)} of the reference's cost)",
+        f"decision time: p50 {result['decision_ms_p50']:.3f} ms, p99 {result['decision_ms_p99']:.3f} ms",
+        "",
+        f"{'single model':<36} {'accuracy':>8} {'$ a prompt':>11}",
+    ]
+    singles = baselines["single_models"]
+    for model in sorted(singles, key=lambda m: singles[m]["cost_usd"]):
+        lines.append(f"{model:<36} {singles[model]['accuracy']:>8.3f} {singles[model]['cost_usd']:>11.6f}")
+    return "\n".join(lines)
