@@ -112,6 +112,7 @@ class Servers:
     urls: list[str]
     request_log: Path
     metrics_dir: Path
+    config: Path
 
 
 @pytest.fixture(scope="session")
@@ -138,7 +139,7 @@ def servers(mbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url, proc, log in zip(urls, procs, logs, strict=True):
             wait_healthy(url, proc, log)
-        yield Servers(urls, folder / "requests.jsonl", metrics_dir)
+        yield Servers(urls, folder / "requests.jsonl", metrics_dir, config)
     finally:
         stop(procs)
 
