@@ -113,13 +113,18 @@ def test_demo_makes_paid_calls_and_refuses_a_replay() -> None:
     assert spent.split("spent ")[1].split(" =")[0] == spent.split("charges ")[1]
 
 
-def test_dev_sandbox_json_line_and_clean_stop() -> None:
+def test_dev_sandbox_json_line_and_clean_stop(tmp_path: Path) -> None:
     import signal
 
     import httpx
 
+    env = {**os.environ, "PAYROUTER_SANDBOX_FILE": str(tmp_path / "sandbox.json")}  # not the home folder's
     with subprocess.Popen(
-        [str(CLI), "dev", "--json", "--port", "0", "--agents", "2"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [str(CLI), "dev", "--json", "--port", "0", "--agents", "2"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     ) as proc:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
