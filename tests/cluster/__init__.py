@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from redis.cluster import ClusterNode
 
 from payrouter.sandbox.cluster import LocalCluster
-from payrouter.store.redis import is_cluster_url
+from payrouter.store.redis import cluster_seeds, is_cluster_url
 from tests.redis_keys import delete_namespace
 
 __all__ = ["REDIS_BACKENDS", "SINGLE_REDIS_URL", "delete_keys", "redis_cluster", "redis_url_for"]
@@ -51,9 +52,8 @@ def delete_keys(url: str, namespace: str) -> int:
     if not is_cluster_url(url):
         return delete_namespace(url, namespace)
     deleted = 0
-    seeds = url.split("://", 1)[1].split(",")
-    host, port = seeds[0].rsplit(":", 1)
-    with redis.RedisCluster(host=host, port=int(port)) as cluster:
+    seeds = [ClusterNode(host, port) for host, port in cluster_seeds(url)[0]]
+    with redis.RedisCluster(startup_nodes=seeds) as cluster:  # any seed still up will do
         for node in cluster.get_primaries():
             client = cluster.get_redis_connection(node)
             for key in client.scan_iter(match=f"{namespace}:*", count=500):
