@@ -152,7 +152,7 @@ def _instrument() -> dict[str, list[float]]:
 
     gate.PaymentGate.__call__ = gate_timed  # type: ignore[method-assign]
     for module, prefix in ((batch, "batch"), (exact, "exact")):
-        for attr in ("load_quote", "run_handler", "send_response"):
+        for attr in ("presented_quote", "run_handler", "send_response"):
             if hasattr(module, attr):
                 setattr(module, attr, timed_async(f"{prefix}.{attr}", getattr(module, attr)))
     for cls, prefix in ((batch.BatchScheme, "batch"), (getattr(exact, "ExactScheme", None), "exact")):
@@ -182,6 +182,8 @@ def _serve_payrouter(
     namespace: str,
     profile: str | None,
     timing: str | None,
+    metrics: bool = True,
+    request_log: str | None = None,
 ) -> None:
     import uvicorn
     from pydantic import SecretStr
@@ -200,7 +202,10 @@ def _serve_payrouter(
         rpc_url=rpc_url,
         gas_key=SecretStr(gas_key),
         channel_authorizer_key=SecretStr(authorizer_key),
+        request_log=request_log,
     )
+    if not metrics:
+        _without_metrics()
     samples = _instrument() if timing else None
     app = create_app(settings)
     if profile is None and timing is None:
@@ -224,6 +229,33 @@ def _serve_payrouter(
         if timing:
             with open(timing, "w") as out:
                 json.dump(samples, out)
+
+
+def _without_metrics() -> None:
+    """Take payrouter's instrumentation out of this (server) process: ``--metrics-cost``'s baseline.
+
+    Metric updates become no-ops, the request-metrics middleware is left out of the app, what the
+    paid path notes for the request log does nothing, and timed awaits are awaited bare.
+    """
+    import prometheus_client.metrics as pm
+
+    import payrouter.app
+    import payrouter.x402.settlement as settlement
+    from payrouter.metrics import calls
+    from payrouter.x402.schemes import batch, exact
+
+    def noop(*_a: Any, **_kw: Any) -> None:
+        return None
+
+    for cls, names in ((pm.Counter, ("inc",)), (pm.Gauge, ("inc", "dec", "set")), (pm.Histogram, ("observe",))):
+        for name in names:
+            setattr(cls, name, noop)
+    pm.MetricWrapperBase.labels = lambda self, *_a, **_kw: self  # type: ignore[method-assign]
+    payrouter.app.RequestMetrics = lambda app, **_kw: app  # type: ignore[assignment,misc]
+    for name in ("quoted", "refused", "scheme_chosen", "holds", "committed", "deposit_sent", "answered", "model_time"):
+        setattr(calls, name, noop)
+    for module in (exact, batch, settlement):
+        module.timed = lambda awaitable, _histogram: awaitable  # type: ignore[attr-defined]
 
 
 def _serve_official(
@@ -317,6 +349,39 @@ async def _unpaid_latencies(url: str, n: int) -> list[float]:
             if i >= 5:
                 out.append(elapsed)
     return out
+
+
+async def _paid_exact_alternating(urls: dict[str, str], agent: LocalSigner, n: int, warm: int) -> dict[str, list[float]]:
+    """Paid ``exact`` latencies (ms) of each server in ``urls``, the servers taking turns call by
+    call (and which goes first alternating), so drift in the machine's load hits both alike."""
+    out: dict[str, list[float]] = {name: [] for name in urls}
+    async with httpx.AsyncClient(timeout=60) as http:
+        for i in range(n + warm):
+            order = list(urls.items())
+            for name, url in order if i % 2 == 0 else reversed(order):
+                body = _body()
+                offer = read_offer((await http.post(url, json=body)).headers).body
+                header, _ = build_payment_header(offer, agent, max_amount=10**6)
+                start = time.perf_counter()
+                response = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
+                elapsed = (time.perf_counter() - start) * 1000
+                assert response.status_code == 200, response.text
+                if i >= warm:
+                    out[name].append(elapsed)
+    return out
+
+
+def _metrics_cost(latencies: dict[str, list[float]], unpaid: dict[str, list[float]], log_lines: int) -> str:
+    on, off = latencies["metrics"], latencies["no-metrics"]
+    lines = ["metrics and request log cost (exact, the two servers alternating call by call):"]
+    for name, values in latencies.items():
+        lines.append(
+            f"  {name:<11} paid p50 {percentile(values, 50):7.2f} ms  p99 {percentile(values, 99):7.2f} ms  "
+            f"unpaid 402 p50 {percentile(unpaid[name], 50):6.2f} ms  (n={len(values)})"
+        )
+    ratio = percentile(on, 50) / percentile(off, 50)
+    lines.append(f"  paid p50 with / without: x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%); request log lines written: {log_lines}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -616,6 +681,12 @@ def main() -> None:
     parser.add_argument(
         "--timing", action="store_true", help="time the steps of paid calls in the server (best with one --scheme)"
     )
+    parser.add_argument(
+        "--metrics-cost",
+        action="store_true",
+        help="also run a payrouter server without metrics or request log, and compare paid exact calls "
+        "alternating between the two (the measured server writes a request log)",
+    )
     args = parser.parse_args()
     schemes = [EXACT, BATCH] if args.scheme == "both" else [args.scheme]
     block_time: int = args.block_time
@@ -642,16 +713,18 @@ def main() -> None:
         gas_wallet = chain.new_account()
         gas_key, gas_address = gas_wallet.unsafe_export_private_key(), gas_wallet.address
         official_gas = chain.new_account().unsafe_export_private_key()
+        bare_gas = chain.new_account().unsafe_export_private_key() if args.metrics_cost else ""
         if block_time:
             chain.rpc("evm_setAutomine", [False])
             chain.rpc("evm_setIntervalMining", [block_time])
-        ports = {name: _free_port() for name in ("upstream", "payrouter", "official")}
+        ports = {name: _free_port() for name in ("upstream", "payrouter", "official", "bare")}
         upstream = f"http://127.0.0.1:{ports['upstream']}"
         from pricing import estimate_chat_input_tokens, quote_route
 
         amount = quote_route(table, "gpt-4o-mini", estimate_chat_input_tokens(BODY["messages"]), 64).amount
         namespace = f"payrouter-bench-{secrets.token_hex(4)}"
         timing_file = os.path.join(tempfile.gettempdir(), f"{namespace}-timing.json") if args.timing else None
+        request_log = os.path.join(tempfile.gettempdir(), f"{namespace}-requests.jsonl") if args.metrics_cost else None
         procs: list[BaseProcess] = [
             spawn.Process(target=_serve_upstream, args=(ports["upstream"],), daemon=True),
             spawn.Process(
@@ -666,10 +739,32 @@ def main() -> None:
                     namespace,
                     args.profile,
                     timing_file,
+                    True,
+                    request_log,
                 ),
                 daemon=True,
             ),
         ]
+        if args.metrics_cost:
+            procs.append(
+                spawn.Process(
+                    target=_serve_payrouter,
+                    args=(
+                        ports["bare"],
+                        table.model_dump_json(),
+                        chain.rpc_url,
+                        bare_gas,
+                        authorizer.unsafe_export_private_key(),
+                        upstream,
+                        namespace + "-bare",
+                        None,
+                        None,
+                        False,
+                        None,
+                    ),
+                    daemon=True,
+                )
+            )
         if official:
             procs.append(
                 spawn.Process(
@@ -752,6 +847,16 @@ def main() -> None:
                     f"paid p50 x{theirs.p50 / exact_row.p50:.2f} faster   "
                     f"paid p99 x{theirs.p99 / exact_row.p99:.2f} faster"
                 )
+            if args.metrics_cost:
+                urls = {"metrics": ours, "no-metrics": f"http://127.0.0.1:{ports['bare']}/v1/chat/completions"}
+                asyncio.run(_wait(urls["no-metrics"]))
+                unpaid_by = {name: asyncio.run(_unpaid_latencies(url, args.paid)) for name, url in urls.items()}
+                by = asyncio.run(_paid_exact_alternating(urls, agents[EXACT], paid_exact, warm))
+                assert request_log is not None
+                time.sleep(0.5)  # the writer thread flushes what is queued
+                with open(request_log) as lines:
+                    logged = sum(1 for _ in lines)
+                print(_metrics_cost(by, unpaid_by, logged), flush=True)
             print()
             if EXACT in schemes and paid_exact != args.paid:
                 print(
@@ -777,6 +882,10 @@ def main() -> None:
         finally:
             _stop(procs)
             delete_namespace(namespace)
+            if args.metrics_cost:
+                delete_namespace(namespace + "-bare")
+            if request_log and os.path.exists(request_log):
+                os.unlink(request_log)
         if timing_file and os.path.exists(timing_file):
             with open(timing_file) as source:
                 print(_breakdown(json.load(source)))

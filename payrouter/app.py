@@ -24,6 +24,7 @@ from payrouter.journal import DeferredWrites, Journal
 from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
 from payrouter.metrics.middleware import REQUEST_LOG_STATE, RequestMetrics
+from payrouter.quote_seal import QuoteSeal
 from payrouter.quoting import Quoter
 from payrouter.reconciler import Reconciler, Resolver
 from payrouter.reload import LiveRouting, LiveServices, Reloader, build_router
@@ -48,6 +49,7 @@ from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
 from payrouter.x402.schemes import build_schemes
 from payrouter.x402.schemes.batch import BATCH, BatchScheme
+from payrouter.x402.unpaid_limit import UnpaidLimit
 from pricing import usd_to_atomic
 from wallets import LocalSigner
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS
@@ -101,6 +103,11 @@ def _claimer(settings: Settings, batch: BatchScheme, journal: Journal, store: St
         network=table.network,
         poll=settings.claim_poll,
     )
+
+
+def _unpaid_limit(settings: Settings) -> UnpaidLimit | None:
+    server = settings.server
+    return UnpaidLimit(server.unpaid_rate, server.unpaid_burst) if server.unpaid_rate > 0 else None
 
 
 def create_app(settings: Settings, router: Router | None = None, backend: SettlementBackend | None = None) -> Starlette:
@@ -166,6 +173,8 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 journal=journal,
                 deferred=deferred,
                 resolver=resolver,
+                quotes=QuoteSeal(store),
+                unpaid_limit=_unpaid_limit(settings),
             )
             batch = await _open_batch_scheme(settings, store, chain, journal, stack) if BATCH in table.schemes else None
             services.schemes = build_schemes(table, batch)

@@ -1,4 +1,5 @@
-"""From a chat request to a priced route and its x402 requirements, and back from the store."""
+"""From a chat request to a priced route and its x402 requirements (sealed into the offer by
+`payrouter.quote_seal`)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from typing import Any
 
 from payrouter.chat import ChatRequest
 from payrouter.routing import RouteConstraints, RouteDecision, Router
-from payrouter.store import Store, keys
 from payrouter.x402.requirements import Requirements
 from pricing import PriceTable, Quote, estimate_chat_input_tokens, quote_route
 
-__all__ = ["PricedRoute", "Quoter", "load_quote", "save_quote"]
+__all__ = ["PricedRoute", "Quoter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +24,7 @@ class PricedRoute:
     requirements: Requirements
 
     def to_record(self) -> bytes:
-        """Serialise for the store (the paid retry is matched against exactly this)."""
+        """Serialise for the payment journal (what a payment bought; `from_record` reads it back)."""
         d = self.decision
         return json.dumps(
             {
@@ -83,9 +83,15 @@ class Quoter:
         input_tokens = estimate_chat_input_tokens(messages, request.tools)
         decision = self.router.decide(request, input_tokens, self.table, constraints)
         quote = quote_route(self.table, decision.model, decision.input_tokens, decision.output_tokens)
-        return PricedRoute(decision=decision, quote=quote, requirements=self._requirements(decision, quote))
+        return PricedRoute(decision=decision, quote=quote, requirements=self.requirements(decision, quote))
 
-    def _requirements(self, decision: RouteDecision, quote: Quote) -> Requirements:
+    def requirements(self, decision: RouteDecision, quote: Quote) -> Requirements:
+        """The x402 requirements of a priced decision under this table (deterministic: a sealed
+        quote's offer is rebuilt with it).
+
+        Raises:
+            UnknownModelError: the decision's model is not in the table.
+        """
         table = self.table
         model = table.model(decision.model)
         extra: dict[str, Any] = {
@@ -122,14 +128,3 @@ class Quoter:
             max_timeout_seconds=table.max_timeout_seconds,
             extra=extra,
         )
-
-
-async def save_quote(store: Store, digest: str, priced: PricedRoute) -> None:
-    """Keep ``priced`` for the request ``digest`` as long as its payment may be signed."""
-    await store.put(keys.quote(digest), priced.to_record(), priced.requirements.max_timeout_seconds)
-
-
-async def load_quote(store: Store, digest: str) -> PricedRoute | None:
-    """The live quote of the request ``digest``, or None when expired or never issued."""
-    record = await store.get(keys.quote(digest))
-    return None if record is None else PricedRoute.from_record(record)

@@ -10,11 +10,13 @@ import httpx
 from payrouter.chain import ChainClient
 from payrouter.facilitator import Facilitator
 from payrouter.journal import DeferredWrites, Journal
+from payrouter.quote_seal import QuoteSeal
 from payrouter.quoting import Quoter
 from payrouter.reconciler import Resolver
 from payrouter.store import Store
 from payrouter.upstream.health import HealthTracker
 from payrouter.upstream.pool import UpstreamPool
+from payrouter.x402.unpaid_limit import UnpaidLimit
 from pricing import PriceTable
 
 if TYPE_CHECKING:
@@ -40,6 +42,9 @@ class Services:
     journal: Journal
     deferred: DeferredWrites
     resolver: Resolver
+    quotes: QuoteSeal
+    # per-client limit on unpaid requests (None: unlimited)
+    unpaid_limit: UnpaidLimit | None = None
     answer_ttl: int = 7 * 24 * 3600
     # the offered payment schemes by name, in the price table's preference order
     schemes: dict[str, Scheme] = field(default_factory=dict)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from decimal import Decimal
 from fractions import Fraction
 
@@ -10,12 +11,12 @@ from starlette.responses import JSONResponse
 
 from payrouter.chat import InvalidRequest, parse_chat_request, request_digest
 from payrouter.http_errors import error_response
-from payrouter.quoting import save_quote
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
 from payrouter.x402.requirements import Resource
 from payrouter.x402.responses import UNPAID_ERROR
+from payrouter.x402.unpaid_limit import client_of
 from pricing import ModelPrice, PriceTable, PricingError, ceil_fraction, usd_to_atomic
 
 __all__ = ["list_models", "quote"]
@@ -65,10 +66,19 @@ async def list_models(request: Request) -> JSONResponse:
 async def quote(request: Request) -> JSONResponse:
     """Route and price a chat request without running it.
 
-    The quote is stored exactly as an unpaid call would store it, so a client may pay these
-    requirements directly on ``POST /v1/chat/completions`` with the same body.
+    The offers carry the quote sealed exactly as an unpaid call's 402 does, so a client may pay
+    them directly on ``POST /v1/chat/completions`` with the same body.
     """
     services: Services = request.state.services
+    limit = services.unpaid_limit
+    wait = 0.0 if limit is None else limit.take(client_of(request.scope))
+    if wait > 0:
+        retry = str(max(1, math.ceil(wait)))
+        response = error_response(
+            429, f"too many unpaid requests from this address: retry in {retry} s", "rate_limit_error"
+        )
+        response.headers["retry-after"] = retry
+        return response
     body = await request.body()
     if len(body) > services.max_body_bytes:
         return _error(413, f"request body exceeds {services.max_body_bytes} bytes")
@@ -83,7 +93,7 @@ async def quote(request: Request) -> JSONResponse:
     except (RoutingError, PricingError) as exc:
         return _error(400, str(exc), "model")
     digest = request_digest("POST", "/v1/chat/completions", raw, routing_headers)
-    await save_quote(services.store, digest, priced)
+    priced = await services.quotes.seal(digest, priced)
     base = services.public_url or f"{request.url.scheme}://{request.url.netloc}"
     resource = Resource(url=base.rstrip("/") + "/v1/chat/completions")
     d, q = priced.decision, priced.quote
@@ -118,7 +128,7 @@ async def quote(request: Request) -> JSONResponse:
                 "x402Version": 2,
                 "error": UNPAID_ERROR,
                 "resource": resource.to_wire(),
-                "accepts": [priced.requirements.to_v2()],
+                "accepts": [scheme.offer(priced).to_v2() for scheme in services.schemes.values()],
             },
             "expires_in": priced.requirements.max_timeout_seconds,
         }

@@ -2,7 +2,7 @@
 
 It runs the handshake every scheme shares (`payrouter.x402.schemes`):
 
-Unpaid request -> route, price, store the quote, answer 402 with every offered scheme.
+Unpaid request -> route, price, seal the quote into the offer, answer 402 with every offered scheme.
 Paid request   -> decode the envelope, pick the scheme it names, let the scheme verify,
                   reserve, run the handler, charge or release, and answer with the receipt.
 A rejected payment gets a fresh offer; errors become responses here and nowhere else.
@@ -11,6 +11,7 @@ A rejected payment gets a fresh offer; errors become responses here and nowhere 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -18,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.chat import InvalidRequest, parse_chat_request, parse_messages_request, request_digest
 from payrouter.metrics import calls as observed
-from payrouter.quoting import PricedRoute, save_quote
+from payrouter.quoting import PricedRoute
 from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
 from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
@@ -29,6 +30,7 @@ from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.responses import payment_required
 from payrouter.x402.schemes.base import Refunds
+from payrouter.x402.unpaid_limit import client_of
 from payrouter.x402.wire import decode_header, parse_envelope
 from pricing import PricingError
 
@@ -54,12 +56,29 @@ def offers(
 async def _quote(call: PaidRequest) -> PricedRoute:
     priced = call.services.quoter.price(call.request, call.constraints)
     observed.quoted(call.scope["path"], priced.decision, call.services.schemes, call.digest)
-    await save_quote(call.services.store, call.digest, priced)
-    return priced
+    return await call.services.quotes.seal(call.digest, priced)
+
+
+async def _limited(call: PaidRequest, send: Send, why: str = "") -> bool:
+    """Take an unpaid request's token; when the client has none left, answer 429 and say so."""
+    limit = call.services.unpaid_limit
+    wait = 0.0 if limit is None else limit.take(client_of(call.scope))
+    if wait <= 0:
+        return False
+    retry = max(1, math.ceil(wait))
+    message = f"too many unpaid requests from this address: pay for a quote you hold, or retry in {retry} s"
+    status, body = json_error(429, f"{why}; {message}" if why else message, "rate_limit_error")
+    await send_response(
+        send, status, body, [(b"content-type", b"application/json"), (b"retry-after", str(retry).encode())]
+    )
+    return True
 
 
 async def _reject(call: PaidRequest, exc: PaymentError, scheme: str | None, send: Send) -> None:
     # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
+    if await _limited(call, send, f"payment refused: {exc.reason} ({exc.message})"):
+        log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
+        return
     priced = await _quote(call)
     observed.refused(call.scope, scheme, exc.reason, exc.message, exc.payer, priced)
     log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
@@ -134,6 +153,8 @@ class PaymentGate:
         try:
             try:
                 if v2_header is None and v1_header is None:
+                    if await _limited(call, send):
+                        return
                     priced = await _quote(call)
                     await send_response(send, 402, *payment_required(offers(services, priced), resource))
                     return
@@ -148,6 +169,8 @@ class PaymentGate:
                 scheme_name = scheme.name
                 observed.scheme_chosen(scope, scheme_name, digest)
                 await scheme.serve(call, envelope, send)
+                if services.unpaid_limit is not None:  # a payer's quote was not unpaid work
+                    services.unpaid_limit.give_back(client_of(scope))
             except PaymentRejected as exc:
                 await _reject(call, exc, scheme_name, send)
         except (RoutingError, PricingError) as exc:

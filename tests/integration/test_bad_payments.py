@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import secrets
 import time
 from collections.abc import Callable
@@ -13,8 +15,11 @@ import pytest
 import redis
 
 from payrouter.chat import request_digest
+from payrouter.quote_seal import QuoteSeal
+from payrouter.quoting import Quoter
+from payrouter.routing import RoutingEngine
 from payrouter.sandbox.dev import Sandbox
-from tests.polling import wait_until
+from payrouter.store import RedisStore
 from wallets import LocalSigner
 
 from .conftest import REDIS_URL, Observer
@@ -139,19 +144,52 @@ def test_payment_for_a_request_never_quoted(box: Sandbox, http: httpx.Client, ob
     assert "no live quote" in response.json()["message"]
 
 
+async def _resealed(box: Sandbox, token: str, digest: str, at: float) -> str:
+    """The server's own quote ``token`` sealed again as if issued at ``at`` (its key, from the
+    store the sandbox shares)."""
+    store = RedisStore(REDIS_URL, box.namespace)
+    try:
+        seal, quoter = QuoteSeal(store), Quoter(box.table, RoutingEngine())
+        priced = await seal.open(token, digest, quoter)
+        assert priced is not None
+        return str((await seal.seal(digest, priced, now=at)).requirements.extra["quote"])
+    finally:
+        await store.close()
+
+
 def test_payment_for_an_expired_quote(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
     url = f"{box.router_url}/v1/chat/completions"
     agent = box.agents[1]
     body = _body()
     o = offer(http, url, body)
-    # let the stored quote expire (its TTL is maxTimeoutSeconds; shortened here to 1 ms)
-    key = f"{box.namespace}:quote:{request_digest('POST', '/v1/chat/completions', body)}"
-    with redis.Redis.from_url(REDIS_URL) as r:
-        assert r.pexpire(key, 1)
-        wait_until(lambda: not r.exists(key), "the quote to expire")
+    accepted = o["accepts"][0]
+    digest = request_digest("POST", "/v1/chat/completions", body)
+    # the same quote, issued one lifetime (plus a second) ago: sealed by the server's key, expired
+    at = time.time() - accepted["maxTimeoutSeconds"] - 1
+    accepted["extra"]["quote"] = asyncio.run(_resealed(box, accepted["extra"]["quote"], digest, at))
     with observer.unchanged(agent.address, box.operator.address):
         response = http.post(url, json=body, headers=header(payment(o, agent)))
     assert rejection(response) == (402, "invalid_payment_requirements")
+    assert "no live quote" in response.json()["message"]
+
+
+def test_payment_with_a_tampered_quote(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = box.agents[1]
+    body = _body()
+    o = offer(http, url, body)
+    accepted = o["accepts"][0]
+    prefix, epoch, sealed, tag = accepted["extra"]["quote"].split(".")
+    fields = json.loads(base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4)))
+    # a payer that lowers the quoted price (and pays that) is refused: the tag no longer fits
+    fields["a"] = 1
+    cheaper = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=").decode()
+    accepted["extra"]["quote"] = ".".join((prefix, epoch, cheaper, tag))
+    accepted["amount"] = "1"
+    with observer.unchanged(agent.address, box.operator.address):
+        response = http.post(url, json=body, headers=header(payment(o, agent)))
+    assert rejection(response) == (402, "invalid_payment_requirements")
+    assert "no live quote" in response.json()["message"]
 
 
 def test_reused_payment_is_served_once(box: Sandbox, http: httpx.Client, observer: Observer) -> None:

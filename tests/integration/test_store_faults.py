@@ -141,7 +141,8 @@ def test_redis_dies_before_the_first_chunk_and_returns_in_time(
     jobs = _streams(router, box, http, 4)
     observer.control(delay_ms=600, chunk_delay_ms=30)
     streams = _Streams(router.url, jobs)
-    time.sleep(0.3)  # verified and recorded; the model has not answered yet
+    for agent, job, _amount in jobs:  # verified and recorded; the model has not answered yet
+        router.wait_for(agent, job, State.SERVING)
     router.redis.kill()
     time.sleep(1.0)  # the streams' first chunks arrive while Redis is down
     router.redis.start()
@@ -154,7 +155,8 @@ def test_redis_dies_before_the_first_chunk_and_returns_in_time(
         router.wait_for(agent, job, State.SETTLED)
         # the answer is kept: the same payment fetches it
         again = http.post(f"{router.url}/v1/chat/completions", json=job["body"], headers=header(job["payment"]))
-        assert again.status_code == 200 and _last_event(again.text)[1]["transaction"] == receipt["transaction"]
+        assert again.status_code == 200, again.text
+        assert _last_event(again.text)[1]["transaction"] == receipt["transaction"]
 
 
 def test_redis_down_too_long_cuts_streams_they_are_owed_then_collected(
@@ -163,7 +165,8 @@ def test_redis_down_too_long_cuts_streams_they_are_owed_then_collected(
     jobs = _streams(router, box, http, 4)
     observer.control(delay_ms=600, chunk_delay_ms=30)
     streams = _Streams(router.url, jobs)
-    time.sleep(0.3)
+    for agent, job, _amount in jobs:  # verified and recorded; the model has not answered yet
+        router.wait_for(agent, job, State.SERVING)
     router.redis.kill()
     responses = streams.join()  # unconfirmed_seconds (2 s) pass without Redis: nothing can be recorded
     for (agent, _job, _amount), response in zip(jobs, responses, strict=True):

@@ -18,7 +18,7 @@ from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import Envelope, v1_network_name
 
-__all__ = ["Refunds", "Scheme", "match_terms"]
+__all__ = ["Refunds", "Scheme", "match_terms", "presented_quote"]
 
 
 class Scheme(Protocol):
@@ -60,6 +60,25 @@ class Refunds(Protocol):
             PaymentRejected: the refund cannot be made; nothing moved.
         """
         ...
+
+
+async def presented_quote(call: PaidRequest, envelope: Envelope) -> PricedRoute | None:
+    """The quote a paid request presents: the sealed one its ``accepted.extra.quote`` carries
+    (`payrouter.quote_seal`), or, without a token (x402 v1, or a client that rebuilt
+    ``accepted``), the request priced afresh, which the payment must then match. None when the
+    token is not a live quote of ours for this request (expired, tampered, another request's).
+
+    Raises:
+        RoutingError, PricingError: a tokenless request cannot be priced now.
+        StoreError: the token's key could not be read.
+    """
+    services = call.services
+    accepted = envelope.accepted or {}
+    extra = accepted.get("extra")
+    token = extra.get("quote") if isinstance(extra, dict) else None
+    if token is None:
+        return services.quoter.price(call.request, call.constraints)
+    return await services.quotes.open(token, call.digest, services.quoter)
 
 
 def match_terms(envelope: Envelope, offer: Requirements, payer: str | None) -> None:

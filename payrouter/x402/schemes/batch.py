@@ -3,7 +3,8 @@
 The payer deposits once into an on-chain channel (its first payment carries the deposit's
 ERC-3009 authorization; we send it and serve once it is mined). Every call then carries a
 voucher: a signature over the channel's new cumulative maximum, ``charged + amount``. Serving
-one costs a signature recovery and two store round trips, never a chain round trip:
+one costs a signature recovery and two store round trips (reserve; commit beside the journal
+write), never a chain round trip:
 
 1. the config is ours (receiver, authorizer, token, withdraw delay) and hashes to the id;
    the voucher is signed by the payer's authorizer;
@@ -48,13 +49,13 @@ from payrouter.channels.records import claim_record
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.metrics import calls as observed
 from payrouter.metrics.timing import timed
-from payrouter.quoting import PricedRoute, load_quote
+from payrouter.quoting import PricedRoute
 from payrouter.store import StoreError
 from payrouter.x402.asgi import json_error, replay_body, run_handler, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements
-from payrouter.x402.schemes.base import match_terms
+from payrouter.x402.schemes.base import match_terms, presented_quote
 from payrouter.x402.schemes.batch_payload import BatchPayload, ChannelReason, parse_batch_payload
 from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, encode_header
 from pricing import PriceTable
@@ -131,6 +132,8 @@ class BatchScheme:
             "route": base.extra.get("route"),
             "price": base.extra.get("price"),
         }
+        if "quote" in base.extra:
+            extra["quote"] = base.extra["quote"]
         return Requirements(
             network=base.network,
             amount=base.amount,
@@ -441,27 +444,12 @@ class BatchScheme:
         _VERIFY_SECONDS.observe(time.perf_counter() - checking)
         token = secrets.token_hex(16)
         deposited = ("", 0)
+        # the quote is sealed in the offer: checking it costs no round trip, so it goes first
+        priced = await self._quote(call, envelope, payer)
         if payload.kind == "deposit":
-            priced = await self._quote(call, envelope, payer)
             deposited = await self._deposit(call, payload, channel_id)
             observed.deposit_sent(call.scope, deposited[0])
-            reserved = await self._reserve(payload, channel_id, priced.requirements.amount, token)
-        else:
-            # The quote and the reservation in one round trip: the reservation takes the amount
-            # the payer accepted, and is given back unless it is the quote's.
-            accepted = _accepted_amount(envelope, payer)
-            got = await asyncio.gather(
-                self._quote(call, envelope, payer),
-                self._reserve(payload, channel_id, accepted, token),
-                return_exceptions=True,
-            )
-            quoted, held = got
-            if isinstance(quoted, BaseException) or isinstance(held, BaseException):
-                if not isinstance(held, BaseException):
-                    with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                        await self.store.release(channel_id, token)
-                raise quoted if isinstance(quoted, BaseException) else held  # type: ignore[misc]
-            priced, reserved = quoted, held
+        reserved = await self._reserve(payload, channel_id, priced.requirements.amount, token)
         offer = self.offer(priced)
         charged_before = reserved.state.charged if reserved.state is not None else 0
         record = self._voucher_record(call, envelope, payload, channel_id, priced, offer.amount, charged_before, token)
@@ -493,8 +481,8 @@ class BatchScheme:
             await send_response(send, status, body, headers)
 
     async def _quote(self, call: PaidRequest, envelope: Envelope, payer: str) -> PricedRoute:
-        """The stored quote of the request, which the payment's terms must echo."""
-        priced = await load_quote(call.services.store, call.digest)
+        """The quote the request presents, which the payment's terms must echo."""
+        priced = await presented_quote(call, envelope)
         if priced is None:
             raise PaymentRejected(
                 Reason.INVALID_REQUIREMENTS,
@@ -711,14 +699,6 @@ class BatchScheme:
             _, receipt = self._receipt(paid.payer, charge, state)
             await send({"type": "http.response.body", "body": _receipt_event(receipt, anthropic), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _accepted_amount(envelope: Envelope, payer: str) -> int:
-    accepted = envelope.accepted or {}
-    value = accepted.get("amount")
-    if envelope.version != 2 or not isinstance(value, str) or not value.isdigit() or len(value) > 39:
-        raise PaymentRejected(Reason.INVALID_PAYLOAD, "accepted.amount must be the offer's amount (x402 v2)", payer)
-    return int(value)
 
 
 def _receipt_event(receipt: bytes, anthropic: bool) -> bytes:

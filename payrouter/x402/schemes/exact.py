@@ -1,6 +1,6 @@
 """The ``exact`` scheme: one EIP-3009 transfer of the quoted amount per call.
 
-Paid request -> match the stored quote, open the payment's journal record (what makes it
+Paid request -> match the quote it presents (sealed in its offer), open the payment's journal record (what makes it
 single-use) while verifying, run the handler, settle, answer with the receipt. A failed
 handler settles nothing; a payment presented again is answered from its record
 (`payrouter.x402.replay`). Streams settle while they run (`payrouter.x402.streaming`).
@@ -21,7 +21,7 @@ from payrouter import metrics
 from payrouter.journal import Exposure, State, StoredAnswer
 from payrouter.metrics import calls as observed
 from payrouter.metrics.timing import timed
-from payrouter.quoting import PricedRoute, load_quote
+from payrouter.quoting import PricedRoute
 from payrouter.reconciler import MAX_RECORD_LIFE_S
 from payrouter.store import StoreError, keys
 from payrouter.x402.asgi import json_error, replay_body, run_handler, send_response
@@ -30,7 +30,7 @@ from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.outcomes import send_outcome
 from payrouter.x402.replay import replay
 from payrouter.x402.requirements import Requirements
-from payrouter.x402.schemes.base import match_terms
+from payrouter.x402.schemes.base import match_terms, presented_quote
 from payrouter.x402.settlement import PaymentAttempt, new_record, record_id
 from payrouter.x402.streaming import StreamSettlement
 from payrouter.x402.wire import Envelope, PaymentPayload, exact_payment
@@ -116,7 +116,7 @@ class ExactScheme:
         """
         scope, services, request, digest = call.scope, call.services, call.request, call.digest
         auth = payment.authorization
-        priced = await load_quote(services.store, digest)
+        priced = await presented_quote(call, envelope)
         if priced is None:
             # a payment presented again after its quote expired: its record answers
             existing = await services.journal.get(record_id(auth.from_, auth.nonce))
