@@ -189,7 +189,7 @@ def _serve_payrouter(
     from pydantic import SecretStr
 
     from payrouter.app import create_app
-    from payrouter.settings import ProviderSettings, Settings
+    from payrouter.settings import ProviderSettings, ServerSettings, Settings
     from pricing import parse_price_table
 
     table = parse_price_table(json.loads(table_json))
@@ -203,6 +203,8 @@ def _serve_payrouter(
         gas_key=SecretStr(gas_key),
         channel_authorizer_key=SecretStr(authorizer_key),
         request_log=request_log,
+        # one load generator on one address is all this bench's traffic: no per-client limit
+        server=ServerSettings(unpaid_rate=0),
     )
     if not metrics:
         _without_metrics()
@@ -251,7 +253,7 @@ def _without_metrics() -> None:
         for name in names:
             setattr(cls, name, noop)
     pm.MetricWrapperBase.labels = lambda self, *_a, **_kw: self  # type: ignore[method-assign]
-    payrouter.app.RequestMetrics = lambda app, **_kw: app  # type: ignore[assignment,misc]
+    setattr(payrouter.app, "RequestMetrics", lambda app, **_kw: app)  # noqa: B010 (not a public name of the module)
     for name in ("quoted", "refused", "scheme_chosen", "holds", "committed", "deposit_sent", "answered", "model_time"):
         setattr(calls, name, noop)
     for module in (exact, batch, settlement):
@@ -351,7 +353,9 @@ async def _unpaid_latencies(url: str, n: int) -> list[float]:
     return out
 
 
-async def _paid_exact_alternating(urls: dict[str, str], agent: LocalSigner, n: int, warm: int) -> dict[str, list[float]]:
+async def _paid_exact_alternating(
+    urls: dict[str, str], agent: LocalSigner, n: int, warm: int
+) -> dict[str, list[float]]:
     """Paid ``exact`` latencies (ms) of each server in ``urls``, the servers taking turns call by
     call (and which goes first alternating), so drift in the machine's load hits both alike."""
     out: dict[str, list[float]] = {name: [] for name in urls}
@@ -380,7 +384,9 @@ def _metrics_cost(latencies: dict[str, list[float]], unpaid: dict[str, list[floa
             f"unpaid 402 p50 {percentile(unpaid[name], 50):6.2f} ms  (n={len(values)})"
         )
     ratio = percentile(on, 50) / percentile(off, 50)
-    lines.append(f"  paid p50 with / without: x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%); request log lines written: {log_lines}")
+    lines.append(
+        f"  paid p50 with / without: x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%); request log lines written: {log_lines}"
+    )
     return "\n".join(lines)
 
 
