@@ -137,9 +137,27 @@ def _cmd_wallet_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sandbox_rpc(router: str) -> str:
+    """The JSON-RPC URL of the running ``payrouter dev`` sandbox whose router is ``router``."""
+    from payrouter.sandbox.dev import sandbox_file
+
+    try:
+        state = json.loads(sandbox_file().read_text())
+    except (OSError, ValueError):
+        state = {}
+    if state.get("router_url", "").rstrip("/") == router.rstrip("/") and state.get("rpc_url"):
+        return str(state["rpc_url"])
+    raise SystemExit(
+        f"error: pass --rpc URL, a JSON-RPC node of the router's network ({router} is not the running sandbox, "
+        "whose chain is found by itself)"
+    )
+
+
 def _cmd_wallet_balance(args: argparse.Namespace) -> int:
     address = _signer(args).address
     payment = _catalog(args.router)["payment"]
+    if args.rpc is None:
+        args.rpc = _sandbox_rpc(args.router)
     asset, decimals = payment["asset"]["address"], int(payment["asset"]["decimals"])
     body = {
         "jsonrpc": "2.0",
@@ -280,7 +298,9 @@ def add_agent_commands(sub: Any) -> None:
     balance = wallet.add_parser("balance", help="the wallet's balance of the router's payment asset")
     key_options(balance)
     balance.add_argument("--router", required=True, help="router base URL (its asset and network)")
-    balance.add_argument("--rpc", required=True, help="JSON-RPC URL of that network")
+    balance.add_argument(
+        "--rpc", help="JSON-RPC URL of that network (default: the running sandbox's, when --router is the sandbox)"
+    )
     balance.add_argument("--json", action="store_true", help="print one JSON object")
     balance.set_defaults(func=_cmd_wallet_balance)
     add_channel_commands(wallet, key_options, _signer)

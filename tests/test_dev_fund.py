@@ -1,6 +1,7 @@
 """A new agent wallet on the ``payrouter dev`` sandbox, as a newcomer meets it: ``chat`` without
 funds says how to get them, ``dev fund`` gets them, ``chat`` then pays; ``wallet balance`` with a
-wrong ``--rpc`` names the URL; a call above the default spending cap is refused."""
+wrong ``--rpc`` names the URL
+(and on the sandbox it can be left out); a call above the default spending cap is refused."""
 
 from __future__ import annotations
 
@@ -62,6 +63,11 @@ def test_a_new_wallet_is_funded_with_dev_fund_and_then_pays(tmp_path: Path) -> N
             assert "2.500000 USD Coin (2500000 atomic)" in funded.stdout and "1 ETH" in funded.stdout
             right = run("wallet", "balance", "--router", router, "--rpc", info["rpc_url"], "--json")
             assert json.loads(right.stdout)["balance"] == "2500000"
+            # on the sandbox --rpc can be left out: the running sandbox says where its chain is
+            found = run("wallet", "balance", "--router", router)
+            assert found.returncode == 0 and f"{agent.address} holds $2.500000" in found.stdout, found.stderr
+            elsewhere = run("wallet", "balance", "--router", f"http://127.0.0.1:{free_port()}")
+            assert elsewhere.returncode != 0 and "cannot read the router's catalog" in elsewhere.stderr
 
             paid = run("chat", "hi", "--router", router, "--max-tokens", "20", "--json")
             assert paid.returncode == 0, paid.stderr
