@@ -142,7 +142,7 @@ def _cmd_dev(args: argparse.Namespace) -> int:
         print("Ctrl-C stops everything.", flush=True)
 
     table = Path(args.table) if args.table else EXAMPLE_TABLE
-    asyncio.run(run_sandbox(ready, table, args.host, args.port, args.agents, args.redis_url))
+    asyncio.run(run_sandbox(ready, table, args.host, args.port, args.agents, args.redis_url, args.redis_cluster))
     return 0
 
 
@@ -341,6 +341,11 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--agents", type=int, default=3, help="funded agent accounts to create")
     dev.add_argument("--table", help="price table (default: examples/prices.toml)")
     dev.add_argument("--redis-url", help="share state through Redis instead of memory")
+    dev.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="start a local Redis Cluster (3 masters, 3 replicas on free ports) and share state through it",
+    )
     dev.set_defaults(func=_cmd_dev)
     dev_sub = dev.add_subparsers(dest="dev_command", metavar="{fund}")
     dev_fund = dev_sub.add_parser(

@@ -24,6 +24,7 @@ from pydantic import SecretStr
 
 from payrouter.app import create_app
 from payrouter.devchain import DevChain, DevToken
+from payrouter.sandbox.cluster import LocalCluster
 from payrouter.sandbox.serving import bound_port, uvicorn_server
 from payrouter.sandbox.upstream import TestUpstream
 from payrouter.serving_limits import uvicorn_options
@@ -294,17 +295,27 @@ async def run_sandbox(
     port: int = 8402,
     agents: int = 3,
     redis_url: str | None = None,
+    redis_cluster: bool = False,
 ) -> None:
-    """Run the sandbox until SIGINT or SIGTERM, calling ``on_ready`` once it serves."""
+    """Run the sandbox until SIGINT or SIGTERM, calling ``on_ready`` once it serves.
+
+    ``redis_cluster``: start a local Redis Cluster (3 masters, 3 replicas; `LocalCluster`) and
+    keep the router's state there (instead of ``redis_url``); it is stopped with the rest.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with sandbox(table_path, host, port, agents, redis_url) as box:
-        state = _write_sandbox_file(box)
-        try:
-            on_ready(box)
-            await stop.wait()
-        finally:
-            if state is not None:
-                _remove_sandbox_file(state)
+    cluster = await asyncio.to_thread(LocalCluster().start) if redis_cluster else None
+    try:
+        async with sandbox(table_path, host, port, agents, cluster.url if cluster else redis_url) as box:
+            state = _write_sandbox_file(box)
+            try:
+                on_ready(box)
+                await stop.wait()
+            finally:
+                if state is not None:
+                    _remove_sandbox_file(state)
+    finally:
+        if cluster is not None:
+            cluster.stop()
