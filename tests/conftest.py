@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -7,6 +10,22 @@ import pytest
 from payrouter.devchain import DevChain, DevToken
 from tests.cluster import redis_cluster  # noqa: F401  (a fixture for every test)
 from tests.private_redis import private_redis  # noqa: F401  (a fixture for every test)
+from tests.redis_keys import delete_run_keys
+
+# The agent SDK's and CLI's default budget file and channel folder (~/.payrouter) would fill with
+# test runs: this run's live in a temporary folder, inherited by every process the tests start.
+_AGENT_HOME = tempfile.mkdtemp(prefix="payrouter-test-agent-")
+os.environ["PAYROUTER_BUDGET_FILE"] = os.path.join(_AGENT_HOME, "spend.json")
+os.environ["PAYROUTER_CHANNELS_DIR"] = os.path.join(_AGENT_HOME, "channels")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _run_hygiene() -> Iterator[None]:
+    """At the end of the session: delete every key this run left in the shared Redis (names made
+    with `tests.redis_keys.run_token`) and the agent folder above."""
+    yield
+    shutil.rmtree(_AGENT_HOME, ignore_errors=True)
+    delete_run_keys()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ and ``/healthz`` reports the gas wallet."""
 from __future__ import annotations
 
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ import pytest
 from payrouter.devchain import DevChain, DevToken, free_port
 from payrouter.facilitator.local import SETTLE_GAS_LIMIT
 from payrouter.gas_funds import LOW_SETTLEMENTS
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.service_config import GAS_KEY_ENV, example_table, write_config
 from wallets import LocalSigner
 
@@ -49,7 +48,7 @@ def chain() -> Iterator[tuple[DevChain, DevToken]]:
 
 @pytest.fixture
 def namespace() -> Iterator[str]:
-    ns = f"payrouter-test-{secrets.token_hex(4)}"
+    ns = f"payrouter-test-{run_token()}"
     yield ns
     delete_namespace(REDIS_URL, ns)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 
 from payrouter.devchain import DevChain, DevToken, free_port
 from tests.polling import wait_until
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.service_config import GAS_KEY_ENV, example_table, write_config
 from wallets import LocalSigner
 
@@ -61,7 +60,7 @@ def _holding(name: str, value: str) -> list[int]:
 
 @pytest.fixture
 def config(tmp_path: Path, chain: DevChain, token: DevToken) -> Iterator[tuple[Path, dict[str, str]]]:
-    namespace = f"payrouter-test-workers-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-workers-{run_token()}"
     table = example_table(chain.network, token.address, LocalSigner.generate().address)
     path = write_config(tmp_path, table, REDIS_URL, namespace, chain.rpc_url)
     env = {**os.environ, GAS_KEY_ENV: chain.new_account().unsafe_export_private_key(), "PYTHONFAULTHANDLER": "1"}

@@ -249,11 +249,13 @@ class FileChannelStore:
     across threads and processes on one machine.
 
     Args:
-        directory: default ``~/.payrouter/channels``.
+        directory: default ``$PAYROUTER_CHANNELS_DIR`` (as for the CLI), else ``~/.payrouter/channels``.
     """
 
     def __init__(self, directory: str | os.PathLike[str] | None = None) -> None:
-        self.directory = Path(directory) if directory is not None else Path.home() / ".payrouter" / "channels"
+        if directory is None:
+            directory = os.environ.get("PAYROUTER_CHANNELS_DIR") or Path.home() / ".payrouter" / "channels"
+        self.directory = Path(directory)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _path(self, key: str) -> Path:

@@ -165,11 +165,14 @@ class FileBudgetStore:
     """A `BudgetStore` in a JSON file, locked with ``flock`` so processes share it safely.
 
     Args:
-        path: the file (created with mode 0600 if missing); default ``~/.payrouter/spend.json``.
+        path: the file (created with mode 0600 if missing); default ``$PAYROUTER_BUDGET_FILE`` (as
+            for the CLI), else ``~/.payrouter/spend.json``.
     """
 
     def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self.path = Path(path) if path is not None else Path.home() / ".payrouter" / "spend.json"
+        if path is None:
+            path = os.environ.get("PAYROUTER_BUDGET_FILE") or Path.home() / ".payrouter" / "spend.json"
+        self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     @contextlib.contextmanager

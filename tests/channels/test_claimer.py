@@ -37,6 +37,7 @@ from payrouter.ledger.channel_audit import ChannelAuditReport, ChannelRow, audit
 from payrouter.reconciler import Reconciler, Resolver
 from payrouter.store import RedisStore
 from payrouter.store.redis import connect
+from tests.redis_keys import run_token
 from wallets import (
     BATCH_SETTLEMENT_ADDRESS,
     ERC3009_DEPOSIT_COLLECTOR_ADDRESS,
@@ -132,7 +133,7 @@ class Env:
 
 @pytest.fixture
 async def env(installed: DevChain, token: DevToken) -> AsyncIterator[Env]:
-    namespace = f"payrouter-test-claimer-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-claimer-{run_token()}"
     client = ChainClient(installed.rpc_url)
     gas = installed.new_account()
     locks = RedisStore(REDIS_URL, namespace)

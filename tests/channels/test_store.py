@@ -18,6 +18,7 @@ from payrouter.channels import (
     RedisChannelStore,
 )
 from payrouter.store.redis import connect
+from tests.redis_keys import run_token
 
 from ..cluster import REDIS_BACKENDS, SINGLE_REDIS_URL, delete_keys, redis_url_for
 from ..redis_keys import delete_namespace
@@ -37,7 +38,7 @@ async def stores(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ChannelS
         yield memory, memory
         return
     url = redis_url_for(request.param, request)
-    namespace = f"payrouter-test-channels-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-channels-{run_token()}"
     first, second = RedisChannelStore(connect(url), namespace), RedisChannelStore(connect(url), namespace)
     try:
         yield first, second
@@ -425,7 +426,7 @@ def test_redis_keys_hash_by_channel() -> None:
     """Every per-request step touches one key whose hash tag is the channel: one Cluster slot."""
 
     async def run() -> tuple[list[str], str]:
-        namespace = f"payrouter-test-channels-{secrets.token_hex(4)}"
+        namespace = f"payrouter-test-channels-{run_token()}"
         store = RedisChannelStore(connect(REDIS_URL), namespace)
         try:
             cid = await _open(store)

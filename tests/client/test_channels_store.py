@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import multiprocessing
-import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
@@ -22,6 +21,7 @@ from payrouter.client.channels import (
     channel_key,
     update_channel,
 )
+from tests.redis_keys import run_token
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 KEY = channel_key("eip155:31337", "0x" + "AA" * 20, "0x" + "BB" * 20, "0x" + "CC" * 20)
@@ -34,7 +34,7 @@ def _state(balance: int = 0, charged: int = 0, signed_max: int = 0, refunded: in
 
 @pytest.fixture
 def redis_prefix() -> Iterator[str]:
-    prefix = f"payrouter-test-channels-{secrets.token_hex(4)}"
+    prefix = f"payrouter-test-channels-{run_token()}"
     yield prefix
     with redis.Redis.from_url(REDIS_URL) as r:
         for key in r.scan_iter(f"{prefix}:*"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ import redis
 
 from payrouter.client import FileBudgetStore, MemoryBudgetStore, PaymentRefused, RedisBudgetStore, SpendingPolicy
 from payrouter.client.policy import BudgetStore
+from tests.redis_keys import run_token
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -23,7 +23,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[BudgetStor
     elif request.param == "file":
         yield FileBudgetStore(tmp_path / "spend.json")
     else:
-        key = f"payrouter-test-spend-{secrets.token_hex(4)}"
+        key = f"payrouter-test-spend-{run_token()}"
         yield RedisBudgetStore(REDIS_URL, key)
         with redis.Redis.from_url(REDIS_URL) as r:
             r.delete(key)

@@ -31,6 +31,7 @@ from payrouter.sandbox.dev import Sandbox
 from payrouter.store import RedisStore
 from tests.cluster import REDIS_BACKENDS, delete_keys, redis_url_for
 from tests.integration.payments import header, offer, payment, rejection
+from tests.redis_keys import run_token
 from tests.sandbox_thread import sandbox_in_thread
 from wallets import LocalSigner
 
@@ -46,7 +47,7 @@ class Box:
 @pytest.fixture(scope="module", params=REDIS_BACKENDS)
 def box(request: pytest.FixtureRequest) -> Iterator[Box]:
     url = redis_url_for(request.param, request)
-    namespace = f"payrouter-test-paid-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-paid-{run_token()}"
     try:
         with sandbox_in_thread(agents=2, redis_url=url, namespace=namespace) as sb:
             yield Box(sb, url)

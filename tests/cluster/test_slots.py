@@ -17,6 +17,7 @@ from payrouter.store import RedisStore, keys
 from payrouter.store.redis import connect
 from tests.cluster import delete_keys
 from tests.journal.records import sample_record
+from tests.redis_keys import run_token
 
 CONFIG = '{"payer":"0x1111111111111111111111111111111111111111","salt":"0x00"}'
 
@@ -108,7 +109,7 @@ async def _every_channel_operation(channels: RedisChannelStore) -> None:
 
 
 async def test_every_script_and_multi_key_step_runs_on_the_cluster(redis_cluster: LocalCluster) -> None:
-    namespace = f"payrouter-test-slots-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-slots-{run_token()}"
     url = redis_cluster.url
     store = RedisStore(url, namespace)
     journal = RedisJournal(connect(url), namespace)

@@ -23,7 +23,7 @@ import pytest
 
 from payrouter.sandbox.dev import Sandbox
 from tests.price_toml import price_table_toml
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.sandbox_thread import sandbox_in_thread
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -54,7 +54,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="package")
 def box() -> Iterator[Sandbox]:
     """anvil, the dev token, the test upstream (and a router without a dashboard) on Redis."""
-    namespace = f"payrouter-dash-{secrets.token_hex(4)}"
+    namespace = f"payrouter-dash-{run_token()}"
     try:
         with sandbox_in_thread(agents=3, redis_url=REDIS_URL, namespace=namespace) as sb:
             yield sb

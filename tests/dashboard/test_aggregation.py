@@ -6,15 +6,16 @@ from __future__ import annotations
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from payrouter.dashboard.current import current_state, quantile, read_registry, split_arms
-from payrouter.dashboard.history import WINDOWS, history, open_payments, read_window
+from payrouter.dashboard.history import WINDOWS, HistoryCache, calls_of, history, open_payments, read_window
 from payrouter.journal import PaymentRecord, RedisJournal, State
 from payrouter.store.redis import connect
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 T0 = 1_740_823_200_000  # 2025-03-01T10:00:00Z, a whole hour
@@ -63,7 +64,7 @@ def test_history_buckets_and_sums() -> None:
         _record(T0 + 90_000, scheme="batch-settlement", id="batch-deposit:0x1:0x2", path="deposit"),  # not a call
         _record(T0 - 1, model="old"),  # before the window
     ]
-    doc = history(records, start, start + 3 * bucket, bucket)
+    doc = history(calls_of(records), start, start + 3 * bucket, bucket)
     assert doc["times"] == [T0, T0 + MINUTE, T0 + 2 * MINUTE]
     assert doc["calls"] == [1, 2, 0]
     assert doc["revenue"] == ["100", "250", "0"]
@@ -99,7 +100,7 @@ def test_windows_align_buckets_to_now() -> None:
 
 @pytest.fixture
 async def journal() -> AsyncIterator[RedisJournal]:
-    namespace = f"payrouter-dash-unit-{secrets.token_hex(4)}"
+    namespace = f"payrouter-dash-unit-{run_token()}"
     j = RedisJournal(connect(REDIS_URL), namespace)
     try:
         yield j
@@ -109,18 +110,60 @@ async def journal() -> AsyncIterator[RedisJournal]:
 
 
 async def test_read_window_keeps_the_newest_under_the_cap(journal: RedisJournal) -> None:
-    # 30 records, one per minute; slices are 6 buckets of 1 min, read newest first
+    # 30 records, one per minute; slices are one bucket (1 min), read newest first
     for i in range(30):
         await journal.open(_record(T0 + i * MINUTE, state=State.CLAIMED))
     end = T0 + 30 * MINUTE - 1
     everything, complete_from = await read_window(journal, T0, end, MINUTE, max_records=100)
     assert len(everything) == 30 and complete_from == T0
     capped, complete_from = await read_window(journal, T0, end, MINUTE, max_records=14)
-    # two whole slices fit (12 records); the third would overflow, so history is complete from its end
-    assert len(capped) == 12 and complete_from == T0 + 18 * MINUTE
+    # 14 slices fit; the 15th would overflow, so history is complete from its end
+    assert len(capped) == 14 and complete_from == T0 + 16 * MINUTE
     assert min(r.created_at for r in capped) == complete_from
     narrow, _ = await read_window(journal, T0 + 10 * MINUTE, T0 + 12 * MINUTE - 1, MINUTE, max_records=100)
     assert sorted(r.created_at for r in narrow) == [T0 + 10 * MINUTE, T0 + 11 * MINUTE]
+
+
+async def test_cache_rereads_only_the_recent_part(journal: RedisJournal) -> None:
+    window = WINDOWS["1h"]
+    now = T0 + 30 * MINUTE
+    recent = [_record(now - i * MINUTE, state=State.CLAIMED) for i in range(1, 4)]  # younger than RECENT_MS
+    for i in range(10, 15):
+        await journal.open(_record(now - i * MINUTE))
+    for record in recent:
+        await journal.open(record)
+    cache = HistoryCache(max_records=100)
+    calls, read, complete_from = await cache.calls(journal, window, now)
+    assert (len(calls), read, cache.last_read, sum(c.settled for c in calls)) == (8, 8, 8, 0)
+    # a new call, a recent one settled: both seen at once; a record written into the old part is not
+    # read again until the next full read
+    await journal.open(_record(now + 1000, state=State.CLAIMED))
+    settled = replace(recent[0], state=State.SETTLED, owner=recent[0].owner)
+    await journal.advance(replace(recent[0], state=State.SERVING), [State.CLAIMED])
+    await journal.advance(replace(settled, state=State.SETTLING), [State.SERVING])
+    await journal.advance(settled, [State.SETTLING])
+    await journal.open(_record(now - 20 * MINUTE))
+    calls, read, _ = await cache.calls(journal, window, now + 2000)
+    assert (len(calls), read, cache.last_read, sum(c.settled for c in calls)) == (9, 9, 4, 1)
+    later = now + HistoryCache.FULL_EVERY_MS
+    calls, read, complete_from = await cache.calls(journal, window, later)
+    assert (len(calls), read, cache.last_read, complete_from) == (10, 10, 10, window.bounds(later)[0])
+
+
+async def test_cache_keeps_the_newest_under_the_cap(journal: RedisJournal) -> None:
+    window = WINDOWS["1h"]
+    now = T0 + 30 * MINUTE
+    for i in range(1, 11):  # 10 records, 1 to 10 minutes old
+        await journal.open(_record(now - i * MINUTE))
+    cache = HistoryCache(max_records=8)
+    calls, read, complete_from = await cache.calls(journal, window, now)
+    assert (len(calls), complete_from) == (8, now - 8 * MINUTE - (now % MINUTE))
+    await journal.open(_record(now + 1000))
+    await journal.open(_record(now + 2000))
+    calls, read, complete_from = await cache.calls(journal, window, now + 3000)
+    # 7 records from the boundary (5 minutes back) on re-read, room for the newest old one
+    assert (len(calls), read, cache.last_read, complete_from) == (8, 8, 7, now - 6 * MINUTE)
+    assert min(c.created_at for c in calls) == complete_from
 
 
 async def test_open_payments_by_state(journal: RedisJournal) -> None:
@@ -147,7 +190,7 @@ def test_quantile_interpolates_like_promql() -> None:
     assert quantile(0.99, [(0.1, 1.0), (float("inf"), 10.0)]) == 0.1  # in +Inf: the highest finite bound
 
 
-def _registry() -> tuple[CollectorRegistry, dict[str, object]]:
+def _registry() -> tuple[CollectorRegistry, dict[str, Any]]:
     reg = CollectorRegistry()
     families = {
         "calls": Counter("payrouter_split_calls", "", ["rule", "arm", "model"], registry=reg),

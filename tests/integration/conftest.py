@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
 from collections.abc import Iterator
 
 import httpx
@@ -10,7 +9,7 @@ from pydantic import SecretStr
 
 from payrouter.sandbox.dev import Sandbox
 from pricing import PriceTable
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.sandbox_thread import sandbox_in_thread
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,7 +32,7 @@ def box() -> Iterator[Sandbox]:
 
     Its namespace is deleted afterwards: the ledger and other keys have no TTL.
     """
-    namespace = f"payrouter-test-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-{run_token()}"
     try:
         with sandbox_in_thread(agents=6, redis_url=REDIS_URL, namespace=namespace) as sb:
             yield sb

@@ -46,7 +46,7 @@ from payrouter.sandbox.rpc_faults import RpcFaultProxy, fault_proxy_in_thread
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
 from pricing import PriceTable, StreamingPolicy
-from tests.redis_keys import delete_namespace, journal_record
+from tests.redis_keys import delete_namespace, journal_record, run_token
 from wallets import (
     CancelAuthorization,
     Eip712Domain,
@@ -95,7 +95,7 @@ def _providers(box: Sandbox) -> dict[str, ProviderSettings]:
 def _router(
     box: Sandbox, rpc_url: str, *, table: PriceTable | None = None, receipt_timeout: float = 1.0
 ) -> Iterator[Router]:
-    namespace = f"payrouter-test-attacks-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-attacks-{run_token()}"
     gas = box.chain.new_account()
     settings = Settings(
         price_table=table or box.table,
@@ -456,7 +456,7 @@ def test_remote_in_doubt_payment_is_not_released_while_its_transfer_is_still_com
     (the module's own rule), never on a failed attempt while it is still valid.
     """
     token = "attack-facilitator-token"
-    namespace = f"payrouter-test-attacks-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-attacks-{run_token()}"
     agent = _agent(box)
     with fault_proxy_in_thread(box.chain.rpc_url) as facilitator_rpc:
         app, _calls = facilitator_app(box.chain.new_account().unsafe_export_private_key(), facilitator_rpc.url,
@@ -550,7 +550,7 @@ def test_remote_facilitator_payment_whose_settle_reply_was_lost_is_answered_from
     with pytest.raises(ValueError, match="needs rpc_url too"):
         _remote_router_settings(box, "unused", "http://127.0.0.1:9", "t", rpc_url=None)
     token = "attack-facilitator-token"
-    namespace = f"payrouter-test-attacks-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-attacks-{run_token()}"
     app, _calls = facilitator_app(box.chain.new_account().unsafe_export_private_key(), box.chain.rpc_url,
                                   box.chain.network, token)  # fmt: skip
     agent = _agent(box)
@@ -688,7 +688,7 @@ def test_remote_facilitator_front_run_stands_when_the_money_moved(
     used authorization that paid payTo as settled; without rpc_url treat it as pending.
     """
     token = "attack-facilitator-token"
-    namespace = f"payrouter-test-attacks-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-attacks-{run_token()}"
     app, _calls = facilitator_app(box.chain.new_account().unsafe_export_private_key(), box.chain.rpc_url,
                                   box.chain.network, token)  # fmt: skip
     agent = _agent(box)

@@ -30,7 +30,7 @@ from payrouter.sandbox.rpc_faults import RpcFaultProxy, fault_proxy_in_thread
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
 from payrouter.store import RedisStore
-from tests.redis_keys import delete_namespace, journal_record
+from tests.redis_keys import delete_namespace, journal_record, run_token
 from wallets import CancelAuthorization, Eip712Domain, LocalSigner, new_nonce
 
 from .conftest import REDIS_URL, Observer, authorizer_key
@@ -52,7 +52,7 @@ class Faulty:
 
 @pytest.fixture(scope="module")
 def faulty(box: Sandbox) -> Iterator[Faulty]:
-    namespace = f"payrouter-test-faults-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-faults-{run_token()}"
     gas = box.chain.new_account()
     with fault_proxy_in_thread(box.chain.rpc_url) as proxy:
         settings = Settings(

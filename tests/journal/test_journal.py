@@ -12,6 +12,7 @@ from payrouter.journal import Exposure, Journal, MemoryJournal, PaymentRecord, R
 from payrouter.store.redis import connect
 from tests.cluster import REDIS_BACKENDS, delete_keys, redis_url_for
 from tests.journal.records import sample_record
+from tests.redis_keys import run_token
 
 
 @pytest_asyncio.fixture(params=["memory", *REDIS_BACKENDS])
@@ -21,7 +22,7 @@ async def journal(request: pytest.FixtureRequest) -> AsyncIterator[Journal]:
         yield MemoryJournal()
         return
     url = redis_url_for(request.param, request)
-    namespace = f"payrouter-test-journal-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-journal-{run_token()}"
     journal = RedisJournal(connect(url), namespace)
     try:
         yield journal

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ from redis.asyncio import Redis
 
 from payrouter.devchain import DevChain, DevToken
 from payrouter.journal import PaymentRecord, RedisJournal, State
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.service_config import GAS_KEY_ENV, example_table, write_config
 from wallets import LocalSigner
 
@@ -142,7 +141,7 @@ async def _seed(
 
 @pytest.fixture(scope="module")
 def seeded(chain: DevChain, token: DevToken, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
-    namespace = f"payrouter-test-ledger-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-ledger-{run_token()}"
     folder = tmp_path_factory.mktemp("ledger")
     pay_to, other = LocalSigner.generate().address, LocalSigner.generate().address
     relayer = chain.new_account()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from redis.asyncio import Redis
 
 from payrouter.devchain import DevChain, DevToken
 from payrouter.journal import RedisJournal, State, now_ms
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.service_config import GAS_KEY_ENV, example_table, write_config
 from wallets import LocalSigner
 
@@ -31,7 +30,7 @@ CLI = Path(sys.executable).parent / "payrouter"
 def test_reconcile_settles_the_mined_releases_the_expired_and_leaves_the_live(
     chain: DevChain, token: DevToken, tmp_path: Path
 ) -> None:
-    namespace = f"payrouter-test-reconcile-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-reconcile-{run_token()}"
     pay_to, payer = LocalSigner.generate().address, LocalSigner.generate()
     token.mint(payer.address, 100_000)
     # its transfer was mined, but the worker lost the receipt: pending with its hash

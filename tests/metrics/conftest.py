@@ -7,7 +7,6 @@ request log file and one ``PROMETHEUS_MULTIPROC_DIR``: a scrape of either report
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -23,7 +22,7 @@ import pytest
 from payrouter.sandbox.dev import Sandbox
 from tests.integration.conftest import REDIS_URL, Observer
 from tests.price_toml import price_table_toml
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.sandbox_thread import sandbox_in_thread
 
 CLI = Path(sys.executable).parent / "payrouter"
@@ -32,7 +31,7 @@ CLI = Path(sys.executable).parent / "payrouter"
 @pytest.fixture(scope="session")
 def mbox() -> Iterator[Sandbox]:
     """The metrics tests' own sandbox (their breakers and failures disturb no other test)."""
-    namespace = f"payrouter-metrics-{secrets.token_hex(4)}"
+    namespace = f"payrouter-metrics-{run_token()}"
     try:
         with sandbox_in_thread(agents=4, redis_url=REDIS_URL, namespace=namespace) as sb:
             yield sb

@@ -4,13 +4,13 @@ Redis Cluster (3 masters, 3 replicas; `tests.cluster`)."""
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from payrouter.store import MemoryStore, RedisStore, Store, StoreError
+from tests.redis_keys import run_token
 
 from ..cluster import REDIS_BACKENDS, delete_keys, redis_url_for
 from ..polling import async_wait_until
@@ -22,7 +22,7 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
         yield MemoryStore()
         return
     url = redis_url_for(request.param, request)
-    namespace = f"payrouter-test-store-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-store-{run_token()}"
     s = RedisStore(url, namespace)
     try:
         yield s

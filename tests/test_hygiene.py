@@ -1,0 +1,37 @@
+"""A test run leaves nothing behind: its keys in the shared Redis, the agent's budget and channels."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import redis
+
+from payrouter.client import FileBudgetStore, FileChannelStore
+from tests.redis_keys import REDIS_URL, RUN_ID, delete_run_keys, is_run_key, run_token
+
+
+def test_the_session_clean_up_deletes_this_runs_keys_and_no_others() -> None:
+    mine = f"payrouter-test-hygiene-{run_token()}"
+    other_run = f"payrouter-test-hygiene-{secrets.token_hex(3)}{secrets.token_hex(2)}"
+    lookalike = f"payrouter-other-{secrets.token_hex(4)}"  # the run id inside a key, not at the name's end
+    with redis.Redis.from_url(REDIS_URL) as r:
+        r.set(f"{mine}:a", 1)
+        r.hset(f"{mine}:{{j}}:rec:x", "f", 1)
+        r.set(f"{other_run}:a", 1)
+        r.set(f"{lookalike}:rec:{RUN_ID}beef", 1)
+        try:
+            assert is_run_key(f"{mine}:a") and not is_run_key(f"{other_run}:a")
+            assert delete_run_keys() >= 2
+            assert r.exists(f"{mine}:a", f"{mine}:{{j}}:rec:x") == 0
+            assert r.exists(f"{other_run}:a", f"{lookalike}:rec:{RUN_ID}beef") == 2
+        finally:
+            r.delete(f"{other_run}:a", f"{lookalike}:rec:{RUN_ID}beef")
+
+
+def test_the_agents_default_files_are_this_runs_temporary_ones() -> None:
+    home = Path.home() / ".payrouter"
+    budget, channels = FileBudgetStore(), FileChannelStore()
+    assert budget.path == Path(os.environ["PAYROUTER_BUDGET_FILE"]) and home not in budget.path.parents
+    assert channels.directory == Path(os.environ["PAYROUTER_CHANNELS_DIR"]) and home not in channels.directory.parents
