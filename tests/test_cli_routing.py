@@ -4,6 +4,7 @@ work runs, and a readable table."""
 
 from __future__ import annotations
 
+import csv
 import os
 import pty
 import re
@@ -102,8 +103,6 @@ def test_holdout_train_and_eval_print_a_table(data: Path, tmp_path: Path) -> Non
 
 
 def synthetic_rows(path: Path) -> list[dict[str, str]]:
-    import csv
-
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -157,3 +156,33 @@ def test_train_and_cv_draw_a_live_line_on_a_terminal(data: Path, tmp_path: Path)
             assert proc.stdout.startswith(b"{")  # --json keeps stdout clean
         else:
             assert "training on 240 prompts x 3 models" in drawn
+
+
+def test_the_readme_routing_block_runs_as_written(tmp_path: Path) -> None:
+    """The README's hold-out/train/eval/cv block, unchanged, on a synthetic CSV named as it says
+    (the model names of the README's reference)."""
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("```bash no-test\nDATA=routerbench.csv")
+    block = readme[start:].split("\n", 1)[1].split("\n```", 1)[0]
+    data = synthetic.rows(150, seed=5)
+    names = {"strong": "gpt-4-1106-preview", "mid": "claude-v1", "weak": "mistralai/mistral-7b-chat"}
+    renamed = [{_rename(k, names): v for k, v in row.items()} for row in data]
+    with (tmp_path / "routerbench.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(renamed[0]))
+        writer.writeheader()
+        writer.writerows(renamed)
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    clean = {k: v for k, v in os.environ.items() if k not in ("PAYROUTER_PROGRESS", "CI")}
+    result = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block], capture_output=True, text=True, cwd=tmp_path, env=clean, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "120 rows -> train.csv (train), 30 rows -> heldout.csv (held out)" in result.stdout
+    assert "held-out evaluation on 30 rows; reference gpt-4-1106-preview" in result.stdout
+    assert "5-fold cross-validation on 150 rows" in result.stdout
+    assert "tfidf_knn" in result.stdout and (tmp_path / "router.npz").exists()
+
+
+def _rename(column: str, names: dict[str, str]) -> str:
+    model, sep, field = column.partition("|")
+    return names.get(model, model) + sep + field if sep else column
