@@ -52,7 +52,9 @@ def test_quote_is_a_free_dry_run_that_can_be_paid_directly(
 def test_healthz_and_openapi(box: Sandbox, http: httpx.Client) -> None:
     health = http.get(f"{box.router_url}/healthz")
     assert health.status_code == 200
-    assert health.json() == {"status": "ok", "checks": {"store": "ok", "chain": "ok"}}
+    body = health.json()
+    assert body["status"] == "ok" and body["checks"] == {"store": "ok", "chain": "ok", "gas_wallet": "ok"}
+    assert body["gas"]["address"] == box.gas_wallet.address and body["gas"]["state"] == "ok"
     doc = http.get(f"{box.router_url}/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert {"/v1/chat/completions", "/v1/quote", "/v1/models", "/healthz"} <= set(doc["paths"])
