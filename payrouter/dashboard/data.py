@@ -9,7 +9,7 @@ from typing import Any
 import anyio.to_thread
 
 from payrouter.dashboard.current import current_state, read_registry
-from payrouter.dashboard.history import Window, history, open_payments, read_window
+from payrouter.dashboard.history import HistoryCache, Window, history, open_payments
 from payrouter.metrics.exposition import multiprocess_dir
 from payrouter.services import Services
 from payrouter.store import StoreError
@@ -20,11 +20,12 @@ __all__ = ["dashboard_data"]
 _STORE_TIMEOUT = 5.0
 
 
-async def dashboard_data(services: Services, window: Window, max_records: int) -> dict[str, Any]:
+async def dashboard_data(services: Services, window: Window, cache: HistoryCache) -> dict[str, Any]:
     """The data of every panel.
 
     ``current``: this instance's Prometheus registry (since its workers started);
-    ``history`` and ``payments``: the payment journal (every instance, survives restarts);
+    ``history`` and ``payments``: the payment journal (every instance, survives restarts; the
+    window's calls through ``cache``);
     ``health``: model health shared through the store. A part that cannot be read is null and
     its failure is listed in ``errors``. Money is in integer strings of atomic units of ``asset``.
     """
@@ -49,12 +50,12 @@ async def dashboard_data(services: Services, window: Window, max_records: int) -
         "errors": errors,
     }
     try:
-        records, complete_from = await asyncio.wait_for(
-            read_window(services.journal, start_ms, now_ms, bucket_ms, max_records), _STORE_TIMEOUT
+        calls, read, complete_from = await asyncio.wait_for(
+            cache.calls(services.journal, window, now_ms), _STORE_TIMEOUT
         )
         doc["history"] = {
-            **history(records, start_ms, now_ms, bucket_ms),
-            "records_read": len(records),
+            **history(calls, start_ms, now_ms, bucket_ms),
+            "records_read": read,
             "complete_from_ms": complete_from,
         }
     except (StoreError, TimeoutError) as exc:

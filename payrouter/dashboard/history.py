@@ -7,16 +7,18 @@ read, newest first (older ones are left out and the answer says from when it is 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from payrouter.channels.records import is_call
 from payrouter.journal import Journal, PaymentRecord, State
 
-__all__ = ["WINDOWS", "Window", "history", "open_payments", "read_window"]
+__all__ = ["WINDOWS", "Call", "HistoryCache", "Window", "calls_of", "history", "open_payments", "read_window"]
 
 # the strategy of the decision inside a record's priced route, without parsing the whole JSON
 _STRATEGY = re.compile(r'"strategy":"([^"\\]*)"')
@@ -48,8 +50,9 @@ WINDOWS = {
         Window("7d", 7 * 24 * 3600, 3 * 3600),
     )
 }
-# records read per journal call: a window is read newest first in slices of this many buckets
-_SLICE_BUCKETS = 6
+# a window is read newest first, one bucket per journal call: each call's records are parsed on
+# the event loop, so slices stay small and paid requests are served between them
+_SLICE_BUCKETS = 1
 
 
 async def read_window(
@@ -57,7 +60,7 @@ async def read_window(
 ) -> tuple[list[PaymentRecord], int]:
     """Records created in ``[start_ms, end_ms]``, at most ``max_records`` of them.
 
-    Reads newest first, a few buckets at a time; when the cap is reached the oldest slice read
+    Reads newest first, a bucket at a time; when the cap is reached the oldest slice read
     is dropped whole, so the history is complete from the returned time on (``start_ms`` when
     nothing was left out).
 
@@ -68,7 +71,7 @@ async def read_window(
     high = end_ms
     step = bucket_ms * _SLICE_BUCKETS
     while high >= start_ms:
-        low = max(start_ms, high - step + 1)
+        low = max(start_ms, high // step * step)  # slices end on bucket boundaries
         room = max_records - len(out)
         batch = await journal.records(low, high, limit=room + 1)
         if len(batch) > room:
@@ -78,18 +81,117 @@ async def read_window(
     return out, start_ms
 
 
-def _strategy(record: PaymentRecord) -> str:
-    found = _STRATEGY.search(record.route)
-    return found.group(1) if found else "unknown"
+@dataclass(frozen=True, slots=True)
+class Call:
+    """What the history needs of one paid call's record (a few fields: windows are cached).
+
+    Attributes:
+        settled: the payment is settled (``charged`` moved); otherwise it only cost us.
+        strategy: the routing strategy of the decision that chose ``model``.
+    """
+
+    created_at: int
+    settled: bool
+    charged: int
+    cost: int
+    model: str
+    payer: str
+    strategy: str
+    scheme: str
+    input_tokens: int
+    output_tokens: int
 
 
-def history(records: list[PaymentRecord], start_ms: int, end_ms: int, bucket_ms: int) -> dict[str, Any]:
-    """Per-bucket and per-model sums of the paid calls among ``records``, and the top payers.
+def calls_of(records: Iterable[PaymentRecord]) -> list[Call]:
+    """The paid calls among ``records``: exact payments and channel vouchers that delivered
+    (any state but ``released``); a channel's deposits, claims, settles and refunds are not calls."""
+    out = []
+    for r in records:
+        if not is_call(r) or r.state == State.RELEASED:
+            continue
+        found = _STRATEGY.search(r.route)
+        out.append(
+            Call(
+                created_at=r.created_at,
+                settled=r.state == State.SETTLED,
+                charged=r.charged,
+                cost=r.upstream_cost,
+                model=r.model,
+                payer=r.payer.lower(),
+                strategy=found.group(1) if found else "unknown",
+                scheme=r.scheme,
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+            )
+        )
+    return out
 
-    A call is an exact payment or a channel voucher that delivered (any state but ``released``);
-    revenue is ``charged`` of the settled ones, cost the ``upstream_cost`` of every call (a
-    model that answered costs us whether or not the payment then settled), as in
-    ``payrouter ledger summary``. Money is in integer strings of atomic units.
+
+@dataclass(slots=True)
+class _Cached:
+    old: list[Call]  # calls created before `boundary`: kept until the next full read
+    boundary: int
+    complete_from: int
+    full_at: int
+
+
+class HistoryCache:
+    """The calls of each window, read in full at most every `FULL_EVERY_MS` and otherwise only
+    from `RECENT_MS` back (younger records still change state: settling -> settled), so an open
+    page costs a few recent records per refresh, not the whole window.
+
+    A record older than `RECENT_MS` whose state changes later (a pending payment the reconciler
+    settles) shows its new state after the next full read. One instance per app; concurrent
+    refreshes of one window share a read.
+    """
+
+    RECENT_MS = 5 * 60_000
+    FULL_EVERY_MS = 5 * 60_000
+
+    def __init__(self, max_records: int) -> None:
+        self.max_records = max_records
+        self._windows: dict[str, _Cached] = {}
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.last_read = 0  # records the last call fetched from the journal
+
+    async def calls(self, journal: Journal, window: Window, now_ms: int) -> tuple[list[Call], int, int]:
+        """``(calls in the window, journal records they come from, complete from ms)`` as of ``now_ms``.
+
+        Raises:
+            StoreError: the journal cannot be read.
+        """
+        start, bucket = window.bounds(now_ms)
+        async with self._locks[window.name]:
+            cached = self._windows.get(window.name)
+            boundary = now_ms - self.RECENT_MS
+            if cached is None or now_ms - cached.full_at >= self.FULL_EVERY_MS:
+                records, complete_from = await read_window(journal, start, now_ms, bucket, self.max_records)
+                self.last_read = len(records)
+                calls = calls_of(records)
+                old = [c for c in calls if c.created_at < boundary]
+                self._windows[window.name] = _Cached(old, boundary, complete_from, now_ms)
+                return calls, len(records), complete_from
+            low = max(start, cached.boundary)
+            records, fresh_from = await read_window(journal, low, now_ms, bucket, self.max_records)
+            self.last_read = len(records)
+            fresh = calls_of(records)
+            if fresh_from > low:  # the recent part alone fills the cap
+                return fresh, len(records), fresh_from
+            old = [c for c in cached.old if c.created_at >= start]
+            room = self.max_records - len(records)
+            complete_from = max(start, cached.complete_from)
+            if len(old) > room:
+                old = sorted(old, key=lambda c: c.created_at)[len(old) - room :]
+                complete_from = old[0].created_at if old else low
+            return old + fresh, len(old) + len(records), complete_from
+
+
+def history(calls_in: Iterable[Call], start_ms: int, end_ms: int, bucket_ms: int) -> dict[str, Any]:
+    """Per-bucket and per-model sums of ``calls`` (see `calls_of`), and the top payers.
+
+    Revenue is ``charged`` of the settled calls, cost the upstream cost of every call (a model
+    that answered costs us whether or not the payment then settled), as in ``payrouter ledger
+    summary``. Money is in integer strings of atomic units.
     """
     count = max(1, (end_ms - start_ms + bucket_ms - 1) // bucket_ms)
     calls = [0] * count
@@ -100,27 +202,25 @@ def history(records: list[PaymentRecord], start_ms: int, end_ms: int, bucket_ms:
     models: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     payers: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     schemes: dict[str, int] = defaultdict(int)
-    for record in records:
-        if not is_call(record) or record.state == State.RELEASED:
-            continue
-        at = (record.created_at - start_ms) // bucket_ms
+    for call in calls_in:
+        at = (call.created_at - start_ms) // bucket_ms
         if not 0 <= at < count:
             continue
-        charged = record.charged if record.state == State.SETTLED else 0
+        charged = call.charged if call.settled else 0
         calls[at] += 1
         revenue[at] += charged
-        cost[at] += record.upstream_cost
-        by_model[record.model][at] += 1
-        by_strategy[_strategy(record)][at] += 1
-        schemes[record.scheme] += 1
-        row = models[record.model]
+        cost[at] += call.cost
+        by_model[call.model][at] += 1
+        by_strategy[call.strategy][at] += 1
+        schemes[call.scheme] += 1
+        row = models[call.model]
         row["calls"] += 1
-        row["settled"] += record.state == State.SETTLED
+        row["settled"] += call.settled
         row["revenue"] += charged
-        row["cost"] += record.upstream_cost
-        row["input_tokens"] += record.input_tokens
-        row["output_tokens"] += record.output_tokens
-        payer = payers[record.payer.lower()]
+        row["cost"] += call.cost
+        row["input_tokens"] += call.input_tokens
+        row["output_tokens"] += call.output_tokens
+        payer = payers[call.payer]
         payer["calls"] += 1
         payer["revenue"] += charged
     top = sorted(payers.items(), key=lambda kv: (-kv[1]["revenue"], -kv[1]["calls"], kv[0]))[:TOP_PAYERS]

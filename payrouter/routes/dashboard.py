@@ -25,7 +25,7 @@ from starlette.routing import BaseRoute, Route
 
 from payrouter.dashboard.auth import COOKIE, DashboardAuth
 from payrouter.dashboard.data import dashboard_data
-from payrouter.dashboard.history import WINDOWS
+from payrouter.dashboard.history import WINDOWS, HistoryCache
 from payrouter.http_errors import error_response
 from payrouter.settings import DashboardSettings
 
@@ -64,6 +64,7 @@ def dashboard_routes(config: DashboardSettings) -> list[BaseRoute]:
     page = page.replace("{{default_window}}", DEFAULT_WINDOW)
     login_page = _asset("login.html")
     assets = {name: _asset(name) for name in _ASSET_TYPES}
+    cache = HistoryCache(config.max_records)
 
     def authorized(request: Request) -> bool:
         return auth.bearer_ok(request.headers.get("authorization")) or auth.session_ok(request.cookies.get(COOKIE))
@@ -85,7 +86,7 @@ def dashboard_routes(config: DashboardSettings) -> list[BaseRoute]:
         window = WINDOWS.get(name)
         if window is None:
             return error_response(400, f"window must be one of {sorted(WINDOWS)}", "invalid_request_error", "window")
-        doc = await dashboard_data(request.state.services, window, config.max_records)
+        doc = await dashboard_data(request.state.services, window, cache)
         return JSONResponse(doc, headers={"Cache-Control": "no-store"})
 
     async def log_in(request: Request) -> Response:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
+from pricing import PriceTable, RoutingRule
 from tests.price_toml import price_table_toml
 from tests.redis_keys import delete_namespace, run_token
 from tests.sandbox_thread import sandbox_in_thread
@@ -29,6 +31,10 @@ from tests.sandbox_thread import sandbox_in_thread
 REDIS_URL = "redis://127.0.0.1:6379/0"
 CLI = Path(sys.executable).parent / "payrouter"
 TOKEN_ENV = "TEST_DASHBOARD_TOKEN"
+CANARY_WORD = "canary-probe"
+CANARY_CONTROL = "gpt-4o-mini"
+CANARY_TRIAL = "claude-3-5-haiku"
+CANARY_SHARE = 50
 
 
 @dataclass
@@ -62,13 +68,12 @@ def box() -> Iterator[Sandbox]:
         delete_namespace(REDIS_URL, namespace)
 
 
-@pytest.fixture(scope="package")
-def served(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """``payrouter serve`` on the sandbox's chain, upstream and namespace, dashboard on (1 s refresh)."""
-    folder = tmp_path_factory.mktemp("dashboard")
-    (folder / "prices.toml").write_text(price_table_toml(box.table.model_dump(mode="json")))
+@contextmanager
+def _serve(box: Sandbox, folder: Path, table: PriceTable) -> Iterator[Served]:
+    """``payrouter serve`` of ``table`` on the sandbox's chain, upstream and namespace, dashboard on (1 s refresh)."""
+    (folder / "prices.toml").write_text(price_table_toml(table.model_dump(mode="json")))
     providers = "\n".join(
-        f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in box.table.models})
+        f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in table.models})
     )
     (folder / "payrouter.toml").write_text(
         f'price_table = "prices.toml"\nredis_url = "{REDIS_URL}"\nnamespace = "{box.namespace}"\n'
@@ -116,3 +121,20 @@ def served(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             proc.kill()
             proc.wait(10)
     assert token not in server.log_tail(), "the dashboard token was logged"
+
+
+@pytest.fixture(scope="package")
+def served(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """The router the tests pay: the sandbox's table with a canary rule first (`CANARY_WORD` in
+    an ``auto`` request: control `CANARY_CONTROL`, `CANARY_SHARE`% to `CANARY_TRIAL`)."""
+    rule = RoutingRule(name="canary", keywords=[CANARY_WORD], model=CANARY_CONTROL, split={CANARY_TRIAL: CANARY_SHARE})
+    routing = box.table.routing.model_copy(update={"rules": [rule, *box.table.routing.rules]})
+    with _serve(box, tmp_path_factory.mktemp("dashboard"), box.table.model_copy(update={"routing": routing})) as s:
+        yield s
+
+
+@pytest.fixture(scope="package")
+def plain(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A router on the sandbox's table as it is (no split rule), which nobody pays."""
+    with _serve(box, tmp_path_factory.mktemp("dashboard-plain"), box.table) as s:
+        yield s

@@ -27,10 +27,11 @@ from payrouter.sandbox.dev import Sandbox
 from tests.integration.payments import header, offer, payment, rejection
 
 from .chromium import Chromium
-from .conftest import REDIS_URL, Served
+from .conftest import CANARY_CONTROL, CANARY_TRIAL, CANARY_WORD, REDIS_URL, Served
 
 EXACT_MODELS = ["gpt-4o-mini", "gpt-4o-mini", "gpt-4o", "claude-3-5-haiku", "auto", "auto", "gpt-4o-mini"]
 CHANNEL_CALLS = 3
+CANARY_CALLS = 12
 PANELS = ("kpis", "revenue", "models", "routing", "health", "payments", "payers", "canary")
 
 
@@ -55,11 +56,11 @@ class Traffic:
         self.revenue_by_model[model] += amount
 
 
-def _body(model: str, i: int) -> dict[str, Any]:
+def _body(model: str, i: int, word: str = "dashboard") -> dict[str, Any]:
     return {
         "model": model,
         "max_tokens": 64,
-        "messages": [{"role": "user", "content": f"dashboard call {i} {time.time()}"}],
+        "messages": [{"role": "user", "content": f"{word} call {i} {time.time()}"}],
     }
 
 
@@ -74,6 +75,13 @@ def traffic(box: Sandbox, served: Served, tmp_path_factory: pytest.TempPathFacto
             assert response.status_code == 200, response.text
             receipt = receipt_of(response)
             assert receipt is not None and receipt.success and receipt.scheme == "exact"
+            seen.paid(exact_payer.address, response.headers["x-payrouter-model"], receipt.amount)
+        for i in range(CANARY_CALLS):  # matched by the canary rule: split between its arms
+            response = c.post(url, json=_body("auto", 200 + i, CANARY_WORD))
+            assert response.status_code == 200, response.text
+            receipt = receipt_of(response)
+            assert receipt is not None and receipt.success
+            assert response.headers["x-payrouter-model"] in (CANARY_CONTROL, CANARY_TRIAL)
             seen.paid(exact_payer.address, response.headers["x-payrouter-model"], receipt.amount)
     channels = ChannelOptions(store=FileChannelStore(tmp_path_factory.mktemp("channels")), rpc_url=box.chain.rpc_url)
     transport = PaymentTransport(
@@ -149,13 +157,14 @@ def test_data_document(served: Served, box: Sandbox, traffic: Traffic) -> None:
     assert {k: sum(v) for k, v in history["calls_by_model"].items()} == dict(traffic.calls_by_model)
     assert sum(sum(v) for v in history["calls_by_strategy"].values()) == traffic.calls
     assert {p["payer"]: int(p["revenue"]) for p in history["top_payers"]} == dict(traffic.by_payer)
-    assert history["totals"]["by_scheme"] == {"batch-settlement": CHANNEL_CALLS, "exact": len(EXACT_MODELS)}
+    exact_calls = len(EXACT_MODELS) + CANARY_CALLS
+    assert history["totals"]["by_scheme"] == {"batch-settlement": CHANNEL_CALLS, "exact": exact_calls}
     assert history["records_read"] >= traffic.calls and history["complete_from_ms"] == history["start_ms"]
 
     current = doc["current"]  # the served process's own registry: only these tests' traffic
     totals = current["totals"]
     assert totals["paid_calls"] == traffic.calls and int(totals["revenue"]) == traffic.revenue
-    assert totals["paid_by_scheme"] == {"batch-settlement": CHANNEL_CALLS, "exact": len(EXACT_MODELS)}
+    assert totals["paid_by_scheme"] == {"batch-settlement": CHANNEL_CALLS, "exact": exact_calls}
     assert totals["refusals"] == 1 and totals["quotes"] >= traffic.calls + 1
     assert [(r["reason"], r["count"]) for r in current["refusals"]] == [(traffic.refusal, 1)]
     assert sum(r["count"] for r in current["routing"]) >= traffic.calls
@@ -163,7 +172,12 @@ def test_data_document(served: Served, box: Sandbox, traffic: Traffic) -> None:
     assert set(timed) >= set(traffic.calls_by_model)
     for latency in timed.values():
         assert latency["count"] >= 1 and 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"]
-    assert current["split"] == []
+    (rule,) = current["split"]
+    assert rule["rule"] and sum(arm["calls"] for arm in rule["arms"]) == CANARY_CALLS
+    for arm in rule["arms"]:
+        assert arm["arm"] in ("control", "trial") and arm["latency"]["count"] == arm["calls"] > 0
+        assert arm["models"] == {CANARY_CONTROL if arm["arm"] == "control" else CANARY_TRIAL: arm["calls"]}
+        assert int(arm["revenue"]) > 0
 
     payments = doc["payments"]
     assert payments["complete"] and all(set(v) == {"count", "amount"} for v in payments["states"].values())
@@ -198,7 +212,7 @@ def test_browser_renders_every_panel(served: Served, box: Sandbox, traffic: Traf
 
         for panel in PANELS:
             state = browser.evaluate(f"document.querySelector('[data-panel={panel}]').dataset.state")
-            assert state == ("none" if panel == "canary" else "ok"), panel
+            assert state == "ok", panel
         assert browser.evaluate("document.getElementById('errors').hidden")
 
         kpis = "[data-panel=kpis] "
@@ -244,7 +258,16 @@ def test_browser_renders_every_panel(served: Served, box: Sandbox, traffic: Traf
             assert text(row + "[data-field=calls]") == str(traffic.calls_by_payer[payer])
             assert atomic(row + "[data-field=revenue]") == paid
 
-        assert "No split configured" in text("#canary")
+        # the canary arms side by side, as the registry counted them
+        (rule,) = _data(served)["current"]["split"]
+        for arm in rule["arms"]:
+            cell = f'#canary td[data-arm="{arm["arm"]}"]'
+            assert text(cell + "[data-field=calls]").startswith(f"{arm['calls']} (")
+            assert text(cell + "[data-field=models]") == ", ".join(arm["models"])
+            latency = text(cell + "[data-field=latency]")
+            assert latency.count(" ms") + latency.count(" s") == 2, latency
+        arms = browser.evaluate("[...document.querySelectorAll('#canary th.arm-head')].map(th => th.textContent)")
+        assert arms == [arm["arm"] for arm in rule["arms"]]
 
         # everything came from this origin: no CDN, no other host
         resources = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
@@ -255,5 +278,32 @@ def test_browser_renders_every_panel(served: Served, box: Sandbox, traffic: Traf
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
         if os.environ.get("DASHBOARD_SCREENSHOT"):  # scripts refresh docs/dashboard.png this way
             shutil.copy(shot, os.environ["DASHBOARD_SCREENSHOT"])
+    finally:
+        browser.close()
+
+
+def test_browser_without_a_split(plain: Served, served: Served, traffic: Traffic, tmp_path: Path) -> None:
+    _settled(served, traffic)
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    browser = Chromium(profile)
+    try:
+        browser.navigate(f"{plain.url}/dashboard")
+        browser.evaluate(f"document.getElementById('token').value = {json.dumps(plain.token)}")
+        browser.evaluate("document.querySelector('form').submit()")
+        browser.wait_for("Number(document.body.dataset.loads || 0) >= 1")
+        assert browser.evaluate("document.querySelector('[data-panel=canary]').dataset.state") == "none"
+        assert "No split configured" in browser.evaluate("document.getElementById('canary').textContent")
+        # another instance on the same Redis: the journal's history spans instances, this
+        # process's own counters saw nothing
+        calls = browser.evaluate("document.querySelector('[data-panel=kpis] [data-field=calls]').textContent")
+        assert calls == str(traffic.calls)
+        assert browser.evaluate("document.querySelector('[data-panel=kpis] [data-field=refusals]').textContent") == "0"
+        # signed out, then a wrong token in the form: back to the form with no session
+        browser.evaluate("document.querySelector('header form').submit()")
+        browser.wait_for("document.getElementById('token') !== null")
+        browser.evaluate("document.getElementById('token').value = 'not-the-token-not-the-token'")
+        browser.evaluate("document.querySelector('form').submit()")
+        browser.wait_for("document.getElementById('message').textContent === 'Wrong token.'")
     finally:
         browser.close()

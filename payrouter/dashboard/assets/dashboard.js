@@ -32,7 +32,7 @@
     if (abs === 0) return "$0";
     if (abs >= 1000) return "$" + (value / 1000).toFixed(1) + "k";
     if (abs >= 1) return "$" + value.toFixed(2);
-    return "$" + value.toPrecision(2);
+    return "$" + Number(value.toPrecision(3)).toString();
   }
   function ms(value) {
     return value === null || value === undefined ? "–" : value >= 1000 ? (value / 1000).toFixed(2) + " s" : value.toFixed(1) + " ms";
@@ -119,11 +119,13 @@
     for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
     return node;
   }
+  // The top of a 4-gridline axis holding `value`, so that each gridline is a round number.
   function niceMax(value) {
     if (value <= 0) return 1;
-    const p = 10 ** Math.floor(Math.log10(value));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= value) return m * p;
-    return 10 * p;
+    const raw = value / 4;
+    const p = 10 ** Math.floor(Math.log10(raw));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= raw) return 4 * m * p;
+    return 40 * p;
   }
   // The frame of a chart over `times`: y from `low` to `high`, labels by `format`.
   function frame(times, low, high, format) {
@@ -256,7 +258,7 @@
       { text: count(m.input_tokens) + " / " + count(m.output_tokens), field: "tokens" },
       { text: count(live[m.model] ? live[m.model].routed : 0), field: "routed" },
     ]);
-    fill("models", table(["model", "calls", "", "revenue", "upstream cost", "margin", "tokens in / out", "routed (since start)"], rows, (r) => h.models[r].model));
+    fill("models", table(["model", "calls", "", "revenue", "cost", "margin", "tokens in/out", "routed"], rows, (r) => h.models[r].model));
     setState("models", "ok");
   }
   function renderRouting(d) {
@@ -307,7 +309,7 @@
         { text: count(lat.count), field: "observed" },
       ];
     });
-    fill("health", table(["model", "breaker", "calls", "error rate", "p50", "p95", "p99", "first byte p50", "timed calls"], rows, (r) => d.catalog[r]));
+    fill("health", table(["model", "breaker", "calls", "errors", "p50", "p95", "p99", "TTFB p50", "timed"], rows, (r) => d.catalog[r]));
     setState("health", d.current.models.some((m) => m.latency) ? "ok" : "empty");
   }
   function renderPayments(d) {
@@ -364,27 +366,26 @@
     }
     const blocks = rules.map((rule) => {
       const total = rule.arms.reduce((sum, a) => sum + a.calls, 0);
-      const cards = rule.arms.map((a) => {
+      const facts = rule.arms.map((a) => {
         const lat = a.latency || {};
-        const up = a.feedback.up || a.feedback.good || a.feedback["1"] || 0;
+        const positive = a.feedback.good || a.feedback.up || 0;
         const rated = Object.values(a.feedback).reduce((x, y) => x + y, 0);
         const perCall = a.calls ? (BigInt(a.revenue) / BigInt(a.calls)).toString() : "0";
-        const rows = [
-          ["models", Object.keys(a.models).join(", ") || "–", "models"],
-          ["calls", count(a.calls) + (total ? ` (${((100 * a.calls) / total).toFixed(1)}%)` : ""), "calls"],
-          ["latency p50 / p95", ms(lat.p50_ms) + " / " + ms(lat.p95_ms), "latency"],
-          ["revenue", usd(a.revenue), "revenue"],
-          ["revenue per call", usd(perCall), "revenue-per-call"],
-          ["feedback", rated ? Object.entries(a.feedback).map(([k, v]) => `${k}: ${v}`).join(", ") + (up ? ` (${((100 * up) / rated).toFixed(0)}% positive)` : "") : "none yet", "feedback"],
-        ];
-        return el(
-          "div",
-          { class: "arm " + a.arm, "data-arm": a.arm },
-          el("h3", { text: a.arm }),
-          el("table", {}, el("tbody", {}, ...rows.map(([k, v, f]) => el("tr", {}, el("td", { text: k, class: "text muted" }), el("td", { text: v, "data-field": f })))))
-        );
+        return {
+          models: Object.keys(a.models).join(", ") || "–",
+          calls: count(a.calls) + (total ? ` (${((100 * a.calls) / total).toFixed(1)}%)` : ""),
+          latency: ms(lat.p50_ms) + " / " + ms(lat.p95_ms),
+          revenue: usd(a.revenue),
+          "revenue-per-call": usd(perCall),
+          feedback: rated ? `${((100 * positive) / rated).toFixed(0)}% good of ${rated}` : "none yet",
+        };
       });
-      return el("div", { "data-rule": rule.rule }, el("h3", { text: "rule " + rule.rule, class: "muted" }), el("div", { class: "arms" }, ...cards));
+      const labels = [["models", "models"], ["calls", "calls (share)"], ["latency", "latency p50 / p95"], ["revenue", "revenue"], ["revenue-per-call", "revenue per call"], ["feedback", "payer ratings"]];
+      const head = el("tr", {}, el("th", { class: "text", text: "rule " + rule.rule }), ...rule.arms.map((a) => el("th", { class: "arm-head " + a.arm, text: a.arm })));
+      const lines = labels.map(([key, label]) =>
+        el("tr", {}, el("td", { class: "text muted", text: label }), ...rule.arms.map((a, i) => el("td", { text: facts[i][key], "data-arm": a.arm, "data-field": key })))
+      );
+      return el("table", { class: "arms", "data-rule": rule.rule }, el("thead", {}, head), el("tbody", {}, ...lines));
     });
     fill("canary", ...blocks);
     setState("canary", "ok");
