@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from payrouter.chain import ChainClient, ChainError
 from payrouter.gas_funds import gas_funds
 from payrouter.settings import ConfigError, Settings, load_settings
 from pricing import PriceTable
-from wallets import LocalSigner
+from wallets import LocalSigner, WalletError
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS
 
 __all__ = ["StartupError", "StartupReport", "check_startup", "predictor_problem", "redact_url"]
@@ -100,7 +102,19 @@ async def _redis_problem(url: str) -> str | None:
     return None
 
 
-async def _chain_problems(settings: Settings, table: PriceTable, warnings: list[str]) -> list[str]:
+def _key_problem(key: SecretStr | None, what: str) -> tuple[str | None, str | None]:
+    """``(address, None)`` for a usable key (``(None, None)`` without one), else ``(None, problem)``."""
+    if key is None:
+        return None, None
+    try:
+        return LocalSigner(key.get_secret_value()).address, None
+    except (WalletError, ValueError, TypeError):
+        return None, f"{what} is not a private key (32 bytes of hex)"
+
+
+async def _chain_problems(
+    settings: Settings, table: PriceTable, gas_address: str | None, warnings: list[str]
+) -> list[str]:
     assert settings.rpc_url is not None
     url = redact_url(settings.rpc_url)
     chain = ChainClient(settings.rpc_url, timeout=_TIMEOUT)
@@ -116,8 +130,8 @@ async def _chain_problems(settings: Settings, table: PriceTable, warnings: list[
             problems.append(f"no contract at the price table's asset {table.asset.address} on {table.network}")
         if "batch-settlement" in table.schemes and (await chain.get_code(BATCH_SETTLEMENT_ADDRESS)) in ("0x", "0x0"):
             problems.append(f"the table offers batch-settlement but no contract is at {BATCH_SETTLEMENT_ADDRESS}")
-        if settings.facilitator == "local" and settings.gas_key is not None:
-            funds = await gas_funds(chain, LocalSigner(settings.gas_key.get_secret_value()).address)
+        if settings.facilitator == "local" and gas_address is not None:
+            funds = await gas_funds(chain, gas_address)
             if funds.state == "empty":
                 problems.append("settlements cannot be paid: " + funds.describe())
             elif funds.state == "low":
@@ -178,12 +192,18 @@ async def _check(config: Path) -> StartupReport:
                 await chain.close()
         raise StartupError(problems)
     table = settings.price_table
+    gas_address, problem = _key_problem(settings.gas_key, "the gas key (facilitator.gas_key_env or gas_keystore)")
+    if problem:
+        problems.append(problem)
+    _, problem = _key_problem(settings.channel_authorizer_key, "the channel authorizer key ([channels])")
+    if problem:
+        problems.append(problem)
     if problem := predictor_problem(table):
         problems.append(problem)
     if settings.redis_url and (problem := await _redis_problem(settings.redis_url)):
         problems.append(problem)
     if settings.rpc_url:
-        problems += await _chain_problems(settings, table, warnings)
+        problems += await _chain_problems(settings, table, gas_address, warnings)
     if settings.facilitator == "remote" and (problem := await _facilitator_problem(settings, table)):
         problems.append(problem)
     if problems:

@@ -79,7 +79,7 @@ def test_every_config_problem_in_one_message(tmp_path: Path) -> None:
 def test_wrong_chain_missing_router_file_and_redis_down_together(
     tmp_path: Path, chain: tuple[DevChain, DevToken]
 ) -> None:
-    """A valid config whose chain, router file and Redis are all wrong: all three in one message."""
+    """A config whose gas key, chain, router file and Redis are all wrong: all four in one message."""
     dev, _token = chain
     text = (ROOT / "examples/prices.toml").read_text()
     assert '# predictor = "router.npz"' in text
@@ -88,15 +88,16 @@ def test_wrong_chain_missing_router_file_and_redis_down_together(
     config = config.replace("redis://127.0.0.1:6379/0", _dead_port_redis())
     config = config.replace("https://mainnet.base.org", dev.rpc_url)  # chain 31337, the table wants 8453
     (tmp_path / "payrouter.toml").write_text(config)
-    env = {name: "0x" + "11" * 32 if name.endswith("GAS_KEY") else "sk-test" for name in EXAMPLE_ENV}
+    env = {name: "0xnot-a-key-11" if name.endswith("GAS_KEY") else "sk-test" for name in EXAMPLE_ENV}
     result = serve(tmp_path / "payrouter.toml", env)
     assert result.returncode == 2, result.stderr
     err = result.stderr
-    assert "Traceback" not in err and "cannot start, 3 problems" in err, err
+    assert "Traceback" not in err and "cannot start, 4 problems" in err, err
+    assert "the gas key (facilitator.gas_key_env or gas_keystore) is not a private key" in err
     assert "missing.npz does not exist" in err and "payrouter router train" in err
     assert "does not answer" in err
     assert "serves chain 31337, the price table wants eip155:8453" in err
-    assert "sk-test" not in err and "11" * 32 not in err
+    assert "sk-test" not in err and "not-a-key" not in err
 
 
 def test_prices_check_fails_on_a_missing_router_file(tmp_path: Path) -> None:
