@@ -1,11 +1,16 @@
 """The paid path on one Redis node and on a Redis Cluster alike: an exact call paid once (the
 same payment fetches the same answer, for another request it is refused), and a channel paid by
-vouchers, then claimed by a claimer pass that lists channels from their index and reads them all."""
+vouchers, then claimed by a claimer pass that lists channels from their index and reads them all;
+then ``payrouter ledger audit`` reads the journal's indexes and agrees with the chain."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,9 +36,12 @@ from payrouter.sandbox.dev import Sandbox
 from payrouter.store import RedisStore
 from tests.cluster import REDIS_BACKENDS, delete_keys, redis_url_for
 from tests.integration.payments import header, offer, payment, rejection
+from tests.price_toml import price_table_toml
 from tests.redis_keys import run_token
 from tests.sandbox_thread import sandbox_in_thread
 from wallets import LocalSigner
+
+CLI = Path(sys.executable).parent / "payrouter"
 
 
 class Box:
@@ -148,3 +156,38 @@ def test_a_channel_pays_by_voucher_and_a_claimer_pass_claims_it(box: Box, tmp_pa
     report = _claim_pass(box)  # reads the channel index and every channel (across slots on a cluster)
     assert report.claimed == sum(charges) == report.settled
     assert sb.token.balance_of(sb.operator.address) - operator_before == sum(charges)
+
+
+def test_the_ledger_audit_reads_the_journal_and_agrees_with_the_chain(box: Box, tmp_path: Path) -> None:
+    # `payrouter ledger audit`, as an operator runs it, on this Redis (after the calls above, and one more)
+    sb = box.sandbox
+    assert sb.authorizer is not None
+    url = f"{sb.router_url}/v1/chat/completions"
+    with httpx.Client(timeout=30) as http:
+        body = _body()
+        response = http.post(url, json=body, headers=header(payment(offer(http, url, body), sb.agents[1])))
+        assert response.status_code == 200, response.text
+    (tmp_path / "prices.toml").write_text(price_table_toml(sb.table.model_dump(mode="json")))
+    providers = "\n".join(
+        f'[providers.{p}]\nbase_url = "{sb.upstream_url}/v1"' for p in sorted({m.provider for m in sb.table.models})
+    )
+    (tmp_path / "payrouter.toml").write_text(
+        f'price_table = "prices.toml"\nredis_url = "{box.url}"\nnamespace = "{sb.namespace}"\n'
+        f'[facilitator]\nmode = "local"\nrpc_url = "{sb.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
+        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n{providers}\n'
+    )
+    env = {
+        **os.environ,
+        "TEST_GAS_KEY": sb.gas_wallet.unsafe_export_private_key(),
+        "TEST_AUTHORIZER_KEY": sb.authorizer.unsafe_export_private_key(),
+    }
+    audit = subprocess.run(
+        [str(CLI), "ledger", "audit", "--config", str(tmp_path / "payrouter.toml"), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    report = json.loads(audit.stdout)
+    assert report["equal"] and report["journal"]["count"] >= 1 and report["channels"]["equal"], report
