@@ -17,6 +17,7 @@ from tests.redis_keys import delete_run_keys
 _AGENT_HOME = tempfile.mkdtemp(prefix="payrouter-test-agent-")
 os.environ["PAYROUTER_BUDGET_FILE"] = os.path.join(_AGENT_HOME, "spend.json")
 os.environ["PAYROUTER_CHANNELS_DIR"] = os.path.join(_AGENT_HOME, "channels")
+os.environ["PAYROUTER_SANDBOX_FILE"] = os.path.join(_AGENT_HOME, "sandbox.json")  # where `payrouter dev` says it runs
 
 
 @pytest.fixture(scope="session", autouse=True)
