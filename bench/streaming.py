@@ -23,6 +23,7 @@ from collections.abc import Iterator
 
 import httpx
 
+from bench.hygiene import exit_on_sigterm
 from bench.paid_path import _free_port, _serve_payrouter, _serve_upstream, delete_namespace
 from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
@@ -92,6 +93,7 @@ def _measure(
 
 
 def main() -> None:
+    exit_on_sigterm()  # a stopped run still stops its servers and deletes its keys
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--block-time", type=int, default=None, help="anvil block time (default: mine on arrival)")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import redis
@@ -35,3 +38,20 @@ def test_the_agents_default_files_are_this_runs_temporary_ones() -> None:
     budget, channels = FileBudgetStore(), FileChannelStore()
     assert budget.path == Path(os.environ["PAYROUTER_BUDGET_FILE"]) and home not in budget.path.parents
     assert channels.directory == Path(os.environ["PAYROUTER_CHANNELS_DIR"]) and home not in channels.directory.parents
+
+
+def test_a_bench_stopped_by_sigterm_runs_its_clean_up(tmp_path: Path) -> None:
+    """bench.hygiene.exit_on_sigterm: ``timeout``/``kill`` reach the bench's ``finally`` (which stops
+    its servers and deletes its Redis namespace) instead of killing it on the spot."""
+    marker = tmp_path / "cleaned"
+    code = (
+        "import time\nfrom bench.hygiene import exit_on_sigterm\nexit_on_sigterm()\n"
+        f"try:\n    print('ready', flush=True)\n    time.sleep(60)\nfinally:\n    open({str(marker)!r}, 'w').close()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 128 + signal.SIGTERM
+    proc.stdout.close()
+    assert marker.exists()
