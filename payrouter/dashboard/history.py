@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
+
 from payrouter.channels.records import is_call
 from payrouter.journal import Journal, PaymentRecord, State
 
@@ -50,9 +52,9 @@ WINDOWS = {
         Window("7d", 7 * 24 * 3600, 3 * 3600),
     )
 }
-# a window is read newest first, one bucket per journal call: each call's records are parsed on
-# the event loop, so slices stay small and paid requests are served between them
-_SLICE_BUCKETS = 1
+# A window is read newest first, a bucket at a time, each bucket in pages: every page's records
+# are parsed on the event loop, so pages stay small and paid requests are served between them.
+_PAGE = 50
 
 
 async def read_window(
@@ -60,7 +62,7 @@ async def read_window(
 ) -> tuple[list[PaymentRecord], int]:
     """Records created in ``[start_ms, end_ms]``, at most ``max_records`` of them.
 
-    Reads newest first, a bucket at a time; when the cap is reached the oldest slice read
+    Reads newest first, a bucket at a time; when the cap is reached the oldest bucket read
     is dropped whole, so the history is complete from the returned time on (``start_ms`` when
     nothing was left out).
 
@@ -69,16 +71,39 @@ async def read_window(
     """
     out: list[PaymentRecord] = []
     high = end_ms
-    step = bucket_ms * _SLICE_BUCKETS
     while high >= start_ms:
-        low = max(start_ms, high // step * step)  # slices end on bucket boundaries
-        room = max_records - len(out)
-        batch = await journal.records(low, high, limit=room + 1)
-        if len(batch) > room:
+        low = max(start_ms, high // bucket_ms * bucket_ms)  # slices end on bucket boundaries
+        batch = await _slice(journal, low, high, max_records - len(out))
+        if batch is None:
             return out, high + 1
         out += batch
         high = low - 1
     return out, start_ms
+
+
+async def _slice(journal: Journal, low: int, high: int, room: int) -> list[PaymentRecord] | None:
+    """The records created in ``[low, high]`` read in pages of `_PAGE`; None when more than ``room``.
+
+    `Journal.records` has a limit but no offset: a page starts at the last time seen, skipping
+    the records already read at that millisecond (a page wholly taken by one millisecond is read
+    again, twice as large).
+    """
+    out: list[PaymentRecord] = []
+    seen: set[str] = set()
+    start, size = low, _PAGE
+    while True:
+        batch = await journal.records(start, high, limit=size)
+        new = [r for r in batch if r.id not in seen]
+        out += new
+        if len(out) > room:
+            return None
+        if len(batch) < size:
+            return out
+        if not new:
+            size *= 2
+            continue
+        start, size = new[-1].created_at, _PAGE
+        seen = {r.id for r in batch if r.created_at == start}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,14 +192,14 @@ class HistoryCache:
             if cached is None or now_ms - cached.full_at >= self.FULL_EVERY_MS:
                 records, complete_from = await read_window(journal, start, now_ms, bucket, self.max_records)
                 self.last_read = len(records)
-                calls = calls_of(records)
+                calls = await anyio.to_thread.run_sync(calls_of, records)
                 old = [c for c in calls if c.created_at < boundary]
                 self._windows[window.name] = _Cached(old, boundary, complete_from, now_ms)
                 return calls, len(records), complete_from
             low = max(start, cached.boundary)
             records, fresh_from = await read_window(journal, low, now_ms, bucket, self.max_records)
             self.last_read = len(records)
-            fresh = calls_of(records)
+            fresh = await anyio.to_thread.run_sync(calls_of, records)
             if fresh_from > low:  # the recent part alone fills the cap
                 return fresh, len(records), fresh_from
             old = [c for c in cached.old if c.created_at >= start]

@@ -124,6 +124,18 @@ async def test_read_window_keeps_the_newest_under_the_cap(journal: RedisJournal)
     assert sorted(r.created_at for r in narrow) == [T0 + 10 * MINUTE, T0 + 11 * MINUTE]
 
 
+async def test_read_window_pages_through_a_busy_bucket(journal: RedisJournal) -> None:
+    # more than a page in one bucket, and more than a page in one millisecond
+    same_ms = [_record(T0 + 30_000, state=State.CLAIMED) for _ in range(250)]
+    spread = [_record(T0 + i * 100, state=State.CLAIMED) for i in range(200)]
+    for record in same_ms + spread:
+        await journal.open(record)
+    records, complete_from = await read_window(journal, T0, T0 + MINUTE - 1, MINUTE, max_records=1000)
+    assert sorted(r.id for r in records) == sorted(r.id for r in same_ms + spread) and complete_from == T0
+    records, complete_from = await read_window(journal, T0, T0 + MINUTE - 1, MINUTE, max_records=449)
+    assert records == [] and complete_from == T0 + MINUTE  # the bucket does not fit: left out whole
+
+
 async def test_cache_rereads_only_the_recent_part(journal: RedisJournal) -> None:
     window = WINDOWS["1h"]
     now = T0 + 30 * MINUTE
