@@ -31,6 +31,10 @@ REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
 _PORTS = (20_000, 45_000)
 
 
+class _NodeExited(RuntimeError):
+    """A node's process ended while starting (its port was taken)."""
+
+
 @dataclass
 class ClusterNodeProcess:
     """One redis-server of the cluster."""
@@ -98,11 +102,23 @@ class LocalCluster:
     def start(self, timeout: float = 30.0) -> LocalCluster:
         """Start the nodes, create the cluster and wait until every node says ``cluster_state:ok``.
 
+        A node that exits at start (another process took its port between the probe and the
+        bind) makes a fresh attempt on other ports, twice at most.
+
         Raises:
             RuntimeError: a node did not start or the cluster did not form within ``timeout``.
         """
         if self.masters < 3:
             raise ValueError("a Redis Cluster needs at least 3 masters")
+        for attempt in range(3):
+            try:
+                return self._start_once(timeout)
+            except _NodeExited:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> LocalCluster:
         self._root = Path(tempfile.mkdtemp(prefix="payrouter-cluster-"))
         deadline = time.monotonic() + timeout
         try:
@@ -142,7 +158,9 @@ class LocalCluster:
                     client.ping()
                     return
                 except redis.ConnectionError:
-                    if time.monotonic() > deadline or (node.process is not None and node.process.poll() is not None):
+                    if node.process is not None and node.process.poll() is not None:
+                        raise _NodeExited(f"redis-server on {node.address} exited at start") from None
+                    if time.monotonic() > deadline:
                         raise RuntimeError(f"redis-server on {node.address} did not start") from None
                     time.sleep(0.01)
 
@@ -245,7 +263,8 @@ class LocalCluster:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        """Kill every node process (paused ones too) and remove the directories."""
+        """Kill every node process (paused ones too) and remove the directories; `nodes` is
+        emptied (the cluster may be started again)."""
         for node in self.nodes:
             if node.process is None:
                 continue
@@ -255,6 +274,7 @@ class LocalCluster:
                 node.process.kill()
             node.process.wait(5)
         self._paused.clear()
+        self.nodes = []
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
