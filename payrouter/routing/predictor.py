@@ -217,22 +217,24 @@ class QualityPredictor:
         feedback: Sequence[FeedbackRow] = (),
     ) -> QualityPredictor:
         """Fit on ``rows`` (every row must have the same models), plus ``feedback``: served
-        calls rated by their payers, each a label for the one model that answered (ratings
-        of models the rows do not score are ignored).
+        calls rated by their payers, each a label for the one model that answered. A model
+        only the feedback knows (one under trial) is learned from its ratings alone; its answer
+        length and cost are taken as the median of the other models'.
 
         Raises:
             ValueError: no rows, or rows with different model sets.
         """
         if not rows:
             raise ValueError("no training rows")
-        models = sorted(rows[0].scores)
-        if any(sorted(r.scores) != models for r in rows):
+        known = sorted(rows[0].scores)
+        if any(sorted(r.scores) != known for r in rows):
             raise ValueError("every training row must score the same models")
+        models = sorted(set(known) | {f.model for f in feedback})
         index = {m: j for j, m in enumerate(models)}
-        feedback = [f for f in feedback if f.model in index]
+        fresh = [index[m] for m in models if m not in rows[0].scores]
         r_idx, c_idx = _sparse([r.prompt for r in rows])
         n = len(rows)
-        scores = np.array([[r.scores[m] for m in models] for r in rows])
+        scores = np.array([[r.scores.get(m, 0.0) for m in models] for r in rows])
         # Base rates per prompt format (smoothed toward the overall rate); the text model learns
         # only what moves a prompt away from its format's base rate.
         signatures = [format_signature(r.prompt) for r in rows]
@@ -244,13 +246,18 @@ class QualityPredictor:
             q_rows, q_cols = np.concatenate([r_idx, f_rows]), np.concatenate([c_idx, f_cols])
             labelled = np.zeros((n + len(feedback), len(models)))
             labelled[:n] = 1.0
+            labelled[:n, fresh] = 0.0
             q_scores = np.zeros_like(labelled)
             q_scores[:n] = scores
             for i, f in enumerate(feedback):
                 labelled[n + i, index[f.model]] = 1.0
                 q_scores[n + i, index[f.model]] = f.score
             q_signatures = signatures + [f.format for f in feedback]
-        overall = scores.mean(0) if labelled is None else q_scores.sum(0) / np.maximum(labelled.sum(0), 1.0)
+        if labelled is None:
+            overall = scores.mean(0)
+        else:
+            counts = labelled.sum(0)
+            overall = np.where(counts > 0, q_scores.sum(0) / np.maximum(counts, 1.0), 0.5)
         priors: dict[str, list[float]] = {}
         for sig in sorted(set(q_signatures)):
             mask = np.array([s == sig for s in q_signatures])
@@ -262,6 +269,11 @@ class QualityPredictor:
         offset = np.log(np.array([priors[s] for s in q_signatures]))
         offset -= np.log1p(-np.array([priors[s] for s in q_signatures]))
         chars = np.array([[max(r.response_chars.get(m, 0.0), 1.0) for m in models] for r in rows])
+        costs = np.array([[r.costs.get(m, 0.0) for m in models] for r in rows])
+        if fresh:
+            seen = [index[m] for m in known]
+            chars[:, fresh] = np.median(chars[:, seen], axis=1, keepdims=True)
+            costs[:, fresh] = np.median(costs[:, seen], axis=1, keepdims=True)
         quality = _fit(
             q_rows, q_cols, len(q_scores), q_scores, logistic=True, l2=l2, steps=steps, offset=offset, mask=labelled
         )
@@ -270,7 +282,6 @@ class QualityPredictor:
         z = np.stack([np.bincount(r_idx, weights=length[c_idx, j], minlength=n) for j in range(len(models))], 1)
         margin = np.quantile(log_len - z, 0.95, axis=0).astype(np.float32)
         lengths = np.array([len(r.prompt) for r in rows], dtype=np.float64)
-        costs = np.array([[r.costs[m] for m in models] for r in rows])
         # USD per prompt character and per call, per model: what the router expects a call to cost
         design = np.stack([lengths, np.ones(n)], 1)
         cost_fit = np.linalg.lstsq(design, costs, rcond=None)[0].astype(np.float64)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from payrouter.cli import main
 from payrouter.routing.features import format_signature, prompt_features
-from payrouter.routing.predictor import QualityPredictor, load_feedback
+from payrouter.routing.predictor import FeedbackRow, QualityPredictor, load_feedback, load_rows
 
 from . import synthetic
 
@@ -50,3 +50,22 @@ def test_ratings_from_the_log_are_folded_into_the_router(tmp_path: Path) -> None
     assert after[weak] < before[weak] - 0.2
     others = [i for i in range(len(plain.models)) if i != weak]
     assert abs(after[others] - before[others]).max() < 0.05
+
+
+def test_a_model_only_ratings_know_is_learned_from_them(tmp_path: Path) -> None:
+    rows = load_rows([synthetic.write(tmp_path / "train.csv", 120, seed=6)])
+    feedback = [
+        FeedbackRow(prompt_features(p), format_signature(p), "newbie", 1.0 if "simple" in p else 0.0)
+        for p in (
+            f"A {w} question about stars ({2000 + i})?\nA) yes\nB) no\nAnswer:"
+            for i in range(120)
+            for w in ("simple", "intricate multi-step")
+        )
+    ]
+    predictor = QualityPredictor.train(rows, feedback=feedback)
+    assert "newbie" in predictor.models and set(rows[0].scores) < set(predictor.models)
+    quality, tokens = predictor.predict(EASY)
+    hard = EASY.replace("simple", "intricate multi-step")
+    newbie = predictor.index["newbie"]
+    assert quality[newbie] > 0.8 and predictor.predict(hard)[0][newbie] < 0.3
+    assert tokens[newbie] >= 1  # an answer budget from the other models' lengths
