@@ -253,7 +253,7 @@ def _without_metrics() -> None:
         for name in names:
             setattr(cls, name, noop)
     pm.MetricWrapperBase.labels = lambda self, *_a, **_kw: self  # type: ignore[method-assign]
-    setattr(payrouter.app, "RequestMetrics", lambda app, **_kw: app)  # noqa: B010 (not a public name of the module)
+    vars(payrouter.app)["RequestMetrics"] = lambda app, **_kw: app
     for name in ("quoted", "refused", "scheme_chosen", "holds", "committed", "deposit_sent", "answered", "model_time"):
         setattr(calls, name, noop)
     for module in (exact, batch, settlement):
@@ -375,15 +375,28 @@ async def _paid_exact_alternating(
     return out
 
 
-def _metrics_cost(latencies: dict[str, list[float]], unpaid: dict[str, list[float]], log_lines: int) -> str:
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds a process used so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _metrics_cost(
+    latencies: dict[str, list[float]], unpaid: dict[str, list[float]], cpu_ms: dict[str, float], log_lines: int
+) -> str:
     on, off = latencies["metrics"], latencies["no-metrics"]
     lines = ["metrics and request log cost (exact, the two servers alternating call by call):"]
     for name, values in latencies.items():
         lines.append(
-            f"  {name:<11} paid p50 {percentile(values, 50):7.2f} ms  p99 {percentile(values, 99):7.2f} ms  "
-            f"unpaid 402 p50 {percentile(unpaid[name], 50):6.2f} ms  (n={len(values)})"
+            f"  {name:<11} paid p50 {statistics.median(values):7.2f} ms  p99 {percentile(values, 0.99):7.2f} ms  "
+            f"unpaid 402 p50 {statistics.median(unpaid[name]):6.2f} ms  server CPU {cpu_ms[name]:5.2f} ms per "
+            f"paid call (its 402 included)  (n={len(values)})"
         )
-    ratio = percentile(on, 50) / percentile(off, 50)
+    ratio = statistics.median(on) / statistics.median(off)
     lines.append(
         f"  paid p50 with / without: x{ratio:.3f} ({(ratio - 1) * 100:+.1f}%); request log lines written: {log_lines}"
     )
@@ -752,25 +765,24 @@ def main() -> None:
             ),
         ]
         if args.metrics_cost:
-            procs.append(
-                spawn.Process(
-                    target=_serve_payrouter,
-                    args=(
-                        ports["bare"],
-                        table.model_dump_json(),
-                        chain.rpc_url,
-                        bare_gas,
-                        authorizer.unsafe_export_private_key(),
-                        upstream,
-                        namespace + "-bare",
-                        None,
-                        None,
-                        False,
-                        None,
-                    ),
-                    daemon=True,
-                )
+            bare = spawn.Process(
+                target=_serve_payrouter,
+                args=(
+                    ports["bare"],
+                    table.model_dump_json(),
+                    chain.rpc_url,
+                    bare_gas,
+                    authorizer.unsafe_export_private_key(),
+                    upstream,
+                    namespace + "-bare",
+                    None,
+                    None,
+                    False,
+                    None,
+                ),
+                daemon=True,
             )
+            procs.append(bare)
         if official:
             procs.append(
                 spawn.Process(
@@ -857,12 +869,18 @@ def main() -> None:
                 urls = {"metrics": ours, "no-metrics": f"http://127.0.0.1:{ports['bare']}/v1/chat/completions"}
                 asyncio.run(_wait(urls["no-metrics"]))
                 unpaid_by = {name: asyncio.run(_unpaid_latencies(url, args.paid)) for name, url in urls.items()}
+                pids = {"metrics": procs[1].pid, "no-metrics": bare.pid}
+                cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
                 by = asyncio.run(_paid_exact_alternating(urls, agents[EXACT], paid_exact, warm))
+                cpu_ms = {
+                    name: (_cpu_seconds(pid) - cpu_before[name]) * 1000 / (paid_exact + warm)
+                    for name, pid in pids.items()
+                }
                 assert request_log is not None
                 time.sleep(0.5)  # the writer thread flushes what is queued
                 with open(request_log) as lines:
                     logged = sum(1 for _ in lines)
-                print(_metrics_cost(by, unpaid_by, logged), flush=True)
+                print(_metrics_cost(by, unpaid_by, cpu_ms, logged), flush=True)
             print()
             if EXACT in schemes and paid_exact != args.paid:
                 print(

@@ -192,19 +192,19 @@ def _served(obs: Observation, paid: PaidCall, request_log: RequestLog | None) ->
     if record is not None:
         asset = record.asset
         if record.state in (State.SETTLED, State.PENDING):
-            metrics.PAID_CALLS.labels(scheme=scheme, model=model).inc()
+            metrics.child(metrics.PAID_CALLS, scheme, model).inc()
         if record.state == State.SETTLED and record.charged:
             charged = record.charged
-            metrics.REVENUE.labels(model=model, asset=asset).inc(charged)
+            metrics.child(metrics.REVENUE, model, asset).inc(charged)
         if record.answered_by:  # the model answered: it cost us, whether or not the payment then moved
             cost = record.upstream_cost
-            metrics.UPSTREAM_COST.labels(model=model, asset=asset).inc(cost)
+            metrics.child(metrics.UPSTREAM_COST, model, asset).inc(cost)
         if charged or cost:
-            metrics.MARGIN.labels(model=model, asset=asset).inc(charged - cost)
+            metrics.child(metrics.MARGIN, model, asset).inc(charged - cost)
         if record.state in (State.RELEASED, State.OWED):
             refusal = record.reason or "released"
             if refusal not in _CALL_FAILURES:  # the payment, not the call, failed (a settlement refused)
-                metrics.REFUSALS.labels(scheme=scheme, reason=refusal).inc()
+                metrics.child(metrics.REFUSALS, scheme, refusal).inc()
     elif obs.status >= 400:
         refusal = "upstream_failed" if obs.status >= 500 else "request_failed"
     if request_log is None or not request_log.enabled:
@@ -237,7 +237,7 @@ def _served(obs: Observation, paid: PaidCall, request_log: RequestLog | None) ->
 def _refused(obs: Observation, request_log: RequestLog | None) -> None:
     assert obs.refusal is not None
     reason, message, payer = obs.refusal
-    metrics.REFUSALS.labels(scheme=obs.scheme or "none", reason=reason).inc()
+    metrics.child(metrics.REFUSALS, obs.scheme or "none", reason).inc()
     if request_log is None or not request_log.enabled:
         return
     offered = obs.offered
@@ -271,8 +271,6 @@ def quoted(endpoint: str, decision: RouteDecision, schemes: Iterable[str], diges
         _recent[digest] = decision
         if len(_recent) > _RECENT:
             del _recent[next(iter(_recent))]
-    metrics.ROUTING_DECISIONS.labels(
-        strategy=decision.strategy, model=decision.model, reason=reason_kind(decision)
-    ).inc()
+    metrics.child(metrics.ROUTING_DECISIONS, decision.strategy, decision.model, reason_kind(decision)).inc()
     for scheme in schemes:
-        metrics.QUOTES.labels(endpoint=endpoint, scheme=scheme).inc()
+        metrics.child(metrics.QUOTES, endpoint, scheme).inc()

@@ -60,7 +60,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, watched)
         finally:
-            metrics.REQUESTS.labels(endpoint=endpoint, status=str(obs.status or 500)).inc()
+            metrics.child(metrics.REQUESTS, endpoint, str(obs.status or 500)).inc()
             if OBSERVATION_KEY in scope:
                 state = scope.get("state") or {}
                 request_log = state.get(REQUEST_LOG_STATE)

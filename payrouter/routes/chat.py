@@ -63,7 +63,7 @@ async def _stream(services: Services, call: PaidCall, scope: Scope, anthropic: b
         call.completed = True
         took = time.perf_counter() - started  # failovers before the first chunk included
         provider = services.table.model(model_id).provider
-        metrics.UPSTREAM_SECONDS.labels(provider=provider, model=model_id).observe(took)
+        metrics.child(metrics.UPSTREAM_SECONDS, provider, model_id).observe(took)
         observed.model_time(scope, took * 1000)
         served(scope, services, call, completion_id, took)
 

@@ -100,7 +100,7 @@ class UpstreamPool:
         failed = ""
         for attempt, model_id in enumerate(self._candidates(decision, table, paid, deadline), start=1):
             if failed:
-                metrics.FAILOVERS.labels(from_model=failed, to_model=model_id).inc()
+                metrics.child(metrics.FAILOVERS, failed, model_id).inc()
             failed = model_id  # until it succeeds
             model = table.model(model_id)
             adapter = self._adapters.get(model.provider)
@@ -118,9 +118,9 @@ class UpstreamPool:
                 continue
             answered = time.perf_counter()
             self._succeeded(model_id, started, answered, output_tokens(result))
-            metrics.UPSTREAM_FIRST_BYTE.labels(provider=model.provider, model=model_id).observe(answered - started)
+            metrics.child(metrics.UPSTREAM_FIRST_BYTE, model.provider, model_id).observe(answered - started)
             if whole:  # a stream's last byte is timed where it ends (`payrouter.routes.chat`)
-                metrics.UPSTREAM_SECONDS.labels(provider=model.provider, model=model_id).observe(answered - started)
+                metrics.child(metrics.UPSTREAM_SECONDS, model.provider, model_id).observe(answered - started)
             return model_id, result, attempt
         assert last is not None
         raise last

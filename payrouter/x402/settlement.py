@@ -222,7 +222,7 @@ class PaymentAttempt:
         try:
             result = await timed(
                 self.services.facilitator.settle(self.payment, requirements),
-                metrics.SETTLE_SECONDS.labels(scheme=record.scheme),
+                metrics.child(metrics.SETTLE_SECONDS, record.scheme),
             )
         except SettlementInDoubt as exc:
             log.warning(
