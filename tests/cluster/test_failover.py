@@ -20,6 +20,7 @@ from payrouter.sandbox.dev import Sandbox
 from tests.cluster import delete_keys
 from tests.integration.payments import header, offer, payment
 from tests.polling import wait_until
+from tests.redis_keys import run_token
 from tests.sandbox_thread import sandbox_in_thread
 from wallets import LocalSigner
 
@@ -53,7 +54,7 @@ def cluster() -> Iterator[LocalCluster]:
 
 @pytest.fixture(scope="module")
 def box(cluster: LocalCluster) -> Iterator[Sandbox]:
-    namespace = f"payrouter-test-failover-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-failover-{run_token()}"
     try:
         with sandbox_in_thread(agents=1, redis_url=cluster.url, namespace=namespace) as sb:
             yield sb
