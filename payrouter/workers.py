@@ -40,7 +40,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["CONFIG_ENV", "Supervisor", "app_from_env"]
+__all__ = ["CONFIG_ENV", "Supervisor", "app_from_env", "exit_zero_after_signal", "quiet_http_logs"]
 
 log = logging.getLogger("payrouter.workers")
 
@@ -75,6 +75,21 @@ def _ignore(_sig: int, _frame: FrameType | None) -> None:
     pass
 
 
+def quiet_http_logs() -> None:
+    """httpx and httpcore log every request at INFO: on the paid path (RPC, upstream) that is
+    a log line per round trip; keep their warnings only."""
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def exit_zero_after_signal() -> None:
+    """uvicorn re-raises the signal that stopped it once it has shut down gracefully; ignore it
+    then, so a graceful stop ends in exit code 0 rather than death by SIGTERM. Call right
+    before running the server (uvicorn installs its own handlers while it runs)."""
+    signal.signal(signal.SIGTERM, _ignore)
+    signal.signal(signal.SIGINT, _ignore)
+
+
 def _worker_main(config_path: str, sock: socket.socket, log_level: str) -> None:
     """A worker process: load the config, serve on ``sock`` until SIGTERM/SIGINT, exit 0."""
     import uvicorn
@@ -86,6 +101,7 @@ def _worker_main(config_path: str, sock: socket.socket, log_level: str) -> None:
 
     die_with_parent()  # a supervisor killed by SIGKILL leaves no worker behind
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s [{os.getpid()}]: %(message)s")
+    quiet_http_logs()
     settings = load_settings(config_path)
     config = uvicorn.Config(
         create_app(settings),
@@ -95,10 +111,7 @@ def _worker_main(config_path: str, sock: socket.socket, log_level: str) -> None:
         **uvicorn_options(settings.server),
     )
     server = uvicorn.Server(config)
-    # uvicorn re-raises the signal that stopped it once it has shut down; ignored here, so a
-    # graceful stop ends in exit code 0 rather than death by SIGTERM.
-    signal.signal(signal.SIGTERM, _ignore)
-    signal.signal(signal.SIGINT, _ignore)
+    exit_zero_after_signal()
     server.run(sockets=[sock])
     if not server.started:
         sys.exit(3)

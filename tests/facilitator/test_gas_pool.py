@@ -4,7 +4,6 @@ two instances sharing Redis all land, spread over the wallets, with no nonce reu
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ from payrouter.devchain import DevChain, DevToken
 from payrouter.facilitator.base import SettleResult
 from payrouter.facilitator.local import LocalFacilitator
 from payrouter.facilitator.sender import GasPool, GasSender
-from payrouter.store import MemoryStore, RedisStore
+from payrouter.store import MemoryStore, RedisStore, keys
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload, parse_payment
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from wallets import LocalSigner, TransferWithAuthorization, new_nonce
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -30,6 +29,7 @@ SETTLEMENTS = 200
 WALLETS = 4
 PAYERS = 10
 AMOUNT = 1_000
+SINK = "0x000000000000000000000000000000000000dEaD"
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ async def test_200_concurrent_settlements_over_4_wallets_take_contiguous_nonces(
         extra={"name": token.domain.name, "version": token.domain.version},
     )
     wallets = [chain.new_account() for _ in range(WALLETS)]
-    namespace = f"payrouter-test-gas-pool-{secrets.token_hex(4)}"
+    namespace = f"payrouter-test-gas-pool-{run_token()}"
     stores = [RedisStore(REDIS_URL, namespace) for _ in range(2)]
     # two instances (as two workers) with the same wallets, sharing the nonces through Redis
     instances = [
@@ -122,9 +122,7 @@ async def test_a_pool_sends_from_a_wallet_nobody_here_is_using(chain: DevChain) 
         store = MemoryStore()
         pool = GasPool([GasSender(client, chain.new_account(), store, chain.chain_id) for _ in range(3)])
         # three sends at once: each goes from its own wallet
-        sent = await asyncio.gather(
-            *(pool.send("0x000000000000000000000000000000000000dEaD", b"", 21_000) for _ in range(3))
-        )
+        sent = await asyncio.gather(*(pool.send(SINK, b"", 21_000) for _ in range(3)))
         senders = Counter(str(chain.w3.eth.get_transaction(HexStr(h))["from"]) for h, _ in sent)
         assert sorted(senders.values()) == [1, 1, 1]
         assert "key" not in repr(pool).lower()
@@ -132,3 +130,29 @@ async def test_a_pool_sends_from_a_wallet_nobody_here_is_using(chain: DevChain) 
         await client.close()
     with pytest.raises(ValueError):
         GasPool([])
+
+
+async def test_a_wallet_another_instance_holds_is_skipped_and_waited_for(chain: DevChain) -> None:
+    client = ChainClient(chain.rpc_url)
+    namespace = f"payrouter-test-gas-pool-{run_token()}"
+    here, there = RedisStore(REDIS_URL, namespace), RedisStore(REDIS_URL, namespace)
+    try:
+        wallets = [chain.new_account() for _ in range(2)]
+        pool = GasPool([GasSender(client, w, here, chain.chain_id) for w in wallets])
+        busy = keys.gas_nonce(chain.chain_id, wallets[0].address)
+        # another instance holds wallet 0 (through Store.lock, as instances before GasPool did)
+        async with there.lock(busy):
+            for _ in range(2):  # whichever wallet the turn starts from, wallet 1 sends
+                tx_hash, _ = await pool.send(SINK, b"", 21_000)
+                assert chain.w3.eth.get_transaction(HexStr(tx_hash))["from"] == wallets[1].address
+            # a lone sender waits for the lock, then sends
+            waiting = asyncio.create_task(pool.senders[0].send(SINK, b"", 21_000))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+        tx_hash, _ = await asyncio.wait_for(waiting, 10)
+        assert chain.w3.eth.get_transaction(HexStr(tx_hash))["from"] == wallets[0].address
+    finally:
+        await client.close()
+        await here.close()
+        await there.close()
+        delete_namespace(REDIS_URL, namespace)
