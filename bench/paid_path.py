@@ -57,6 +57,7 @@ from typing import Any
 import httpx
 from eth_typing import HexStr
 
+from bench.hygiene import exit_on_sigterm
 from bench.timing import percentile
 from payrouter.client import build_payment_header, read_offer
 from payrouter.devchain import DevChain
@@ -686,6 +687,7 @@ def _stop(procs: list[BaseProcess]) -> None:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a stopped run still stops its servers and deletes its keys
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scheme", choices=(EXACT, BATCH, "both"), default="both")
     parser.add_argument("--block-time", type=int, default=0, help="anvil interval mining, seconds (0: automine)")
