@@ -11,16 +11,24 @@ import asyncio
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
-
-import anyio.to_thread
+from typing import Any, TypeVar
 
 from payrouter.channels.records import is_call
 from payrouter.journal import Journal, PaymentRecord, State
 
-__all__ = ["WINDOWS", "Call", "HistoryCache", "Window", "calls_of", "history", "open_payments", "read_window"]
+__all__ = [
+    "WINDOWS",
+    "Call",
+    "HistoryCache",
+    "Window",
+    "calls_of",
+    "history",
+    "open_payments",
+    "read_calls",
+    "read_window",
+]
 
 # the strategy of the decision inside a record's priced route, without parsing the whole JSON
 _STRATEGY = re.compile(r'"strategy":"([^"\\]*)"')
@@ -55,6 +63,7 @@ WINDOWS = {
 # A window is read newest first, a bucket at a time, each bucket in pages: every page's records
 # are parsed on the event loop, so pages stay small and paid requests are served between them.
 _PAGE = 50
+T = TypeVar("T")
 
 
 async def read_window(
@@ -69,36 +78,67 @@ async def read_window(
     Raises:
         StoreError: the journal cannot be read.
     """
-    out: list[PaymentRecord] = []
+    records, _count, complete_from = await _read(journal, start_ms, end_ms, bucket_ms, max_records, list)
+    return records, complete_from
+
+
+async def read_calls(
+    journal: Journal, start_ms: int, end_ms: int, bucket_ms: int, max_records: int
+) -> tuple[list[Call], int, int]:
+    """`read_window`, each page of records turned into `Call` rows as soon as it is read (the
+    records themselves are not all held at once): ``(calls, records read, complete from)``.
+
+    Raises:
+        StoreError: the journal cannot be read.
+    """
+    return await _read(journal, start_ms, end_ms, bucket_ms, max_records, calls_of)
+
+
+async def _read(
+    journal: Journal,
+    start_ms: int,
+    end_ms: int,
+    bucket_ms: int,
+    max_records: int,
+    keep: Callable[[list[PaymentRecord]], list[T]],
+) -> tuple[list[T], int, int]:
+    out: list[T] = []
+    count = 0
     high = end_ms
     while high >= start_ms:
         low = max(start_ms, high // bucket_ms * bucket_ms)  # slices end on bucket boundaries
-        batch = await _slice(journal, low, high, max_records - len(out))
-        if batch is None:
-            return out, high + 1
-        out += batch
+        found = await _slice(journal, low, high, max_records - count, keep)
+        if found is None:
+            return out, count, high + 1
+        out += found[0]
+        count += found[1]
         high = low - 1
-    return out, start_ms
+    return out, count, start_ms
 
 
-async def _slice(journal: Journal, low: int, high: int, room: int) -> list[PaymentRecord] | None:
-    """The records created in ``[low, high]`` read in pages of `_PAGE`; None when more than ``room``.
+async def _slice(
+    journal: Journal, low: int, high: int, room: int, keep: Callable[[list[PaymentRecord]], list[T]]
+) -> tuple[list[T], int] | None:
+    """``keep`` of the records created in ``[low, high]``, read in pages of `_PAGE`, and how many
+    records they were; None when more than ``room``.
 
     `Journal.records` has a limit but no offset: a page starts at the last time seen, skipping
     the records already read at that millisecond (a page wholly taken by one millisecond is read
     again, twice as large).
     """
-    out: list[PaymentRecord] = []
+    out: list[T] = []
+    count = 0
     seen: set[str] = set()
     start, size = low, _PAGE
     while True:
         batch = await journal.records(start, high, limit=size)
         new = [r for r in batch if r.id not in seen]
-        out += new
-        if len(out) > room:
+        count += len(new)
+        if count > room:
             return None
+        out += keep(new)
         if len(batch) < size:
-            return out
+            return out, count
         if not new:
             size *= 2
             continue
@@ -190,25 +230,24 @@ class HistoryCache:
             cached = self._windows.get(window.name)
             boundary = now_ms - self.RECENT_MS
             if cached is None or now_ms - cached.full_at >= self.FULL_EVERY_MS:
-                records, complete_from = await read_window(journal, start, now_ms, bucket, self.max_records)
-                self.last_read = len(records)
-                calls = await anyio.to_thread.run_sync(calls_of, records)
+                calls, self.last_read, complete_from = await read_calls(
+                    journal, start, now_ms, bucket, self.max_records
+                )
                 old = [c for c in calls if c.created_at < boundary]
                 self._windows[window.name] = _Cached(old, boundary, complete_from, now_ms)
-                return calls, len(records), complete_from
+                return calls, self.last_read, complete_from
             low = max(start, cached.boundary)
-            records, fresh_from = await read_window(journal, low, now_ms, bucket, self.max_records)
-            self.last_read = len(records)
-            fresh = await anyio.to_thread.run_sync(calls_of, records)
+            fresh, read, fresh_from = await read_calls(journal, low, now_ms, bucket, self.max_records)
+            self.last_read = read
             if fresh_from > low:  # the recent part alone fills the cap
-                return fresh, len(records), fresh_from
+                return fresh, read, fresh_from
             old = [c for c in cached.old if c.created_at >= start]
-            room = self.max_records - len(records)
+            room = self.max_records - read
             complete_from = max(start, cached.complete_from)
             if len(old) > room:
                 old = sorted(old, key=lambda c: c.created_at)[len(old) - room :]
                 complete_from = old[0].created_at if old else low
-            return old + fresh, len(old) + len(records), complete_from
+            return old + fresh, len(old) + read, complete_from
 
 
 def history(calls_in: Iterable[Call], start_ms: int, end_ms: int, bucket_ms: int) -> dict[str, Any]:
