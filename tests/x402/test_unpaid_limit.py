@@ -4,7 +4,6 @@ and a flood of distinct unpaid requests writes nothing to the store."""
 from __future__ import annotations
 
 import secrets
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -24,7 +23,7 @@ from payrouter.settlement_backend import SettlementBackend
 from payrouter.x402.unpaid_limit import UnpaidLimit
 from pricing import load_price_table
 from tests.integration.payments import header, payment
-from tests.redis_keys import delete_namespace
+from tests.redis_keys import delete_namespace, run_token
 from tests.x402.fake_facilitator import FakeFacilitator
 from wallets import LocalSigner
 
@@ -125,7 +124,7 @@ def _keys(r: redis.Redis, namespace: str) -> list[str]:
 
 
 def test_a_flood_of_distinct_unpaid_requests_writes_nothing_to_the_store(upstream_url: str) -> None:
-    namespace = f"payrouter-test-{uuid.uuid4().hex[:8]}"
+    namespace = f"payrouter-test-unpaid-{run_token()}"
     settings = _settings(upstream_url, unpaid_rate=0).model_copy(
         update={"redis_url": REDIS_URL, "namespace": namespace}
     )
