@@ -72,6 +72,7 @@ class Chromium:
         self._ws: ClientConnection | None = None
         self._stack = contextlib.ExitStack()
         self._ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []  # DevTools events seen so far (console, exceptions, ...)
         try:
             deadline = time.monotonic() + 60
             while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
@@ -86,7 +87,8 @@ class Chromium:
             self._ws = self._stack.enter_context(
                 connect(pages[0]["webSocketDebuggerUrl"], max_size=64 << 20, open_timeout=10)
             )
-            self.send("Page.enable")
+            for domain in ("Page", "Runtime", "Log"):
+                self.send(f"{domain}.enable")
             self.send(
                 "Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False
             )
@@ -115,6 +117,23 @@ class Chromium:
                 assert "error" not in message, f"{method}: {message['error']}"
                 result: dict[str, Any] = message.get("result", {})
                 return result
+            if "method" in message:
+                self.events.append(message)
+
+    def page_errors(self) -> list[str]:
+        """Uncaught exceptions and console errors of the pages so far (a refused Content-Security-
+        Policy directive is one), except failed loads: a 401 page is an expected answer."""
+        out = []
+        for event in self.events:
+            if event["method"] == "Runtime.exceptionThrown":
+                out.append(str(event["params"]["exceptionDetails"]))
+            elif event["method"] == "Log.entryAdded":
+                entry = event["params"]["entry"]
+                if entry["level"] == "error" and entry.get("source") != "network":
+                    out.append(entry["text"])
+            elif event["method"] == "Runtime.consoleAPICalled" and event["params"]["type"] == "error":
+                out.append(str(event["params"]["args"]))
+        return out
 
     def evaluate(self, expression: str) -> Any:
         """The value of a JavaScript expression in the page (awaited if it is a promise).

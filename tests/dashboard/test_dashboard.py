@@ -273,6 +273,8 @@ def test_browser_renders_every_panel(served: Served, box: Sandbox, traffic: Traf
         resources = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
         assert resources and all(r.startswith(served.url + "/dashboard") for r in resources), resources
 
+        assert browser.page_errors() == []  # no script error, nothing the Content-Security-Policy refused
+
         shot = tmp_path / "dashboard.png"
         browser.screenshot(shot)
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
