@@ -13,8 +13,12 @@ from payrouter.dashboard.history import HistoryCache, Window, history, open_paym
 from payrouter.metrics.exposition import multiprocess_dir
 from payrouter.services import Services
 from payrouter.store import StoreError
+from payrouter.x402.schemes.batch import BATCH, BatchScheme
 
-__all__ = ["dashboard_data"]
+__all__ = ["MAX_CHANNELS", "dashboard_data", "unclaimed_channels"]
+
+# most channels one refresh reads for the unclaimed total (each is one hash in the store)
+MAX_CHANNELS = 2000
 
 # every read of the store is bounded in time: a slow Redis shows as an error on the page, not a hung refresh
 _STORE_TIMEOUT = 5.0
@@ -47,6 +51,7 @@ async def dashboard_data(services: Services, window: Window, cache: HistoryCache
         "history": None,
         "payments": None,
         "health": None,
+        "channels": None,
         "errors": errors,
     }
     try:
@@ -71,4 +76,24 @@ async def dashboard_data(services: Services, window: Window, cache: HistoryCache
         doc["health"] = await asyncio.wait_for(services.health.snapshot(), _STORE_TIMEOUT)
     except (StoreError, TimeoutError) as exc:
         errors.append(f"model health unavailable: {exc.__class__.__name__}")
+    batch = services.schemes.get(BATCH)
+    if isinstance(batch, BatchScheme):
+        try:
+            doc["channels"] = await asyncio.wait_for(unclaimed_channels(batch), _STORE_TIMEOUT)
+        except (StoreError, TimeoutError) as exc:
+            errors.append(f"channels unavailable: {exc.__class__.__name__}")
     return doc
+
+
+async def unclaimed_channels(batch: BatchScheme, limit: int = MAX_CHANNELS) -> dict[str, Any]:
+    """Money payers owe on channels: charged for served requests but not yet claimed on chain
+    (the claimer's next pass collects it). ``complete`` is false when there were more than
+    ``limit`` channels (the first ``limit`` were read).
+
+    Raises:
+        StoreError: the channel store cannot be read.
+    """
+    ids = await batch.store.ids()
+    states = await batch.store.get_many(ids[:limit])
+    owed = [s.charged - s.total_claimed for s in states.values() if s.charged > s.total_claimed]
+    return {"channels": len(owed), "amount": str(sum(owed)), "open": len(states), "complete": len(ids) <= limit}

@@ -46,6 +46,7 @@ class Traffic:
     calls_by_model: Counter[str] = field(default_factory=Counter)
     revenue_by_model: Counter[str] = field(default_factory=Counter)
     refusal: str = ""
+    channel_charged: int = 0
 
     def paid(self, payer: str, model: str, amount: int) -> None:
         self.calls += 1
@@ -94,6 +95,7 @@ def traffic(box: Sandbox, served: Served, tmp_path_factory: pytest.TempPathFacto
             receipt = receipt_of(response)
             assert receipt is not None and receipt.scheme == "batch-settlement" and receipt.charged is not None
             seen.paid(channel_payer.address, response.headers["x-payrouter-model"], receipt.charged)
+            seen.channel_charged += receipt.charged
     with httpx.Client(timeout=30) as c:
         body = _body("gpt-4o", 999)
         quote = offer(c, url, body)
@@ -182,6 +184,8 @@ def test_data_document(served: Served, box: Sandbox, traffic: Traffic) -> None:
     payments = doc["payments"]
     assert payments["complete"] and all(set(v) == {"count", "amount"} for v in payments["states"].values())
     assert set(doc["health"]) == set(doc["catalog"])
+    # no claimer runs here (claim_poll = 0): every voucher's charge is still owed on its channel
+    assert doc["channels"] == {"channels": 1, "amount": str(traffic.channel_charged), "open": 1, "complete": True}
     assert json.loads(json.dumps(doc)) == doc  # plain JSON: money as integer strings
 
 
@@ -249,6 +253,8 @@ def test_browser_renders_every_panel(served: Served, box: Sandbox, traffic: Traf
             assert text(row + "[data-field=p50]").endswith(" ms") or text(row + "[data-field=p50]").endswith(" s")
 
         assert text("#payments [data-field=pending-count]") == "0" and text("#payments [data-field=owed-count]") == "0"
+        assert text("#payments [data-field=channels-count]") == "1"
+        assert atomic("#payments [data-field=channels-amount]") == traffic.channel_charged
         assert traffic.refusal in browser.evaluate(
             "[...document.querySelectorAll('#payments [data-field=reason]')].map(c => c.textContent)"
         )

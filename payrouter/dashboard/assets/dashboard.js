@@ -321,6 +321,13 @@
         const v = p.states[s] || { count: 0, amount: "0" };
         return [{ text: labels[s], cls: "text" }, { text: count(v.count), field: s + "-count" }, money(v.amount, s + "-amount")];
       });
+      if (d.channels) {
+        rows.push([
+          { text: "channels: charged, not yet claimed" + (d.channels.complete ? "" : " (first channels only)"), cls: "text" },
+          { text: count(d.channels.channels), field: "channels-count" },
+          money(d.channels.amount, "channels-amount"),
+        ]);
+      }
       parts.push(table(["state", "payments", "amount"], rows));
       if (p.oldest.length) {
         const old = p.oldest.map((r) => [
