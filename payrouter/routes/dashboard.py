@@ -51,6 +51,13 @@ def _asset(name: str) -> str:
     return (resources.files("payrouter.dashboard") / "assets" / name).read_text(encoding="utf-8")
 
 
+def _over_https(request: Request) -> bool:
+    # behind a TLS-terminating proxy the request itself may look like plain http: the service's
+    # public_url says how browsers reach it
+    public_url: str | None = request.state.services.public_url
+    return request.url.scheme == "https" or (public_url or "").startswith("https://")
+
+
 def dashboard_routes(config: DashboardSettings) -> list[BaseRoute]:
     """The dashboard's routes for ``config`` (none without a token).
 
@@ -107,7 +114,7 @@ def dashboard_routes(config: DashboardSettings) -> list[BaseRoute]:
             auth.new_session(),
             max_age=auth.session_seconds,
             path=_PATH,
-            secure=request.url.scheme == "https",
+            secure=_over_https(request),
             httponly=True,
             samesite="strict",
         )

@@ -66,6 +66,17 @@ def test_login_form_sets_a_strict_http_only_cookie(served: Served) -> None:
         assert client.get("/dashboard/data").status_code == 401
 
 
+def test_cookie_is_secure_behind_a_tls_proxy(served: Served) -> None:
+    # uvicorn trusts X-Forwarded-Proto from 127.0.0.1 (a local TLS-terminating proxy)
+    plain = httpx.post(served.url + "/dashboard/login", data={"token": served.token})
+    assert "secure" not in [p.strip().lower() for p in plain.headers["set-cookie"].split(";")]
+    proxied = httpx.post(
+        served.url + "/dashboard/login", data={"token": served.token}, headers={"X-Forwarded-Proto": "https"}
+    )
+    assert proxied.status_code == 303
+    assert "secure" in [p.strip().lower() for p in proxied.headers["set-cookie"].split(";")]
+
+
 def test_login_from_another_origin_is_refused(served: Served) -> None:
     response = httpx.post(
         served.url + "/dashboard/login", data={"token": served.token}, headers={"Origin": "https://evil.example"}
