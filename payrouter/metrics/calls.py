@@ -227,7 +227,8 @@ def _served(obs: Observation, paid: PaidCall, request_log: RequestLog | None) ->
             "output_tokens": paid.output_tokens,
             "latency_ms": round((time.perf_counter() - obs.started) * 1000, 3),
             "upstream_ms": None if obs.upstream_ms is None else round(obs.upstream_ms, 3),
-            "state": record.state if record is not None else "",
+            # no record of this request's own: a payment presented again, answered from the journal
+            "state": record.state if record is not None else ("replay" if obs.status < 400 else ""),
             "tx": (record.tx if record is not None else "") or obs.deposit_tx or None,
             "refusal": refusal,
         }

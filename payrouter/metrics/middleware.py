@@ -3,6 +3,7 @@ request's `Observation` (its payment's metrics and request-log line) once it is 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 
@@ -13,6 +14,8 @@ from payrouter.metrics.calls import OBSERVATION_KEY, Observation, finish
 from payrouter.request_log import RequestLog
 
 __all__ = ["REQUEST_LOG_STATE", "RequestMetrics"]
+
+log = logging.getLogger("payrouter.metrics")
 
 # where the lifespan keeps the app's `RequestLog` (``scope["state"]``, ``request.state``)
 REQUEST_LOG_STATE = "request_log"
@@ -64,4 +67,7 @@ class RequestMetrics:
             if OBSERVATION_KEY in scope:
                 state = scope.get("state") or {}
                 request_log = state.get(REQUEST_LOG_STATE)
-                finish(scope, obs, request_log if isinstance(request_log, RequestLog) else None)
+                try:
+                    finish(scope, obs, request_log if isinstance(request_log, RequestLog) else None)
+                except Exception:  # the answer is out; bookkeeping must never turn it into an error
+                    log.exception("metrics: could not account for a paid request")

@@ -11,6 +11,7 @@ import base64
 import json
 import secrets
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -270,3 +271,27 @@ def test_repeated_failures_open_the_breaker_gauge(
     wait_until(
         lambda: value(scrape(b), "payrouter_breaker_open", model=model) == 1, "the breaker gauge open", timeout=5
     )
+
+
+def test_payment_presented_again_is_not_counted_twice(servers: Servers, mbox: Sandbox, mhttp: httpx.Client) -> None:
+    a, b = servers.urls
+    model = "gpt-4o-mini"
+    asset = mbox.table.asset.address
+    body = _body(model)
+    o = offer(mhttp, a + CHAT, body)
+    paid = header(payment(o, mbox.agents[0]))
+    before = scrape(b)
+    first = mhttp.post(a + CHAT, json=body, headers=paid)
+    again = mhttp.post(a + CHAT, json=body, headers=paid)  # its answer back, nothing charged twice
+    assert first.status_code == again.status_code == 200, again.text
+    assert again.json()["id"] == first.json()["id"]
+    d = Delta(before, scrape(b))
+    assert d("payrouter_paid_calls_total", scheme="exact", model=model) == 1
+    assert d("payrouter_revenue_atomic_total", model=model, asset=asset) == int(
+        first.json()["usage"]["payrouter"]["charged"]
+    )
+    assert d("payrouter_requests_total", endpoint=CHAT, status="200") == 2
+    _log_line(servers.request_log, request_id=first.json()["id"])
+    time.sleep(0.2)  # the writer's interval: a line for the replay would be there by now
+    lines = [json.loads(line) for line in servers.request_log.read_text().splitlines()]
+    assert [e["state"] for e in lines if e.get("request_id") == first.json()["id"]] == ["settled"]
