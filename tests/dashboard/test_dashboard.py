@@ -279,6 +279,16 @@ def test_browser_renders_every_panel(served: Served, box: Sandbox, traffic: Traf
         resources = browser.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
         assert resources and all(r.startswith(served.url + "/dashboard") for r in resources), resources
 
+        # another window: fetched at once, kept in the URL
+        loads = browser.evaluate("Number(document.body.dataset.loads)")
+        browser.evaluate("document.querySelector('#windows [data-window=\"1h\"]').click()")
+        browser.wait_for(f"Number(document.body.dataset.loads) > {loads} && location.hash === '#1h'")
+        browser.wait_for(
+            "document.querySelector('#revenue-chart polyline').getAttribute('points').split(' ').length === 60"
+        )
+        assert text(".window-label") == "(last 1h)"
+        assert text(kpis + "[data-field=calls]") == str(traffic.calls)
+
         assert browser.page_errors() == []  # no script error, nothing the Content-Security-Policy refused
 
         shot = tmp_path / "dashboard.png"

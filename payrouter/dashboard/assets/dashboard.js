@@ -10,7 +10,9 @@
   );
   const body = document.body;
   const refreshMs = Math.max(1000, Number(body.dataset.refreshMs) || 5000);
-  let windowName = body.dataset.window || "6h";
+  const WINDOW_NAMES = ["1h", "6h", "24h", "7d"];
+  // the chosen window lives in the URL's fragment, so a reload or a bookmark keeps it
+  let windowName = WINDOW_NAMES.includes(location.hash.slice(1)) ? location.hash.slice(1) : body.dataset.window || "6h";
   let decimals = 6;
   let timer = null;
 
@@ -128,9 +130,9 @@
     return 40 * p;
   }
   // The frame of a chart over `times`: y from `low` to `high`, labels by `format`.
-  function frame(times, low, high, format) {
+  function frame(times, low, high, format, label) {
     const W = 900, H = 220, L = 64, R = 10, T = 10, B = 24;
-    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+    const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": label });
     const x = (i) => L + ((W - L - R) * (i + 0.5)) / times.length;
     const y = (v) => T + ((H - T - B) * (high - v)) / (high - low || 1);
     for (let k = 0; k <= 4; k++) {
@@ -154,7 +156,7 @@
     const high = niceMax(Math.max(0, ...values));
     const lowest = Math.min(0, ...values);
     const low = lowest < 0 ? -niceMax(-lowest) : 0;
-    const f = frame(times, low, high, format);
+    const f = frame(times, low, high, format, series.map((s) => s.name).join(", ") + " per bucket");
     if (low < 0) f.root.append(svg("line", { x1: f.x(0), x2: f.x(times.length - 1), y1: f.y(0), y2: f.y(0), stroke: "#6b7385" }));
     for (const s of series) {
       const points = s.values.map((v, i) => `${f.x(i).toFixed(1)},${f.y(v).toFixed(1)}`).join(" ");
@@ -169,7 +171,7 @@
   function stackedBars(id, times, series) {
     const totals = times.map((_, i) => series.reduce((sum, s) => sum + s.values[i], 0));
     const high = niceMax(Math.max(0, ...totals));
-    const f = frame(times, 0, high, (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)));
+    const f = frame(times, 0, high, (v) => (Number.isInteger(v) ? String(v) : v.toFixed(1)), "calls per bucket by model");
     const base = times.map(() => 0);
     for (const s of series) {
       s.values.forEach((v, i) => {
@@ -446,6 +448,7 @@
     const name = event.target.dataset && event.target.dataset.window;
     if (!name) return;
     windowName = name;
+    history.replaceState(null, "", "#" + name);
     pressWindow();
     refresh();
   });
