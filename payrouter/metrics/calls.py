@@ -18,6 +18,7 @@ from starlette.types import Scope
 
 from payrouter import metrics
 from payrouter.journal import PaymentRecord, State
+from payrouter.metrics import tracing
 from payrouter.quoting import PricedRoute
 from payrouter.request_log import RequestLog
 from payrouter.routing import RouteDecision
@@ -151,6 +152,15 @@ def reason_kind(decision: RouteDecision) -> str:
     return "strategy"
 
 
+def _provider(scope: Scope, model: str) -> str | None:
+    """The price table's provider of ``model`` (``gen_ai.system``), when known."""
+    services = (scope.get("state") or {}).get("services")
+    try:
+        return str(services.table.model(model).provider)  # type: ignore[union-attr]
+    except Exception:  # no services in this scope, or a model the table no longer has
+        return None
+
+
 def _route_fields(decision: RouteDecision) -> dict[str, Any]:
     return {
         "strategy": decision.strategy,
@@ -174,12 +184,12 @@ def finish(scope: Scope, obs: Observation, request_log: RequestLog | None) -> No
     """
     paid = scope.get(SCOPE_KEY)
     if isinstance(paid, PaidCall):
-        _served(obs, paid, request_log)
+        _served(scope, obs, paid, request_log)
     elif obs.refusal is not None:
         _refused(obs, request_log)
 
 
-def _served(obs: Observation, paid: PaidCall, request_log: RequestLog | None) -> None:
+def _served(scope: Scope, obs: Observation, paid: PaidCall, request_log: RequestLog | None) -> None:
     record = obs.holder.record if obs.holder is not None else obs.record
     decision = paid.route.decision
     quoted = _recent.get(obs.digest) if obs.digest and not decision.candidates else None
@@ -207,6 +217,36 @@ def _served(obs: Observation, paid: PaidCall, request_log: RequestLog | None) ->
                 metrics.child(metrics.REFUSALS, scheme, refusal).inc()
     elif obs.status >= 400:
         refusal = "upstream_failed" if obs.status >= 500 else "request_failed"
+    if tracing.enabled():
+        tracing.record_call(
+            scope.get("headers") or [],
+            obs.started,
+            {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.system": _provider(scope, model),
+                "gen_ai.request.model": decision.model,
+                "gen_ai.response.model": model,
+                "gen_ai.response.id": obs.request_id or None,
+                "gen_ai.request.max_tokens": decision.output_tokens,
+                "gen_ai.usage.input_tokens": paid.input_tokens,
+                "gen_ai.usage.output_tokens": paid.output_tokens,
+                "http.response.status_code": obs.status,
+                "payrouter.payer": paid.payer,
+                "payrouter.payment.scheme": scheme,
+                "payrouter.payment.state": record.state if record is not None else None,
+                "payrouter.payment.price": paid.quoted,
+                "payrouter.payment.charged": charged,
+                "payrouter.payment.upstream_cost": cost,
+                "payrouter.payment.tx": (record.tx if record is not None else "") or obs.deposit_tx or None,
+                "payrouter.payment.refusal": refusal,
+                "payrouter.route.strategy": decision.strategy,
+                "payrouter.route.reason_kind": reason_kind(decision),
+                "payrouter.route.rule": decision.rule or None,
+                "payrouter.route.arm": decision.arm or None,
+            },
+            decision.model,
+            obs.status >= 500,
+        )
     if request_log is None or not request_log.enabled:
         return
     request_log.write(
