@@ -17,6 +17,7 @@ from payrouter.chain import (
 )
 from payrouter.facilitator.base import SettleResult
 from payrouter.facilitator.onchain import find_settlement, has_transfer
+from payrouter.facilitator.receipts import ReceiptWatcher
 from payrouter.facilitator.sender import GasPool, GasSender
 from payrouter.store.base import Store, StoreError
 from payrouter.x402.errors import PaymentRejected, Reason, SettlementFailed, SettlementInDoubt
@@ -73,6 +74,7 @@ class LocalFacilitator:
         self._chain = chain
         self._gas = gas_wallet
         self._receipt_timeout = receipt_timeout
+        self._receipts = ReceiptWatcher(chain)
         self._pool = GasPool([GasSender(chain, w, store, chain_id) for w in (gas_wallet, *more_gas_wallets)])
 
     @property
@@ -167,7 +169,7 @@ class LocalFacilitator:
             raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"not broadcast: {exc}", auth.from_) from None
         if receipt is None:
             try:
-                receipt = await self._chain.wait_for_receipt(tx_hash, self._receipt_timeout)
+                receipt = await self._receipts.wait(tx_hash, self._receipt_timeout)
             except ChainError as exc:
                 raise SettlementInDoubt(f"transaction sent, receipt unavailable ({exc})", auth.from_, tx_hash) from None
             if receipt is not None:
