@@ -16,6 +16,7 @@ from payrouter.request_log import RequestLog
 from payrouter.sandbox.dev import Sandbox
 from tests.integration.conftest import Observer
 from tests.integration.payments import header, offer, payment, rejection
+from tests.polling import wait_until
 
 from .conftest import CLI, Servers
 
@@ -147,7 +148,7 @@ def _cli(*args: str) -> str:
 
 
 def test_why_a_real_request_went_where_it_did(
-    servers: Servers, mbox: Sandbox, mobserver: Observer, tmp_path: Path
+    servers: Servers, mbox: Sandbox, mobserver: Observer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     url = servers.urls[0] + "/v1/chat/completions"
     agent = mbox.agents[2]
@@ -170,14 +171,8 @@ def test_why_a_real_request_went_where_it_did(
     request_id = paid.json()["id"]
     report = paid.json()["usage"]["payrouter"]
 
-    def logged() -> str:
-        for _ in range(200):
-            out = _cli("--config", str(servers.config), "--why", request_id)
-            if out:
-                return out
-        raise AssertionError("never logged")
-
-    why = logged()
+    wait_until(lambda: request_id in servers.request_log.read_text(), "the call's line written")
+    why = _cli("--config", str(servers.config), "--why", request_id)
     assert f"request   {request_id}" in why
     assert f"routed to {route['model']}; it failed and {report['answered_by']} answered (failover)" in why
     for candidate in route["candidates"]:
@@ -186,6 +181,6 @@ def test_why_a_real_request_went_where_it_did(
     assert f"payer     {agent.address}" in why
     assert "payment   exact, settled, tx 0x" in why
 
-    refusals = [json.loads(line) for line in _cli("--config", str(servers.config), "--refusals", "--json").splitlines()]
+    refusals = _json_run(capsys, "--config", str(servers.config), "--refusals")
     assert refusals and all(e["event"] == "refusal" or e["refusal"] for e in refusals)
     assert any(e["payer"] == agent.address and e["refusal"] == reason for e in refusals)
