@@ -27,6 +27,7 @@ from payrouter.routing.predictor import QualityPredictor, load_rows
 from payrouter.sandbox.serving import serve_in_thread
 from tests.polling import wait_until
 from tests.price_toml import price_table_toml
+from tests.redis_keys import REDIS_URL, delete_namespace, run_token
 
 from . import synthetic
 from .test_engine import BASE
@@ -68,10 +69,12 @@ def _facilitator(network: str) -> Iterator[str]:
 
 
 @contextmanager
-def _serve(folder: Path, facilitator_url: str, reload: float) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+def _serve(
+    folder: Path, facilitator_url: str, reload: float, workers: int = 1, redis: str = ""
+) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
     config = folder / "payrouter.toml"
     config.write_text(
-        f'price_table = "prices.toml"\nreconcile_interval = 0\nreload = {reload}\n'
+        f'price_table = "prices.toml"\nreconcile_interval = 0\nreload = {reload}\n{redis}'
         f'[facilitator]\nmode = "remote"\nurl = "{facilitator_url}"\nrpc_url = "{facilitator_url}/rpc"\n'
         '[providers.p]\nbase_url = "http://127.0.0.1:9/v1"\n'
     )
@@ -79,7 +82,7 @@ def _serve(folder: Path, facilitator_url: str, reload: float) -> Iterator[tuple[
     log = folder / "serve.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
-            [str(CLI), "serve", "--config", str(config), "--port", str(port)],
+            [str(CLI), "serve", "--config", str(config), "--port", str(port), "--workers", str(workers)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=sink,
@@ -171,3 +174,31 @@ async def test_a_request_keeps_its_snapshot_while_a_reload_swaps() -> None:
     assert state["services"] == "startup"  # the shared lifespan state is never written
     await LiveServices(app)({"type": "http", "state": state}, None, None)  # type: ignore[arg-type]
     assert seen[-1] == "new"
+
+
+def test_every_worker_reloads(tmp_path: Path) -> None:
+    namespace = f"payrouter-reload-{run_token()}"
+    redis = f'redis_url = "{REDIS_URL}"\nnamespace = "{namespace}"\n'
+    table = tmp_path / "prices.toml"
+    _write(table, _table("cheap"))
+    try:
+        with _facilitator(BASE["network"]) as fac, _serve(tmp_path, fac, 0.2, workers=2, redis=redis) as (url, _p, log):
+            pids: set[int] = set()
+
+            def both_workers() -> bool:
+                pids.add(httpx.get(f"{url}/healthz", timeout=5).json()["worker"])
+                return len(pids) == 2
+
+            wait_until(both_workers, "both workers answer", timeout=15, interval=0.05)
+            _write(table, _table("premium"))
+            # fresh connections land on either worker: twenty new routes in a row means both reloaded
+            streak = [0]
+
+            def reloaded_everywhere() -> bool:
+                streak[0] = streak[0] + 1 if _routed(url) == "premium" else 0
+                return streak[0] >= 20
+
+            wait_until(reloaded_everywhere, "every worker routes by the new table", timeout=15, interval=0.05)
+            wait_until(lambda: log.read_text().count("reloaded ") == 2, "each worker logged its reload", timeout=10)
+    finally:
+        delete_namespace(REDIS_URL, namespace)
