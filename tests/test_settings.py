@@ -150,7 +150,10 @@ def test_api_key_from_a_secrets_file(tmp_path: Path) -> None:
 
 
 def test_server_limits_load_from_the_config(tmp_path: Path) -> None:
-    limits = "header_timeout = 2.5\nbody_timeout = 20\nkeep_alive_timeout = 75\nmax_concurrency = 100\nworkers = 3\n"
+    limits = (
+        "header_timeout = 2.5\nbody_timeout = 20\nkeep_alive_timeout = 75\nmax_concurrency = 100\nworkers = 3\n"
+        "unpaid_rate = 0.5\nunpaid_burst = 7\n"
+    )
     path = _write(
         tmp_path,
         f'[server]\n{limits}[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}',
@@ -164,6 +167,8 @@ def test_server_limits_load_from_the_config(tmp_path: Path) -> None:
         "keep_alive_timeout": 75,
         "max_concurrency": 100,
         "workers": 3,
+        "unpaid_rate": 0.5,
+        "unpaid_burst": 7,
     }
 
 

@@ -57,7 +57,11 @@ class Router:
 def router(box: Sandbox, tmp_path: Path) -> Iterator[Router]:
     server = PrivateRedis(tmp_path, appendonly=True)
     gas = box.chain.new_account()
-    table = box.table.model_copy(update={"streaming": StreamingPolicy(unconfirmed_seconds=2)})
+    # its own pay_to: these payments are journaled in the private Redis, not the sandbox's, and
+    # an audit of the sandbox's pay_to (tests/integration/test_two_servers.py) must not see them
+    table = box.table.model_copy(
+        update={"streaming": StreamingPolicy(unconfirmed_seconds=2), "pay_to": LocalSigner.generate().address}
+    )
     try:
         server.start()
         settings = Settings(
