@@ -1,9 +1,11 @@
-"""Hot reload: a running ``payrouter serve`` picks up a good price table or router file and
-refuses a bad one (the old keeps serving); SIGHUP reloads at once; a request keeps its snapshot."""
+"""Hot reload: a running ``payrouter serve`` picks up a good price table or router file (a
+router retrained with payers' ratings included) and refuses a bad one (the old keeps serving);
+SIGHUP reloads at once; every worker reloads; a request keeps its snapshot."""
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -21,8 +23,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from payrouter.cli import main
 from payrouter.devchain import free_port
 from payrouter.reload import LiveRouting, LiveServices
+from payrouter.routing.features import format_signature, prompt_features
 from payrouter.routing.predictor import QualityPredictor, load_rows
 from payrouter.sandbox.serving import serve_in_thread
 from tests.polling import wait_until
@@ -144,6 +148,22 @@ def test_serve_reloads_a_good_table_and_refuses_a_bad_one(tmp_path: Path) -> Non
         _write(router, b"not a router file")
         wait_until(lambda: "not a payrouter router file" in log.read_text(), "router refusal", timeout=10)
         assert _routed(url, easy) == "cheap" and _routed(url) == "premium"
+
+        # the learning loop: payers rated "weak" wrong on easy questions; the router retrained with
+        # their ratings (router train --feedback) replaces the file and the running server uses it
+        ratings = tmp_path / "requests.jsonl"
+        ratings.write_text("".join(json.dumps(_rating(i)) + "\n" for i in range(150)))
+        retrained = tmp_path / "retrained.npz"
+        args = ["router", "train", "--data", str(tmp_path / "train.csv"), "--feedback", str(ratings)]
+        assert main([*args, "--out", str(retrained)]) == 0
+        _write(router, retrained.read_bytes())
+        wait_until(lambda: _routed(url, easy) == "middle", "the retrained router routes", timeout=10, interval=0.1)
+
+
+def _rating(i: int) -> dict[str, object]:
+    prompt = f"A simple question about rivers ({5000 + i})?\nA) yes\nB) no\nAnswer:"
+    features, fmt = prompt_features(prompt), format_signature(prompt)
+    return {"event": "feedback", "router_name": "weak", "rating": "bad", "features": features, "format": fmt}
 
 
 def test_sighup_reloads_at_once(tmp_path: Path) -> None:
