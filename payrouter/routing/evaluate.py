@@ -160,7 +160,7 @@ def evaluate(
     unseen = [r for r in rows if prompt_id(r.prompt) not in predictor.train_ids]
     if not unseen:
         raise ValueError(
-            "every row was used to train this router file: evaluate on rows held out of training "
+            "every row was used for training this router file: evaluate on rows held out of training "
             "(`payrouter router holdout` makes a train/hold-out pair)"
         )
     models = [m for m in predictor.models if m in unseen[0].scores]
