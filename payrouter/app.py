@@ -199,9 +199,10 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 reloader = Reloader(live, settings.reload)
                 reloader.start()
                 stack.push_async_callback(reloader.stop)
-            recorder = FeedbackRecorder(store)
-            recorder.start()
-            stack.push_async_callback(recorder.stop)
+            recorder = FeedbackRecorder(store, settings.feedback_ttl) if settings.feedback_ttl > 0 else None
+            if recorder is not None:
+                recorder.start()
+                stack.push_async_callback(recorder.stop)
             yield {"services": services, "live_routing": live, REQUEST_LOG_STATE: request_log, FEEDBACK_STATE: recorder}
 
     routes = [

@@ -157,6 +157,8 @@ class Settings(BaseModel):
         price_table_path: the file ``price_table`` was loaded from (set by `load_settings`).
         reload: seconds between checks of the price table and its router file for changes
             (a changed file is reloaded without a restart; SIGHUP reloads at once). 0: SIGHUP only.
+        feedback_ttl: seconds a served call can be rated by its payer (``POST /v1/feedback``);
+            each answered call keeps ~0.5 KB in the store that long. 0: no feedback.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -186,6 +188,7 @@ class Settings(BaseModel):
     request_log: str | None = None
     price_table_path: Path | None = None
     reload: float = Field(default=1.0, ge=0)
+    feedback_ttl: int = Field(default=86_400, ge=0)
 
     @model_validator(mode="after")
     def _redis_cluster_url(self) -> Settings:

@@ -1,7 +1,7 @@
 """Payer feedback on completions: what is kept per served call, and who may rate it.
 
 At serve time each answered call leaves a `CallRecord` in the store (off the paid path, for
-``FEEDBACK_TTL``): its payer, model, split rule and arm, and the prompt's *features* (the
+the service config's ``feedback_ttl``): its payer, model, split rule and arm, and the prompt's *features* (the
 hashed indices the learned router reads, and its format class), never the prompt's text.
 ``POST /v1/feedback`` accepts a rating only with an EIP-191 signature by that payer over
 `feedback_message`; the rating goes to the request log, which ``payrouter router train

@@ -15,8 +15,8 @@ __all__ = ["FEEDBACK_TTL", "CallRecord", "FeedbackRecorder", "call_key", "rated_
 
 log = logging.getLogger("payrouter.feedback")
 
-# how long a completion can be rated after it was served (seconds)
-FEEDBACK_TTL = 7 * 24 * 3600
+# how long a completion can be rated after it was served, by default (seconds; `feedback_ttl`)
+FEEDBACK_TTL = 86_400
 _FLUSH_S = 0.05
 _MAX_PENDING = 10_000
 

@@ -18,7 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from payrouter import metrics
-from payrouter.feedback import FEEDBACK_TTL, RATINGS, CallRecord, call_key, feedback_signer, rated_key
+from payrouter.feedback import FEEDBACK_TTL, RATINGS, CallRecord, FeedbackRecorder, call_key, feedback_signer, rated_key
+from payrouter.feedback.served import FEEDBACK_STATE
 from payrouter.http_errors import error_response
 from payrouter.metrics.middleware import REQUEST_LOG_STATE
 from payrouter.request_log import RequestLog
@@ -75,7 +76,9 @@ async def feedback(request: Request) -> Response:
         if signer.lower() != record.payer.lower():
             return error_response(403, "only the address that paid for a completion may rate it", "permission_error")
         earlier = await services.store.get(rated_key(completion_id))
-        if earlier is None and await services.store.claim(rated_key(completion_id), rating, FEEDBACK_TTL):
+        recorder = getattr(request.state, FEEDBACK_STATE, None)
+        ttl = recorder.ttl if isinstance(recorder, FeedbackRecorder) else FEEDBACK_TTL
+        if earlier is None and await services.store.claim(rated_key(completion_id), rating, ttl):
             earlier = b""
         elif earlier is None:  # a concurrent rating won the claim
             earlier = await services.store.get(rated_key(completion_id)) or b""

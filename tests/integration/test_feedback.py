@@ -5,16 +5,22 @@ and unknown completions are refused."""
 from __future__ import annotations
 
 import secrets
+import time
 
 import httpx
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from pydantic import SecretStr
 
+from payrouter.app import create_app
 from payrouter.feedback import feedback_message, sign_feedback
 from payrouter.sandbox.dev import Sandbox
+from payrouter.sandbox.serving import serve_in_thread
+from payrouter.settings import ProviderSettings, Settings
 from wallets import LocalSigner
 
 from ..polling import wait_until
+from .conftest import exact_only
 from .payments import header, offer, payment
 
 
@@ -68,3 +74,30 @@ def test_only_the_payer_can_rate_its_completion(box: Sandbox, http: httpx.Client
     assert _rate(http, box, completion_id, "meh", good).status_code == 400
     assert _rate(http, box, completion_id, "good", "0xzz").status_code == 400
     assert http.post(f"{box.router_url}/v1/feedback", content=b"[").status_code == 400
+
+
+def test_feedback_off_keeps_no_records(box: Sandbox, http: httpx.Client) -> None:
+    settings = Settings(
+        price_table=exact_only(box.table),
+        providers={
+            p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
+        },
+        rpc_url=box.chain.rpc_url,
+        gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
+        reconcile_interval=0,
+        feedback_ttl=0,
+    )
+    with serve_in_thread(create_app(settings)) as router:
+        url = f"{router}/v1/chat/completions"
+        body = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": secrets.token_hex(6)}]}
+        paid = http.post(url, json=body, headers=header(payment(offer(http, url, body), box.agents[4])))
+        assert paid.status_code == 200, paid.text
+        completion_id = paid.json()["id"]
+        time.sleep(0.5)  # records are written within ~50 ms when feedback is on
+        key = box.agents[4].unsafe_export_private_key()
+        rate = {
+            "completion_id": completion_id,
+            "rating": "good",
+            "signature": _personal_sign(key, completion_id, "good"),
+        }
+        assert http.post(f"{router}/v1/feedback", json=rate).status_code == 404
