@@ -256,9 +256,15 @@ async def _drive(url: str, keys: list[str], marks: tuple[float, float], max_amou
     return out
 
 
-def _client_main(url: str, keys: list[str], marks: tuple[float, float], max_amount: int, conn: Connection) -> None:
+def _client_main(url: str, keys: list[str], max_amount: int, conn: Connection) -> None:
+    """A load process: says it is ready (imports done), takes the window's marks, runs, reports."""
+    import aiohttp  # noqa: F401  imported before "ready": a loaded machine takes seconds here
     import uvloop
 
+    import payrouter.client  # noqa: F401
+
+    conn.send("ready")
+    marks: tuple[float, float] = conn.recv()
     conn.send(uvloop.run(_drive(url, keys, marks, max_amount)))
     conn.close()
 
@@ -475,22 +481,25 @@ def run(spec: Spec, log_dir: Path | None = None) -> Result:
                 * 2
             )
 
-            start = time.time() + 1.0  # the clients are up by then
-            marks = (start + WARM_UP, start + WARM_UP + spec.seconds)
             pipes = []
-            clients = []
             keys = [a.unsafe_export_private_key() for a in agents]
             for i in range(spec.clients):
-                mine, theirs = spawn.Pipe(duplex=False)
+                mine, theirs = spawn.Pipe()
                 proc = spawn.Process(
                     target=_client_main,
-                    args=(f"{url}/v1/chat/completions", keys[i :: spec.clients], marks, max_amount, theirs),
+                    args=(f"{url}/v1/chat/completions", keys[i :: spec.clients], max_amount, theirs),
                     daemon=True,
                 )
                 proc.start()
                 stack.callback(_stop_process, proc)
                 pipes.append(mine)
-                clients.append(proc)
+            for pipe in pipes:
+                if not pipe.poll(120) or pipe.recv() != "ready":
+                    raise RuntimeError("a load client did not start")
+            start = time.time() + 0.2
+            marks = (start + WARM_UP, start + WARM_UP + spec.seconds)
+            for pipe in pipes:
+                pipe.send(marks)
             others = {"anvil": [chain._process.pid], "upstream": [upstream.pid or 0]}
             spies: list[tuple[subprocess.Popen[bytes], Path]] = []
             time.sleep(max(marks[0] - time.time(), 0))

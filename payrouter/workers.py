@@ -10,8 +10,8 @@ channel claimer) take store locks and run in one worker at a time.
 
 SIGTERM or SIGINT to the supervisor stops every worker gracefully: each stops accepting,
 finishes the requests it has in flight, runs its lifespan shutdown and exits 0; the
-supervisor then exits 0. A worker that dies on its own after it served is restarted; one that
-fails during start-up stops the lot (exit 1): the config or a dependency is broken.
+supervisor then exits 0. A worker that dies on its own after it started serving is restarted;
+one that fails during start-up stops the lot (exit 1): the config or a dependency is broken.
 
 Metrics: unless ``PROMETHEUS_MULTIPROC_DIR`` is already set, the supervisor points it at a
 fresh temporary directory for its workers (so ``/metrics`` in any worker adds up all of them)
@@ -46,9 +46,6 @@ log = logging.getLogger("payrouter.workers")
 
 CONFIG_ENV = "PAYROUTER_CONFIG"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# A worker that exits within this many seconds of its start failed to start (bad config, a
-# dependency down): restarting it would only spin.
-_STARTUP_WINDOW = 10.0
 # How long a stopping worker may take to finish its in-flight requests before it is killed
 # (a stream of a slow model can take minutes; the orchestrator's own grace period is usually
 # shorter and ends with SIGKILL anyway).
@@ -90,7 +87,7 @@ def exit_zero_after_signal() -> None:
     signal.signal(signal.SIGINT, _ignore)
 
 
-def _worker_main(config_path: str, sock: socket.socket, log_level: str) -> None:
+def _worker_main(config_path: str, sock: socket.socket, log_level: str, ready: Any) -> None:
     """A worker process: load the config, serve on ``sock`` until SIGTERM/SIGINT, exit 0."""
     import uvicorn
 
@@ -110,7 +107,14 @@ def _worker_main(config_path: str, sock: socket.socket, log_level: str) -> None:
         lifespan="on",
         **uvicorn_options(settings.server),
     )
-    server = uvicorn.Server(config)
+
+    class _Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                ready.set()  # the supervisor restarts a worker that dies after this, not before
+
+    server = _Server(config)
     exit_zero_after_signal()
     server.run(sockets=[sock])
     if not server.started:
@@ -148,7 +152,7 @@ class Supervisor:
         self.log_level = log_level
         self._stopping = False
         self._procs: list[BaseProcess] = []
-        self._started_at: dict[int, float] = {}
+        self._ready: dict[int, Any] = {}  # per worker pid: set once it serves
 
     def _stop_signal(self, sig: int, _frame: FrameType | None) -> None:
         if not self._stopping:
@@ -156,12 +160,13 @@ class Supervisor:
         self._stopping = True
 
     def _start(self, ctx: Any, sock: socket.socket, slot: int) -> BaseProcess:
+        ready = ctx.Event()
         proc: BaseProcess = ctx.Process(
-            target=_worker_main, args=(self.config_path, sock, self.log_level), name=f"payrouter-worker-{slot}"
+            target=_worker_main, args=(self.config_path, sock, self.log_level, ready), name=f"payrouter-worker-{slot}"
         )
         proc.start()
         assert proc.pid is not None
-        self._started_at[proc.pid] = time.monotonic()
+        self._ready[proc.pid] = ready
         return proc
 
     def run(self) -> int:
@@ -198,8 +203,8 @@ class Supervisor:
                     continue
                 assert proc.pid is not None
                 _mark_dead(proc.pid)
-                lived = time.monotonic() - self._started_at.pop(proc.pid, 0.0)
-                if lived < _STARTUP_WINDOW:
+                ready = self._ready.pop(proc.pid, None)
+                if ready is None or not ready.is_set():
                     log.error("worker %d exited with %s during start-up: stopping", proc.pid, proc.exitcode)
                     return 1
                 log.warning("worker %d exited with %s: restarting it", proc.pid, proc.exitcode)

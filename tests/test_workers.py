@@ -18,6 +18,7 @@ import pytest
 
 from payrouter.devchain import DevChain, DevToken, free_port
 from tests.polling import wait_until
+from tests.private_redis import PrivateRedis
 from tests.redis_keys import delete_namespace, run_token
 from tests.service_config import GAS_KEY_ENV, example_table, write_config
 from wallets import LocalSigner
@@ -149,15 +150,18 @@ def test_every_worker_serves_and_sigterm_stops_all_after_in_flight_requests(
             proc.wait(10)
 
 
-def test_a_worker_that_cannot_start_stops_the_supervisor(tmp_path: Path, chain: DevChain, token: DevToken) -> None:
-    # The supervisor only reads the config; each worker opens Redis in its lifespan and fails.
-    dead_redis = f"redis://127.0.0.1:{free_port()}/0"
+def test_a_worker_that_cannot_start_stops_the_supervisor(
+    tmp_path: Path, chain: DevChain, token: DevToken, private_redis: PrivateRedis
+) -> None:
+    # The start-up checks see Redis answer; it is gone when the workers open it in their lifespan.
     table = example_table(chain.network, token.address, LocalSigner.generate().address)
-    path = write_config(tmp_path, table, dead_redis, "payrouter-test-workers-dead", chain.rpc_url)
+    path = write_config(tmp_path, table, private_redis.url, "payrouter-test-workers-dead", chain.rpc_url)
     env = {**os.environ, GAS_KEY_ENV: chain.new_account().unsafe_export_private_key()}
     log = tmp_path / "serve.log"
     proc = _serve(path, env, free_port(), 2, log)
     try:
+        wait_until(lambda: "payrouter supervisor" in log.read_text(), "the supervisor starts workers", timeout=60)
+        private_redis.kill()
         assert proc.wait(60) == 1, log.read_text()[-4000:]
         assert "during start-up" in log.read_text()
         # every process started with this environment (supervisor and workers) is gone
@@ -182,3 +186,22 @@ def test_several_workers_need_redis(tmp_path: Path, chain: DevChain, token: DevT
     )
     assert done.returncode == 2
     assert "more than one worker needs redis_url" in done.stderr
+
+
+def test_one_worker_serves_in_process_and_exits_0_on_sigterm(
+    config: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    path, env = config
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = _serve(path, env, port, 1, log)
+    try:
+        pid = wait_until(lambda: _healthz_pid(f"http://127.0.0.1:{port}"), "the server answers", timeout=60)
+        assert pid == proc.pid  # no supervisor: the command's own process serves
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, log.read_text()[-4000:]
+        assert "HTTP Request:" not in log.read_text()  # httpx's per-request INFO lines stay out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
