@@ -69,7 +69,7 @@ def box() -> Iterator[Sandbox]:
 
 
 @contextmanager
-def _serve(box: Sandbox, folder: Path, table: PriceTable) -> Iterator[Served]:
+def _serve(box: Sandbox, folder: Path, table: PriceTable, workers: int = 1) -> Iterator[Served]:
     """``payrouter serve`` of ``table`` on the sandbox's chain, upstream and namespace, dashboard on (1 s refresh)."""
     (folder / "prices.toml").write_text(price_table_toml(table.model_dump(mode="json")))
     providers = "\n".join(
@@ -95,7 +95,8 @@ def _serve(box: Sandbox, folder: Path, table: PriceTable) -> Iterator[Served]:
     log = folder / "server.log"
     with log.open("wb") as sink:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)],
+            [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)]
+            + (["--workers", str(workers)] if workers > 1 else []),
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=sink,
@@ -130,6 +131,14 @@ def served(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     rule = RoutingRule(name="canary", keywords=[CANARY_WORD], model=CANARY_CONTROL, split={CANARY_TRIAL: CANARY_SHARE})
     routing = box.table.routing.model_copy(update={"rules": [rule, *box.table.routing.rules]})
     with _serve(box, tmp_path_factory.mktemp("dashboard"), box.table.model_copy(update={"routing": routing})) as s:
+        yield s
+
+
+@pytest.fixture(scope="package")
+def two_workers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """``payrouter serve --workers 2`` (its supervisor gives the workers a shared
+    PROMETHEUS_MULTIPROC_DIR), dashboard on."""
+    with _serve(box, tmp_path_factory.mktemp("dashboard-workers"), box.table, workers=2) as s:
         yield s
 
 
