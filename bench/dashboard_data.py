@@ -21,6 +21,7 @@ from dataclasses import replace
 
 import anyio.to_thread
 
+from bench.hygiene import exit_on_sigterm
 from bench.timing import percentile
 from payrouter.dashboard.current import current_state, read_registry
 from payrouter.dashboard.history import WINDOWS, HistoryCache, history
@@ -135,4 +136,5 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()  # a stopped run still deletes its namespace
     asyncio.run(main())

@@ -55,6 +55,7 @@ from typing import Any
 
 import httpx
 
+from bench.hygiene import exit_on_sigterm
 from bench.timing import percentile
 from payrouter.chain import TRANSFER_TOPIC
 from payrouter.devchain import DevChain, free_port
@@ -652,6 +653,7 @@ def matrix(base: Spec) -> list[tuple[str, list[Spec]]]:
 
 
 def main() -> None:
+    exit_on_sigterm()  # a stopped run still stops its servers and deletes its keys
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--agents", type=int, default=32, help="paying agents, each in a closed loop")
