@@ -135,15 +135,9 @@ def served(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
 
 
 @pytest.fixture(scope="package")
-def two_workers(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """``payrouter serve --workers 2`` (its supervisor gives the workers a shared
-    PROMETHEUS_MULTIPROC_DIR), dashboard on."""
-    with _serve(box, tmp_path_factory.mktemp("dashboard-workers"), box.table, workers=2) as s:
-        yield s
-
-
-@pytest.fixture(scope="package")
 def plain(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """A router on the sandbox's table as it is (no split rule), which nobody pays."""
-    with _serve(box, tmp_path_factory.mktemp("dashboard-plain"), box.table) as s:
+    """A router on the sandbox's table as it is (no split rule), which nobody pays, run as
+    ``payrouter serve --workers 2`` (its supervisor gives the workers a shared
+    PROMETHEUS_MULTIPROC_DIR)."""
+    with _serve(box, tmp_path_factory.mktemp("dashboard-plain"), box.table, workers=2) as s:
         yield s
