@@ -12,6 +12,6 @@ The routes are in `payrouter.routes.dashboard`.
 
 from payrouter.dashboard.auth import COOKIE, DashboardAuth
 from payrouter.dashboard.data import dashboard_data
-from payrouter.dashboard.history import WINDOWS, Window
+from payrouter.dashboard.history import WINDOWS, HistoryCache, Window
 
-__all__ = ["COOKIE", "WINDOWS", "DashboardAuth", "Window", "dashboard_data"]
+__all__ = ["COOKIE", "WINDOWS", "DashboardAuth", "HistoryCache", "Window", "dashboard_data"]
