@@ -4,8 +4,8 @@ One run reports everything that would stop the service: the config and the varia
 (all of them, `payrouter.settings.load_settings`), the price table, its router file, Redis, the
 chain behind ``rpc_url`` (reachable, the table's chain, the asset deployed), a remote
 facilitator's ``/supported``, and whether the gas wallet can pay for settlements
-(`payrouter.gas_funds`). Problems raise one `StartupError`; warnings (a low gas wallet) are
-returned for the caller to log.
+(`payrouter.gas_funds`). Problems raise one `StartupError`; warnings (a low gas wallet; with a
+remote facilitator, a node the reconciler cannot read) are returned for the caller to log.
 """
 
 from __future__ import annotations
@@ -165,7 +165,10 @@ def _raw_urls(path: Path) -> tuple[str | None, str | None]:
         doc: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError):
         return None, None
-    redis_url, rpc_url = doc.get("redis_url"), (doc.get("facilitator") or {}).get("rpc_url")
+    facilitator = doc.get("facilitator") or {}
+    redis_url = doc.get("redis_url")
+    # with a remote facilitator the node is only read (by the reconciler): not a start-up problem
+    rpc_url = facilitator.get("rpc_url") if facilitator.get("mode", "local") == "local" else None
     return (redis_url if isinstance(redis_url, str) else None), (rpc_url if isinstance(rpc_url, str) else None)
 
 
@@ -203,7 +206,12 @@ async def _check(config: Path) -> StartupReport:
     if settings.redis_url and (problem := await _redis_problem(settings.redis_url)):
         problems.append(problem)
     if settings.rpc_url:
-        problems += await _chain_problems(settings, table, gas_address, warnings)
+        chain_problems = await _chain_problems(settings, table, gas_address, warnings)
+        if settings.facilitator == "local":
+            problems += chain_problems
+        else:
+            # a remote facilitator settles; the node is only read by the reconciler, which retries
+            warnings += [f"{p} (the reconciler reads the chain there)" for p in chain_problems]
     if settings.facilitator == "remote" and (problem := await _facilitator_problem(settings, table)):
         problems.append(problem)
     if problems:
