@@ -5,20 +5,21 @@ refunds) from the operator's gas wallet. A node takes a transaction only when th
 its gas limit times its fee cap, so a wallet that cannot cover one settlement makes every paid
 call run the model (the operator pays the upstream) and then fail to settle.
 
-Policy: below one settlement the wallet is ``empty`` (``serve`` refuses to start, ``/healthz``
+Every gas wallet is checked (``gas_key`` and ``gas_keys``). Policy: below one settlement a wallet is ``empty`` (``serve`` refuses to start, ``/healthz``
 is 503); below `LOW_SETTLEMENTS` settlements it is ``low`` (``serve`` logs a warning, ``/healthz``
 says so and stays 200); otherwise ``ok``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from payrouter.chain import ChainClient, ChainError
 from payrouter.facilitator.local import SETTLE_GAS_LIMIT
 
-__all__ = ["LOW_SETTLEMENTS", "GasFunds", "format_eth", "gas_funds"]
+__all__ = ["LOW_SETTLEMENTS", "GasFunds", "format_eth", "gas_funds", "worst"]
 
 LOW_SETTLEMENTS = 100
 _WEI_PER_ETH = 10**18
@@ -71,28 +72,39 @@ class GasFunds:
         }
 
 
-async def gas_funds(chain: ChainClient, address: str) -> GasFunds:
-    """Read ``address``'s balance and the current fee cap in one round trip.
+async def gas_funds(chain: ChainClient, addresses: Sequence[str]) -> list[GasFunds]:
+    """Read every address's balance and the current fee cap in one round trip.
 
     Raises:
         ChainError: the node could not be asked.
     """
-    balance, block, tip = await chain.batch(
+    replies = await chain.batch(
         [
-            ("eth_getBalance", [address, "latest"]),
             ("eth_getBlockByNumber", ["latest", False]),
             ("eth_maxPriorityFeePerGas", []),
+            *(("eth_getBalance", [address, "latest"]) for address in addresses),
         ]
     )
-    if isinstance(balance, ChainError):
-        raise balance
+    block, tip, balances = replies[0], replies[1], []
     if isinstance(block, ChainError):
         raise block
+    for balance in replies[2:]:
+        if isinstance(balance, ChainError):
+            raise balance
+        balances.append(int(balance, 16))
     priority = int(tip, 16) if isinstance(tip, str) else 10**9
     # the same fee cap GasSender sends with (ChainClient.fee_per_gas)
     max_fee = 2 * int(block.get("baseFeePerGas") or "0x0", 16) + priority
     per = SETTLE_GAS_LIMIT * max(max_fee, 1)
-    wei = int(balance, 16)
-    count = wei // per
-    state: Literal["ok", "low", "empty"] = "empty" if count < 1 else "low" if count < LOW_SETTLEMENTS else "ok"
-    return GasFunds(address, wei, per, count, state)
+    funds = []
+    for address, wei in zip(addresses, balances, strict=True):
+        count = wei // per
+        state: Literal["ok", "low", "empty"] = "empty" if count < 1 else "low" if count < LOW_SETTLEMENTS else "ok"
+        funds.append(GasFunds(address, wei, per, count, state))
+    return funds
+
+
+def worst(funds: Sequence[GasFunds]) -> Literal["ok", "low", "empty"]:
+    """The state of the least funded wallet (``ok`` for none)."""
+    states = {f.state for f in funds}
+    return "empty" if "empty" in states else "low" if "low" in states else "ok"

@@ -113,7 +113,7 @@ def _key_problem(key: SecretStr | None, what: str) -> tuple[str | None, str | No
 
 
 async def _chain_problems(
-    settings: Settings, table: PriceTable, gas_address: str | None, warnings: list[str]
+    settings: Settings, table: PriceTable, gas_addresses: list[str], warnings: list[str]
 ) -> list[str]:
     assert settings.rpc_url is not None
     url = redact_url(settings.rpc_url)
@@ -130,12 +130,12 @@ async def _chain_problems(
             problems.append(f"no contract at the price table's asset {table.asset.address} on {table.network}")
         if "batch-settlement" in table.schemes and (await chain.get_code(BATCH_SETTLEMENT_ADDRESS)) in ("0x", "0x0"):
             problems.append(f"the table offers batch-settlement but no contract is at {BATCH_SETTLEMENT_ADDRESS}")
-        if settings.facilitator == "local" and gas_address is not None:
-            funds = await gas_funds(chain, gas_address)
-            if funds.state == "empty":
-                problems.append("settlements cannot be paid: " + funds.describe())
-            elif funds.state == "low":
-                warnings.append("gas wallet low: " + funds.describe())
+        if settings.facilitator == "local" and gas_addresses:
+            for funds in await gas_funds(chain, gas_addresses):
+                if funds.state == "empty":
+                    problems.append("settlements cannot be paid: " + funds.describe())
+                elif funds.state == "low":
+                    warnings.append("gas wallet low: " + funds.describe())
         return problems
     except ChainError as exc:
         return [f"the node at rpc_url {url} failed a check ({exc})"]
@@ -195,9 +195,17 @@ async def _check(config: Path) -> StartupReport:
                 await chain.close()
         raise StartupError(problems)
     table = settings.price_table
-    gas_address, problem = _key_problem(settings.gas_key, "the gas key (facilitator.gas_key_env or gas_keystore)")
-    if problem:
-        problems.append(problem)
+    gas_addresses: list[str] = []
+    keys = [(settings.gas_key, "the gas key (facilitator.gas_key_env or gas_keystore)")]
+    keys += [
+        (key, f"gas key {i + 2} (facilitator.gas_keys_env / gas_keystores)") for i, key in enumerate(settings.gas_keys)
+    ]
+    for key, what in keys:
+        address, problem = _key_problem(key, what)
+        if problem:
+            problems.append(problem)
+        elif address is not None:
+            gas_addresses.append(address)
     _, problem = _key_problem(settings.channel_authorizer_key, "the channel authorizer key ([channels])")
     if problem:
         problems.append(problem)
@@ -206,7 +214,7 @@ async def _check(config: Path) -> StartupReport:
     if settings.redis_url and (problem := await _redis_problem(settings.redis_url)):
         problems.append(problem)
     if settings.rpc_url:
-        chain_problems = await _chain_problems(settings, table, gas_address, warnings)
+        chain_problems = await _chain_problems(settings, table, gas_addresses, warnings)
         if settings.facilitator == "local":
             problems += chain_problems
         else:

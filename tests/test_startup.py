@@ -127,6 +127,23 @@ def test_unfunded_gas_wallet_is_refused(tmp_path: Path, chain: tuple[DevChain, D
     assert gas.unsafe_export_private_key()[2:] not in err
 
 
+def test_every_gas_wallet_is_checked(tmp_path: Path, chain: tuple[DevChain, DevToken], namespace: str) -> None:
+    """With several gas wallets (gas_keys_env), an unfunded second one is refused by name."""
+    dev, token = chain
+    funded, broke = dev.new_account(), LocalSigner.generate()
+    config = _config(tmp_path, dev, token, namespace)
+    text = config.read_text()
+    config.write_text(
+        text.replace(
+            f'gas_key_env = "{GAS_KEY_ENV}"\n', f'gas_key_env = "{GAS_KEY_ENV}"\ngas_keys_env = ["TEST_GAS_KEY_2"]\n'
+        )
+    )
+    env = {GAS_KEY_ENV: funded.unsafe_export_private_key(), "TEST_GAS_KEY_2": broke.unsafe_export_private_key()}
+    result = serve(config, env)
+    assert result.returncode == 2 and "cannot start, 1 problem:" in result.stderr, result.stderr
+    assert f"gas wallet {broke.address} holds 0 ETH" in result.stderr and funded.address not in result.stderr
+
+
 def _wait_healthz(url: str, proc: subprocess.Popen[bytes], log: Path) -> httpx.Response:
     deadline = time.monotonic() + 30
     while True:
@@ -165,14 +182,15 @@ def test_low_gas_wallet_warns_and_healthz_reports_it(
         assert health.status_code == 200, health.text
         body = health.json()
         assert body["checks"]["gas_wallet"] == "low"
-        assert body["gas"]["address"] == gas.address and body["gas"]["state"] == "low"
-        assert 0 < body["gas"]["settlements"] < LOW_SETTLEMENTS
+        [wallet] = body["gas"]
+        assert wallet["address"] == gas.address and wallet["state"] == "low"
+        assert 0 < wallet["settlements"] < LOW_SETTLEMENTS
         text = log.read_text()
         assert "WARNING" in text and f"gas wallet low: gas wallet {gas.address} holds" in text
         dev.set_eth_balance(gas.address, 0)
         drained = httpx.get(f"{url}/healthz", timeout=5)
         assert drained.status_code == 503
-        assert drained.json()["checks"]["gas_wallet"] == "empty" and drained.json()["gas"]["balance_wei"] == "0"
+        assert drained.json()["checks"]["gas_wallet"] == "empty" and drained.json()["gas"][0]["balance_wei"] == "0"
     finally:
         proc.terminate()
         proc.wait(15)

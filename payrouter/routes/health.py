@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse
 
 from payrouter.chain import ChainError
 from payrouter.facilitator import LocalFacilitator
-from payrouter.gas_funds import gas_funds
+from payrouter.gas_funds import gas_funds, worst
 from payrouter.http_errors import error_response
 from payrouter.services import Services
 from payrouter.store import StoreError
@@ -22,9 +22,10 @@ async def healthz(request: Request) -> JSONResponse:
     """200 with component states when healthy, 503 naming what is down; ``worker`` is the pid of
     the process that answered (one of ``payrouter serve --workers N``).
 
-    With a local facilitator, ``checks.gas_wallet`` is ``ok``, ``low`` (fewer than
-    `payrouter.gas_funds.LOW_SETTLEMENTS` settlements left: still 200) or ``empty`` (not one
-    settlement: 503), and ``gas`` details the wallet (`payrouter.gas_funds.GasFunds.as_json`).
+    With a local facilitator, ``checks.gas_wallet`` is the least funded gas wallet's state:
+    ``ok``, ``low`` (fewer than `payrouter.gas_funds.LOW_SETTLEMENTS` settlements left: still 200)
+    or ``empty`` (not one settlement: 503); ``gas`` lists every gas wallet
+    (`payrouter.gas_funds.GasFunds.as_json`).
     """
     services: Services = request.state.services
     checks: dict[str, str] = {}
@@ -42,9 +43,10 @@ async def healthz(request: Request) -> JSONResponse:
             checks["chain"] = f"down: {exc.__class__.__name__}"
     if services.chain is not None and isinstance(services.facilitator, LocalFacilitator):
         try:
-            funds = await asyncio.wait_for(gas_funds(services.chain, services.facilitator.sender.address), 2.0)
-            checks["gas_wallet"] = funds.state
-            gas = {"gas": funds.as_json()}
+            addresses = [sender.address for sender in services.facilitator.gas_pool.senders]
+            funds = await asyncio.wait_for(gas_funds(services.chain, addresses), 2.0)
+            checks["gas_wallet"] = worst(funds)
+            gas = {"gas": [f.as_json() for f in funds]}
         except (ChainError, TimeoutError) as exc:
             checks["gas_wallet"] = f"unknown: {exc.__class__.__name__}"
     # a low gas wallet still settles: it is reported, not a reason to take the instance out

@@ -54,7 +54,7 @@ def test_healthz_and_openapi(box: Sandbox, http: httpx.Client) -> None:
     assert health.status_code == 200
     body = health.json()
     assert body["status"] == "ok" and body["checks"] == {"store": "ok", "chain": "ok", "gas_wallet": "ok"}
-    assert body["gas"]["address"] == box.gas_wallet.address and body["gas"]["state"] == "ok"
+    assert body["gas"][0]["address"] == box.gas_wallet.address and body["gas"][0]["state"] == "ok"
     doc = http.get(f"{box.router_url}/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     assert {"/v1/chat/completions", "/v1/quote", "/v1/models", "/healthz"} <= set(doc["paths"])
