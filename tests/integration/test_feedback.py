@@ -20,7 +20,7 @@ from payrouter.settings import ProviderSettings, Settings
 from wallets import LocalSigner
 
 from ..polling import wait_until
-from .conftest import exact_only
+from .conftest import REDIS_URL, exact_only
 from .payments import header, offer, payment
 
 
@@ -82,6 +82,9 @@ def test_feedback_off_keeps_no_records(box: Sandbox, http: httpx.Client) -> None
         providers={
             p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
         },
+        # the sandbox's store and journal: payments to its pay_to are all journaled (ledger audit)
+        redis_url=REDIS_URL,
+        namespace=box.namespace,
         rpc_url=box.chain.rpc_url,
         gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
         reconcile_interval=0,

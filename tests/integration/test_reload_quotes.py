@@ -22,7 +22,7 @@ from pricing import load_price_table
 from tests.price_toml import price_table_toml
 
 from ..polling import wait_until
-from .conftest import Observer, authorizer_key
+from .conftest import REDIS_URL, Observer, authorizer_key
 from .payments import header, offer, payment
 
 
@@ -51,6 +51,9 @@ def live_router(box: Sandbox, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         providers={
             p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
         },
+        # the sandbox's store and journal: payments to its pay_to are all journaled (ledger audit)
+        redis_url=REDIS_URL,
+        namespace=box.namespace,
         rpc_url=box.chain.rpc_url,
         gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
         channel_authorizer_key=authorizer_key(box),

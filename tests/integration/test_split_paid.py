@@ -21,7 +21,7 @@ from payrouter.settings import ProviderSettings, Settings
 from pricing import parse_price_table
 
 from ..polling import wait_until
-from .conftest import authorizer_key
+from .conftest import REDIS_URL, authorizer_key
 from .payments import header, offer, payment
 
 RULE = f"canary-{secrets.token_hex(3)}"  # unique: the metrics registry is shared by the process
@@ -36,6 +36,9 @@ def canary_router(box: Sandbox, tmp_path: Path) -> Iterator[tuple[str, Path]]:
         providers={
             p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
         },
+        # the sandbox's store and journal: payments to its pay_to are all journaled (ledger audit)
+        redis_url=REDIS_URL,
+        namespace=box.namespace,
         rpc_url=box.chain.rpc_url,
         gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
         channel_authorizer_key=authorizer_key(box),
