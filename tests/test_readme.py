@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -49,6 +50,8 @@ def reader(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     )
     try:
         assert sandbox.stdout is not None
+        ready_in_time, _, _ = select.select([sandbox.stdout], [], [], 120)
+        assert ready_in_time, f"payrouter dev not ready in 120 s: {(work / 'sandbox.log').read_text()[-3000:]}"
         line = sandbox.stdout.readline()
         assert line, f"payrouter dev exited: {(work / 'sandbox.log').read_text()[-3000:]}"
         ready = json.loads(line)
