@@ -8,6 +8,7 @@ balances are checked exactly.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -307,7 +308,9 @@ async def test_a_transaction_reverting_on_chain_is_reported_with_its_hash(env: E
     env.chain.rpc("evm_setAutomine", [False])
     try:
         tasks = [asyncio.create_task(env.contract.refund(payer.config, 1_000, 0, [], env.authorizer)) for _ in range(2)]
+        deadline = time.monotonic() + 15
         while env.chain.w3.eth.get_transaction_count(env.gas.address, "pending") < nonce + 2:
+            assert time.monotonic() < deadline, "both refunds were not sent"
             await asyncio.sleep(0.01)
         env.chain.rpc("evm_mine", [])
         results = await asyncio.gather(*tasks, return_exceptions=True)
