@@ -27,7 +27,7 @@ from dataclasses import replace
 from typing import Any
 
 from payrouter.quoting import PricedRoute, Quoter
-from payrouter.routing import RouteDecision
+from payrouter.routing import Candidate, RouteDecision
 from payrouter.store import Store, StoreError
 from pricing import PricingError, Quote
 
@@ -37,6 +37,7 @@ EPOCH_SECONDS = 86_400
 _TAG_BYTES = 16  # 128-bit tags: forging one is out of reach
 _MAX_TOKEN = 4096
 _PREFIX = "q1"
+_CANDIDATES = 8
 
 
 def _b64(data: bytes) -> str:
@@ -107,6 +108,11 @@ class QuoteSeal:
             "s": d.strategy,
             "c": q.upstream_cost,
             "a": q.amount,
+            "u": d.rule,
+            "v": d.arm,
+            # the best few candidates, for the request log's "why": a paid call is often served by
+            # another worker than the one that quoted it
+            "k": [[c.model, c.quality, c.price, c.latency_ms, c.output_tokens] for c in d.candidates[:_CANDIDATES]],
         }
         body = _b64(json.dumps(fields, separators=(",", ":")).encode())
         token = f"{_PREFIX}.{epoch}.{body}.{_b64(self._tag(key, epoch, digest, body))}"
@@ -149,6 +155,9 @@ class QuoteSeal:
             fallbacks=tuple(fields["f"]),
             reason=fields["r"],
             strategy=fields["s"],
+            candidates=tuple(Candidate(*c) for c in fields.get("k", ())),
+            rule=fields.get("u", ""),
+            arm=fields.get("v", ""),
         )
         quote = Quote(
             model_id=decision.model,

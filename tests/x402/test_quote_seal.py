@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -56,6 +57,8 @@ def test_a_sealed_quote_opens_to_the_same_route_and_offer(quoter: Quoter) -> Non
         priced.decision.output_tokens,
         priced.decision.fallbacks,
     )
+    assert (opened.decision.rule, opened.decision.arm) == (priced.decision.rule, priced.decision.arm)
+    assert opened.decision.candidates == priced.decision.candidates[:8] and opened.decision.candidates
     # the offer a payer echoes is the one rebuilt: same terms, same token
     assert opened.requirements.to_v2()["amount"] == sealed.requirements.to_v2()["amount"]
     assert opened.requirements.extra["quote"] == sealed.requirements.extra["quote"]
@@ -155,3 +158,11 @@ def test_keys_stay_out_of_the_repr(quoter: Quoter) -> None:
     _run(seal.seal(DIGEST, _priced(quoter)))
     key = _run(store.get(f"quote-key:{int(time.time()) // EPOCH_SECONDS}"))
     assert key is not None and key.decode() not in repr(seal)
+
+
+def test_a_split_decision_keeps_its_rule_and_arm(quoter: Quoter) -> None:
+    seal = QuoteSeal(MemoryStore())
+    priced = _priced(quoter)
+    split = replace(priced, decision=replace(priced.decision, rule="canary", arm="trial"))
+    opened = _run(seal.open(_token(_run(seal.seal(DIGEST, split))), DIGEST, quoter))
+    assert opened is not None and (opened.decision.rule, opened.decision.arm) == ("canary", "trial")
