@@ -302,26 +302,40 @@ async def test_a_full_batch_of_100_channels_is_claimed_in_one_transaction(env: E
 
 
 async def test_a_transaction_reverting_on_chain_is_reported_with_its_hash(env: Env) -> None:
-    # two refunds signed for the same nonce both pass simulation before either is mined
+    # our refund passes simulation and is sent; before it is mined, a rival sends the very same
+    # call (anyone may) with a higher tip, so it is mined first and ours reverts on chain
     payer = await _deposited(env, 10_000, 10_000)
-    nonce = env.chain.w3.eth.get_transaction_count(env.gas.address)
     env.chain.rpc("evm_setAutomine", [False])
     try:
-        tasks = [asyncio.create_task(env.contract.refund(payer.config, 1_000, 0, [], env.authorizer)) for _ in range(2)]
+        task = asyncio.create_task(env.contract.refund(payer.config, 1_000, 0, [], env.authorizer))
         deadline = time.monotonic() + 15
-        while env.chain.w3.eth.get_transaction_count(env.gas.address, "pending") < nonce + 2:
-            assert time.monotonic() < deadline, "both refunds were not sent"
+        while True:
+            block = env.chain.rpc("eth_getBlockByNumber", ["pending", True])
+            ours = [t for t in block["transactions"] if t["from"].lower() == env.gas.address.lower()]
+            if ours:
+                break
+            assert time.monotonic() < deadline, "our refund was not sent"
             await asyncio.sleep(0.01)
+        rival = env.chain.new_account()
+        env.chain.rpc("anvil_impersonateAccount", [rival.address])
+        tip = 10 * int(ours[0]["maxPriorityFeePerGas"], 16)
+        rival_tx = {
+            "from": rival.address,
+            "to": ours[0]["to"],
+            "input": ours[0]["input"],
+            "gas": ours[0]["gas"],
+            "maxPriorityFeePerGas": hex(tip),
+            "maxFeePerGas": hex(int(ours[0]["maxFeePerGas"], 16) + tip),
+        }
+        rival_hash = env.chain.rpc("eth_sendTransaction", [rival_tx])
         env.chain.rpc("evm_mine", [])
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        result = await asyncio.gather(task, return_exceptions=True)
     finally:
         env.chain.rpc("evm_setAutomine", [True])
-    failed = [r for r in results if isinstance(r, ChannelTxFailed)]
-    done = [r for r in results if isinstance(r, tuple)]
-    assert len(failed) == 1 and len(done) == 1, results
-    assert done[0][1] == 1_000
-    assert failed[0].tx.startswith("0x") and failed[0].tx != done[0][0]
-    assert failed[0].reason == "reverted on chain: InvalidRefundNonce(expected=1, given=0)"
+    failed = result[0]
+    assert isinstance(failed, ChannelTxFailed), result
+    assert failed.tx == ours[0]["hash"] and failed.tx != rival_hash
+    assert failed.reason == "reverted on chain: InvalidRefundNonce(expected=1, given=0)"
     assert await env.contract.channel(payer.channel_id) == OnchainChannel(9_000, 0, 0, 0, 1)
 
 
