@@ -159,6 +159,16 @@ class Supervisor:
             log.info("received %s: stopping %d workers", signal.Signals(sig).name, len(self._procs))
         self._stopping = True
 
+    def _reload_signal(self, _sig: int, _frame: FrameType | None) -> None:
+        # SIGHUP asks for a reload (payrouter.reload): every worker reloads its own table
+        log.info("received SIGHUP: asking %d workers to reload", len(self._procs))
+        for proc in self._procs:
+            # a worker still starting has no handler yet (SIGHUP would end it): its table is new
+            ready = self._ready.get(proc.pid) if proc.pid is not None else None
+            if proc.pid is not None and proc.is_alive() and ready is not None and ready.is_set():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGHUP)
+
     def _start(self, ctx: Any, sock: socket.socket, slot: int) -> BaseProcess:
         ready = ctx.Event()
         proc: BaseProcess = ctx.Process(
@@ -179,6 +189,7 @@ class Supervisor:
             os.environ[METRICS_ENV] = tempfile.mkdtemp(prefix="payrouter-metrics-")
         metrics_dir = os.environ[METRICS_ENV]
         previous = {sig: signal.signal(sig, self._stop_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload_signal)
         ctx = multiprocessing.get_context("spawn")
         code = 0
         try:

@@ -222,3 +222,31 @@ def test_every_worker_reloads(tmp_path: Path) -> None:
             wait_until(lambda: log.read_text().count("reloaded ") == 2, "each worker logged its reload", timeout=10)
     finally:
         delete_namespace(REDIS_URL, namespace)
+
+
+def test_sighup_to_the_supervisor_reloads_every_worker(tmp_path: Path) -> None:
+    namespace = f"payrouter-reload-{run_token()}"
+    redis = f'redis_url = "{REDIS_URL}"\nnamespace = "{namespace}"\n'
+    table = tmp_path / "prices.toml"
+    _write(table, _table("cheap"))
+    try:
+        with (
+            _facilitator(BASE["network"]) as fac,
+            _serve(tmp_path, fac, 0, workers=2, redis=redis) as (url, proc, log),
+        ):
+            pids: set[int] = set()
+
+            def both_workers() -> bool:
+                pids.add(httpx.get(f"{url}/healthz", timeout=5).json()["worker"])
+                return len(pids) == 2
+
+            wait_until(both_workers, "both workers answer", timeout=15, interval=0.05)
+            _write(table, _table("premium"))
+            time.sleep(0.5)
+            assert _routed(url) == "cheap"  # no polling: nothing changes without the signal
+            proc.send_signal(signal.SIGHUP)
+            wait_until(lambda: log.read_text().count("reloaded ") == 2, "each worker reloads", timeout=10)
+            assert proc.poll() is None  # the supervisor passed the signal on and kept serving
+            assert all(_routed(url) == "premium" for _ in range(20))
+    finally:
+        delete_namespace(REDIS_URL, namespace)
