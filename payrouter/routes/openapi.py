@@ -74,6 +74,38 @@ def _document() -> dict[str, Any]:
                 }
             },
             "/v1/models": {"get": {"summary": "The catalog with prices", "responses": {"200": {"description": "OK"}}}},
+            "/v1/feedback": {
+                "post": {
+                    "summary": "The payer of a completion rates it (signed by the paying address, EIP-191)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["completion_id", "rating", "signature"],
+                                    "properties": {
+                                        "completion_id": {"type": "string", "description": "the completion's id"},
+                                        "rating": {"type": "string", "enum": ["bad", "good"]},
+                                        "signature": {
+                                            "type": "string",
+                                            "description": "0x-hex personal_sign of the feedback message "
+                                            "(payrouter.feedback.feedback_message) by the paying address",
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": {"description": "Rated"},
+                        "400": {"description": "Malformed"},
+                        "403": {"description": "Not signed by this completion's payer"},
+                        "404": {"description": "No such completion (or its record expired)"},
+                        "409": {"description": "Already rated the other way"},
+                    },
+                }
+            },
             "/healthz": {
                 "get": {
                     "summary": "Health of the store and the chain",

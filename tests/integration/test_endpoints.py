@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from payrouter.feedback.auth import RATINGS
 from payrouter.sandbox.dev import Sandbox
 from pricing import estimate_chat_input_tokens, quote_route
 
@@ -57,7 +58,10 @@ def test_healthz_and_openapi(box: Sandbox, http: httpx.Client) -> None:
     assert body["gas"][0]["address"] == box.gas_wallet.address and body["gas"][0]["state"] == "ok"
     doc = http.get(f"{box.router_url}/openapi.json").json()
     assert doc["openapi"].startswith("3.")
-    assert {"/v1/chat/completions", "/v1/quote", "/v1/models", "/healthz"} <= set(doc["paths"])
+    assert {"/v1/chat/completions", "/v1/quote", "/v1/models", "/v1/feedback", "/healthz"} <= set(doc["paths"])
+    assert doc["paths"]["/v1/feedback"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"][
+        "rating"
+    ]["enum"] == sorted(RATINGS)
     assert "messages" in doc["components"]["schemas"]["ChatRequest"]["properties"]
 
 
