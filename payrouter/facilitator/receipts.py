@@ -16,7 +16,7 @@ from payrouter.chain import ChainClient, ChainError, Receipt
 
 __all__ = ["ReceiptWatcher"]
 
-_FIRST = 0.005  # seconds to the first poll after a transaction arrives
+_FIRST = 0.005  # seconds between polls while blocks come or transactions arrive
 _SLOWEST = 0.1  # polls slow down to this while nothing arrives and no block comes
 _BATCH = 200  # receipts per JSON-RPC batch
 
@@ -67,11 +67,12 @@ class ReceiptWatcher:
         assert self._arrived is not None
         delay = _FIRST
         while self._waiting:
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), delay)
-            if self._arrived.is_set():
-                await asyncio.sleep(_FIRST)  # gather the arrivals of the next few milliseconds
+            if not self._unchecked:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), delay)
+            # a new transaction is asked at once (on a chain that mines on arrival its receipt is
+            # there already); those arriving meanwhile wait for the next poll, which batches them
             came = await self._poll()
             delay = _FIRST if came or self._unchecked else min(delay * 1.5, _SLOWEST)
 
