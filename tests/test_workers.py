@@ -137,7 +137,8 @@ def test_every_worker_serves_and_sigterm_stops_all_after_in_flight_requests(
             reply += chunk
         sock.close()
         assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
-        assert b'"amount"' in reply and b"connection: close" in reply.lower()
+        # (uvicorn marks it "connection: close" only if the worker had seen the signal by then)
+        assert b'"amount"' in reply
 
         assert proc.wait(30) == 0, log.read_text()[-4000:]
         wait_until(lambda: not any(_alive(pid) for pid in seen), "every worker gone", timeout=5)

@@ -59,11 +59,19 @@ _INCR = "local v = redis.call('incr', KEYS[1]) if v == 1 then redis.call('expire
 
 
 async def redis_call(coro: Any) -> Any:
-    """Await a redis-py call; any Redis failure becomes a `StoreError`."""
+    """Await a redis-py call; any Redis failure becomes a `StoreError`.
+
+    redis-py's cluster client can also fail with an AttributeError from a connection torn down
+    under it while a master fails over (its writer already gone): that is a transport failure
+    of unknown outcome too, and must reach the callers that handle one (deferred journal
+    writes, fail-closed answers), not escape as a 500.
+    """
     try:
         return await coro
     except REDIS_ERRORS as exc:
         raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
+    except AttributeError as exc:
+        raise StoreError(f"redis: connection lost mid-command ({exc})") from exc
 
 
 def is_cluster_url(url: str) -> bool:

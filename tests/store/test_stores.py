@@ -109,3 +109,15 @@ async def test_incr_counts_and_expires(store: Store) -> None:
 
     await async_wait_until(restarted, "the counter to expire 1 s after its first increment", timeout=3, interval=0.02)
     assert time.monotonic() - first_at >= 0.9, "expired well before its TTL"
+
+
+async def test_a_connection_torn_down_mid_command_is_a_store_error() -> None:
+    # redis-py's cluster client, during a failover, can fail with an AttributeError from a
+    # connection whose writer is already gone: callers handle it as the StoreError it is
+    from payrouter.store.redis import redis_call
+
+    async def torn() -> None:
+        raise AttributeError("'NoneType' object has no attribute 'writelines'")
+
+    with pytest.raises(StoreError, match="connection lost mid-command"):
+        await redis_call(torn())
