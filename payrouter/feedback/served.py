@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from starlette.types import Scope
 
 from payrouter import metrics
 from payrouter.feedback.record import FeedbackRecorder
-from payrouter.routing.engine import prompt_text, split_identity
+from payrouter.routing.engine import prompt_text
 from payrouter.services import Services
 from payrouter.x402.call import PaidCall
 
@@ -19,16 +17,10 @@ FEEDBACK_STATE = "feedback"
 
 
 def served(scope: Scope, services: Services, call: PaidCall, completion_id: str, seconds: float) -> None:
-    """A paid call was answered as ``completion_id`` in ``seconds``: set its split rule and arm
-    on its route (the request log reads them there), count its arm, and queue its record for
-    feedback."""
+    """A paid call was answered as ``completion_id`` in ``seconds``: count its split arm (the
+    rule and arm come with its sealed quote) and queue its record for feedback."""
     decision = call.route.decision
     model = call.answered_by or decision.model
-    if not decision.rule:
-        rule, arm = split_identity(call.request, decision.model, services.table)
-        if rule:
-            decision = replace(decision, rule=rule, arm=arm)
-            call.route = replace(call.route, decision=decision)
     if decision.arm:
         metrics.SPLIT_CALLS.labels(rule=decision.rule, arm=decision.arm, model=model).inc()
         metrics.SPLIT_SECONDS.labels(rule=decision.rule, arm=decision.arm).observe(seconds)

@@ -41,14 +41,6 @@ __all__ = [
 
 OBSERVATION_KEY = "payrouter.observation"
 
-# The route a paid call runs comes back from its quote's seal, which keeps what the call needs
-# (model, fallbacks, reason, strategy) but not the candidates the engine weighed; the request
-# log takes them from the decision this process quoted for the same digest, when it did (a
-# client's paid retry usually comes back on the connection its 402 went out on). Bounded:
-# the oldest quotes are forgotten first.
-_RECENT = 4096
-_recent: dict[str, RouteDecision] = {}
-
 # Why a served call charged nothing, when the call (not the payment) failed.
 _CALL_FAILURES = frozenset({"upstream_failed", "request_failed", "client_gone"})
 
@@ -191,10 +183,8 @@ def finish(scope: Scope, obs: Observation, request_log: RequestLog | None) -> No
 
 def _served(scope: Scope, obs: Observation, paid: PaidCall, request_log: RequestLog | None) -> None:
     record = obs.holder.record if obs.holder is not None else obs.record
+    # the sealed quote carries the candidates, rule and arm the engine decided with
     decision = paid.route.decision
-    quoted = _recent.get(obs.digest) if obs.digest and not decision.candidates else None
-    if quoted is not None and quoted.model == decision.model:
-        decision = quoted
     scheme = record.scheme if record is not None else obs.scheme
     model = (record.answered_by if record is not None else "") or paid.answered_by or decision.model
     charged = cost = 0
@@ -306,12 +296,8 @@ def _refused(obs: Observation, request_log: RequestLog | None) -> None:
     request_log.write(event)
 
 
-def quoted(endpoint: str, decision: RouteDecision, schemes: Iterable[str], digest: str = "") -> None:
-    """The gate routed and priced the request ``digest`` and offers it under ``schemes`` (a 402)."""
-    if digest and decision.candidates:
-        _recent[digest] = decision
-        if len(_recent) > _RECENT:
-            del _recent[next(iter(_recent))]
+def quoted(endpoint: str, decision: RouteDecision, schemes: Iterable[str]) -> None:
+    """The gate routed and priced a request and offers it under ``schemes`` (a 402)."""
     metrics.child(metrics.ROUTING_DECISIONS, decision.strategy, decision.model, reason_kind(decision)).inc()
     for scheme in schemes:
         metrics.child(metrics.QUOTES, endpoint, scheme).inc()

@@ -22,7 +22,7 @@ from payrouter.routing.predictor import QualityPredictor
 from payrouter.routing.split import CONTROL, TRIAL, request_key, split_arm
 from pricing import ModelPrice, PriceTable, RoutingRule, Strategy, quote_route
 
-__all__ = ["RoutingEngine", "prompt_text", "split_identity"]
+__all__ = ["RoutingEngine", "prompt_text"]
 
 _PRIVACY_RANK = {"local": 0, "trusted": 1, "public": 2}
 MIN_PREDICTED_BUDGET = 16
@@ -336,23 +336,6 @@ class RoutingEngine:
         scored = [self._score(m, quality[m.id], request, input_tokens, table) for m in pool]
         better = [s for s in scored if s.quality >= chosen.quality]
         return tuple(s.model.id for s in sorted(better, key=lambda s: (s.price, s.model.id))[:MAX_FALLBACKS])
-
-
-def split_identity(request: ChatRequest, model: str, table: PriceTable) -> tuple[str, str]:
-    """``(rule, arm)`` of a request routed to ``model`` under ``table`` (``""`` when none).
-
-    The same deterministic choice the engine made when it quoted the request: a paid call's
-    route, rebuilt from its quote, learns its split arm here.
-    """
-    if not (request.model == "auto" or request.model.startswith("auto:")):
-        return "", ""
-    rule = RoutingEngine._matching_rule(request, table.routing.rules)
-    if rule is None:
-        return "", ""
-    if not rule.split:
-        return rule.name, ""
-    trial = split_arm(rule.split, rule.name, request_key(request))
-    return rule.name, TRIAL if trial is not None and trial == model else CONTROL
 
 
 def prompt_text(request: ChatRequest) -> str:
