@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 from decimal import Decimal
 from fractions import Fraction
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
 from payrouter.chat import InvalidRequest, parse_chat_request, request_digest
 from payrouter.http_errors import error_response
@@ -16,7 +15,7 @@ from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
 from payrouter.x402.requirements import Resource
 from payrouter.x402.responses import UNPAID_ERROR
-from payrouter.x402.unpaid_limit import client_of
+from payrouter.x402.unpaid_limit import over_limit
 from pricing import ModelPrice, PriceTable, PricingError, ceil_fraction, usd_to_atomic
 
 __all__ = ["list_models", "quote"]
@@ -63,22 +62,17 @@ async def list_models(request: Request) -> JSONResponse:
     return JSONResponse({"object": "list", "data": data, "payment": payment, "default_model": table.default_model})
 
 
-async def quote(request: Request) -> JSONResponse:
+async def quote(request: Request) -> Response:
     """Route and price a chat request without running it.
 
     The offers carry the quote sealed exactly as an unpaid call's 402 does, so a client may pay
     them directly on ``POST /v1/chat/completions`` with the same body.
     """
     services: Services = request.state.services
-    limit = services.unpaid_limit
-    wait = 0.0 if limit is None else limit.take(client_of(request.scope))
-    if wait > 0:
-        retry = str(max(1, math.ceil(wait)))
-        response = error_response(
-            429, f"too many unpaid requests from this address: retry in {retry} s", "rate_limit_error"
-        )
-        response.headers["retry-after"] = retry
-        return response
+    refused = over_limit(services.unpaid_limit, request.scope)
+    if refused is not None:
+        status, body, headers = refused
+        return Response(body, status, {k.decode(): v.decode() for k, v in headers})
     body = await request.body()
     if len(body) > services.max_body_bytes:
         return _error(413, f"request body exceeds {services.max_body_bytes} bytes")

@@ -11,7 +11,6 @@ A rejected payment gets a fresh offer; errors become responses here and nowhere 
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -30,7 +29,7 @@ from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.responses import payment_required
 from payrouter.x402.schemes.base import Refunds
-from payrouter.x402.unpaid_limit import client_of
+from payrouter.x402.unpaid_limit import client_of, over_limit
 from payrouter.x402.wire import decode_header, parse_envelope
 from pricing import PricingError
 
@@ -61,17 +60,10 @@ async def _quote(call: PaidRequest) -> PricedRoute:
 
 async def _limited(call: PaidRequest, send: Send, why: str = "") -> bool:
     """Take an unpaid request's token; when the client has none left, answer 429 and say so."""
-    limit = call.services.unpaid_limit
-    wait = 0.0 if limit is None else limit.take(client_of(call.scope))
-    if wait <= 0:
-        return False
-    retry = max(1, math.ceil(wait))
-    message = f"too many unpaid requests from this address: pay for a quote you hold, or retry in {retry} s"
-    status, body = json_error(429, f"{why}; {message}" if why else message, "rate_limit_error")
-    await send_response(
-        send, status, body, [(b"content-type", b"application/json"), (b"retry-after", str(retry).encode())]
-    )
-    return True
+    refused = over_limit(call.services.unpaid_limit, call.scope, why)
+    if refused is not None:
+        await send_response(send, *refused)
+    return refused is not None
 
 
 async def _reject(call: PaidRequest, exc: PaymentError, scheme: str | None, send: Send) -> None:

@@ -14,12 +14,15 @@ client's.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import OrderedDict
 
 from starlette.types import Scope
 
-__all__ = ["UnpaidLimit", "client_of"]
+from payrouter.http_errors import error_bytes
+
+__all__ = ["UnpaidLimit", "client_of", "over_limit"]
 
 
 def client_of(scope: Scope) -> str:
@@ -71,3 +74,17 @@ class UnpaidLimit:
         now = time.monotonic() if now is None else now
         if client in self._buckets:
             self._store(client, min(self.burst, self._level(client, now) + 1.0), now)
+
+
+def over_limit(
+    limit: UnpaidLimit | None, scope: Scope, why: str = ""
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
+    """Take a token for the unpaid request ``scope``; None when it may go ahead, else the 429
+    to answer ``(status, body, headers)``, its message prefixed by ``why``."""
+    wait = 0.0 if limit is None else limit.take(client_of(scope))
+    if wait <= 0:
+        return None
+    retry = max(1, math.ceil(wait))
+    message = f"too many unpaid requests from this address: pay for a quote you hold, or retry in {retry} s"
+    body = error_bytes(f"{why}; {message}" if why else message, "rate_limit_error")
+    return 429, body, [(b"content-type", b"application/json"), (b"retry-after", str(retry).encode())]
