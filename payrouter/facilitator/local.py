@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 
@@ -173,11 +172,6 @@ class LocalFacilitator:
                 receipt = await self._receipts.wait(tx_hash, self._receipt_timeout)
             except ChainError as exc:
                 raise SettlementInDoubt(f"transaction sent, receipt unavailable ({exc})", auth.from_, tx_hash) from None
-            if receipt is None:
-                # one last look of its own: on a node slower than the timeout, the watcher's poll
-                # that would have found it is still on its way
-                with contextlib.suppress(ChainError):
-                    receipt = await self._chain.receipt(tx_hash)
             if receipt is not None:
                 metrics.GAS_SPENT.inc(receipt.gas_wei)
         if receipt is None:

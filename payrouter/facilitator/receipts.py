@@ -38,7 +38,8 @@ class ReceiptWatcher:
         self._arrived: asyncio.Event | None = None
 
     async def wait(self, tx_hash: str, timeout: float) -> Receipt | None:
-        """The receipt of ``tx_hash`` once mined, or None after ``timeout`` seconds.
+        """The receipt of ``tx_hash`` once mined, or None when a last look after ``timeout``
+        seconds still finds none.
 
         Raises:
             ChainError: the node could not be asked.
@@ -55,7 +56,12 @@ class ReceiptWatcher:
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError:
-            return None
+            # one last look of its own: on a node slower than the timeout, the poll that would
+            # have found it is still on its way
+            try:
+                return await self._chain.receipt(tx_hash)
+            except ChainError:
+                return None
         finally:
             futures = self._waiting.get(tx_hash, [])
             if future in futures:  # timed out or cancelled
