@@ -295,16 +295,32 @@ async def _wait(url: str) -> None:
 # ---------------------------------------------------------------------- unpaid 402 path
 
 
-def _wrk_rps(url: str, seconds: float, concurrency: int) -> float | None:
-    """Unpaid-402 throughput measured by wrk (a C load generator), when installed."""
+# one body per request: "benchmark me <n> <random>", the same JSON shape as BODY
+_DISTINCT_LUA = """
+local n = 0
+request = function()
+  n = n + 1
+  local body = '%s' .. n .. ' ' .. math.random(1, 1000000000) .. '%s'
+  return wrk.format(nil, nil, nil, body)
+end
+"""
+
+
+def _wrk_rps(url: str, seconds: float, concurrency: int, distinct: bool) -> float | None:
+    """Unpaid-402 throughput measured by wrk (a C load generator), when installed; ``distinct``:
+    every request a new body (nothing a server could reuse from the last one)."""
     wrk = shutil.which("wrk")
     if wrk is None:
         return None
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-            f"wrk.body = [[{json.dumps(BODY)}]]\n"
-        )
+        script.write('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n')
+        if distinct:
+            head, tail = json.dumps({**BODY, "messages": [{"role": "user", "content": "benchmark me \0"}]}).split(
+                "\\u0000"
+            )
+            script.write(_DISTINCT_LUA % (head, tail))
+        else:
+            script.write(f"wrk.body = [[{json.dumps(BODY)}]]\n")
     out = subprocess.run(
         [wrk, "-t2", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "-s", script.name, url],
         capture_output=True,
@@ -319,8 +335,8 @@ def _wrk_rps(url: str, seconds: float, concurrency: int) -> float | None:
     return float(match.group(1))
 
 
-async def _unpaid_rps(url: str, seconds: float, concurrency: int) -> float:
-    measured = await asyncio.to_thread(_wrk_rps, url, seconds, concurrency)
+async def _unpaid_rps(url: str, seconds: float, concurrency: int, distinct: bool = False) -> float:
+    measured = await asyncio.to_thread(_wrk_rps, url, seconds, concurrency, distinct)
     if measured is not None:
         return measured
     count = 0
@@ -331,7 +347,7 @@ async def _unpaid_rps(url: str, seconds: float, concurrency: int) -> float:
         async def loop() -> None:
             nonlocal count
             while time.perf_counter() < deadline:
-                response = await http.post(url, json=BODY)
+                response = await http.post(url, json=_body() if distinct else BODY)
                 assert response.status_code == 402, response.text
                 count += 1
 
@@ -406,16 +422,18 @@ def _metrics_cost(
 
 @dataclass
 class Unpaid:
-    rps: float
+    rps: float  # one body, repeated (as a client retrying or a flood of one request sends)
     p50_ms: float
     p99_ms: float
+    distinct_rps: float  # a new body every request
 
 
 async def _measure_unpaid(url: str, args: argparse.Namespace) -> Unpaid:
     await _wait(url)
     lat = await _unpaid_latencies(url, args.paid)
     rps = await _unpaid_rps(url, args.seconds, args.concurrency)
-    return Unpaid(rps, statistics.median(lat), percentile(lat, 0.99))
+    distinct = await _unpaid_rps(url, args.seconds, args.concurrency, distinct=True)
+    return Unpaid(rps, statistics.median(lat), percentile(lat, 0.99), distinct)
 
 
 # ---------------------------------------------------------------------- paid calls
@@ -607,7 +625,7 @@ class Row:
         lat = self.paid.latencies
         return (
             f"{self.scheme:<16} unpaid 402: p50 {self.unpaid.p50_ms:6.2f} ms  p99 {self.unpaid.p99_ms:6.2f} ms  "
-            f"{self.unpaid.rps:6.0f} req/s   paid: p50 {self.p50:8.2f} ms  p99 {self.p99:8.2f} ms  "
+            f"{self.unpaid.rps:6.0f} req/s (distinct bodies {self.unpaid.distinct_rps:6.0f})   paid: p50 {self.p50:8.2f} ms  p99 {self.p99:8.2f} ms  "
             f"mean {statistics.fmean(lat):8.2f} ms (n={len(lat)})   upstream direct: p50 {self.upstream_p50:5.2f} ms"
             f"  p99 {percentile(self.paid.upstream, 0.99):5.2f} ms   added p50 {self.added_p50:+6.2f} ms   "
             f"gas/call {self.gas_per_call:,.0f} ({self.gas_note})"
@@ -616,6 +634,7 @@ class Row:
     def to_json(self) -> dict[str, Any]:
         return {
             "unpaid_402_rps": self.unpaid.rps,
+            "unpaid_402_rps_distinct": self.unpaid.distinct_rps,
             "unpaid_402_p50_ms": self.unpaid.p50_ms,
             "unpaid_402_p99_ms": self.unpaid.p99_ms,
             "paid_p50_ms": self.p50,
@@ -857,13 +876,15 @@ def main() -> None:
                 theirs = Row("official exact", their_unpaid, paid, statistics.fmean(gas), "mean")
                 print(
                     f"{'official exact':<16} unpaid 402: p50 {their_unpaid.p50_ms:6.2f} ms  p99 "
-                    f"{their_unpaid.p99_ms:6.2f} ms  {their_unpaid.rps:6.0f} req/s   paid: p50 {theirs.p50:8.2f} ms"
+                    f"{their_unpaid.p99_ms:6.2f} ms  {their_unpaid.rps:6.0f} req/s (distinct bodies "
+                    f"{their_unpaid.distinct_rps:6.0f})   paid: p50 {theirs.p50:8.2f} ms"
                     f"  p99 {theirs.p99:8.2f} ms  (n={len(paid.latencies)})   gas/call {theirs.gas_per_call:,.0f}",
                     flush=True,
                 )
                 exact_row = next(r for r in rows if r.scheme == EXACT)
                 print(
-                    f"payrouter exact vs official: unpaid rps x{unpaid.rps / their_unpaid.rps:.2f}   "
+                    f"payrouter exact vs official: unpaid rps x{unpaid.rps / their_unpaid.rps:.2f} "
+                    f"(distinct bodies x{unpaid.distinct_rps / their_unpaid.distinct_rps:.2f})   "
                     f"paid p50 x{theirs.p50 / exact_row.p50:.2f} faster   "
                     f"paid p99 x{theirs.p99 / exact_row.p99:.2f} faster"
                 )

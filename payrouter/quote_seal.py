@@ -29,6 +29,7 @@ from typing import Any
 from payrouter.quoting import PricedRoute, Quoter
 from payrouter.routing import Candidate, RouteDecision
 from payrouter.store import Store, StoreError
+from payrouter.x402.wire import compact_json
 from pricing import PricingError, Quote
 
 __all__ = ["EPOCH_SECONDS", "QuoteSeal"]
@@ -114,7 +115,7 @@ class QuoteSeal:
             # another worker than the one that quoted it
             "k": [[c.model, c.quality, c.price, c.latency_ms, c.output_tokens] for c in d.candidates[:_CANDIDATES]],
         }
-        body = _b64(json.dumps(fields, separators=(",", ":")).encode())
+        body = _b64(compact_json(fields))
         token = f"{_PREFIX}.{epoch}.{body}.{_b64(self._tag(key, epoch, digest, body))}"
         requirements = priced.requirements.with_extra({"quote": token})
         return replace(priced, requirements=requirements)

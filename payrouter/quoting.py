@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from payrouter.chat import ChatRequest
-from payrouter.routing import RouteConstraints, RouteDecision, Router
+from payrouter.routing import RouteConstraints, RouteDecision, Router, RouterState
 from payrouter.x402.requirements import Requirements
 from pricing import PriceTable, Quote, estimate_chat_input_tokens, quote_route
 
-__all__ = ["PricedRoute", "Quoter"]
+__all__ = ["MEMO_SIZE", "PricedRoute", "Quoter"]
+
+# routes kept for requests seen again (a few KB each)
+MEMO_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +80,38 @@ class Quoter:
     def __init__(self, table: PriceTable, router: Router) -> None:
         self.table = table
         self.router = router
+        # request digest -> (router state, route); insertion-ordered, the oldest goes first
+        self._memo: dict[str, tuple[Hashable, PricedRoute]] = {}
+        self._state = router.routing_state if isinstance(router, RouterState) else None
 
-    def price(self, request: ChatRequest, constraints: RouteConstraints | None = None) -> PricedRoute:
-        """Route and price ``request``; build the exact requirements a paid call must meet."""
-        messages: list[dict[str, Any]] = [m.model_dump(exclude_none=True) for m in request.messages]
+    def price(
+        self, request: ChatRequest, constraints: RouteConstraints | None = None, digest: str | None = None
+    ) -> PricedRoute:
+        """Route and price ``request``; build the exact requirements a paid call must meet.
+
+        ``digest`` (`payrouter.chat.request_digest`: the body and routing headers, hence the
+        constraints) lets a request seen again reuse its route while the router's state (model
+        health) is unchanged: routing is deterministic, so the answer is the same, and a client
+        repeating an unpaid request (or a flood of one body) costs no routing.
+        """
+        state = self._state(self.table) if digest is not None and self._state is not None else None
+        if state is not None and digest is not None:
+            hit = self._memo.get(digest)
+            if hit is not None and hit[0] == state:
+                return hit[1]
+        # what the token estimate reads of each message (a model_dump costs more than the route)
+        messages = [{"content": m.content, "name": m.name, "tool_calls": m.tool_calls} for m in request.messages]
         input_tokens = estimate_chat_input_tokens(messages, request.tools)
         decision = self.router.decide(request, input_tokens, self.table, constraints)
         quote = quote_route(self.table, decision.model, decision.input_tokens, decision.output_tokens)
-        return PricedRoute(decision=decision, quote=quote, requirements=self.requirements(decision, quote))
+        priced = PricedRoute(decision=decision, quote=quote, requirements=self.requirements(decision, quote))
+        if state is not None and digest is not None:
+            memo = self._memo
+            memo.pop(digest, None)
+            if len(memo) >= MEMO_SIZE:
+                del memo[next(iter(memo))]
+            memo[digest] = (state, priced)
+        return priced
 
     def requirements(self, decision: RouteDecision, quote: Quote) -> Requirements:
         """The x402 requirements of a priced decision under this table (deterministic: a sealed

@@ -79,14 +79,14 @@ async def quote(request: Request) -> Response:
     routing_headers = {h: request.headers[h] for h in ROUTING_HEADERS if h in request.headers}
     try:
         chat, raw = parse_chat_request(body)
-        priced = services.quoter.price(chat, RouteConstraints.parse(chat.routing, routing_headers))
+        digest = request_digest("POST", "/v1/chat/completions", raw, routing_headers)
+        priced = services.quoter.price(chat, RouteConstraints.parse(chat.routing, routing_headers), digest)
     except InvalidRequest as exc:
         return _error(400, str(exc), exc.param)
     except ConstraintError as exc:
         return _error(400, str(exc), "routing")
     except (RoutingError, PricingError) as exc:
         return _error(400, str(exc), "model")
-    digest = request_digest("POST", "/v1/chat/completions", raw, routing_headers)
     priced = await services.quotes.seal(digest, priced)
     base = services.public_url or f"{request.url.scheme}://{request.url.netloc}"
     resource = Resource(url=base.rstrip("/") + "/v1/chat/completions")

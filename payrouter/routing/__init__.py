@@ -1,6 +1,6 @@
 """Routing: which model answers a request, with what output budget, and what to fall back to."""
 
-from payrouter.routing.base import Candidate, RouteDecision, Router, RoutingError
+from payrouter.routing.base import Candidate, RouteDecision, Router, RouterState, RoutingError
 from payrouter.routing.constraints import ConstraintError, RouteConstraints
 from payrouter.routing.engine import RoutingEngine
 
@@ -10,6 +10,7 @@ __all__ = [
     "RouteConstraints",
     "RouteDecision",
     "Router",
+    "RouterState",
     "RoutingEngine",
     "RoutingError",
 ]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from payrouter.chat import ChatRequest
 from payrouter.routing.constraints import RouteConstraints
@@ -14,6 +15,7 @@ __all__ = [
     "Candidate",
     "RouteDecision",
     "Router",
+    "RouterState",
     "RoutingError",
 ]
 
@@ -83,4 +85,16 @@ class Router(Protocol):
         Raises:
             RoutingError: no model can serve the request; the message names the constraint.
         """
+        ...
+
+
+@runtime_checkable
+class RouterState(Protocol):
+    """A router whose decisions can be reused: what, besides the request and the table, they
+    depend on."""
+
+    def routing_state(self, table: PriceTable) -> Hashable:
+        """A value that changes whenever the same request under ``table`` could be routed
+        differently (a model turning unhealthy or healthy again); equal values mean `decide`
+        gives every request the decision it gave before."""
         ...

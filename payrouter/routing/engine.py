@@ -96,6 +96,11 @@ class RoutingEngine:
         self.predictor = predictor
         self.health = health or (lambda _model: True)
 
+    def routing_state(self, table: PriceTable) -> tuple[str, ...]:
+        """Implements `payrouter.routing.RouterState`: the table's models that are unhealthy now
+        (everything else a decision reads is the request, the table and the fixed predictor)."""
+        return tuple(m.id for m in table.models if not self.health(m.id))
+
     def decide(
         self,
         request: ChatRequest,
@@ -210,31 +215,39 @@ class RoutingEngine:
         needs = required_capabilities(request)
         limit = request.output_limit
         privacy = constraints.privacy
-        # (label, test): labels are built only when a constraint empties the pool
-        checks: list[tuple[Callable[[], str], Callable[[ModelPrice], bool]]] = [
-            (lambda: f"only {sorted(only)}", lambda m: not only or m.id in only),
-            (lambda: f"ignore {sorted(constraints.ignore)}", lambda m: m.id not in constraints.ignore),
-            (
-                lambda: f"privacy {privacy}",
-                lambda m: privacy is None or _PRIVACY_RANK[m.privacy] <= _PRIVACY_RANK[privacy],
-            ),
-            (lambda: f"capabilities {sorted(needs)}", lambda m: needs <= m.capabilities),
-            (
-                lambda: f"max_tokens {limit} within the output limit",
-                lambda m: limit is None or limit <= m.max_output_tokens,
-            ),
-            (
-                lambda: f"context window (~{input_tokens} prompt tokens + {limit or 'a'} output budget)",
-                lambda m: input_tokens + (limit or 1) <= m.context_window,
-            ),
-        ]
-        for label, ok in checks:
-            kept = [m for m in pool if ok(m)]
-            if not kept:
-                if len(pool) == 1:
-                    raise RoutingError(f"model {pool[0].id!r} does not satisfy the constraint: {label()}")
-                raise RoutingError(f"no model satisfies the constraint: {label()}")
-            pool = kept
+        ignore = constraints.ignore
+        allowed = _PRIVACY_RANK[privacy] if privacy is not None else None
+
+        def verdicts(m: ModelPrice) -> tuple[bool, ...]:  # in the order of `labels`
+            return (
+                not only or m.id in only,
+                m.id not in ignore,
+                allowed is None or _PRIVACY_RANK[m.privacy] <= allowed,
+                needs <= m.capabilities,
+                limit is None or limit <= m.max_output_tokens,
+                input_tokens + (limit or 1) <= m.context_window,
+            )
+
+        judged = [(m, verdicts(m)) for m in pool]
+        kept = [m for m, v in judged if all(v)]
+        if not kept:
+            # name the first constraint, in this order, that leaves no model
+            labels = (
+                f"only {sorted(only)}",
+                f"ignore {sorted(ignore)}",
+                f"privacy {privacy}",
+                f"capabilities {sorted(needs)}",
+                f"max_tokens {limit} within the output limit",
+                f"context window (~{input_tokens} prompt tokens + {limit or 'a'} output budget)",
+            )
+            for i, label in enumerate(labels):
+                left = [(m, v) for m, v in judged if v[i]]
+                if not left:
+                    if len(pool) == 1:
+                        raise RoutingError(f"model {pool[0].id!r} does not satisfy the constraint: {label}")
+                    raise RoutingError(f"no model satisfies the constraint: {label}")
+                judged = left
+        pool = kept
         healthy = [m for m in pool if self.health(m.id)]
         return healthy or pool  # all unhealthy: try anyway rather than refuse
 
@@ -333,8 +346,12 @@ class RoutingEngine:
         except RoutingError:
             return ()
         quality = self._qualities(pool, predicted)
-        scored = [self._score(m, quality[m.id], request, input_tokens, table) for m in pool]
-        better = [s for s in scored if s.quality >= chosen.quality]
+        # only the models at least as good need a price
+        better = [
+            self._score(m, quality[m.id], request, input_tokens, table)
+            for m in pool
+            if quality[m.id][0] >= chosen.quality
+        ]
         return tuple(s.model.id for s in sorted(better, key=lambda s: (s.price, s.model.id))[:MAX_FALLBACKS])
 
 

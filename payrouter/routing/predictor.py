@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from payrouter.routing.features import FEATURE_BITS, format_signature, prompt_features
+from payrouter.routing.features import FEATURE_BITS, features_and_signature, format_signature, prompt_features
 
 __all__ = [
     "DEFAULT_L2",
@@ -181,6 +181,12 @@ def _fit(
     return full
 
 
+def _logit(p: Sequence[float]) -> NDArray[np.float64]:
+    prior = np.asarray(p, dtype=np.float64)
+    logit: NDArray[np.float64] = np.log(prior) - np.log1p(-prior)
+    return logit
+
+
 class QualityPredictor:
     """Predicts, for a prompt, each known model's chance of a correct answer and its answer length.
 
@@ -199,14 +205,19 @@ class QualityPredictor:
         meta: dict[str, Any] | None = None,
     ) -> None:
         self.models = models
-        self._quality = quality
-        self._length = length
+        k = len(models)
+        # one gather over the feature rows serves both heads (quality logits, log answer length)
+        self._weights = np.hstack([quality, length])
+        self._quality = self._weights[:, :k]
+        self._length = self._weights[:, k:]
         self._length_margin = length_margin
         self.train_ids = train_ids
         self.meta = meta or {}
         self.index = {name: i for i, name in enumerate(models)}
         self._priors: dict[str, list[float]] = self.meta.get("format_priors", {})
         self._overall: list[float] = self.meta.get("overall_prior", [0.5] * len(models))
+        self._prior_logits = {sig: _logit(p) for sig, p in self._priors.items()}
+        self._overall_logit = _logit(self._overall)
 
     @classmethod
     def train(
@@ -318,11 +329,12 @@ class QualityPredictor:
 
     def predict(self, text: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         """``(P(correct) per model, output-token budget covering ~95% of answers per model)``."""
-        feats = prompt_features(text)
-        prior = np.asarray(self._priors.get(format_signature(text), self._overall))
-        z = self._quality[feats].sum(axis=0, dtype=np.float64) + np.log(prior) - np.log1p(-prior)
+        feats, signature = features_and_signature(text)
+        k = len(self.models)
+        sums = self._weights[feats].sum(axis=0, dtype=np.float64)
+        z = sums[:k] + self._prior_logits.get(signature, self._overall_logit)
         quality = 1.0 / (1.0 + np.exp(-z))
-        log_chars = self._length[feats].sum(axis=0, dtype=np.float64) + self._length_margin
+        log_chars = sums[k:] + self._length_margin
         tokens = np.ceil(np.exp(np.minimum(log_chars, 14.0)) / CHARS_PER_TOKEN)
         return quality, tokens
 

@@ -53,7 +53,7 @@ def offers(
 
 
 async def _quote(call: PaidRequest) -> PricedRoute:
-    priced = call.services.quoter.price(call.request, call.constraints)
+    priced = call.services.quoter.price(call.request, call.constraints, call.digest)
     observed.quoted(call.scope["path"], priced.decision, call.services.schemes)
     return await call.services.quotes.seal(call.digest, priced)
 

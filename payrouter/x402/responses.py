@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from payrouter.x402.requirements import Requirements, Resource
@@ -10,6 +9,7 @@ from payrouter.x402.wire import (
     HEADER_PAYMENT_REQUIRED,
     HEADER_PAYMENT_RESPONSE,
     HEADER_V1_PAYMENT_RESPONSE,
+    compact_json,
     encode_header,
     v1_network_name,
 )
@@ -77,7 +77,7 @@ def payment_required(
         (b"content-type", b"application/json"),
         (b"cache-control", b"no-store"),
     ]
-    return json.dumps(body, separators=(",", ":")).encode(), headers
+    return compact_json(body), headers
 
 
 def settlement_header(

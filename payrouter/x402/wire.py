@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import to_json
+
 from payrouter.x402.errors import PaymentRejected, Reason
 from wallets import TransferWithAuthorization, TypedDataError
 
@@ -78,9 +80,19 @@ def v1_network_name(chain_id: int) -> str | None:
     return V1_NETWORKS.get(chain_id)
 
 
+def compact_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON of ``obj`` (no spaces, non-ASCII unescaped): what every 402 and
+    receipt carries, encoded in Rust (pydantic-core) since it is on every paid and unpaid call.
+
+    Raises:
+        pydantic_core.PydanticSerializationError: ``obj`` holds something JSON cannot carry.
+    """
+    return to_json(obj)
+
+
 def encode_header(obj: dict[str, Any]) -> str:
     """Base64 (standard alphabet, padded) of compact UTF-8 JSON, as x402 headers carry."""
-    return base64.b64encode(json.dumps(obj, separators=(",", ":")).encode()).decode("ascii")
+    return base64.b64encode(compact_json(obj)).decode("ascii")
 
 
 def decode_header(value: str) -> dict[str, Any]:

@@ -77,7 +77,7 @@ async def presented_quote(call: PaidRequest, envelope: Envelope) -> PricedRoute 
     extra = accepted.get("extra")
     token = extra.get("quote") if isinstance(extra, dict) else None
     if token is None:
-        return services.quoter.price(call.request, call.constraints)
+        return services.quoter.price(call.request, call.constraints, call.digest)
     return await services.quotes.open(token, call.digest, services.quoter)
 
 
