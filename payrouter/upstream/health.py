@@ -59,7 +59,9 @@ class HealthTracker:
 
     def healthy(self, model: str) -> bool:
         """False while this instance knows the model's breaker to be open."""
-        return self._open_until.get(model, 0.0) <= time.time()
+        until = self._open_until.get(model)
+        # asked for every model on every route: no clock read while no breaker is open
+        return until is None or until <= time.time()
 
     def note_success(self, model: str, first_byte_ms: float, tokens: int, total_ms: float) -> None:
         """`record_success`, later and in bulk: a paid answer must not wait for statistics, and
