@@ -15,8 +15,9 @@ and pays on the same anvil chain: automine by default, interval mining with ``--
 Reported per scheme:
 
 * the unpaid 402 path, for reference: latency p50/p99 over ``--paid`` sequential calls and
-  requests per second (closed loop, ``--concurrency`` connections; wrk when installed, else
-  httpx). One payrouter server offers every selected scheme in one 402, so the figure is the
+  requests per second (closed loop, ``--concurrency`` connections; wrk when installed, by
+  ``scripts/setup wrk``, else httpx), once with one body repeated and once with a new body on every request (payrouter
+  reuses the route of a request it has seen). One payrouter server offers every selected scheme in one 402, so the figure is the
   same for both rows.
 * paid calls: latency p50/p99 over sequential calls, each with a fresh body; the client gets
   the 402 and signs before the clock starts, so the figure is the server's verify + model call
