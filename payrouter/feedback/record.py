@@ -8,7 +8,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 
-from payrouter.routing.features import format_signature, prompt_features
+from payrouter.routing.features import features_and_signature
 from payrouter.store import Store, StoreError
 
 __all__ = ["FEEDBACK_TTL", "CallRecord", "FeedbackRecorder", "call_key", "rated_key"]
@@ -120,15 +120,8 @@ class FeedbackRecorder:
         """Write every queued record now."""
         batch, self._pending = self._pending, []
         for item in batch:
-            record = CallRecord(
-                item.payer,
-                item.model,
-                item.router_name,
-                item.rule,
-                item.arm,
-                prompt_features(item.prompt),
-                format_signature(item.prompt),
-            )
+            features, signature = features_and_signature(item.prompt)
+            record = CallRecord(item.payer, item.model, item.router_name, item.rule, item.arm, features, signature)
             try:
                 await self.store.put(call_key(item.completion_id), record.to_json(), self.ttl)
             except StoreError as exc:

@@ -181,10 +181,10 @@ def _fit(
     return full
 
 
-def _logit(p: Sequence[float]) -> NDArray[np.float64]:
+def _log_odds(p: Sequence[float]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    # kept as (log p, log(1 - p)) and applied in that order: predictions stay bit-identical
     prior = np.asarray(p, dtype=np.float64)
-    logit: NDArray[np.float64] = np.log(prior) - np.log1p(-prior)
-    return logit
+    return np.log(prior), np.log1p(-prior)
 
 
 class QualityPredictor:
@@ -216,8 +216,8 @@ class QualityPredictor:
         self.index = {name: i for i, name in enumerate(models)}
         self._priors: dict[str, list[float]] = self.meta.get("format_priors", {})
         self._overall: list[float] = self.meta.get("overall_prior", [0.5] * len(models))
-        self._prior_logits = {sig: _logit(p) for sig, p in self._priors.items()}
-        self._overall_logit = _logit(self._overall)
+        self._prior_odds = {sig: _log_odds(p) for sig, p in self._priors.items()}
+        self._overall_odds = _log_odds(self._overall)
 
     @classmethod
     def train(
@@ -332,7 +332,8 @@ class QualityPredictor:
         feats, signature = features_and_signature(text)
         k = len(self.models)
         sums = self._weights[feats].sum(axis=0, dtype=np.float64)
-        z = sums[:k] + self._prior_logits.get(signature, self._overall_logit)
+        log_p, log_not_p = self._prior_odds.get(signature, self._overall_odds)
+        z = sums[:k] + log_p - log_not_p
         quality = 1.0 / (1.0 + np.exp(-z))
         log_chars = sums[k:] + self._length_margin
         tokens = np.ceil(np.exp(np.minimum(log_chars, 14.0)) / CHARS_PER_TOKEN)
