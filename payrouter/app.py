@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-import httpx
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -44,6 +43,7 @@ from payrouter.settlement_backend import SettlementBackend, open_settlement_back
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
 from payrouter.upstream.health import HealthTracker
+from payrouter.upstream.openai import new_session
 from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS
@@ -131,10 +131,8 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         async with AsyncExitStack() as stack:
-            http = httpx.AsyncClient(
-                timeout=60.0, limits=httpx.Limits(max_connections=256, max_keepalive_connections=64)
-            )
-            stack.push_async_callback(http.aclose)
+            http = new_session(max_connections=256)
+            stack.push_async_callback(http.close)
             store: Store = RedisStore(settings.redis_url, settings.namespace) if settings.redis_url else MemoryStore()
             stack.push_async_callback(store.close)
             await store.ping()

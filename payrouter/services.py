@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import httpx
+import aiohttp
 
 from payrouter.chain import ChainClient
 from payrouter.facilitator import Facilitator
@@ -35,7 +35,7 @@ class Services:
     facilitator: Facilitator
     upstreams: UpstreamPool
     health: HealthTracker
-    http: httpx.AsyncClient
+    http: aiohttp.ClientSession
     chain: ChainClient | None
     public_url: str | None
     max_body_bytes: int

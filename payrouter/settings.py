@@ -13,7 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import httpx
+import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from payrouter.store.redis import cluster_seeds, is_cluster_url
@@ -54,9 +54,10 @@ class ProviderSettings(BaseModel):
     connect_timeout: float = Field(default=5.0, gt=0)
     first_byte_timeout: float = Field(default=30.0, gt=0)
 
-    def timeouts(self) -> httpx.Timeout:
-        """connect, first byte (and gaps between streamed bytes), whole-call limits for httpx."""
-        return httpx.Timeout(self.timeout, connect=self.connect_timeout, read=self.first_byte_timeout)
+    def timeouts(self) -> aiohttp.ClientTimeout:
+        """connect and first-byte (and gaps between streamed bytes) limits of the provider client
+        (the whole call's, ``timeout``, is the adapter's ``total``)."""
+        return aiohttp.ClientTimeout(total=None, connect=self.connect_timeout, sock_read=self.first_byte_timeout)
 
 
 class ServerSettings(BaseModel):

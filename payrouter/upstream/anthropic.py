@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
+import aiohttp
 
 from payrouter.upstream.openai import Completion, UpstreamError, UpstreamStream, _JsonApi
 
@@ -161,7 +161,7 @@ class AnthropicMessages(_JsonApi):
     Args:
         base_url: e.g. ``https://api.anthropic.com``.
         api_key: the key (never logged or shown).
-        client: shared httpx client from the app's lifespan.
+        client: the shared session (`payrouter.upstream.openai.new_session`) from the app's lifespan.
         timeout: connect / read (first byte) limits; total: seconds for a whole non-streaming call.
     """
 
@@ -169,8 +169,8 @@ class AnthropicMessages(_JsonApi):
         self,
         base_url: str,
         api_key: str | None,
-        client: httpx.AsyncClient,
-        timeout: float | httpx.Timeout = 60.0,
+        client: aiohttp.ClientSession,
+        timeout: float | aiohttp.ClientTimeout = 60.0,
         total: float | None = None,
     ) -> None:
         headers = {"anthropic-version": API_VERSION}
@@ -184,11 +184,11 @@ class AnthropicMessages(_JsonApi):
         Raises:
             UpstreamError: transport failure, non-2xx status, or a malformed answer.
         """
-        reply = await self._post(to_anthropic(request, upstream_model, max_tokens))
+        status, content = await self._post(to_anthropic(request, upstream_model, max_tokens))
         try:
-            completion = to_openai_completion(reply.json(), upstream_model)
+            completion = to_openai_completion(json.loads(content), upstream_model)
         except (ValueError, KeyError, TypeError, AttributeError):
-            raise UpstreamError("upstream answered with a malformed message", status=reply.status_code) from None
+            raise UpstreamError("upstream answered with a malformed message", status=status) from None
         usage = completion["usage"]
         return Completion(completion, usage["prompt_tokens"], usage["completion_tokens"])
 
@@ -199,7 +199,7 @@ class AnthropicMessages(_JsonApi):
             UpstreamError: as for `OpenAICompatible.stream`.
         """
         body = {**to_anthropic(request, upstream_model, max_tokens), "stream": True}
-        return await self._open_stream(body, lambda response: _openai_lines(response.aiter_lines(), upstream_model))
+        return await self._open_stream(body, lambda lines: _openai_lines(lines, upstream_model))
 
 
 async def _openai_lines(lines: AsyncIterator[str], model: str) -> AsyncIterator[str]:
