@@ -10,16 +10,26 @@ import asyncio
 import json
 import ssl
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import certifi
 from pydantic_core import to_json
 
-__all__ = ["Completion", "OpenAICompatible", "UpstreamError", "UpstreamStream", "client_timeout", "new_session"]
+__all__ = [
+    "Completion",
+    "OpenAICompatible",
+    "UpstreamError",
+    "UpstreamStream",
+    "client_timeout",
+    "env_proxy",
+    "new_session",
+]
 
 # an SSE line longer than this (a tool call's arguments sent in one event) is a broken stream
 MAX_LINE_BYTES = 1 << 20
@@ -46,13 +56,23 @@ class UpstreamError(Exception):
 
 def new_session(max_connections: int = 256) -> aiohttp.ClientSession:
     """The connection pool every provider adapter shares; create it in the running event loop
-    and close it when the service stops. Proxies come from the environment (``HTTPS_PROXY``) and
-    certificates from certifi, as httpx did."""
+    and close it when the service stops. Certificates come from certifi, as httpx's did."""
     connector = aiohttp.TCPConnector(
         limit=max_connections, ssl=ssl.create_default_context(cafile=certifi.where()), keepalive_timeout=30
     )
     # readline's limit is twice read_bufsize
-    return aiohttp.ClientSession(connector=connector, trust_env=True, read_bufsize=MAX_LINE_BYTES // 2)
+    return aiohttp.ClientSession(connector=connector, read_bufsize=MAX_LINE_BYTES // 2)
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY``, minus
+    ``NO_PROXY``), read once per adapter: aiohttp's ``trust_env`` reads it on every request, at
+    ~0.45 ms each."""
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return proxy
 
 
 def client_timeout(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
@@ -176,6 +196,7 @@ class _JsonApi:
     ) -> None:
         self._url = url
         self._headers = {**headers, "Content-Type": "application/json"}
+        self._proxy = env_proxy(url)
         self._client = client
         self._timeout = timeout if isinstance(timeout, aiohttp.ClientTimeout) else client_timeout(timeout, timeout)
         # the read timeout bounds each wait for bytes; a whole non-streaming call is bounded too,
@@ -190,7 +211,7 @@ class _JsonApi:
         try:
             async with asyncio.timeout(self._total):
                 async with self._client.post(
-                    self._url, data=to_json(body), headers=self._headers, timeout=self._timeout
+                    self._url, data=to_json(body), headers=self._headers, timeout=self._timeout, proxy=self._proxy
                 ) as reply:
                     content = await reply.read()
         except TimeoutError:  # aiohttp's own time-outs are TimeoutErrors too
@@ -208,7 +229,7 @@ class _JsonApi:
         (applied to the body's text lines)."""
         try:
             response = await self._client.post(
-                self._url, data=to_json(body), headers=self._headers, timeout=self._timeout
+                self._url, data=to_json(body), headers=self._headers, timeout=self._timeout, proxy=self._proxy
             )
         except TimeoutError:
             raise UpstreamError("upstream timed out") from None
