@@ -23,7 +23,8 @@ import httpx
 
 from bench.hygiene import exit_on_sigterm
 from bench.paid_path import _free_port, _serve_upstream, _wait
-from payrouter.upstream.openai import OpenAICompatible, new_session
+from payrouter.http_client import new_session
+from payrouter.upstream.openai import OpenAICompatible
 
 REQUEST: dict[str, Any] = {"messages": [{"role": "user", "content": "benchmark me"}]}
 BODY = {**REQUEST, "model": "gpt-4o-mini", "max_tokens": 64, "stream": False}

@@ -19,6 +19,7 @@ from payrouter.channels.contract import BatchSettlementContract
 from payrouter.facilitator.sender import GasSender
 from payrouter.feedback import FeedbackRecorder
 from payrouter.feedback.served import FEEDBACK_STATE
+from payrouter.http_client import new_session
 from payrouter.journal import DeferredWrites, Journal
 from payrouter.journal.open import open_journal
 from payrouter.messages import AnthropicErrorShape
@@ -43,7 +44,6 @@ from payrouter.settlement_backend import SettlementBackend, open_settlement_back
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
 from payrouter.upstream.health import HealthTracker
-from payrouter.upstream.openai import new_session
 from payrouter.upstream.pool import UpstreamPool
 from payrouter.x402.gate import PaymentGate
 from payrouter.x402.responses import EXPOSED_HEADERS

@@ -1,22 +1,25 @@
 """An async JSON-RPC client for the few EVM calls the paid path makes.
 
-Raw JSON-RPC over one keep-alive httpx client: web3's default provider makes three HTTP
-requests per ``eth_call`` (~4.5 ms against anvil); this makes one (~0.7 ms). Calls that
-verification needs together go out as one JSON-RPC batch.
+Raw JSON-RPC over keep-alive aiohttp connections (`payrouter.http_client`): web3's default
+provider makes three HTTP requests per ``eth_call`` (~4.5 ms against anvil); this makes one.
+Calls that verification needs together go out as one JSON-RPC batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 from eth_abi.abi import decode as abi_decode
 from eth_utils.crypto import keccak
+from pydantic_core import to_json
 
+from payrouter.http_client import env_proxy, new_session
 from wallets import TransferWithAuthorization
 
 __all__ = [
@@ -105,6 +108,9 @@ class RevertError(ChainError):
         self.reason = reason
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """The parts of a transaction receipt settlement needs."""
@@ -136,31 +142,54 @@ class ChainClient:
     Args:
         rpc_url: the node's HTTP endpoint.
         timeout: seconds per request.
+        session: an aiohttp session to use (its owner closes it); by default the client opens
+            its own in the event loop of its first call (a new one if later called from another
+            loop) and `close` closes it.
     """
 
-    def __init__(self, rpc_url: str, timeout: float = 10.0, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(self, rpc_url: str, timeout: float = 10.0, session: aiohttp.ClientSession | None = None) -> None:
         self.rpc_url = rpc_url
-        self._client = client or httpx.AsyncClient(
-            timeout=timeout, limits=httpx.Limits(max_keepalive_connections=32, max_connections=64)
-        )
+        # connect covers the wait for a pooled connection too: either way nothing was sent
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout)
+        self._proxy = env_proxy(rpc_url)
+        self._given = session
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
 
+    def __repr__(self) -> str:
+        return f"ChainClient({self.rpc_url!r})"
+
     async def close(self) -> None:
-        """Close the HTTP connections."""
-        await self._client.aclose()
+        """Close the HTTP connections this client opened."""
+        session, self._session = self._session, None
+        if session is not None and not session.closed:
+            await session.close()
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        if self._session is None or self._loop is not loop or self._session.closed:
+            self._session, self._loop = new_session(max_connections=64), loop
+        return self._session
 
     async def _post(self, body: Any) -> Any:
         try:
-            reply = await self._client.post(self.rpc_url, json=body)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            async with self._client().post(
+                self.rpc_url, data=to_json(body), headers=_JSON, timeout=self._timeout, proxy=self._proxy
+            ) as reply:
+                status, content = reply.status, await reply.read()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
             # never reached the node: nothing it was asked can have happened
             raise ChainError(f"RPC unreachable: {exc.__class__.__name__}: {exc}") from exc
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise ReplyLost(f"RPC request failed: {exc.__class__.__name__}: {exc}") from exc
+        if status >= 400:
+            raise ReplyLost(f"RPC answered badly: HTTP {status}")
         try:
-            reply.raise_for_status()
-            return reply.json()
-        except (httpx.HTTPError, ValueError) as exc:
+            return json.loads(content)
+        except ValueError as exc:
             raise ReplyLost(f"RPC answered badly: {exc.__class__.__name__}: {exc}") from exc
 
     async def call(self, method: str, params: list[Any]) -> Any:

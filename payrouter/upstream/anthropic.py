@@ -161,7 +161,7 @@ class AnthropicMessages(_JsonApi):
     Args:
         base_url: e.g. ``https://api.anthropic.com``.
         api_key: the key (never logged or shown).
-        client: the shared session (`payrouter.upstream.openai.new_session`) from the app's lifespan.
+        client: the shared session (`payrouter.http_client.new_session`) from the app's lifespan.
         timeout: connect / read (first byte) limits; total: seconds for a whole non-streaming call.
     """
 

@@ -1,38 +1,22 @@
-"""An OpenAI-compatible chat-completions adapter over aiohttp.
-
-aiohttp rather than httpx: the provider call is on every paid request, and aiohttp's client
-spends ~0.25 ms of CPU on a call where httpx spends ~0.8-0.95 ms (`bench/upstream_client.py`).
-"""
+"""An OpenAI-compatible chat-completions adapter over aiohttp (`payrouter.http_client`)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import ssl
 import time
-import urllib.request
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
-import certifi
 from pydantic_core import to_json
 
-__all__ = [
-    "Completion",
-    "OpenAICompatible",
-    "UpstreamError",
-    "UpstreamStream",
-    "client_timeout",
-    "env_proxy",
-    "new_session",
-]
+from payrouter.http_client import MAX_LINE_BYTES, env_proxy
 
-# an SSE line longer than this (a tool call's arguments sent in one event) is a broken stream
-MAX_LINE_BYTES = 1 << 20
+__all__ = ["Completion", "OpenAICompatible", "UpstreamError", "UpstreamStream", "client_timeout"]
+
 
 _RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -52,27 +36,6 @@ class UpstreamError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
-
-
-def new_session(max_connections: int = 256) -> aiohttp.ClientSession:
-    """The connection pool every provider adapter shares; create it in the running event loop
-    and close it when the service stops. Certificates come from certifi, as httpx's did."""
-    connector = aiohttp.TCPConnector(
-        limit=max_connections, ssl=ssl.create_default_context(cafile=certifi.where()), keepalive_timeout=30
-    )
-    # readline's limit is twice read_bufsize
-    return aiohttp.ClientSession(connector=connector, read_bufsize=MAX_LINE_BYTES // 2)
-
-
-def env_proxy(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY``, minus
-    ``NO_PROXY``), read once per adapter: aiohttp's ``trust_env`` reads it on every request, at
-    ~0.45 ms each."""
-    parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
-        return None
-    return proxy
 
 
 def client_timeout(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
@@ -267,7 +230,7 @@ class OpenAICompatible(_JsonApi):
     Args:
         base_url: e.g. ``https://api.openai.com/v1``.
         api_key: bearer token, or None for keyless local servers. Never logged or shown.
-        client: the shared session (connection pool, `new_session`) from the app's lifespan.
+        client: the shared session (connection pool, `payrouter.http_client.new_session`) from the app's lifespan.
         timeout: connect / read (first byte) limits; total: seconds for a whole non-streaming call.
     """
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from payrouter.chain import ChainClient, ChainError
 from payrouter.journal import MemoryJournal, PaymentRecord, State
 from payrouter.ledger import Transfer, compare, fetch_records, parse_time, summarize, transfers_to, usd
+from payrouter.sandbox.serving import serve_in_thread
 from tests.journal.records import sample_record
 
 from .seed import BASE_MS
@@ -102,29 +106,35 @@ async def test_transfers_to_halves_a_range_the_node_refuses() -> None:
         "data": "0x" + f"{1234:064x}",
     }
 
-    def node(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+    async def node(request: Request) -> JSONResponse:
+        body = json.loads(await request.body())
         start, end = (int(body["params"][0][k], 16) for k in ("fromBlock", "toBlock"))
         asked.append((start, end))
         if end - start + 1 > 3:
-            return httpx.Response(
-                200, json={"jsonrpc": "2.0", "id": body["id"], "error": {"message": "range too large"}}
-            )
+            return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "error": {"message": "range too large"}})
         logs = [log, {**log, "removed": True}] if start <= 7 <= end else []
-        return httpx.Response(200, json={"jsonrpc": "2.0", "id": body["id"], "result": logs})
+        return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "result": logs})
 
-    chain = ChainClient("http://node", client=httpx.AsyncClient(transport=httpx.MockTransport(node)))
-    got = await transfers_to(chain, "0x" + "33" * 20, "0x" + "22" * 20, 0, 9, chunk=10)
-    assert got == [Transfer("0x" + "ab" * 32, 3, 7, B, 1234)]
-    assert asked == [(0, 9), (0, 4), (0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+    async def down(request: Request) -> JSONResponse:
+        body = json.loads(await request.body())
+        return JSONResponse({"jsonrpc": "2.0", "id": body["id"], "error": {"message": "no"}})
 
-    def down(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
-        return httpx.Response(200, json={"jsonrpc": "2.0", "id": body["id"], "error": {"message": "no"}})
-
-    broken = ChainClient("http://node", client=httpx.AsyncClient(transport=httpx.MockTransport(down)))
-    with pytest.raises(ChainError):
-        await transfers_to(broken, "0x" + "33" * 20, "0x" + "22" * 20, 0, 3, chunk=4)
+    # a node over real HTTP that refuses ranges over 3 blocks, and one that refuses everything
+    app = Starlette(routes=[Route("/", node, methods=["POST"]), Route("/down", down, methods=["POST"])])
+    with serve_in_thread(app) as url:
+        chain = ChainClient(url + "/")
+        try:
+            got = await transfers_to(chain, "0x" + "33" * 20, "0x" + "22" * 20, 0, 9, chunk=10)
+            assert got == [Transfer("0x" + "ab" * 32, 3, 7, B, 1234)]
+            assert asked == [(0, 9), (0, 4), (0, 1), (2, 3), (4, 5), (6, 7), (8, 9)]
+        finally:
+            await chain.close()
+        broken = ChainClient(url + "/down")
+        try:
+            with pytest.raises(ChainError):
+                await transfers_to(broken, "0x" + "33" * 20, "0x" + "22" * 20, 0, 3, chunk=4)
+        finally:
+            await broken.close()
 
 
 def test_channel_money_movements_are_not_calls() -> None:

@@ -13,9 +13,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from payrouter.http_client import env_proxy, new_session
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.sandbox.upstream import TestUpstream
-from payrouter.upstream.openai import OpenAICompatible, env_proxy, new_session
+from payrouter.upstream.openai import OpenAICompatible
 
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "ALL_PROXY")
 
