@@ -113,7 +113,17 @@ def main() -> None:
             spawn.Process(target=_serve_upstream, args=(up_port,), daemon=True),
             spawn.Process(
                 target=_serve_payrouter,
-                args=(router_port, table.model_dump_json(), chain.rpc_url, gas, upstream_url, namespace),
+                args=(
+                    router_port,
+                    table.model_dump_json(),
+                    chain.rpc_url,
+                    gas,
+                    LocalSigner.generate().unsafe_export_private_key(),  # channel authorizer
+                    upstream_url,
+                    namespace,
+                    None,  # profile
+                    None,  # timing
+                ),
                 daemon=True,
             ),
         ]
