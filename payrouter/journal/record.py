@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 __all__ = [
@@ -122,7 +122,8 @@ class PaymentRecord:
     def to_fields(self) -> dict[str, str]:
         """The record as the store keeps it (every value a string)."""
         out: dict[str, str] = {}
-        for name, value in asdict(self).items():
+        for name in _FIELD_NAMES:  # every field is a str, int or bool: no asdict deep copy needed
+            value = getattr(self, name)
             out[name] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return out
 
@@ -150,6 +151,9 @@ class PaymentRecord:
         """The decoded payment header."""
         obj: dict[str, Any] = json.loads(self.payment)
         return obj
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(PaymentRecord))
 
 
 @dataclass(frozen=True, slots=True)

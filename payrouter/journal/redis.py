@@ -30,7 +30,7 @@ if st then
 else
   redis.call('zadd', KEYS[3], ARGV[9], ARGV[8])
 end
-for i = 10, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('hset', KEYS[1], unpack(ARGV, 10))
 redis.call('hset', KEYS[1], 'state', 'claimed', 'attempts', attempts, 'created_at', created)
 redis.call('zadd', KEYS[2], ARGV[1], ARGV[8])
 local held = 0
@@ -70,7 +70,7 @@ if st then
 else
   redis.call('zadd', KEYS[4], ARGV[7], ARGV[5])
 end
-for i = 12, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('hset', KEYS[1], unpack(ARGV, 12))
 if string.find(' claimed serving settling pending owed ', ' ' .. new .. ' ', 1, true) then
   redis.call('zadd', KEYS[3], ARGV[6], ARGV[5])
 else
