@@ -12,6 +12,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -136,23 +137,32 @@ def _revert_from_error(error: dict[str, Any]) -> RevertError:
     return RevertError(message.removeprefix("execution reverted: "))
 
 
+async def _headers_going_out(_session: Any, context: SimpleNamespace, _params: Any) -> None:
+    context.trace_request_ctx["sent"] = True
+
+
+# marks the moment a request's bytes may start to reach the node: before it, a failure is
+# "never reached" whatever aiohttp calls it (a connect time-out, a wait for a pooled connection)
+_SENT = aiohttp.TraceConfig()
+_SENT.on_request_headers_sent.append(_headers_going_out)
+
+
 class ChainClient:
     """JSON-RPC to one EVM node.
+
+    One client serves one event loop at a time: it opens its connection pool in the loop of its
+    first call, and a new one if later called from another loop (the earlier loop's connections
+    are left to that loop). `close` closes the current pool.
 
     Args:
         rpc_url: the node's HTTP endpoint.
         timeout: seconds per request.
-        session: an aiohttp session to use (its owner closes it); by default the client opens
-            its own in the event loop of its first call (a new one if later called from another
-            loop) and `close` closes it.
     """
 
-    def __init__(self, rpc_url: str, timeout: float = 10.0, session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, rpc_url: str, timeout: float = 10.0) -> None:
         self.rpc_url = rpc_url
-        # connect covers the wait for a pooled connection too: either way nothing was sent
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._proxy = env_proxy(rpc_url)
-        self._given = session
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ids = itertools.count(1)
@@ -167,25 +177,30 @@ class ChainClient:
             await session.close()
 
     def _client(self) -> aiohttp.ClientSession:
-        if self._given is not None:
-            return self._given
         loop = asyncio.get_running_loop()
         if self._session is None or self._loop is not loop or self._session.closed:
-            self._session, self._loop = new_session(max_connections=64), loop
+            self._session, self._loop = new_session(max_connections=64, trace_configs=[_SENT]), loop
         return self._session
 
     async def _post(self, body: Any) -> Any:
+        progress = {"sent": False}
         try:
             async with self._client().post(
-                self.rpc_url, data=to_json(body), headers=_JSON, timeout=self._timeout, proxy=self._proxy
+                self.rpc_url,
+                data=to_json(body),
+                headers=_JSON,
+                timeout=self._timeout,
+                proxy=self._proxy,
+                allow_redirects=False,
+                trace_request_ctx=progress,
             ) as reply:
                 status, content = reply.status, await reply.read()
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            # never reached the node: nothing it was asked can have happened
-            raise ChainError(f"RPC unreachable: {exc.__class__.__name__}: {exc}") from exc
         except (aiohttp.ClientError, TimeoutError) as exc:
+            if not progress["sent"]:
+                # never reached the node: nothing it was asked can have happened
+                raise ChainError(f"RPC unreachable: {exc.__class__.__name__}: {exc}") from exc
             raise ReplyLost(f"RPC request failed: {exc.__class__.__name__}: {exc}") from exc
-        if status >= 400:
+        if status >= 300:
             raise ReplyLost(f"RPC answered badly: HTTP {status}")
         try:
             return json.loads(content)

@@ -19,22 +19,33 @@ __all__ = ["MAX_LINE_BYTES", "env_proxy", "new_session"]
 MAX_LINE_BYTES = 1 << 20
 
 
-def new_session(max_connections: int = 256) -> aiohttp.ClientSession:
+def new_session(
+    max_connections: int = 256, trace_configs: list[aiohttp.TraceConfig] | None = None
+) -> aiohttp.ClientSession:
     """A connection pool; create it in the running event loop and close it when done.
-    Certificates come from certifi (as httpx's do); proxies are per request (`env_proxy`)."""
+
+    Certificates come from certifi (as httpx's do); proxies are per request (`env_proxy`).
+    Callers must pass ``allow_redirects=False``: a redirected POST would carry the prompt (and a
+    provider key aiohttp does not know to strip) to another host.
+    """
     connector = aiohttp.TCPConnector(
-        limit=max_connections, ssl=ssl.create_default_context(cafile=certifi.where()), keepalive_timeout=30
+        limit=max_connections,
+        ssl=ssl.create_default_context(cafile=certifi.where()),
+        # under the usual 5 s server idle timeout (uvicorn's, httpx's own): the client closes an
+        # idle connection first, so a reused one is not one the server is closing at that moment
+        keepalive_timeout=4,
     )
     # readline's limit is twice read_bufsize
-    return aiohttp.ClientSession(connector=connector, read_bufsize=MAX_LINE_BYTES // 2)
+    return aiohttp.ClientSession(connector=connector, read_bufsize=MAX_LINE_BYTES // 2, trace_configs=trace_configs)
 
 
 def env_proxy(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY``, minus
-    ``NO_PROXY``). Read it once per client: aiohttp's ``trust_env`` reads it on every request,
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` / ``HTTP_PROXY``, else
+    ``ALL_PROXY``; none for hosts ``NO_PROXY`` names). Read it once per client: aiohttp's ``trust_env`` reads it on every request,
     at ~0.45 ms each."""
     parts = urlsplit(url)
-    proxy = urllib.request.getproxies().get(parts.scheme)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
     if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return proxy

@@ -243,8 +243,8 @@ class RoutingEngine:
             for i, label in enumerate(labels):
                 left = [(m, v) for m, v in judged if v[i]]
                 if not left:
-                    if len(pool) == 1:
-                        raise RoutingError(f"model {pool[0].id!r} does not satisfy the constraint: {label}")
+                    if len(judged) == 1:  # the one model the earlier constraints left
+                        raise RoutingError(f"model {judged[0][0].id!r} does not satisfy the constraint: {label}")
                     raise RoutingError(f"no model satisfies the constraint: {label}")
                 judged = left
         pool = kept

@@ -174,14 +174,19 @@ class _JsonApi:
         try:
             async with asyncio.timeout(self._total):
                 async with self._client.post(
-                    self._url, data=to_json(body), headers=self._headers, timeout=self._timeout, proxy=self._proxy
+                    self._url,
+                    data=to_json(body),
+                    headers=self._headers,
+                    timeout=self._timeout,
+                    proxy=self._proxy,
+                    allow_redirects=False,
                 ) as reply:
                     content = await reply.read()
         except TimeoutError:  # aiohttp's own time-outs are TimeoutErrors too
             raise UpstreamError("upstream timed out") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
-        if reply.status >= 400:
+        if reply.status >= 300:  # a redirect is not followed: it is an answer we cannot use
             raise _status_error(reply.status, reply.headers, content)
         return reply.status, content
 
@@ -192,13 +197,18 @@ class _JsonApi:
         (applied to the body's text lines)."""
         try:
             response = await self._client.post(
-                self._url, data=to_json(body), headers=self._headers, timeout=self._timeout, proxy=self._proxy
+                self._url,
+                data=to_json(body),
+                headers=self._headers,
+                timeout=self._timeout,
+                proxy=self._proxy,
+                allow_redirects=False,
             )
         except TimeoutError:
             raise UpstreamError("upstream timed out") from None
         except aiohttp.ClientError as exc:
             raise UpstreamError(f"upstream unreachable: {exc.__class__.__name__}") from None
-        if response.status >= 400:
+        if response.status >= 300:
             try:
                 error_body = await response.read()
             except (aiohttp.ClientError, TimeoutError):
@@ -207,21 +217,25 @@ class _JsonApi:
                 response.release()
             raise _status_error(response.status, response.headers, error_body)
         chunk_lines = lines(_text_lines(response))
+        first: dict[str, Any] | None = None
         try:
             async for line in chunk_lines:
                 chunk = _sse_chunk(line)
                 if chunk is _DONE:
                     break
                 if chunk is not None:
-                    return UpstreamStream(response, chunk_lines, chunk)
+                    first = chunk
+                    break
         except (aiohttp.ClientError, TimeoutError) as exc:
             response.close()
             raise UpstreamError(f"upstream stream broke before its first chunk: {exc.__class__.__name__}") from None
-        except UpstreamError:
+        except BaseException:  # UpstreamError, and a cancellation: the connection is not reused
             response.close()
             raise
-        response.close()
-        raise UpstreamError("upstream stream ended without any chunk")
+        if first is None:
+            response.close()
+            raise UpstreamError("upstream stream ended without any chunk")
+        return UpstreamStream(response, chunk_lines, first)
 
 
 class OpenAICompatible(_JsonApi):

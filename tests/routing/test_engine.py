@@ -131,6 +131,9 @@ def test_only_ignore_privacy_capabilities() -> None:
     assert "local" not in [c.model for c in d.candidates]  # local has no tools capability
     with pytest.raises(RoutingError, match=r"capabilities \['tools'\]"):
         decide(t, req(model="local", tools=tools))
+    # the one model the earlier constraints leave is named in the refusal
+    with pytest.raises(RoutingError, match=r"^model 'local' does not satisfy the constraint: capabilities \['tools'\]"):
+        decide(t, req(model="auto:cost", tools=tools), RouteConstraints(only=frozenset({"local"})))
     image = {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
     vision = ChatRequest.model_validate({"model": "auto:cost", "messages": [image]})
     assert "local" not in [c.model for c in decide(t, vision).candidates]

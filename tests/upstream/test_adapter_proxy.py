@@ -36,6 +36,10 @@ def test_the_proxy_is_the_one_the_environment_names_for_the_scheme(monkeypatch: 
     assert env_proxy("http://api.example.com/v1") == "http://plain.internal:3128"
     monkeypatch.setenv("NO_PROXY", "example.com,localhost")
     assert env_proxy(url) is None
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("ALL_PROXY", "http://any.internal:3128")  # the fallback for every scheme
+    assert env_proxy(url) == "http://any.internal:3128"
 
 
 class _ForwardingProxy:
