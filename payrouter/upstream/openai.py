@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -18,6 +19,7 @@ from payrouter.http_client import MAX_LINE_BYTES, env_proxy
 __all__ = ["Completion", "OpenAICompatible", "UpstreamError", "UpstreamStream", "client_timeout"]
 
 
+_DRAIN_S = 0.05  # how long the end of a finished stream's body is waited for
 _RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
@@ -101,6 +103,7 @@ class UpstreamStream:
             async for line in self._lines:
                 chunk = _sse_chunk(line)
                 if chunk is _DONE:
+                    await self._drain()
                     return
                 if chunk is not None:
                     if chunk.get("usage"):
@@ -111,6 +114,14 @@ class UpstreamStream:
         finally:
             # an unfinished body closes the connection instead of returning it to the pool
             self._response.release()
+
+    async def _drain(self) -> None:
+        # what follows [DONE] is normally just the body's end: reading it lets the connection go
+        # back to the pool (a new TLS connection per stream would cost a provider round trip or
+        # more of time to first token); a provider that keeps talking gets its connection closed
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+            async with asyncio.timeout(_DRAIN_S):
+                await self._response.content.read()
 
     async def aclose(self) -> None:
         """Stop reading and release the connection."""

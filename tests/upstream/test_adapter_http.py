@@ -1,18 +1,19 @@
 """The outgoing HTTP calls (provider adapters, the chain's JSON-RPC) over real local servers: a
-redirect is never followed, and a request that never left is "never reached"."""
+redirect is never followed, a request that never left is "never reached", and a finished stream
+gives its connection back."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from payrouter.chain import ChainClient, ChainError, ReplyLost
@@ -131,3 +132,36 @@ def test_a_connect_that_never_completes_is_never_reached() -> None:
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+def test_finished_streams_give_their_connection_back_for_the_next_call() -> None:
+    ports: list[int] = []
+
+    async def provider(request: Request) -> Response:
+        ports.append(request.client.port if request.client else -1)
+
+        async def events() -> AsyncIterator[bytes]:
+            for word in ("hello", " world"):
+                yield b'data: {"choices": [{"index": 0, "delta": {"content": "' + word.encode() + b'"}}]}\n\n'
+            yield b'data: {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}\n\n'
+            yield b"data: [DONE]\n\n"
+            await asyncio.sleep(0.01)  # the body's end comes a moment after [DONE], in its own packet
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    app = Starlette(routes=[Route("/v1/chat/completions", provider, methods=["POST"])])
+    with serve_in_thread(app) as url:
+
+        async def run() -> None:
+            session = new_session()
+            try:
+                adapter = OpenAICompatible(url + "/v1", None, session)
+                for _ in range(3):
+                    stream = await adapter.stream(REQUEST, "m", 16)
+                    text = "".join([c["choices"][0]["delta"]["content"] async for c in stream.chunks() if c["choices"]])
+                    assert text == "hello world" and stream.usage == {"prompt_tokens": 3, "completion_tokens": 2}
+            finally:
+                await session.close()
+
+        asyncio.run(run())
+    assert len(ports) == 3 and len(set(ports)) == 1, ports  # one connection, reused
