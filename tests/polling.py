@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import httpx
+
 T = TypeVar("T")
 
 
@@ -46,3 +48,19 @@ async def async_wait_until(
         if loop.time() >= deadline:
             raise _timed_out(timeout, what, value)
         await asyncio.sleep(interval)
+
+
+def healthz_until_every_worker(url: str, workers: int = 2, at_least: int = 0, limit: int = 400) -> int:
+    """``GET /healthz`` on new connections until each of ``workers`` processes has answered (and
+    ``at_least`` requests went out); returns how many were sent.
+
+    Raises:
+        AssertionError: ``limit`` requests were not enough.
+    """
+    pids: set[int] = set()
+    sent = 0
+    while len(pids) < workers or sent < at_least:
+        assert sent < limit, f"only worker(s) {sorted(pids)} answered {sent} requests"
+        pids.add(httpx.get(f"{url}/healthz", timeout=10).json()["worker"])
+        sent += 1
+    return sent

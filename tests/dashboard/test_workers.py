@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import httpx
 
+from tests.polling import healthz_until_every_worker
+
 from .conftest import Served
 
 
@@ -16,13 +18,7 @@ def _healthz_count(server: Served) -> int:
 
 def test_every_worker_is_counted(plain: Served) -> None:
     before = _healthz_count(plain)
-    pids: set[int] = set()
-    sent = 0
-    # a new connection per request, until both workers have answered some
-    while len(pids) < 2 or sent < 20:
-        assert sent < 400, f"only worker(s) {pids} answered"
-        pids.add(httpx.get(f"{plain.url}/healthz", timeout=10).json()["worker"])
-        sent += 1
+    sent = healthz_until_every_worker(plain.url, at_least=20)  # a new connection per request
     # whichever worker answers the dashboard's data reports what both of them served
     for _ in range(4):
         assert _healthz_count(plain) - before == sent

@@ -5,10 +5,10 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
+from tests.polling import healthz_until_every_worker
 
 from .conftest import CLI, free_port, server_env, stop, wait_healthy, write_config
 from .scrape import scrape, value
@@ -38,13 +38,7 @@ def two_workers(mbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
 def test_scrape_adds_up_every_worker(two_workers: str) -> None:
     before = scrape(two_workers)
-    pids: set[int] = set()
-    sent = 0
-    # a new connection per request, until both workers have answered some
-    while len(pids) < 2 or sent < 20:
-        assert sent < 400, f"only worker(s) {pids} answered"
-        pids.add(httpx.get(f"{two_workers}/healthz", timeout=10).json()["worker"])
-        sent += 1
+    sent = healthz_until_every_worker(two_workers, at_least=20)  # a new connection per request
     # whichever worker answers the scrape reports every request either of them served
     for _ in range(4):
         after = scrape(two_workers)

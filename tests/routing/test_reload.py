@@ -29,7 +29,7 @@ from payrouter.reload import LiveRouting, LiveServices
 from payrouter.routing.features import format_signature, prompt_features
 from payrouter.routing.predictor import QualityPredictor, load_rows
 from payrouter.sandbox.serving import serve_in_thread
-from tests.polling import wait_until
+from tests.polling import healthz_until_every_worker, wait_until
 from tests.price_toml import price_table_toml
 from tests.redis_keys import REDIS_URL, delete_namespace, run_token
 
@@ -203,13 +203,7 @@ def test_every_worker_reloads(tmp_path: Path) -> None:
     _write(table, _table("cheap"))
     try:
         with _facilitator(BASE["network"]) as fac, _serve(tmp_path, fac, 0.2, workers=2, redis=redis) as (url, _p, log):
-            pids: set[int] = set()
-
-            def both_workers() -> bool:
-                pids.add(httpx.get(f"{url}/healthz", timeout=5).json()["worker"])
-                return len(pids) == 2
-
-            wait_until(both_workers, "both workers answer", timeout=15, interval=0.05)
+            healthz_until_every_worker(url)
             _write(table, _table("premium"))
             # fresh connections land on either worker: twenty new routes in a row means both reloaded
             streak = [0]
@@ -234,13 +228,7 @@ def test_sighup_to_the_supervisor_reloads_every_worker(tmp_path: Path) -> None:
             _facilitator(BASE["network"]) as fac,
             _serve(tmp_path, fac, 0, workers=2, redis=redis) as (url, proc, log),
         ):
-            pids: set[int] = set()
-
-            def both_workers() -> bool:
-                pids.add(httpx.get(f"{url}/healthz", timeout=5).json()["worker"])
-                return len(pids) == 2
-
-            wait_until(both_workers, "both workers answer", timeout=15, interval=0.05)
+            healthz_until_every_worker(url)
             _write(table, _table("premium"))
             time.sleep(0.5)
             assert _routed(url) == "cheap"  # no polling: nothing changes without the signal
