@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from payrouter.sandbox.dev import Sandbox
+from payrouter.settings import ProviderSettings, Settings
 from pricing import PriceTable
 from tests.redis_keys import delete_namespace, run_token
 from tests.sandbox_thread import sandbox_in_thread
@@ -19,6 +21,26 @@ def authorizer_key(box: Sandbox) -> SecretStr:
     """The sandbox's channel authorizer key, for a router of its own on the sandbox's table."""
     assert box.authorizer is not None
     return SecretStr(box.authorizer.unsafe_export_private_key())
+
+
+def router_settings(box: Sandbox, table: PriceTable | None = None, **overrides: Any) -> Settings:
+    """Settings of a payrouter of its own beside the sandbox's: the same upstream, chain, Redis
+    namespace (so its payments are journaled where `payrouter ledger audit` looks) and channel
+    authorizer, a gas wallet of its own, no background reconciler; ``overrides`` on top."""
+    table = table or box.table
+    fields: dict[str, Any] = {
+        "price_table": table,
+        "providers": {
+            p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in table.models}
+        },
+        "redis_url": REDIS_URL,
+        "namespace": box.namespace,
+        "rpc_url": box.chain.rpc_url,
+        "gas_key": SecretStr(box.chain.new_account().unsafe_export_private_key()),
+        "channel_authorizer_key": authorizer_key(box),
+        "reconcile_interval": 0,
+    }
+    return Settings(**{**fields, **overrides})
 
 
 def exact_only(table: PriceTable) -> PriceTable:

@@ -10,17 +10,15 @@ import time
 import httpx
 from eth_account import Account
 from eth_account.messages import encode_defunct
-from pydantic import SecretStr
 
 from payrouter.app import create_app
 from payrouter.feedback import feedback_message, sign_feedback
 from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.serving import serve_in_thread
-from payrouter.settings import ProviderSettings, Settings
 from wallets import LocalSigner
 
 from ..polling import wait_until
-from .conftest import REDIS_URL, exact_only
+from .conftest import exact_only, router_settings
 from .payments import header, offer, payment
 
 
@@ -77,19 +75,7 @@ def test_only_the_payer_can_rate_its_completion(box: Sandbox, http: httpx.Client
 
 
 def test_feedback_off_keeps_no_records(box: Sandbox, http: httpx.Client) -> None:
-    settings = Settings(
-        price_table=exact_only(box.table),
-        providers={
-            p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
-        },
-        # the sandbox's store and journal: payments to its pay_to are all journaled (ledger audit)
-        redis_url=REDIS_URL,
-        namespace=box.namespace,
-        rpc_url=box.chain.rpc_url,
-        gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
-        reconcile_interval=0,
-        feedback_ttl=0,
-    )
+    settings = router_settings(box, exact_only(box.table), feedback_ttl=0)
     with serve_in_thread(create_app(settings)) as router:
         url = f"{router}/v1/chat/completions"
         body = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": secrets.token_hex(6)}]}

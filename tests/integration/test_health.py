@@ -18,24 +18,14 @@ from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ProviderSettings, Settings
 
 from ..polling import wait_until
-from .conftest import REDIS_URL, Observer, authorizer_key
+from .conftest import REDIS_URL, Observer, authorizer_key, router_settings
 from .payments import header, offer, payment
 
 
 @pytest.fixture
 def second_instance(box: Sandbox) -> Iterator[str]:
     """Another payrouter on the same Redis namespace as the sandbox's router."""
-    settings = Settings(
-        price_table=box.table,
-        providers={
-            p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
-        },
-        redis_url=REDIS_URL,
-        namespace=box.namespace,
-        rpc_url=box.chain.rpc_url,
-        gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
-        channel_authorizer_key=authorizer_key(box),
-    )
+    settings = router_settings(box)
     with serve_in_thread(create_app(settings)) as url:
         yield url
 

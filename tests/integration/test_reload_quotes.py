@@ -12,17 +12,15 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from payrouter.app import create_app
 from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.serving import serve_in_thread
-from payrouter.settings import ProviderSettings, Settings
 from pricing import load_price_table
 from tests.price_toml import price_table_toml
 
 from ..polling import wait_until
-from .conftest import REDIS_URL, Observer, authorizer_key
+from .conftest import Observer, router_settings
 from .payments import header, offer, payment
 
 
@@ -44,21 +42,7 @@ def _write(path: Path, text: str) -> None:
 def live_router(box: Sandbox, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     path = tmp_path / "prices.toml"
     _write(path, _table(box, "gpt-4o-mini"))
-    settings = Settings(
-        price_table=load_price_table(path),
-        price_table_path=path,
-        reload=0.1,
-        providers={
-            p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
-        },
-        # the sandbox's store and journal: payments to its pay_to are all journaled (ledger audit)
-        redis_url=REDIS_URL,
-        namespace=box.namespace,
-        rpc_url=box.chain.rpc_url,
-        gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
-        channel_authorizer_key=authorizer_key(box),
-        reconcile_interval=0,
-    )
+    settings = router_settings(box, load_price_table(path), price_table_path=path, reload=0.1)
     with serve_in_thread(create_app(settings)) as url:
         yield url, path
 

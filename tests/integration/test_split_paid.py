@@ -11,17 +11,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from payrouter.app import create_app
 from payrouter.feedback import sign_feedback
 from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.serving import serve_in_thread
-from payrouter.settings import ProviderSettings, Settings
 from pricing import parse_price_table
 
 from ..polling import wait_until
-from .conftest import REDIS_URL, authorizer_key
+from .conftest import router_settings
 from .payments import header, offer, payment
 
 RULE = f"canary-{secrets.token_hex(3)}"  # unique: the metrics registry is shared by the process
@@ -31,20 +29,7 @@ RULE = f"canary-{secrets.token_hex(3)}"  # unique: the metrics registry is share
 def canary_router(box: Sandbox, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     data = box.table.model_dump(mode="json")
     data["routing"]["rules"] = [{"name": RULE, "split": {"gpt-4o-mini": 50}}]
-    settings = Settings(
-        price_table=parse_price_table(data),
-        providers={
-            p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in box.table.models}
-        },
-        # the sandbox's store and journal: payments to its pay_to are all journaled (ledger audit)
-        redis_url=REDIS_URL,
-        namespace=box.namespace,
-        rpc_url=box.chain.rpc_url,
-        gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
-        channel_authorizer_key=authorizer_key(box),
-        reconcile_interval=0,
-        request_log=str(tmp_path / "requests.jsonl"),
-    )
+    settings = router_settings(box, parse_price_table(data), request_log=str(tmp_path / "requests.jsonl"))
     with serve_in_thread(create_app(settings)) as url:
         yield url, tmp_path / "requests.jsonl"
 
