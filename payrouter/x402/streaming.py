@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from payrouter.chain import ChainError
 from payrouter.http_errors import error_body
-from payrouter.journal import State, StoredAnswer
+from payrouter.journal import OPEN_STATES, State, StoredAnswer
 from payrouter.store import StoreError
 from payrouter.x402.asgi import json_error, send_response
 from payrouter.x402.call import PaidCall
@@ -144,7 +144,9 @@ class StreamSettlement:
             attempt.record = record
             if record.state == State.SETTLED:
                 return SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
-            if record.state != State.PENDING:
+            # settling or owed is still undecided (a broadcast that may yet land, a record the
+            # resolver left for now): only an end state may tell the payer the transfer failed
+            if record.state not in OPEN_STATES:
                 reason = record.reason or Reason.TRANSACTION_FAILED
                 receipt = receipt_header(record, False, record.tx, reason)
                 return SettleOutcome("refused", receipt, reason, "the transfer failed", record.tx)
