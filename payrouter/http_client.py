@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import certifi
 
-__all__ = ["MAX_LINE_BYTES", "env_proxy", "new_session"]
+__all__ = ["MAX_LINE_BYTES", "client_timeout", "env_proxy", "new_session"]
 
 # the longest line a streamed body may send (a tool call's arguments in one SSE event)
 MAX_LINE_BYTES = 1 << 20
@@ -49,3 +49,9 @@ def env_proxy(url: str) -> str | None:
     if proxy is None or urllib.request.proxy_bypass(parts.hostname or ""):
         return None
     return proxy
+
+
+def client_timeout(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
+    """Bounds on connecting (pool wait included) and on each wait for bytes (the first one, and
+    every gap in a stream); a whole call's bound is the adapter's ``total``."""
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=first_byte)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal
 import aiohttp
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from payrouter.http_client import client_timeout
 from payrouter.store.redis import cluster_seeds, is_cluster_url
 from pricing import PriceTable, PricingError, load_price_table
 from wallets import WalletError, load_keystore
@@ -57,7 +58,7 @@ class ProviderSettings(BaseModel):
     def timeouts(self) -> aiohttp.ClientTimeout:
         """connect and first-byte (and gaps between streamed bytes) limits of the provider client
         (the whole call's, ``timeout``, is the adapter's ``total``)."""
-        return aiohttp.ClientTimeout(total=None, connect=self.connect_timeout, sock_read=self.first_byte_timeout)
+        return client_timeout(self.connect_timeout, self.first_byte_timeout)
 
 
 class ServerSettings(BaseModel):

@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 from pydantic_core import to_json
 
-from payrouter.http_client import MAX_LINE_BYTES, env_proxy
+from payrouter.http_client import MAX_LINE_BYTES, client_timeout, env_proxy
 
-__all__ = ["Completion", "OpenAICompatible", "UpstreamError", "UpstreamStream", "client_timeout"]
+__all__ = ["Completion", "OpenAICompatible", "UpstreamError", "UpstreamStream"]
 
 
 _DRAIN_S = 0.05  # how long the end of a finished stream's body is waited for
@@ -38,12 +38,6 @@ class UpstreamError(Exception):
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
-
-
-def client_timeout(connect: float, first_byte: float) -> aiohttp.ClientTimeout:
-    """Bounds on connecting (pool wait included) and on each wait for bytes (the first one, and
-    every gap in a stream); a whole call's bound is the adapter's ``total``."""
-    return aiohttp.ClientTimeout(total=None, connect=connect, sock_read=first_byte)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
