@@ -37,7 +37,7 @@ from wallets.eip3009 import (
 )
 from wallets.errors import InvalidKeyError, KeystoreError, SignatureError, TypedDataError, WalletError
 from wallets.keys import LocalSigner, load_keystore, save_keystore
-from wallets.recover import ecc_backend_name, normalize_signature, recover_address
+from wallets.recover import ecc_backend_name, normalize_signature, recover_address, recover_address_bytes
 from wallets.signer import Signer, TransactionSigner
 from wallets.transactions import Eip1559Transaction
 
@@ -73,6 +73,7 @@ __all__ = [
     "new_nonce",
     "normalize_signature",
     "recover_address",
+    "recover_address_bytes",
     "recover_authorizer",
     "save_keystore",
     "sign_authorization",

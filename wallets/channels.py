@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar
 
 from eth_utils.crypto import keccak
@@ -166,7 +167,7 @@ class ChannelConfig:
 
     def channel_id(self, chain_id: int) -> bytes:
         """The 32-byte channel id on ``chain_id``: the EIP-712 digest of this config."""
-        return typed_data_digest(batch_settlement_domain(chain_id), self)
+        return _channel_id(self, chain_id)
 
     def to_wire(self) -> dict[str, Any]:
         """The x402 ``channelConfig`` JSON object (``withdrawDelay`` a JSON integer, as clients require)."""
@@ -206,6 +207,12 @@ class ChannelConfig:
     def has_payer_authorizer(self) -> bool:
         """True when vouchers are plain ECDSA by ``payer_authorizer`` (else the payer signs, maybe ERC-1271)."""
         return self.payer_authorizer != _ZERO_ADDRESS
+
+
+# A channel's every voucher carries its config: two keccaks and five ABI words per call, once.
+@lru_cache(maxsize=65_536)
+def _channel_id(config: ChannelConfig, chain_id: int) -> bytes:
+    return typed_data_digest(batch_settlement_domain(chain_id), config)
 
 
 def _wire_address(value: Any, wire_name: str) -> str:

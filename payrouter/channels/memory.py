@@ -18,6 +18,7 @@ from payrouter.channels.state import (
     check_uint,
     expected_charged,
 )
+from payrouter.store.base import Written
 
 __all__ = ["MemoryChannelStore"]
 
@@ -98,6 +99,24 @@ class MemoryChannelStore:
         )
         channel.pending_max, channel.pending_signature, channel.committed = 0, "", token
         return channel.state
+
+    async def send_reserve(
+        self,
+        channel_id: str,
+        *,
+        amount: int,
+        signed_max: int,
+        signature: str,
+        token: str,
+        ttl_ms: int,
+    ) -> Written[Reserved]:
+        reserved = await self.reserve(
+            channel_id, amount=amount, signed_max=signed_max, signature=signature, token=token, ttl_ms=ttl_ms
+        )
+        return Written.done(reserved)
+
+    async def send_commit(self, channel_id: str, token: str, charge: int) -> Written[ChannelState | None]:
+        return Written.done(await self.commit(channel_id, token, charge))
 
     async def release(self, channel_id: str, token: str) -> bool:
         channel = self._channels.get(channel_key_id(channel_id))

@@ -29,7 +29,9 @@ from payrouter.channels.state import (
     expected_charged,
 )
 from payrouter.store import keys
-from payrouter.store.redis import RedisClient, redis_call
+from payrouter.store.base import Written
+from payrouter.store.pipe import ScriptPipe
+from payrouter.store.redis import RedisClient, redis_call, send_script
 
 __all__ = ["RedisChannelStore"]
 
@@ -205,6 +207,7 @@ class RedisChannelStore:
         self._release = redis.register_script(_RELEASE)
         self._upsert = redis.register_script(_UPSERT)
         self._record_claimed = redis.register_script(_RECORD_CLAIMED)
+        self._pipe = ScriptPipe.of(redis)  # reserve and commit: the paid path
 
     def _key(self, channel_id: str) -> str:
         return f"{self._ns}:{keys.channel(channel_id)}"
@@ -236,6 +239,24 @@ class RedisChannelStore:
         ttl_ms: int,
         refund: bool = False,
     ) -> Reserved:
+        sent = await self._send_reserve(channel_id, amount, signed_max, signature, token, ttl_ms, refund)
+        return await sent.reply()
+
+    async def send_reserve(
+        self,
+        channel_id: str,
+        *,
+        amount: int,
+        signed_max: int,
+        signature: str,
+        token: str,
+        ttl_ms: int,
+    ) -> Written[Reserved]:
+        return await self._send_reserve(channel_id, amount, signed_max, signature, token, ttl_ms, False)
+
+    async def _send_reserve(
+        self, channel_id: str, amount: int, signed_max: int, signature: str, token: str, ttl_ms: int, refund: bool
+    ) -> Written[Reserved]:
         expected = expected_charged(amount=amount, signed_max=signed_max, token=token, ttl_ms=ttl_ms, refund=refund)
         cid = channel_key_id(channel_id)
         args = [
@@ -246,25 +267,38 @@ class RedisChannelStore:
             str(ttl_ms),
             "1" if refund else "0",
         ]
-        reply = await redis_call(self._reserve(keys=[self._key(cid)], args=args))
-        kind = _OUTCOMES[_text(reply[0])]
-        return Reserved(kind, _state(cid, reply[1]) if len(reply) > 1 else None)
+        sent = await send_script(self._redis, self._reserve, [self._key(cid)], args, self._pipe)
+
+        async def read() -> Reserved:
+            reply = await sent.reply()
+            kind = _OUTCOMES[_text(reply[0])]
+            return Reserved(kind, _state(cid, reply[1]) if len(reply) > 1 else None)
+
+        return Written(read)
 
     async def commit(self, channel_id: str, token: str, charge: int) -> ChannelState | None:
+        return await (await self.send_commit(channel_id, token, charge)).reply()
+
+    async def send_commit(self, channel_id: str, token: str, charge: int) -> Written[ChannelState | None]:
         if type(charge) is not int or charge < 0:
             raise InvalidCharge(f"charge must be a non-negative int, got {charge!r}")
         cid = channel_key_id(channel_id)
         if not token:
-            return None
-        reply = await redis_call(self._commit(keys=[self._key(cid)], args=[token, str(charge)]))
-        outcome = _text(reply[0])
-        if outcome == "gone":
-            return None
-        if outcome == "over":
-            raise InvalidCharge(
-                f"charged {_text(reply[1])} + {charge} would exceed the voucher's max {_text(reply[2])}"
-            )
-        return _state(cid, reply[1])
+            return Written.done(None)
+        sent = await send_script(self._redis, self._commit, [self._key(cid)], [token, str(charge)], self._pipe)
+
+        async def read() -> ChannelState | None:
+            reply = await sent.reply()
+            outcome = _text(reply[0])
+            if outcome == "gone":
+                return None
+            if outcome == "over":
+                raise InvalidCharge(
+                    f"charged {_text(reply[1])} + {charge} would exceed the voucher's max {_text(reply[2])}"
+                )
+            return _state(cid, reply[1])
+
+        return Written(read)
 
     async def release(self, channel_id: str, token: str) -> bool:
         cid = channel_key_id(channel_id)
@@ -314,4 +348,6 @@ class RedisChannelStore:
         await redis_call(self._redis.zrem(self._index, cid))
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
         await self._redis.aclose()

@@ -8,6 +8,7 @@ from typing import Protocol
 from payrouter.channels.memory import MemoryChannelStore
 from payrouter.channels.redis import RedisChannelStore
 from payrouter.channels.state import ChannelState, Reserved
+from payrouter.store.base import Written
 from payrouter.store.redis import connect
 
 __all__ = ["ChannelStore", "open_channel_store"]
@@ -60,6 +61,26 @@ class ChannelStore(Protocol):
         """
         ...
 
+    async def send_reserve(
+        self,
+        channel_id: str,
+        *,
+        amount: int,
+        signed_max: int,
+        signature: str,
+        token: str,
+        ttl_ms: int,
+    ) -> Written[Reserved]:
+        """`reserve` (not for a refund), returning once it is written (see
+        `payrouter.store.Written`); ``reply()`` gives what `reserve` would have. The caller can
+        check something else while the store works, and must `release` an ``ok`` it no longer
+        wants.
+
+        Raises:
+            ValueError: as `reserve`, before anything is written.
+        """
+        ...
+
     async def commit(self, channel_id: str, token: str, charge: int) -> ChannelState | None:
         """End ``token``'s request: ``charged += charge`` and adopt its voucher as the latest.
 
@@ -71,6 +92,12 @@ class ChannelStore(Protocol):
             InvalidCharge: ``charge < 0`` or ``charged + charge`` above the reserved voucher's
                 max; nothing changed.
         """
+        ...
+
+    async def send_commit(self, channel_id: str, token: str, charge: int) -> Written[ChannelState | None]:
+        """`commit`, returning once the commit is written (see `payrouter.store.Written`): its
+        reply, the new state or None, comes from ``reply()``, which raises what `commit` would
+        (``InvalidCharge`` for a negative charge is raised here, before anything is written)."""
         ...
 
     async def release(self, channel_id: str, token: str) -> bool:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from payrouter.journal.record import PaymentRecord
+from payrouter.store.base import Written
 
 __all__ = ["Exposure", "Journal", "Opened"]
 
@@ -78,6 +79,14 @@ class Journal(Protocol):
         ``owner_was``: the owner to check instead of ``record.owner`` (a take-over).
         Returns ``(written, stored state)``.
         """
+        ...
+
+    async def send_advance(
+        self, record: PaymentRecord, expected: Iterable[str], answer: bytes | None = None, answer_ttl: int = 0
+    ) -> Written[tuple[bool, str]]:
+        """`advance`, returning once the write has left this process (see
+        `payrouter.store.Written`); ``reply()`` gives what `advance` would have returned or
+        raised."""
         ...
 
     async def discard(self, record: PaymentRecord) -> bool:

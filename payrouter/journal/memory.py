@@ -8,6 +8,7 @@ from dataclasses import replace
 
 from payrouter.journal.base import Exposure, Opened
 from payrouter.journal.record import DEBT_STATES, EXPOSED_STATES, OPEN_STATES, PaymentRecord, State, now_ms
+from payrouter.store.base import Written
 
 __all__ = ["MemoryJournal"]
 
@@ -76,6 +77,11 @@ class MemoryJournal:
         if answer is not None:
             self._answers[record.id] = (answer, time.monotonic() + answer_ttl)
         return True, record.state
+
+    async def send_advance(
+        self, record: PaymentRecord, expected: Iterable[str], answer: bytes | None = None, answer_ttl: int = 0
+    ) -> Written[tuple[bool, str]]:
+        return Written.done(await self.advance(record, expected, answer, answer_ttl))
 
     async def discard(self, record: PaymentRecord) -> bool:
         current = self._records.get(record.id)

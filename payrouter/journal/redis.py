@@ -12,7 +12,9 @@ from typing import Any
 from payrouter.journal.base import Exposure, Opened
 from payrouter.journal.record import EXPOSED_STATES, OPEN_STATES, PaymentRecord, State, now_ms
 from payrouter.store import keys
-from payrouter.store.redis import RedisClient, redis_call
+from payrouter.store.base import Written
+from payrouter.store.pipe import ScriptPipe
+from payrouter.store.redis import RedisClient, redis_call, send_script
 
 __all__ = ["RedisJournal"]
 
@@ -138,6 +140,7 @@ class RedisJournal:
         self._open = redis.register_script(_OPEN)
         self._advance = redis.register_script(_ADVANCE)
         self._discard = redis.register_script(_DISCARD)
+        self._pipe = ScriptPipe.of(redis)  # voucher records: the paid path
 
     def _rec(self, record_id: str) -> str:
         return f"{self._ns}:{keys.journal_record(record_id)}"
@@ -175,6 +178,31 @@ class RedisJournal:
         drop_answer: bool = False,
         owner_was: str | None = None,
     ) -> tuple[bool, str]:
+        names, args = self._advance_call(record, expected, answer, answer_ttl, drop_answer, owner_was)
+        written, state = await self._run(self._advance(keys=names, args=args))
+        return bool(int(written)), _text(state)
+
+    async def send_advance(
+        self, record: PaymentRecord, expected: Iterable[str], answer: bytes | None = None, answer_ttl: int = 0
+    ) -> Written[tuple[bool, str]]:
+        names, args = self._advance_call(record, expected, answer, answer_ttl, False, None)
+        sent = await send_script(self._redis, self._advance, names, args, self._pipe)
+
+        async def read() -> tuple[bool, str]:
+            written, state = await sent.reply()
+            return bool(int(written)), _text(state)
+
+        return Written(read)
+
+    def _advance_call(
+        self,
+        record: PaymentRecord,
+        expected: Iterable[str],
+        answer: bytes | None,
+        answer_ttl: int,
+        drop_answer: bool,
+        owner_was: str | None,
+    ) -> tuple[list[str], list[Any]]:
         p = self._p
         names = [
             self._rec(record.id),
@@ -201,8 +229,7 @@ class RedisJournal:
         ]
         for name, value in record.to_fields().items():
             args += [name, value]
-        written, state = await self._run(self._advance(keys=names, args=args))
-        return bool(int(written)), _text(state)
+        return names, args
 
     async def discard(self, record: PaymentRecord) -> bool:
         p = self._p
@@ -256,6 +283,8 @@ class RedisJournal:
         return total, int(high or 0)
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
         await self._redis.aclose()
 
 

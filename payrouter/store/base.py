@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-__all__ = ["Store", "StoreError"]
+__all__ = ["Store", "StoreError", "Written"]
+
+T = TypeVar("T")
 
 
 class StoreError(RuntimeError):
@@ -59,3 +62,51 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections."""
         ...
+
+
+class Written(Generic[T]):
+    """A store write that has left this process; `reply` reads what it did.
+
+    What makes it worth having: a caller can write the record of a charge, send its answer, and
+    only then wait for the store's reply, yet no answer goes out before its record was written.
+    A backend that cannot split writing from reading (a Cluster, the memory store) runs the whole
+    write before handing one out.
+
+    `reply` returns, or raises, what the blocking call would have (`StoreError` for a store
+    failure); every later call gives the same outcome without touching the store again.
+    """
+
+    __slots__ = ("_error", "_read", "_value")
+
+    def __init__(self, read: Callable[[], Awaitable[T]]) -> None:
+        self._read: Callable[[], Awaitable[T]] | None = read
+        self._value: T | None = None
+        self._error: BaseException | None = None
+
+    @classmethod
+    def done(cls, value: T) -> Written[T]:
+        """A write already answered with ``value``."""
+        written: Written[T] = cls.__new__(cls)
+        written._read, written._value, written._error = None, value, None
+        return written
+
+    @classmethod
+    def failed(cls, error: BaseException) -> Written[T]:
+        """A write already answered with ``error``."""
+        written: Written[T] = cls.__new__(cls)
+        written._read, written._value, written._error = None, None, error
+        return written
+
+    async def reply(self) -> T:
+        """The write's outcome (read once; cancelling the first read loses it: the call then
+        raises `StoreError`)."""
+        read, self._read = self._read, None
+        if read is not None:
+            self._error = StoreError("the reply was not read (its read was cancelled)")
+            try:
+                self._value, self._error = await read(), None
+            except Exception as exc:
+                self._error = exc
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]

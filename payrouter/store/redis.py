@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import unquote
@@ -15,20 +15,24 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, SlotNotCoveredError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from payrouter.store.base import StoreError
+from payrouter.store.base import StoreError, Written
+from payrouter.store.pipe import PipeBroken, ReplyError, ScriptPipe, pack
 
 __all__ = [
     "CLUSTER_SCHEMES",
     "REDIS_ERRORS",
+    "REPLY_TIMEOUT_S",
     "RedisClient",
     "RedisStore",
     "cluster_seeds",
     "connect",
     "is_cluster_url",
     "redis_call",
+    "send_script",
 ]
 
 # A standalone Redis or a Cluster: the stores speak to either through the same commands.
@@ -55,6 +59,9 @@ _REPLACE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1 else return 0 end"
 )
+# redis-py's default socket time-out, for a reply read from a pipe
+REPLY_TIMEOUT_S = 5.0
+
 _INCR = "local v = redis.call('incr', KEYS[1]) if v == 1 then redis.call('expire', KEYS[1], ARGV[1]) end return v"
 
 
@@ -72,6 +79,59 @@ async def redis_call(coro: Any) -> Any:
         raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
     except AttributeError as exc:
         raise StoreError(f"redis: connection lost mid-command ({exc})") from exc
+
+
+async def send_script(
+    client: RedisClient,
+    script: AsyncScript,
+    keys: list[str],
+    args: Sequence[bytes | str | int],
+    pipe: ScriptPipe | None = None,
+) -> Written[Any]:
+    """Run ``script`` on ``keys`` and ``args``, returning once its command is written; its reply
+    is read by `Written.reply` (raising `StoreError` for a Redis failure).
+
+    With a ``pipe`` (a standalone Redis) the command is written to the pipe's connection before
+    this returns, so whatever the caller does next happens after the command left this process:
+    a crash in between loses the reply, not the write, which the kernel still delivers. The
+    script must tolerate running twice, as every call through `connect`'s client already must:
+    a connection lost before the reply makes `reply` run it once more through ``client``, and a
+    script the server does not hold yet is loaded and run then. A reply that takes longer than
+    `REPLY_TIMEOUT_S` resets the pipe and fails (the script may have run: not retried).
+
+    Without one (a Cluster: slots, redirections, failovers; TLS) the call runs to its end
+    through ``client`` before this returns.
+    """
+
+    async def through_client() -> Any:
+        return await redis_call(script(keys=keys, args=args))
+
+    if pipe is None:
+        try:
+            return Written.done(await through_client())
+        except StoreError as exc:
+            return Written.failed(exc)
+    try:
+        waiter = await pipe.send(pack(b"EVALSHA", script.sha, len(keys), *keys, *args))
+    except (OSError, TimeoutError):  # the pipe could not open: the client reconnects, or fails
+        return Written(through_client)
+
+    async def read() -> Any:
+        try:
+            async with asyncio.timeout(REPLY_TIMEOUT_S):
+                reply = await waiter
+        except PipeBroken:
+            return await through_client()
+        except TimeoutError:
+            pipe.reset()
+            raise StoreError(f"redis: no reply within {REPLY_TIMEOUT_S:g} s") from None
+        if isinstance(reply, ReplyError):
+            if str(reply).startswith("NOSCRIPT"):
+                return await through_client()  # loads the script, then runs it (this one did not run)
+            raise StoreError(f"redis: {reply}")
+        return reply
+
+    return Written(read)
 
 
 def is_cluster_url(url: str) -> bool:

@@ -24,12 +24,12 @@ through the corrective 402 (the official SDKs do this by themselves).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import secrets
 import time
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 import anyio
@@ -46,11 +46,13 @@ from payrouter.channels.contract import (
     Erc3009Deposit,
 )
 from payrouter.channels.records import claim_record
+from payrouter.channels.state import InvalidCharge
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
+from payrouter.journal.deferred import DeferredWrites
 from payrouter.metrics import calls as observed
-from payrouter.metrics.timing import timed
 from payrouter.quoting import PricedRoute
 from payrouter.store import StoreError
+from payrouter.store.base import Written
 from payrouter.x402.asgi import json_error, replay_body, run_handler, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
@@ -59,7 +61,7 @@ from payrouter.x402.schemes.base import match_terms, presented_quote
 from payrouter.x402.schemes.batch_payload import BatchPayload, ChannelReason, parse_batch_payload
 from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, encode_header
 from pricing import PriceTable
-from wallets import Signer, recover_address, typed_data_digest
+from wallets import Signer, recover_address_bytes, typed_data_digest
 from wallets.channels import ChannelConfig, Voucher, batch_settlement_domain
 from wallets.errors import WalletError
 
@@ -190,10 +192,10 @@ class BatchScheme:
             )
         try:
             digest = typed_data_digest(self.domain, Voucher(channel_id, payload.signed_max))
-            recovered = recover_address(digest, payload.signature)
+            recovered = recover_address_bytes(digest, payload.signature)
         except WalletError as exc:
             raise PaymentRejected(ChannelReason.VOUCHER_SIGNATURE, f"voucher signature: {exc}", payer) from None
-        if recovered.lower() != signer.lower():
+        if recovered != bytes.fromhex(signer[2:]):
             raise PaymentRejected(
                 ChannelReason.VOUCHER_SIGNATURE, "the voucher is not signed by the channel's payer authorizer", payer
             )
@@ -444,12 +446,15 @@ class BatchScheme:
         _VERIFY_SECONDS.observe(time.perf_counter() - checking)
         token = secrets.token_hex(16)
         deposited = ("", 0)
-        # the quote is sealed in the offer: checking it costs no round trip, so it goes first
-        priced = await self._quote(call, envelope, payer)
-        if payload.kind == "deposit":
-            deposited = await self._deposit(call, payload, channel_id)
-            observed.deposit_sent(call.scope, deposited[0])
-        reserved = await self._reserve(payload, channel_id, priced.requirements.amount, token)
+        amount = _accepted_amount(envelope) if payload.kind == "voucher" else None
+        if amount is not None:
+            priced, reserved = await self._quote_while_reserving(call, envelope, payload, channel_id, amount, token)
+        else:
+            priced = await self._quote(call, envelope, payer)
+            if payload.kind == "deposit":
+                deposited = await self._deposit(call, payload, channel_id)
+                observed.deposit_sent(call.scope, deposited[0])
+            reserved = await self._reserve(payload, channel_id, priced.requirements.amount, token)
         offer = self.offer(priced)
         charged_before = reserved.state.charged if reserved.state is not None else 0
         record = self._voucher_record(call, envelope, payload, channel_id, priced, offer.amount, charged_before, token)
@@ -476,9 +481,12 @@ class BatchScheme:
                 await send_response(send, status, body, headers)
                 return
             charge = paid.charge(self.table)
-            state = await self._commit(call, paid, record, channel_id, token, charge)
-            headers = [*headers, self._receipt(payer, charge, state, *deposited)]
-            await send_response(send, status, body, headers)
+            charging = await self._write_charge(call, paid, record, channel_id, token, charge)
+            headers = [*headers, self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)]
+            try:
+                await send_response(send, status, body, headers)
+            finally:
+                await charging.confirm()
 
     async def _quote(self, call: PaidRequest, envelope: Envelope, payer: str) -> PricedRoute:
         """The quote the request presents, which the payment's terms must echo."""
@@ -492,28 +500,46 @@ class BatchScheme:
         match_terms(envelope, self.offer(priced), payer)
         return priced
 
-    async def _reserve(self, payload: BatchPayload, channel_id: str, amount: int, token: str) -> Reserved:
-        ttl_ms = (self.table.max_timeout_seconds + _RESERVE_SLACK_S) * 1000
+    async def _quote_while_reserving(
+        self, call: PaidRequest, envelope: Envelope, payload: BatchPayload, channel_id: str, amount: int, token: str
+    ) -> tuple[PricedRoute, Reserved]:
+        """The quote and the reservation, the quote checked while the store runs the
+        reservation (with the amount ``accepted`` names, which the quote check then holds to the
+        quote's). The voucher's signature has already proved the payer, so a quote refused here
+        only ever held the payer's own channel, for one round trip: it is released."""
+        sent = await self._send_reserve(payload, channel_id, amount, token)
+        try:
+            priced = await self._quote(call, envelope, payload.config.payer)
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                if (await sent.reply()).ok:
+                    await self._release(channel_id, token)
+            raise
+        return priced, await self._reserve(payload, channel_id, amount, token, sent)
+
+    async def _send_reserve(self, payload: BatchPayload, channel_id: str, amount: int, token: str) -> Written[Reserved]:
+        return await self.store.send_reserve(
+            channel_id,
+            amount=amount,
+            signed_max=payload.signed_max,
+            signature="0x" + payload.signature.hex(),
+            token=token,
+            ttl_ms=(self.table.max_timeout_seconds + _RESERVE_SLACK_S) * 1000,
+        )
+
+    async def _reserve(
+        self, payload: BatchPayload, channel_id: str, amount: int, token: str, sent: Written[Reserved] | None = None
+    ) -> Reserved:
+        """The reservation (``sent`` already, or sent now); a channel the store does not know
+        is mirrored from the chain and tried again. Raises the refusal a failed one means."""
         payer = payload.config.payer
-        signature = "0x" + payload.signature.hex()
-
-        async def attempt() -> Reserved:
-            return await self.store.reserve(
-                channel_id,
-                amount=amount,
-                signed_max=payload.signed_max,
-                signature=signature,
-                token=token,
-                ttl_ms=ttl_ms,
-            )
-
-        reserved = await attempt()
+        reserved = await (sent or await self._send_reserve(payload, channel_id, amount, token)).reply()
         if reserved.kind == "not_found":
             if await self._sync(payload.config, channel_id) is None:
                 raise PaymentRejected(
                     ChannelReason.CHANNEL_NOT_FOUND, "no deposit in this channel; send a deposit payload first", payer
                 )
-            reserved = await attempt()
+            reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
         if reserved.ok:
             return reserved
         self._refused_reservation(reserved, payload, amount)
@@ -601,32 +627,22 @@ class BatchScheme:
         with contextlib.suppress(StoreError):
             await self.store.release(channel_id, token)
 
-    async def _commit(
+    async def _write_charge(
         self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, charge: int
-    ) -> ChannelState | None:
-        """Charge the channel and journal it (both at once: one round trip each, in parallel)."""
+    ) -> _Charging:
+        """Write the charge to the channel and its journal record, returning once both writes
+        have left this process: the answer may go out now, and `_Charging.confirm` reads the
+        replies after it (a crash in between loses replies, never the charge)."""
         usage = _usage_fields(paid, self.table, record)
         settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
         observed.committed(call.scope, settled)
-        committed, written = await timed(
-            asyncio.gather(
-                self.store.commit(channel_id, token, charge),
-                call.services.journal.advance(settled, [State.CLAIMED]),
-                return_exceptions=True,
-            ),
-            _SETTLE_SECONDS,
-        )
-        if isinstance(written, BaseException):
-            log.warning("voucher %s: journal write deferred (%s)", record.id, written)
-            call.services.deferred.schedule(settled, [State.CLAIMED], None, 0, False, None)
-        if isinstance(committed, BaseException) or committed is None:
-            # the reservation lapsed (or the store failed): the answer went out unpaid; the
-            # journal keeps the charge for the audit
-            log.error(
-                "voucher %s: charge %d not committed to channel %s (%s)", record.id, charge, channel_id, committed
-            )
-            return None
-        return committed
+        started = time.perf_counter()
+        commit = await self.store.send_commit(channel_id, token, charge)
+        try:
+            journal = await call.services.journal.send_advance(settled, [State.CLAIMED])
+        except StoreError as exc:
+            journal = Written.failed(exc)
+        return _Charging(settled, channel_id, charge, commit, journal, call.services.deferred, started)
 
     def _receipt(
         self, payer: str, charge: int, state: ChannelState | None, deposit_tx: str = "", deposit: int = 0
@@ -687,7 +703,7 @@ class BatchScheme:
                     charge, state = 0, None
                 else:
                     charge = paid.charge(self.table)
-                    state = await self._commit(call, paid, record, channel_id, token, charge)
+                    state = await (await self._write_charge(call, paid, record, channel_id, token, charge)).confirm()
         if status >= 400 or not paid.billable:
             if not started:
                 _, err = json_error(502, "the model call failed; nothing was charged", "upstream_error")
@@ -699,6 +715,73 @@ class BatchScheme:
             _, receipt = self._receipt(paid.payer, charge, state)
             await send({"type": "http.response.body", "body": _receipt_event(receipt, anthropic), "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+@dataclass(slots=True)
+class _Charging:
+    """A voucher's charge, written to the channel and the journal, replies not read yet."""
+
+    settled: PaymentRecord
+    channel_id: str
+    charge: int
+    commit: Written[ChannelState | None]
+    journal: Written[tuple[bool, str]]
+    deferred: DeferredWrites
+    started: float
+
+    async def confirm(self) -> ChannelState | None:
+        """Read both replies: the channel as committed, or None when the commit did not land
+        (the answer went out unpaid: the journal keeps the charge for the audit). A journal
+        write that failed is retried in the background."""
+        record = self.settled
+        try:
+            await self.journal.reply()
+        except StoreError as exc:
+            log.warning("voucher %s: journal write deferred (%s)", record.id, exc)
+            self.deferred.schedule(record, [State.CLAIMED], None, 0, False, None)
+        try:
+            committed = await self.commit.reply()
+        except (StoreError, InvalidCharge) as exc:
+            committed, failure = None, str(exc)
+        else:
+            failure = "the reservation lapsed"
+        finally:
+            _SETTLE_SECONDS.observe(time.perf_counter() - self.started)
+        if committed is None:
+            log.error(
+                "voucher %s: charge %d not committed to channel %s (%s)",
+                record.id,
+                self.charge,
+                self.channel_id,
+                failure,
+            )
+        return committed
+
+
+def _accepted_amount(envelope: Envelope) -> int | None:
+    """The amount ``accepted`` says the payer agreed to, when it is a plain uint128 decimal
+    (anything else goes the slow way: quote first, whose check then refuses it)."""
+    raw = (envelope.accepted or {}).get("amount")
+    if not isinstance(raw, str) or not raw.isdigit() or not raw.isascii() or len(raw) > 39:
+        return None
+    value = int(raw)
+    return value if value < 2**128 and str(value) == raw else None
+
+
+def _after_commit(reserved: Reserved, payload: BatchPayload, charge: int) -> ChannelState | None:
+    """The channel as the commit of ``charge`` leaves it (what its receipt reports, sent before
+    the commit's reply is read): the reserved state plus the charge and the voucher."""
+    state = reserved.state
+    if state is None:
+        return None
+    return replace(
+        state,
+        charged=state.charged + charge,
+        signed_max=payload.signed_max,
+        signature="0x" + payload.signature.hex(),
+        pending="",
+        pending_until_ms=0,
+    )
 
 
 def _receipt_event(receipt: bytes, anthropic: bool) -> bytes:
