@@ -8,6 +8,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic_core import to_json
+
 from payrouter.chat import ChatRequest
 from payrouter.routing import RouteConstraints, RouteDecision, Router, RouterState
 from payrouter.x402.requirements import Requirements
@@ -30,7 +32,7 @@ class PricedRoute:
     def to_record(self) -> bytes:
         """Serialise for the payment journal (what a payment bought; `from_record` reads it back)."""
         d = self.decision
-        return json.dumps(
+        return to_json(
             {
                 "requirements": self.requirements.to_v2(),
                 "decision": {
@@ -42,9 +44,8 @@ class PricedRoute:
                     "strategy": d.strategy,
                 },
                 "quote": {"upstream_cost": self.quote.upstream_cost, "amount": self.quote.amount},
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def from_record(cls, data: bytes) -> PricedRoute:

@@ -18,13 +18,14 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 class PrivateRedis:
     """A throwaway redis-server on a free loopback port (``appendonly``: with AOF persistence)."""
 
-    def __init__(self, directory: Path, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, appendonly: bool = False, password: str | None = None) -> None:
         self.directory = directory
         self.appendonly = appendonly
+        self.password = password
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -32,11 +33,13 @@ class PrivateRedis:
         args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", aof]
         if self.appendonly:  # every write on disk before its reply: a SIGKILL loses nothing
             args += ["--appendfsync", "always"]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.process = subprocess.Popen(
             [*args, "--dir", str(self.directory)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 5
-        with redis.Redis(port=self.port, socket_connect_timeout=0.5) as client:
+        with redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5) as client:
             while True:
                 try:
                     client.ping()

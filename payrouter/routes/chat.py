@@ -7,6 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from pydantic_core import to_json
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Scope
@@ -95,6 +96,11 @@ async def _stream(services: Services, call: PaidCall, scope: Scope, anthropic: b
     )
 
 
+def _answer(body: dict[str, Any], headers: dict[str, str]) -> Response:
+    # compact JSON encoded in Rust: Starlette's JSONResponse (the json module) costs ~40 us more here
+    return Response(to_json(body), media_type="application/json", headers=headers)
+
+
 def _route_headers(model: str, priced: PricedRoute, charge: int) -> dict[str, str]:
     # a stream's headers go out before its usage is known: there the charge header is the quote
     return {
@@ -167,7 +173,7 @@ async def chat_completions(request: Request) -> Response:
     model, body = done
     observed.answered(request.scope, str(body.get("id") or ""))
     served(request.scope, services, call, str(body.get("id") or ""), time.perf_counter() - started)
-    return JSONResponse(body, headers=_route_headers(model, call.route, call.charge(services.table)))
+    return _answer(body, _route_headers(model, call.route, call.charge(services.table)))
 
 
 async def messages(request: Request) -> Response:
@@ -184,4 +190,4 @@ async def messages(request: Request) -> Response:
     message = chat_to_message(body, model)
     observed.answered(request.scope, str(message.get("id") or ""))
     served(request.scope, services, call, str(message.get("id") or ""), time.perf_counter() - started)
-    return JSONResponse(message, headers=_route_headers(model, call.route, call.charge(services.table)))
+    return _answer(message, _route_headers(model, call.route, call.charge(services.table)))

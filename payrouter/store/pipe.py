@@ -82,6 +82,8 @@ class ScriptPipe:
         host, port or path: where Redis listens (TCP, or a Unix socket path).
         username, password, db: sent as ``AUTH`` and ``SELECT`` when the connection opens.
         connect_timeout: seconds to open it.
+        reply_timeout: seconds a reply may take (redis-py's default socket time-out) before
+            the caller gives up on it and the connection is reset.
     """
 
     def __init__(
@@ -94,7 +96,9 @@ class ScriptPipe:
         password: str | None = None,
         db: int = 0,
         connect_timeout: float = 5.0,
+        reply_timeout: float = 5.0,
     ) -> None:
+        self.reply_timeout = reply_timeout
         self._address = (host, port, path)
         hello = []
         if password is not None:
@@ -146,11 +150,11 @@ class ScriptPipe:
                     assert proto.transport is not None
                     proto.transport.write(b"".join(self._hello))
                     for answer in await asyncio.gather(*replies, return_exceptions=True):
-                        if isinstance(answer, BaseException):
-                            raise answer
-                        if isinstance(answer, ReplyError):
+                        if isinstance(answer, ReplyError):  # a reply (hiredis's error value), not raised
                             proto.transport.abort()
                             raise PipeBroken(f"redis refused the connection's set-up: {answer}")
+                        if isinstance(answer, BaseException):
+                            raise answer
             self._proto = proto
             return proto
 

@@ -25,7 +25,6 @@ from payrouter.store.pipe import PipeBroken, ReplyError, ScriptPipe, pack
 __all__ = [
     "CLUSTER_SCHEMES",
     "REDIS_ERRORS",
-    "REPLY_TIMEOUT_S",
     "RedisClient",
     "RedisStore",
     "cluster_seeds",
@@ -59,9 +58,6 @@ _REPLACE = (
     "if redis.call('get', KEYS[1]) == ARGV[1] then "
     "redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3]) return 1 else return 0 end"
 )
-# redis-py's default socket time-out, for a reply read from a pipe
-REPLY_TIMEOUT_S = 5.0
-
 _INCR = "local v = redis.call('incr', KEYS[1]) if v == 1 then redis.call('expire', KEYS[1], ARGV[1]) end return v"
 
 
@@ -97,7 +93,7 @@ async def send_script(
     script must tolerate running twice, as every call through `connect`'s client already must:
     a connection lost before the reply makes `reply` run it once more through ``client``, and a
     script the server does not hold yet is loaded and run then. A reply that takes longer than
-    `REPLY_TIMEOUT_S` resets the pipe and fails (the script may have run: not retried).
+    the pipe's ``reply_timeout`` resets the pipe and fails (the script may have run: not retried).
 
     Without one (a Cluster: slots, redirections, failovers; TLS) the call runs to its end
     through ``client`` before this returns.
@@ -118,13 +114,13 @@ async def send_script(
 
     async def read() -> Any:
         try:
-            async with asyncio.timeout(REPLY_TIMEOUT_S):
+            async with asyncio.timeout(pipe.reply_timeout):
                 reply = await waiter
         except PipeBroken:
             return await through_client()
         except TimeoutError:
             pipe.reset()
-            raise StoreError(f"redis: no reply within {REPLY_TIMEOUT_S:g} s") from None
+            raise StoreError(f"redis: no reply within {pipe.reply_timeout:g} s") from None
         if isinstance(reply, ReplyError):
             if str(reply).startswith("NOSCRIPT"):
                 return await through_client()  # loads the script, then runs it (this one did not run)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Receive, Scope
 
@@ -11,7 +11,7 @@ from payrouter.quoting import PricedRoute
 from payrouter.routing import RouteConstraints
 from payrouter.services import Services
 from payrouter.x402.requirements import Resource
-from pricing import PriceTable, PricingError, charge_for_usage
+from pricing import Charge, PriceTable, PricingError, charge_for_usage
 
 __all__ = ["SCOPE_KEY", "PaidCall", "PaidRequest", "paid_call"]
 
@@ -52,6 +52,9 @@ class PaidCall:
     content: bool = False
     completed: bool = False
     failed: bool = False
+    # the last usage pricing, by what it priced: the receipt, the usage report, the route
+    # headers and the journal record all ask for it
+    _priced: tuple[PriceTable, str, int, int, Charge | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def quoted(self) -> int:
@@ -64,14 +67,30 @@ class PaidCall:
         With no usage reported (a stream cut before its usage chunk) the tokens cannot be
         priced: the quote is the price.
         """
+        priced = self.usage_charge(table)
+        return self.quoted if priced is None else priced.amount
+
+    def usage_charge(self, table: PriceTable) -> Charge | None:
+        """The tokens the upstream reported, priced under ``table`` and capped at the quote
+        (`pricing.charge_for_usage`); None when there is no usage to price or the answering
+        model cannot be priced."""
         if not self.answered_by or not self.usage_known:
-            return self.quoted
+            return None
+        last = self._priced
+        if (
+            last is not None
+            and last[0] is table
+            and last[1:4] == (self.answered_by, self.input_tokens, self.output_tokens)
+        ):
+            return last[4]
         try:
-            return charge_for_usage(
+            priced: Charge | None = charge_for_usage(
                 table, self.answered_by, self.input_tokens, self.output_tokens, cap=self.quoted
-            ).amount
+            )
         except PricingError:
-            return self.quoted
+            priced = None
+        self._priced = (table, self.answered_by, self.input_tokens, self.output_tokens, priced)
+        return priced
 
     def charge(self, table: PriceTable) -> int:
         """What this call charges once answered: the quote, or for a usage-priced scheme the

@@ -17,10 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from web3 import Web3
 
 from payrouter.artifacts import load_artifact
 from payrouter.sandbox.dev import Sandbox
+from payrouter.store import keys
+from tests.redis_keys import REDIS_URL
 from wallets import LocalSigner
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ChannelConfig
 
@@ -117,6 +120,21 @@ def test_the_correct_voucher_is_charged_what_it_used(box: Sandbox, http: httpx.C
     channel.charged = _charged(response)
 
 
+def test_the_charge_is_in_the_store_when_the_answer_arrives(box: Sandbox, http: httpx.Client, channel: Channel) -> None:
+    # The commit is written before the answer and its reply read after it: whoever reads the
+    # channel as soon as the answer is in already finds the charge, and the receipt (sent
+    # before the commit's reply) names exactly what the store holds.
+    cid = channel.config.channel_id(box.chain.chain_id)
+    key = f"{box.namespace}:{keys.channel('0x' + cid.hex())}"
+    with redis.Redis.from_url(REDIS_URL) as store:
+        for _ in range(20):
+            response = _pay(box, http, channel, _body())
+            assert response.status_code == 200, response.text
+            stored = store.hmget(key, "charged", "pending", "signed_max")
+            assert stored[0] == str(_charged(response)).encode() and stored[1] == b"", (stored, response.headers)
+            channel.charged = _charged(response)
+
+
 def test_wrong_signer(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
     _refused(
         box, http, observer, channel, "invalid_batch_settlement_evm_voucher_signature", signer=LocalSigner.generate()
@@ -156,6 +174,28 @@ def test_cumulative_too_high_or_too_low_gets_the_channel_state(
     # the corrective 402 tells the client where the channel stands, with our last voucher
     assert extra["channelState"]["chargedCumulativeAmount"] == str(charged)
     assert extra["voucherState"]["signedMaxClaimable"] and extra["voucherState"]["signature"].startswith("0x")
+
+
+def test_a_voucher_presenting_another_requests_quote_is_refused_and_leaves_the_channel_free(
+    box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel
+) -> None:
+    # The reservation is taken while the quote is checked: a quote refused then must give the
+    # channel back at once (the helper's next voucher would otherwise be `channel_busy`).
+    quoted, body = _body(), _body()
+    quote = offer(http, _url(box), quoted)
+    payment = voucher_payment(
+        quote,
+        channel.config,
+        channel.charged + int(batch_offer(quote)["amount"]),
+        channel.payer,
+        chain_id=box.chain.chain_id,
+    )
+    with observer.unchanged(channel.payer.address, box.operator.address):
+        response = http.post(_url(box), json=body, headers=header(payment))
+        assert rejection(response) == (402, "invalid_payment_requirements"), response.text
+    ok = _pay(box, http, channel, _body())
+    assert ok.status_code == 200, ok.text
+    channel.charged = _charged(ok)
 
 
 def test_replayed_voucher(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:

@@ -3,16 +3,19 @@
 The payer deposits once into an on-chain channel (its first payment carries the deposit's
 ERC-3009 authorization; we send it and serve once it is mined). Every call then carries a
 voucher: a signature over the channel's new cumulative maximum, ``charged + amount``. Serving
-one costs a signature recovery and two store round trips (reserve; commit beside the journal
-write), never a chain round trip:
+one costs a signature recovery and one store round trip before the model call, never a chain
+round trip:
 
 1. the config is ours (receiver, authorizer, token, withdraw delay) and hashes to the id;
    the voucher is signed by the payer's authorizer;
 2. the channel is reserved in one atomic step (`payrouter.channels.ChannelStore.reserve`):
    cumulative check, ``max <= balance``, one request in flight per channel, no withdrawal;
+   the sealed quote is checked and the journal record built while the store runs it;
 3. the handler runs; a failure releases the channel and charges nothing;
-4. the charge, the price of the tokens used (never above ``amount``), is committed to the
-   channel and journaled; the receipt carries ``chargedAmount`` and ``channelState``.
+4. the charge, the price of the tokens used (never above ``amount``), is written to the
+   channel and to the journal, and the answer goes out with its receipt (``chargedAmount``,
+   ``channelState``) once both writes have left the process; their replies are read after
+   it (`payrouter.store.Written`): a crash then loses a reply, never the charge.
 
 The claimer (`payrouter.channels.claimer`) turns committed vouchers into on-chain claims.
 
@@ -59,7 +62,7 @@ from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.schemes.base import match_terms, presented_quote
 from payrouter.x402.schemes.batch_payload import BatchPayload, ChannelReason, parse_batch_payload
-from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, encode_header
+from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, compact_json, encode_header
 from pricing import PriceTable
 from wallets import Signer, recover_address_bytes, typed_data_digest
 from wallets.channels import ChannelConfig, Voucher, batch_settlement_domain
@@ -448,21 +451,22 @@ class BatchScheme:
         deposited = ("", 0)
         amount = _accepted_amount(envelope) if payload.kind == "voucher" else None
         if amount is not None:
-            priced, reserved = await self._quote_while_reserving(call, envelope, payload, channel_id, amount, token)
+            priced, reserved, record = await self._quote_while_reserving(
+                call, envelope, payload, channel_id, amount, token
+            )
         else:
             priced = await self._quote(call, envelope, payer)
             if payload.kind == "deposit":
                 deposited = await self._deposit(call, payload, channel_id)
                 observed.deposit_sent(call.scope, deposited[0])
-            reserved = await self._reserve(payload, channel_id, priced.requirements.amount, token)
-        offer = self.offer(priced)
-        charged_before = reserved.state.charged if reserved.state is not None else 0
-        record = self._voucher_record(call, envelope, payload, channel_id, priced, offer.amount, charged_before, token)
+            amount = priced.requirements.amount
+            reserved = await self._reserve(payload, channel_id, amount, token)
+            record = self._voucher_record(call, envelope, payload, channel_id, priced, amount, token)
         paid = PaidCall(
             request=call.request,
             route=priced,
             payer=payer,
-            deadline=int(time.time()) + offer.max_timeout_seconds,
+            deadline=int(time.time()) + priced.requirements.max_timeout_seconds,
             usage_priced=True,
         )
         call.scope[SCOPE_KEY] = paid
@@ -502,20 +506,22 @@ class BatchScheme:
 
     async def _quote_while_reserving(
         self, call: PaidRequest, envelope: Envelope, payload: BatchPayload, channel_id: str, amount: int, token: str
-    ) -> tuple[PricedRoute, Reserved]:
-        """The quote and the reservation, the quote checked while the store runs the
-        reservation (with the amount ``accepted`` names, which the quote check then holds to the
-        quote's). The voucher's signature has already proved the payer, so a quote refused here
-        only ever held the payer's own channel, for one round trip: it is released."""
+    ) -> tuple[PricedRoute, Reserved, PaymentRecord]:
+        """The quote, the reservation and the voucher's journal record, the quote checked and
+        the record built while the store runs the reservation (with the amount ``accepted``
+        names, which the quote check then holds to the quote's). The voucher's signature has
+        already proved the payer, so a quote refused here only ever held the payer's own
+        channel, for one round trip: it is released."""
         sent = await self._send_reserve(payload, channel_id, amount, token)
         try:
             priced = await self._quote(call, envelope, payload.config.payer)
+            record = self._voucher_record(call, envelope, payload, channel_id, priced, amount, token)
         except BaseException:
             with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
                 if (await sent.reply()).ok:
                     await self._release(channel_id, token)
             raise
-        return priced, await self._reserve(payload, channel_id, amount, token, sent)
+        return priced, await self._reserve(payload, channel_id, amount, token, sent), record
 
     async def _send_reserve(self, payload: BatchPayload, channel_id: str, amount: int, token: str) -> Written[Reserved]:
         return await self.store.send_reserve(
@@ -586,9 +592,10 @@ class BatchScheme:
         channel_id: str,
         priced: PricedRoute,
         amount: int,
-        charged_before: int,
         owner: str,
     ) -> PaymentRecord:
+        """The journal record of the voucher ``payload`` once its reservation holds: the
+        reservation's compare-and-set made ``charged`` exactly ``signed_max - amount``."""
         table = self.table
         kept = {
             "channelConfig": payload.config.to_wire(),
@@ -599,7 +606,7 @@ class BatchScheme:
             },
         }
         return PaymentRecord(
-            id=voucher_record_id(channel_id, charged_before),
+            id=voucher_record_id(channel_id, payload.signed_max - amount),
             scheme=BATCH,
             state=State.CLAIMED,
             owner=owner,
@@ -611,7 +618,7 @@ class BatchScheme:
             nonce=channel_id,
             valid_before=0,
             x402_version=envelope.version,
-            payment=json.dumps(kept, separators=(",", ":")),
+            payment=compact_json(kept).decode(),
             fingerprint="",
             request=call.digest,
             path=call.scope["path"],
@@ -637,7 +644,12 @@ class BatchScheme:
         settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
         observed.committed(call.scope, settled)
         started = time.perf_counter()
-        commit = await self.store.send_commit(channel_id, token, charge)
+        commit: Written[ChannelState | None]
+        journal: Written[tuple[bool, str]]
+        try:
+            commit = await self.store.send_commit(channel_id, token, charge)
+        except (StoreError, InvalidCharge) as exc:
+            commit = Written.failed(exc)
         try:
             journal = await call.services.journal.send_advance(settled, [State.CLAIMED])
         except StoreError as exc:
@@ -794,17 +806,10 @@ def _receipt_event(receipt: bytes, anthropic: bool) -> bytes:
 
 
 def _usage_fields(paid: PaidCall, table: PriceTable, record: PaymentRecord) -> dict[str, Any]:
-    from pricing import PricingError, charge_for_usage
-
-    cost = record.upstream_cost
-    if paid.answered_by and paid.usage_known:
-        with contextlib.suppress(PricingError):
-            cost = charge_for_usage(
-                table, paid.answered_by, paid.input_tokens, paid.output_tokens, cap=paid.quoted
-            ).upstream_cost
+    priced = paid.usage_charge(table)
     return {
         "answered_by": paid.answered_by,
         "input_tokens": paid.input_tokens,
         "output_tokens": paid.output_tokens,
-        "upstream_cost": cost,
+        "upstream_cost": record.upstream_cost if priced is None else priced.upstream_cost,
     }

@@ -1,0 +1,187 @@
+"""The paid path's pipelined Redis connection (`payrouter.store.pipe`) and `send_script` over it,
+against real redis-servers: the shared one, and private ones that are restarted, paused with
+SIGSTOP or password-protected."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from payrouter.store import StoreError
+from payrouter.store.base import Written
+from payrouter.store.pipe import ScriptPipe
+from payrouter.store.redis import RedisClient, connect, send_script
+from tests.private_redis import PrivateRedis
+from tests.redis_keys import REDIS_URL, run_token
+
+ECHO = "return {ARGV[1], redis.call('incr', KEYS[1])}"
+SET = "redis.call('set', KEYS[1], ARGV[1]) return ARGV[1]"
+
+
+@pytest.fixture
+async def shared() -> AsyncIterator[tuple[RedisClient, ScriptPipe, str]]:
+    client = connect(REDIS_URL)
+    pipe = ScriptPipe.of(client)
+    assert pipe is not None
+    prefix = f"pipe-test:{run_token()}"
+    try:
+        yield client, pipe, prefix
+    finally:
+        await pipe.close()
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+async def test_concurrent_scripts_each_get_their_own_reply(shared: tuple[RedisClient, ScriptPipe, str]) -> None:
+    client, pipe, prefix = shared
+    script = client.register_script(ECHO)
+    counter = f"{prefix}:n"
+    await client.script_load(ECHO)  # held: every call goes through the pipe
+
+    async def one(i: int) -> list[bytes | int]:
+        sent = await send_script(client, script, [counter], [f"call-{i}"], pipe)
+        reply: list[bytes | int] = await sent.reply()
+        return reply
+
+    replies = await asyncio.gather(*(one(i) for i in range(300)))
+    assert [r[0] for r in replies] == [f"call-{i}".encode() for i in range(300)]
+    # one connection, commands in the order they were written: the counter counts them in order
+    assert [r[1] for r in replies] == list(range(1, 301))
+    assert await client.script_exists(script.sha) == [True]
+
+
+async def test_the_command_has_left_before_its_reply_is_read(shared: tuple[RedisClient, ScriptPipe, str]) -> None:
+    client, pipe, prefix = shared
+    script = client.register_script(SET)
+    await script(keys=[f"{prefix}:warm"], args=["x"])  # loaded, so the pipe's EVALSHA runs
+    key = f"{prefix}:written"
+    sent = await send_script(client, script, [key], ["charged"], pipe)
+    # another connection sees the write while this one has not read a byte of the reply
+    with redis.Redis.from_url(REDIS_URL) as other:
+        deadline = time.monotonic() + 5
+        while other.get(key) != b"charged":
+            assert time.monotonic() < deadline, "the command was not written"
+            time.sleep(0.005)
+    assert await sent.reply() == b"charged"
+    assert await sent.reply() == b"charged"  # read once, answered again
+
+
+async def test_a_script_redis_does_not_hold_is_loaded_and_runs_once(private_redis: PrivateRedis) -> None:
+    client = connect(private_redis.url)
+    pipe = ScriptPipe.of(client)
+    assert pipe is not None
+    try:
+        script = client.register_script(ECHO)
+        sent = await send_script(client, script, ["n"], ["first"], pipe)
+        assert await sent.reply() == [b"first", 1]  # NOSCRIPT, then loaded and run by redis-py
+        sent = await send_script(client, script, ["n"], ["second"], pipe)
+        assert await sent.reply() == [b"second", 2]
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+async def test_after_a_redis_restart_the_script_runs_through_the_client(private_redis: PrivateRedis) -> None:
+    client = connect(private_redis.url)
+    pipe = ScriptPipe.of(client)
+    assert pipe is not None
+    script = client.register_script(ECHO)
+    try:
+        assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
+        private_redis.restart()  # the pipe's connection is dead, and the new server has no script
+        assert await (await send_script(client, script, ["n"], ["after"], pipe)).reply() == [b"after", 1]
+        assert await (await send_script(client, script, ["n"], ["again"], pipe)).reply() == [b"again", 2]
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+async def test_a_reply_that_never_comes_fails_and_resets_the_pipe(private_redis: PrivateRedis) -> None:
+    client = connect(private_redis.url)
+    pipe = ScriptPipe.of(client)
+    assert pipe is not None and private_redis.process is not None
+    pipe.reply_timeout = 0.3
+    script = client.register_script(ECHO)
+    try:
+        assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
+        os.kill(private_redis.process.pid, signal.SIGSTOP)
+        try:
+            sent = await send_script(client, script, ["n"], ["stuck"], pipe)
+            started = time.monotonic()
+            with pytest.raises(StoreError, match="no reply within"):
+                await sent.reply()
+            assert time.monotonic() - started < 2
+        finally:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+        # a fresh connection: the stuck command's late reply cannot be taken for this one's
+        assert await (await send_script(client, script, ["n"], ["next"], pipe)).reply() == [b"next", 3]
+    finally:
+        await pipe.close()
+        await client.aclose()
+
+
+async def test_password_and_database_come_from_the_client(tmp_path: Path) -> None:
+    server = PrivateRedis(tmp_path, password="s3cret-pipe")
+    server.start()
+    try:
+        url = server.url.replace("/0", "/3")
+        client = connect(url)
+        pipe = ScriptPipe.of(client)
+        assert pipe is not None
+        assert "s3cret" not in repr(pipe)
+        script = client.register_script(SET)
+        await script(keys=["warm"], args=["x"])
+        assert await (await send_script(client, script, ["k"], ["in-db-3"], pipe)).reply() == b"in-db-3"
+        with redis.Redis(port=server.port, password="s3cret-pipe", db=3) as db3:
+            assert db3.get("k") == b"in-db-3"
+        with redis.Redis(port=server.port, password="s3cret-pipe", db=0) as db0:
+            assert db0.get("k") is None
+        await pipe.close()
+        await client.aclose()
+
+        wrong = ScriptPipe(port=server.port, password="wrong")
+        with pytest.raises(ConnectionError, match="set-up"):
+            await wrong.send(b"*1\r\n$4\r\nPING\r\n")
+    finally:
+        server.kill()
+
+
+def test_no_pipe_for_a_cluster_or_tls() -> None:
+    assert ScriptPipe.of(connect("redis+cluster://127.0.0.1:7000")) is None
+    assert ScriptPipe.of(connect("rediss://127.0.0.1:6380/0")) is None
+    assert ScriptPipe.of(connect("unix:///tmp/redis.sock?db=2")) is not None
+
+
+async def test_without_a_pipe_the_script_has_run_when_it_returns(shared: tuple[RedisClient, ScriptPipe, str]) -> None:
+    client, _, prefix = shared
+    script = client.register_script(SET)
+    sent = await send_script(client, script, [f"{prefix}:direct"], ["done"])
+    with redis.Redis.from_url(REDIS_URL) as other:
+        assert other.get(f"{prefix}:direct") == b"done"
+    assert await sent.reply() == b"done"
+
+
+async def test_written_gives_one_outcome() -> None:
+    reads = 0
+
+    async def read() -> int:
+        nonlocal reads
+        reads += 1
+        return 7
+
+    written = Written(read)
+    assert await written.reply() == 7 and await written.reply() == 7 and reads == 1
+    failed: Written[int] = Written.failed(StoreError("down"))
+    for _ in range(2):
+        with pytest.raises(StoreError, match="down"):
+            await failed.reply()
+    assert await Written.done("x").reply() == "x"
