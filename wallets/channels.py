@@ -194,6 +194,13 @@ class ChannelConfig:
         """
         if not isinstance(obj, dict):
             raise TypedDataError("channelConfig must be an object")
+        values = tuple(obj.get(name) for name in _WIRE_FIELDS)
+        if all(type(value) in (str, int) for value in values):  # hashable: every voucher repeats it
+            return _config_from_wire(values)
+        return cls._parse_wire(obj)
+
+    @classmethod
+    def _parse_wire(cls, obj: dict[str, Any]) -> ChannelConfig:
         addresses = {attr: _wire_address(obj.get(wire_name), wire_name) for attr, wire_name in _WIRE_ADDRESS_FIELDS}
         delay = obj.get("withdrawDelay")
         if isinstance(delay, bool) or not isinstance(delay, int) or not 0 <= delay <= _UINT40_MAX:
@@ -209,7 +216,16 @@ class ChannelConfig:
         return self.payer_authorizer != _ZERO_ADDRESS
 
 
-# A channel's every voucher carries its config: two keccaks and five ABI words per call, once.
+_WIRE_FIELDS = ("payer", "payerAuthorizer", "receiver", "receiverAuthorizer", "token", "withdrawDelay", "salt")
+
+
+# A channel's every voucher carries its config: parsed (five EIP-55 checks) once per config.
+@lru_cache(maxsize=65_536)
+def _config_from_wire(values: tuple[Any, ...]) -> ChannelConfig:
+    return ChannelConfig._parse_wire(dict(zip(_WIRE_FIELDS, values, strict=True)))
+
+
+# ... and its id: two keccaks and five ABI words, once.
 @lru_cache(maxsize=65_536)
 def _channel_id(config: ChannelConfig, chain_id: int) -> bytes:
     return typed_data_digest(batch_settlement_domain(chain_id), config)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -51,6 +51,27 @@ class UpstreamPool:
 
     def _candidates(
         self, decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None = None
+    ) -> Iterator[str]:
+        """The models to try, in order. The routed model comes first when it is healthy and can
+        finish in time; the fallbacks are priced only if it fails (most calls never need them)."""
+        primary = decision.model
+        if self._usable(primary, table, decision.output_tokens, deadline):
+            yield primary
+            yield from (m for m in self._all_candidates(decision, table, paid, deadline) if m != primary)
+        else:
+            yield from self._all_candidates(decision, table, paid, deadline)
+
+    def _usable(self, model_id: str, table: PriceTable, output_tokens: int, deadline: float | None) -> bool:
+        try:
+            model = table.model(model_id)
+        except PricingError:
+            return False
+        if deadline is not None and time.time() + _expected_seconds(model, output_tokens) >= deadline:
+            return False
+        return self.health is None or self.health.healthy(model_id)
+
+    def _all_candidates(
+        self, decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None
     ) -> list[str]:
         out = [decision.model]
         for model_id in decision.fallbacks:
