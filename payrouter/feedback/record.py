@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -94,6 +93,7 @@ class FeedbackRecorder:
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def note(
         self, completion_id: str, payer: str, model: str, router_name: str, rule: str, arm: str, prompt: str
@@ -108,12 +108,18 @@ class FeedbackRecorder:
         """Start the background writer."""
         self._task = asyncio.create_task(self._run(), name="payrouter-feedback")
 
-    async def stop(self) -> None:
-        """Write what is queued, then stop."""
+    async def stop(self, grace: float = 2.0) -> None:
+        """Write what is queued, then stop (waiting at most ``grace`` seconds for the writer)."""
+        self._stopping = True
+        self._wake.set()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # redis-py can lose a cancellation that lands mid-command (the writer then carried
+            # on and waited for work forever, and shutdown with it): the flag ends the loop, and
+            # shutdown never waits on it for long
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                log.warning("feedback writer did not stop within %.0f s; leaving it", grace)
         await self.flush()
 
     async def flush(self) -> None:
@@ -129,8 +135,10 @@ class FeedbackRecorder:
                 return
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await self._wake.wait()
+            if self._stopping:
+                return
             await asyncio.sleep(_FLUSH_S)
             self._wake.clear()
             await self.flush()
