@@ -167,6 +167,12 @@ def _instrument() -> dict[str, list[float]]:
             setattr(cls, attr, wrap(f"{prefix}.{attr}", value))
     RedisJournal.open = timed_async("journal.open", RedisJournal.open)  # type: ignore[method-assign]
     RedisJournal.advance = timed_async("journal.advance", RedisJournal.advance)  # type: ignore[method-assign]
+    RedisJournal.send_advance = timed_async(  # type: ignore[method-assign]
+        "journal.send_advance (written, reply read later)", RedisJournal.send_advance
+    )
+    batch._Charging.confirm = timed_async(  # type: ignore[method-assign]
+        "batch confirm (replies read after the answer)", batch._Charging.confirm
+    )
     OpenAICompatible.chat = timed_async("upstream.chat (HTTP)", OpenAICompatible.chat)  # type: ignore[method-assign]
     HealthTracker.record_success = timed_async(  # type: ignore[method-assign]
         "health.record_success", HealthTracker.record_success

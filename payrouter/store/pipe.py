@@ -46,25 +46,36 @@ class _Protocol(asyncio.Protocol):
         self.waiting: collections.deque[asyncio.Future[Any]] = collections.deque()
         self.transport: asyncio.Transport | None = None
         self.lost = False
+        self.drained = asyncio.Event()
+        self.drained.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        # pause on any byte the kernel did not take: a command is written once it has it all
+        self.transport.set_write_buffer_limits(high=0, low=0)
+
+    def pause_writing(self) -> None:
+        self.drained.clear()
+
+    def resume_writing(self) -> None:
+        self.drained.set()
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
         while (reply := self.reader.gets()) is not False:
             if not self.waiting:  # a reply nobody asked for: the stream is out of step
-                self._fail(PipeBroken("redis sent a reply nobody waited for"))
+                self.fail(PipeBroken("redis sent a reply nobody waited for"))
                 return
             waiter = self.waiting.popleft()
-            if not waiter.done():
+            if not waiter.done():  # a reader that gave up (cancelled) still had its reply
                 waiter.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(PipeBroken(f"redis connection lost ({exc or 'closed'})"))
+        self.fail(PipeBroken(f"redis connection lost ({exc or 'closed'})"))
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
         self.lost = True
+        self.drained.set()
         if self.transport is not None:
             self.transport.abort()
         while self.waiting:
@@ -79,9 +90,9 @@ class ScriptPipe:
     Args:
         host, port or path: where Redis listens (TCP, or a Unix socket path).
         username, password, db: sent as ``AUTH`` and ``SELECT`` when the connection opens.
-        connect_timeout: seconds to open it.
-        reply_timeout: seconds a reply may take (redis-py's default socket time-out) before
-            the caller gives up on it and the connection is reset.
+        connect_timeout: seconds to open it (every caller waiting meanwhile shares the attempt).
+        reply_timeout: seconds a reply may take before `reply` gives up on it and drops the
+            connection it was sent on.
     """
 
     def __init__(
@@ -107,7 +118,12 @@ class ScriptPipe:
         self._connect_timeout = connect_timeout
         self._proto: _Protocol | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._opening: asyncio.Lock | None = None
+        self._opening: asyncio.Task[_Protocol] | None = None
+        self._closed = False
+
+    def __repr__(self) -> str:  # the AUTH command holds the password
+        host, port, path = self._address
+        return f"ScriptPipe({path or f'{host}:{port}'})"
 
     @classmethod
     def of(cls, client: Any) -> ScriptPipe | None:
@@ -121,23 +137,33 @@ class ScriptPipe:
         username, password = kwargs.get("username"), kwargs.get("password")
         db = int(kwargs.get("db") or 0)
         connect_timeout = float(kwargs.get("socket_connect_timeout") or 5.0)
+        reply_timeout = float(kwargs.get("socket_timeout") or 5.0)
+        settings = {
+            "username": username,
+            "password": password,
+            "db": db,
+            "connect_timeout": connect_timeout,
+            "reply_timeout": reply_timeout,
+        }
         if connection_class is Connection:
-            host, port = str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))
-            return cls(host, port, username=username, password=password, db=db, connect_timeout=connect_timeout)
+            return cls(str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379)), **settings)  # type: ignore[arg-type]
         if connection_class is UnixDomainSocketConnection:
-            path = str(kwargs["path"])
-            return cls(path=path, username=username, password=password, db=db, connect_timeout=connect_timeout)
+            return cls(path=str(kwargs["path"]), **settings)  # type: ignore[arg-type]
         return None
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
-        if self._opening is None or self._loop is not loop:
-            self._opening, self._loop, self._proto = asyncio.Lock(), loop, None
-        async with self._opening:
-            proto = self._proto
-            if proto is not None and not proto.lost:
-                return proto
-            host, port, path = self._address
+        if self._loop is not loop:  # a client used from another event loop (tests) starts afresh
+            self._loop, self._proto, self._opening = loop, None, None
+        if self._opening is None or self._opening.done():
+            self._opening = loop.create_task(self._connect(loop))
+        # one attempt shared by every caller; a caller that gives up does not cancel it
+        return await asyncio.shield(self._opening)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        host, port, path = self._address
+        proto: _Protocol | None = None
+        try:
             async with asyncio.timeout(self._connect_timeout):
                 if path is not None:
                     _, proto = await loop.create_unix_connection(_Protocol, path)
@@ -149,12 +175,15 @@ class ScriptPipe:
                     proto.transport.write(b"".join(self._hello))
                     for answer in await asyncio.gather(*replies, return_exceptions=True):
                         if isinstance(answer, ReplyError):  # a reply (hiredis's error value), not raised
-                            proto.transport.abort()
                             raise PipeBroken(f"redis refused the connection's set-up: {answer}")
                         if isinstance(answer, BaseException):
                             raise answer
-            self._proto = proto
-            return proto
+        except BaseException:
+            if proto is not None:
+                proto.fail(PipeBroken("the connection's set-up failed"))
+            raise
+        self._proto = proto
+        return proto
 
     def _queue(self, proto: _Protocol) -> asyncio.Future[Any]:
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -162,27 +191,50 @@ class ScriptPipe:
         return waiter
 
     async def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Write one packed command (`pack`); the future resolves to its reply (an error reply
-        is a `ReplyError` value, not raised) or fails with `PipeBroken`.
+        """Write one packed command (`pack`) and return once the kernel has all of it; the
+        future resolves to its reply (an error reply is a `ReplyError` value, not raised) or
+        fails with `PipeBroken`. Read it with `reply`.
 
         Raises:
-            PipeBroken, OSError, TimeoutError: the connection could not be opened.
+            PipeBroken, OSError, TimeoutError: the pipe is closed, or the connection could not
+                be opened.
         """
+        if self._closed:
+            raise PipeBroken("the pipe is closed")
         proto = self._proto
         if proto is None or proto.lost or self._loop is not asyncio.get_running_loop():
             proto = await self._open()
         waiter = self._queue(proto)
         assert proto.transport is not None
         proto.transport.write(command)
+        if not proto.drained.is_set():  # the socket was full: the rest waits in our buffer
+            await proto.drained.wait()
         return waiter
 
+    async def reply(self, waiter: asyncio.Future[Any]) -> Any:
+        """The reply ``waiter`` (from `send`) resolves to.
+
+        Raises:
+            PipeBroken: the connection was lost before the reply came.
+            TimeoutError: no reply within ``reply_timeout``; the connection it was sent on is
+                dropped (its later replies could not be matched any more).
+        """
+        try:
+            async with asyncio.timeout(self.reply_timeout):
+                return await waiter
+        except TimeoutError:
+            proto = self._proto
+            if proto is not None and waiter in proto.waiting:
+                proto.fail(PipeBroken("a reply did not come in time; the connection was dropped"))
+            raise
+
     def reset(self) -> None:
-        """Drop the connection (a reply that never came leaves the stream out of step); the
-        next command opens a new one."""
+        """Drop the connection (the next command opens a new one)."""
         if self._proto is not None:
-            self._proto._fail(PipeBroken("the connection was reset"))
+            self._proto.fail(PipeBroken("the connection was reset"))
             self._proto = None
 
     async def close(self) -> None:
-        """Close the connection; commands waiting for replies fail with `PipeBroken`."""
+        """Close the connection for good; commands waiting for replies fail with `PipeBroken`."""
+        self._closed = True
         self.reset()

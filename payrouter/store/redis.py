@@ -20,7 +20,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from payrouter.store.base import StoreError, Written
-from payrouter.store.pipe import PipeBroken, ReplyError, ScriptPipe, pack
+from payrouter.store.pipe import ReplyError, ScriptPipe, pack
 
 __all__ = [
     "CLUSTER_SCHEMES",
@@ -87,47 +87,59 @@ async def send_script(
     """Run ``script`` on ``keys`` and ``args``, returning once its command is written; its reply
     is read by `Written.reply` (raising `StoreError` for a Redis failure).
 
-    With a ``pipe`` (a standalone Redis) the command is written to the pipe's connection before
-    this returns, so whatever the caller does next happens after the command left this process:
-    a crash in between loses the reply, not the write, which the kernel still delivers. The
-    script must tolerate running twice, as every call through `connect`'s client already must:
-    a connection lost before the reply makes `reply` run it once more through ``client``, and a
-    script the server does not hold yet is loaded and run then. A reply that takes longer than
-    the pipe's ``reply_timeout`` resets the pipe and fails (the script may have run: not retried).
+    With a ``pipe`` (a standalone Redis) the command is in the kernel's hands before this
+    returns, so whatever the caller does next happens after the command left this process: a
+    crash in between loses the reply, not the write. The script must tolerate running twice:
+    a connection lost before the reply, or a reply that does not come within the pipe's
+    ``reply_timeout``, makes `reply` send it once more on a fresh connection of the pipe, and a
+    script the server does not hold yet is loaded and sent again. If the pipe cannot open, the
+    call runs through ``client`` before this returns.
 
     Without one (a Cluster: slots, redirections, failovers; TLS) the call runs to its end
     through ``client`` before this returns.
     """
 
-    async def through_client() -> Any:
-        return await redis_call(script(keys=keys, args=args))
-
-    if pipe is None:
+    async def through_client() -> Written[Any]:
         try:
-            return Written.done(await through_client())
+            return Written.done(await redis_call(script(keys=keys, args=args)))
         except StoreError as exc:
             return Written.failed(exc)
+
+    if pipe is None:
+        return await through_client()
+    command = pack(b"EVALSHA", script.sha, len(keys), *keys, *args)
     try:
-        waiter = await pipe.send(pack(b"EVALSHA", script.sha, len(keys), *keys, *args))
+        waiter = await pipe.send(command)
     except (OSError, TimeoutError):  # the pipe could not open: the client reconnects, or fails
-        return Written(through_client)
+        return await through_client()
 
     async def read() -> Any:
         try:
-            async with asyncio.timeout(pipe.reply_timeout):
-                reply = await waiter
-        except PipeBroken:
-            return await through_client()
-        except TimeoutError:
-            pipe.reset()
-            raise StoreError(f"redis: no reply within {pipe.reply_timeout:g} s") from None
+            reply = await pipe.reply(waiter)
+        except (OSError, TimeoutError):  # lost or stalled (PipeBroken is an OSError)
+            reply = await _once_more(pipe, command)
+        if isinstance(reply, ReplyError) and str(reply).startswith("NOSCRIPT"):  # this one did not run
+            loaded = await _once_more(
+                pipe,
+                pack(
+                    b"SCRIPT", b"LOAD", bytes(script.script) if isinstance(script.script, memoryview) else script.script
+                ),
+            )
+            if isinstance(loaded, ReplyError):
+                raise StoreError(f"redis: {loaded}")
+            reply = await _once_more(pipe, command)
         if isinstance(reply, ReplyError):
-            if str(reply).startswith("NOSCRIPT"):
-                return await through_client()  # loads the script, then runs it (this one did not run)
             raise StoreError(f"redis: {reply}")
         return reply
 
     return Written(read)
+
+
+async def _once_more(pipe: ScriptPipe, command: bytes) -> Any:
+    try:
+        return await pipe.reply(await pipe.send(command))
+    except (OSError, TimeoutError) as exc:
+        raise StoreError(f"redis: {exc.__class__.__name__}: {exc}") from exc
 
 
 def is_cluster_url(url: str) -> bool:

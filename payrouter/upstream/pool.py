@@ -57,9 +57,20 @@ class UpstreamPool:
         primary = decision.model
         if self._usable(primary, table, decision.output_tokens, deadline):
             yield primary
-            yield from (m for m in self._all_candidates(decision, table, paid, deadline) if m != primary)
+            for model_id in decision.fallbacks:  # as before: only healthy ones the payment covers
+                if model_id != primary and self._covered(model_id, decision, table, paid):
+                    if self._usable(model_id, table, decision.output_tokens, deadline):
+                        yield model_id
         else:
             yield from self._all_candidates(decision, table, paid, deadline)
+
+    @staticmethod
+    def _covered(model_id: str, decision: RouteDecision, table: PriceTable, paid: int) -> bool:
+        # A fallback is only worth trying if what the client paid covers it.
+        try:
+            return quote_route(table, model_id, decision.input_tokens, decision.output_tokens).amount <= paid
+        except PricingError:
+            return False
 
     def _usable(self, model_id: str, table: PriceTable, output_tokens: int, deadline: float | None) -> bool:
         try:
@@ -74,13 +85,7 @@ class UpstreamPool:
         self, decision: RouteDecision, table: PriceTable, paid: int, deadline: float | None
     ) -> list[str]:
         out = [decision.model]
-        for model_id in decision.fallbacks:
-            # A fallback is only worth trying if what the client paid covers it.
-            try:
-                if quote_route(table, model_id, decision.input_tokens, decision.output_tokens).amount <= paid:
-                    out.append(model_id)
-            except PricingError:
-                continue
+        out += [m for m in decision.fallbacks if self._covered(m, decision, table, paid)]
         if deadline is not None:
             now = time.time()
             fits = [m for m in out if now + _expected_seconds(table.model(m), decision.output_tokens) < deadline]

@@ -120,10 +120,12 @@ def test_the_correct_voucher_is_charged_what_it_used(box: Sandbox, http: httpx.C
     channel.charged = _charged(response)
 
 
-def test_the_charge_is_in_the_store_when_the_answer_arrives(box: Sandbox, http: httpx.Client, channel: Channel) -> None:
-    # The commit is written before the answer and its reply read after it: whoever reads the
-    # channel as soon as the answer is in already finds the charge, and the receipt (sent
-    # before the commit's reply) names exactly what the store holds.
+def test_the_receipt_sent_before_the_commits_reply_names_what_the_store_holds(
+    box: Sandbox, http: httpx.Client, channel: Channel
+) -> None:
+    # The commit is written before the answer and its reply read after it, so the receipt's
+    # channelState is worked out from the reservation: it must be exactly what the store then
+    # holds, and the charge must already be there when the answer arrives.
     cid = channel.config.channel_id(box.chain.chain_id)
     key = f"{box.namespace}:{keys.channel('0x' + cid.hex())}"
     with redis.Redis.from_url(REDIS_URL) as store:

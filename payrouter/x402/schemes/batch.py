@@ -27,6 +27,7 @@ through the corrective 402 (the official SDKs do this by themselves).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -80,6 +81,8 @@ _VALID_BEFORE_MARGIN = 6
 # The reservation outlives the quote's lifetime by this much (the model call must finish
 # within the quote's timeout; the slack covers committing).
 _RESERVE_SLACK_S = 60
+# releases retried in the background while the store is away: 0.5 s doubling to 30 s, ~2.5 min
+_RELEASE_TRIES = 10
 # a voucher is verified by its signature alone, and "settled" (charged) by committing it
 _VERIFY_SECONDS = metrics.VERIFY_SECONDS.labels(scheme=BATCH)
 _SETTLE_SECONDS = metrics.SETTLE_SECONDS.labels(scheme=BATCH)
@@ -122,6 +125,7 @@ class BatchScheme:
         self.chain_id = table.chain_id
         self.domain = batch_settlement_domain(table.chain_id)
         self.min_deposit = table.channels.min_deposit_atomic(table.asset.decimals)
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def offer(self, priced: PricedRoute) -> Requirements:
         base = priced.requirements
@@ -486,9 +490,9 @@ class BatchScheme:
                 return
             charge = paid.charge(self.table)
             charging = await self._write_charge(call, paid, record, channel_id, token, charge)
-            headers = [*headers, self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)]
             try:
-                await send_response(send, status, body, headers)
+                receipt = self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)
+                await send_response(send, status, body, [*headers, receipt])
             finally:
                 await charging.confirm()
 
@@ -517,9 +521,10 @@ class BatchScheme:
             priced = await self._quote(call, envelope, payload.config.payer)
             record = self._voucher_record(call, envelope, payload, channel_id, priced, amount, token)
         except BaseException:
-            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                if (await sent.reply()).ok:
-                    await self._release(channel_id, token)
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(StoreError):
+                    await sent.reply()  # the release must come after it
+                await self._release(channel_id, token)
             raise
         return priced, await self._reserve(payload, channel_id, amount, token, sent), record
 
@@ -539,13 +544,22 @@ class BatchScheme:
         """The reservation (``sent`` already, or sent now); a channel the store does not know
         is mirrored from the chain and tried again. Raises the refusal a failed one means."""
         payer = payload.config.payer
-        reserved = await (sent or await self._send_reserve(payload, channel_id, amount, token)).reply()
-        if reserved.kind == "not_found":
-            if await self._sync(payload.config, channel_id) is None:
-                raise PaymentRejected(
-                    ChannelReason.CHANNEL_NOT_FOUND, "no deposit in this channel; send a deposit payload first", payer
-                )
-            reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
+        try:
+            reserved = await (sent or await self._send_reserve(payload, channel_id, amount, token)).reply()
+            if reserved.kind == "not_found":
+                if await self._sync(payload.config, channel_id) is None:
+                    raise PaymentRejected(
+                        ChannelReason.CHANNEL_NOT_FOUND,
+                        "no deposit in this channel; send a deposit payload first",
+                        payer,
+                    )
+                reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
+        except BaseException:
+            # a reply lost to a store fault, or a request cancelled while waiting for it, may
+            # hide a reservation that was taken: give it back (a no-op if it was not)
+            with anyio.CancelScope(shield=True):
+                await self._release(channel_id, token)
+            raise
         if reserved.ok:
             return reserved
         self._refused_reservation(reserved, payload, amount)
@@ -630,9 +644,26 @@ class BatchScheme:
 
     async def _release(self, channel_id: str, token: str) -> None:
         """The call failed: the channel is free again and nothing was charged (no voucher was
-        accepted, so the journal has nothing to keep)."""
-        with contextlib.suppress(StoreError):
+        accepted, so the journal has nothing to keep). With the store away, the release is
+        retried in the background: a reservation that landed before it went away would
+        otherwise hold the channel for its whole lifetime (it is a no-op if nothing was held)."""
+        try:
             await self.store.release(channel_id, token)
+        except StoreError:
+            task = asyncio.get_running_loop().create_task(self._release_later(channel_id, token))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+    async def _release_later(self, channel_id: str, token: str) -> None:
+        delay = 0.5
+        for _ in range(_RELEASE_TRIES):
+            await asyncio.sleep(delay)
+            try:
+                await self.store.release(channel_id, token)
+                return
+            except StoreError:
+                delay = min(delay * 2, 30.0)
+        log.error("channel %s: reservation %s could not be released; it lapses on its own", channel_id, token[:8])
 
     async def _write_charge(
         self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, charge: int
