@@ -106,6 +106,7 @@ class FeedbackRecorder:
 
     def start(self) -> None:
         """Start the background writer."""
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name="payrouter-feedback")
 
     async def stop(self, grace: float = 2.0) -> None:
