@@ -304,7 +304,9 @@ class RedisChannelStore:
         cid = channel_key_id(channel_id)
         if not token:
             return False
-        return bool(int(await redis_call(self._release(keys=[self._key(cid)], args=[token]))))
+        # through the pipe: after the reservation it gives back, on the same connection
+        sent = await send_script(self._redis, self._release, [self._key(cid)], [token], self._pipe)
+        return bool(int(await sent.reply()))
 
     async def upsert_onchain(
         self,

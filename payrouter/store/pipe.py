@@ -157,6 +157,8 @@ class ScriptPipe:
             self._loop, self._proto, self._opening = loop, None, None
         if self._opening is None or self._opening.done():
             self._opening = loop.create_task(self._connect(loop))
+            # every caller may have given up: its failure is still retrieved (no stray log)
+            self._opening.add_done_callback(lambda task: task.cancelled() or task.exception())
         # one attempt shared by every caller; a caller that gives up does not cancel it
         return await asyncio.shield(self._opening)
 
@@ -182,6 +184,9 @@ class ScriptPipe:
             if proto is not None:
                 proto.fail(PipeBroken("the connection's set-up failed"))
             raise
+        if self._closed:  # closed while it opened
+            proto.fail(PipeBroken("the pipe is closed"))
+            raise PipeBroken("the pipe is closed")
         self._proto = proto
         return proto
 
@@ -204,11 +209,18 @@ class ScriptPipe:
         proto = self._proto
         if proto is None or proto.lost or self._loop is not asyncio.get_running_loop():
             proto = await self._open()
+            if proto.lost:
+                raise PipeBroken("the connection was lost as it opened")
         waiter = self._queue(proto)
         assert proto.transport is not None
         proto.transport.write(command)
         if not proto.drained.is_set():  # the socket was full: the rest waits in our buffer
-            await proto.drained.wait()
+            try:
+                async with asyncio.timeout(self.reply_timeout):
+                    await proto.drained.wait()
+            except TimeoutError:
+                proto.fail(PipeBroken("redis did not take a command in time; the connection was dropped"))
+                raise PipeBroken("redis did not take the command in time") from None
         return waiter
 
     async def reply(self, waiter: asyncio.Future[Any]) -> Any:

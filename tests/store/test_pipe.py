@@ -138,12 +138,16 @@ async def test_a_short_stall_is_ridden_out(private_redis: PrivateRedis) -> None:
     script = client.register_script(ECHO)
     try:
         assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
+        first = pipe._proto
         os.kill(private_redis.process.pid, signal.SIGSTOP)
         sent = await send_script(client, script, ["n"], ["during"], pipe)
-        await asyncio.sleep(0.7)  # the first wait gives up; the second, on a fresh connection, gets it
+        reading = asyncio.create_task(sent.reply())
+        # the first wait gives up at 0.5 s; the second, on a fresh connection, gets the reply
+        await asyncio.sleep(0.7)
         os.kill(private_redis.process.pid, signal.SIGCONT)
-        reply = await sent.reply()
+        reply = await reading
         assert reply[0] == b"during"
+        assert pipe._proto is not None and pipe._proto is not first  # it was sent once more
     finally:
         os.kill(private_redis.process.pid, signal.SIGCONT)
         await pipe.close()
@@ -187,6 +191,19 @@ async def test_a_reader_that_gives_up_leaves_the_others_in_step(shared: tuple[Re
     assert any(not isinstance(r, BaseException) for r in results)
     assert sum(isinstance(r, asyncio.CancelledError) for r in results) == 150
     assert await (await send_script(client, script, [counter], ["after"], pipe)).reply() == [b"after", 302]
+
+
+async def test_a_pipe_closed_while_it_opens_stays_closed(shared: tuple[RedisClient, ScriptPipe, str]) -> None:
+    client, pipe, prefix = shared
+    script = client.register_script(ECHO)
+    opening = asyncio.create_task(pipe.send(b"*1\r\n$4\r\nPING\r\n"))
+    await asyncio.sleep(0)  # the connection is being opened
+    await pipe.close()
+    with pytest.raises(ConnectionError):
+        await opening
+    assert pipe._proto is None
+    sent = await send_script(client, script, [f"{prefix}:n"], ["after-close"], pipe)  # through redis-py
+    assert await sent.reply() == [b"after-close", 1]
 
 
 async def test_a_closed_pipe_takes_no_more_commands(shared: tuple[RedisClient, ScriptPipe, str]) -> None:

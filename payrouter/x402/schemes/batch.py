@@ -83,6 +83,7 @@ _VALID_BEFORE_MARGIN = 6
 _RESERVE_SLACK_S = 60
 # releases retried in the background while the store is away: 0.5 s doubling to 30 s, ~2.5 min
 _RELEASE_TRIES = 10
+_RELEASES_PENDING_MAX = 1024
 # a voucher is verified by its signature alone, and "settled" (charged) by committing it
 _VERIFY_SECONDS = metrics.VERIFY_SECONDS.labels(scheme=BATCH)
 _SETTLE_SECONDS = metrics.SETTLE_SECONDS.labels(scheme=BATCH)
@@ -516,14 +517,16 @@ class BatchScheme:
         names, which the quote check then holds to the quote's). The voucher's signature has
         already proved the payer, so a quote refused here only ever held the payer's own
         channel, for one round trip: it is released."""
-        sent = await self._send_reserve(payload, channel_id, amount, token)
+        sent: Written[Reserved] | None = None
         try:
+            sent = await self._send_reserve(payload, channel_id, amount, token)
             priced = await self._quote(call, envelope, payload.config.payer)
             record = self._voucher_record(call, envelope, payload, channel_id, priced, amount, token)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                with contextlib.suppress(StoreError):
-                    await sent.reply()  # the release must come after it
+                if sent is not None:
+                    with contextlib.suppress(StoreError):
+                        await sent.reply()  # the release must come after it
                 await self._release(channel_id, token)
             raise
         return priced, await self._reserve(payload, channel_id, amount, token, sent), record
@@ -650,6 +653,9 @@ class BatchScheme:
         try:
             await self.store.release(channel_id, token)
         except StoreError:
+            if len(self._releasing) >= _RELEASES_PENDING_MAX:  # a long outage: the rest lapse on their own
+                log.warning("channel %s: reservation not released; it lapses on its own", channel_id)
+                return
             task = asyncio.get_running_loop().create_task(self._release_later(channel_id, token))
             self._releasing.add(task)
             task.add_done_callback(self._releasing.discard)
