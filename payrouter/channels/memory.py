@@ -109,9 +109,16 @@ class MemoryChannelStore:
         signature: str,
         token: str,
         ttl_ms: int,
+        refund: bool = False,
     ) -> Written[Reserved]:
         reserved = await self.reserve(
-            channel_id, amount=amount, signed_max=signed_max, signature=signature, token=token, ttl_ms=ttl_ms
+            channel_id,
+            amount=amount,
+            signed_max=signed_max,
+            signature=signature,
+            token=token,
+            ttl_ms=ttl_ms,
+            refund=refund,
         )
         return Written.done(reserved)
 

@@ -239,7 +239,15 @@ class RedisChannelStore:
         ttl_ms: int,
         refund: bool = False,
     ) -> Reserved:
-        sent = await self._send_reserve(channel_id, amount, signed_max, signature, token, ttl_ms, refund)
+        sent = await self.send_reserve(
+            channel_id,
+            amount=amount,
+            signed_max=signed_max,
+            signature=signature,
+            token=token,
+            ttl_ms=ttl_ms,
+            refund=refund,
+        )
         return await sent.reply()
 
     async def send_reserve(
@@ -251,11 +259,7 @@ class RedisChannelStore:
         signature: str,
         token: str,
         ttl_ms: int,
-    ) -> Written[Reserved]:
-        return await self._send_reserve(channel_id, amount, signed_max, signature, token, ttl_ms, False)
-
-    async def _send_reserve(
-        self, channel_id: str, amount: int, signed_max: int, signature: str, token: str, ttl_ms: int, refund: bool
+        refund: bool = False,
     ) -> Written[Reserved]:
         expected = expected_charged(amount=amount, signed_max=signed_max, token=token, ttl_ms=ttl_ms, refund=refund)
         cid = channel_key_id(channel_id)

@@ -70,11 +70,11 @@ class ChannelStore(Protocol):
         signature: str,
         token: str,
         ttl_ms: int,
+        refund: bool = False,
     ) -> Written[Reserved]:
-        """`reserve` (not for a refund), returning once it is written (see
-        `payrouter.store.Written`); ``reply()`` gives what `reserve` would have. The caller can
-        check something else while the store works, and must `release` an ``ok`` it no longer
-        wants.
+        """`reserve`, returning once it is written (see `payrouter.store.Written`); ``reply()``
+        gives what `reserve` would have. The caller can check something else while the store
+        works, and must `release` an ``ok`` it no longer wants.
 
         Raises:
             ValueError: as `reserve`, before anything is written.

@@ -11,14 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,22 +23,14 @@ import redis
 from payrouter.sandbox.dev import Sandbox
 from payrouter.store import keys
 from tests.delay_proxy import DelayProxy
-from tests.price_toml import price_table_toml
 from wallets import LocalSigner
 
 from .channel_payloads import batch_offer, config_for, voucher_payment
 from .conftest import REDIS_URL
 from .payments import header, offer
+from .servers import serve_beside
 
-CLI = Path(sys.executable).parent / "payrouter"
 DELAY = 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")
@@ -51,52 +38,11 @@ def slow_store(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A server on the sandbox's chain and namespace whose Redis replies come through the proxy."""
     proxy = DelayProxy("127.0.0.1", 6379)
     proxy.start()
-    folder = tmp_path_factory.mktemp("slow-store")
-    (folder / "prices.toml").write_text(price_table_toml(box.table.model_dump(mode="json")))
-    providers = "\n".join(
-        f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in box.table.models})
-    )
-    (folder / "payrouter.toml").write_text(
-        f'price_table = "prices.toml"\nredis_url = "redis://127.0.0.1:{proxy.port}/0"\n'
-        f'namespace = "{box.namespace}"\n'
-        f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
-        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n{providers}\n'
-    )
-    assert box.authorizer is not None
-    env = {
-        **os.environ,
-        "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key(),
-        "TEST_AUTHORIZER_KEY": box.authorizer.unsafe_export_private_key(),
-    }
-    port = _free_port()
-    log = folder / "server.log"
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(
-            [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.05)
-        yield f"{url}/v1/chat/completions", proxy
+        redis_url = f"redis://127.0.0.1:{proxy.port}/0"
+        with serve_beside(box, tmp_path_factory.mktemp("slow-store"), redis_url) as server:
+            yield f"{server.urls[0]}/v1/chat/completions", proxy
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
         proxy.stop()
 
 

@@ -6,116 +6,34 @@ import base64
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
-from tests.price_toml import price_table_toml
 from wallets import LocalSigner
 
 from .channel_payloads import batch_offer, config_for, voucher_payment
 from .claims import claim_pass
 from .conftest import REDIS_URL, Observer
 from .payments import header, offer, payment, rejection
-
-CLI = Path(sys.executable).parent / "payrouter"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@dataclass
-class Servers:
-    """Two ``payrouter serve`` processes on the sandbox's Redis namespace and chain."""
-
-    urls: list[str]
-    procs: list[subprocess.Popen[bytes]]
-    config: Path
+from .servers import CLI, Servers, serve_beside
 
 
 @pytest.fixture(scope="module")
 def two(box: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
-    folder = tmp_path_factory.mktemp("two-servers")
-    (folder / "prices.toml").write_text(price_table_toml(box.table.model_dump(mode="json")))
-    providers = "\n".join(
-        f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in box.table.models})
-    )
-    (folder / "payrouter.toml").write_text(
-        f'price_table = "prices.toml"\nredis_url = "{REDIS_URL}"\nnamespace = "{box.namespace}"\n'
-        f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
-        # the tests run claimer passes themselves
-        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n{providers}\n'
-    )
-    # faulthandler: a server that will not stop is made to print where it is stuck (SIGABRT)
-    assert box.authorizer is not None
-    env = {
-        **os.environ,
-        "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key(),
-        "TEST_AUTHORIZER_KEY": box.authorizer.unsafe_export_private_key(),
-        "PYTHONFAULTHANDLER": "1",
-    }
-    ports = [_free_port(), _free_port()]
-    # logs go to files, not pipes nobody reads (a full pipe would block the server)
-    logs = [folder / f"server-{port}.log" for port in ports]
-    procs = []
-    for port, log in zip(ports, logs, strict=True):
-        with log.open("wb") as sink:  # the child keeps its own descriptor
-            procs.append(
-                subprocess.Popen(
-                    [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)],
-                    env=env,
-                    stdout=subprocess.DEVNULL,
-                    stderr=sink,
-                )
-            )
-    urls = [f"http://127.0.0.1:{port}" for port in ports]
-    try:
-        deadline = time.monotonic() + 30
-        for url, proc in zip(urls, procs, strict=True):
-            while True:
-                assert proc.poll() is None, _log_tail(logs[procs.index(proc)])
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "server did not become healthy"
-                time.sleep(0.05)
-        yield Servers(urls, procs, folder / "payrouter.toml")
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc, log in zip(procs, logs, strict=True):
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(signal.SIGABRT)
-                proc.wait(10)
-                pytest.fail(f"payrouter serve did not stop on SIGTERM within 10 s:\n{_log_tail(log)}")
+    """Two ``payrouter serve`` processes on the sandbox's Redis namespace and chain."""
+    with serve_beside(box, tmp_path_factory.mktemp("two-servers"), REDIS_URL, count=2) as servers:
+        yield servers
 
 
 @pytest.fixture
 def servers(two: Servers) -> list[str]:
     return two.urls
-
-
-def _log_tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-6000:]
 
 
 def test_gas_key_never_logged(servers: list[str], box: Sandbox) -> None:

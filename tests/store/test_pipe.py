@@ -41,6 +41,21 @@ async def shared() -> AsyncIterator[tuple[RedisClient, ScriptPipe, str]]:
         await client.aclose()
 
 
+@pytest.fixture
+async def private(private_redis: PrivateRedis) -> AsyncIterator[tuple[RedisClient, ScriptPipe, PrivateRedis]]:
+    """A client and its pipe on a private redis-server (restarted, paused), closed afterwards."""
+    client = connect(private_redis.url)
+    pipe = ScriptPipe.of(client)
+    assert pipe is not None and private_redis.process is not None
+    try:
+        yield client, pipe, private_redis
+    finally:
+        if private_redis.process is not None:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+        await pipe.close()
+        await client.aclose()
+
+
 async def test_concurrent_scripts_each_get_their_own_reply(shared: tuple[RedisClient, ScriptPipe, str]) -> None:
     client, pipe, prefix = shared
     script = client.register_script(ECHO)
@@ -75,83 +90,66 @@ async def test_the_command_has_left_before_its_reply_is_read(shared: tuple[Redis
     assert await sent.reply() == b"charged"  # read once, answered again
 
 
-async def test_a_script_redis_does_not_hold_is_loaded_and_runs_once(private_redis: PrivateRedis) -> None:
-    client = connect(private_redis.url)
-    pipe = ScriptPipe.of(client)
-    assert pipe is not None
-    try:
-        script = client.register_script(ECHO)
-        sent = await send_script(client, script, ["n"], ["first"], pipe)
-        assert await sent.reply() == [b"first", 1]  # NOSCRIPT, then loaded and run by redis-py
-        sent = await send_script(client, script, ["n"], ["second"], pipe)
-        assert await sent.reply() == [b"second", 2]
-    finally:
-        await pipe.close()
-        await client.aclose()
-
-
-async def test_after_a_redis_restart_the_script_runs_through_the_client(private_redis: PrivateRedis) -> None:
-    client = connect(private_redis.url)
-    pipe = ScriptPipe.of(client)
-    assert pipe is not None
+async def test_a_script_redis_does_not_hold_is_loaded_and_runs_once(
+    private: tuple[RedisClient, ScriptPipe, PrivateRedis],
+) -> None:
+    client, pipe, private_redis = private
     script = client.register_script(ECHO)
-    try:
-        assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
-        private_redis.restart()  # the pipe's connection is dead, and the new server has no script
-        assert await (await send_script(client, script, ["n"], ["after"], pipe)).reply() == [b"after", 1]
-        assert await (await send_script(client, script, ["n"], ["again"], pipe)).reply() == [b"again", 2]
-    finally:
-        await pipe.close()
-        await client.aclose()
+    sent = await send_script(client, script, ["n"], ["first"], pipe)
+    assert await sent.reply() == [b"first", 1]  # NOSCRIPT, then loaded through the pipe and sent again
+    sent = await send_script(client, script, ["n"], ["second"], pipe)
+    assert await sent.reply() == [b"second", 2]
 
 
-async def test_a_reply_that_never_comes_is_sent_once_more_then_fails(private_redis: PrivateRedis) -> None:
-    client = connect(private_redis.url)
-    pipe = ScriptPipe.of(client)
-    assert pipe is not None and private_redis.process is not None
+async def test_after_a_redis_restart_the_script_goes_out_again_on_a_new_connection(
+    private: tuple[RedisClient, ScriptPipe, PrivateRedis],
+) -> None:
+    client, pipe, private_redis = private
+    script = client.register_script(ECHO)
+    assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
+    private_redis.restart()  # the pipe's connection is dead, and the new server has no script
+    assert await (await send_script(client, script, ["n"], ["after"], pipe)).reply() == [b"after", 1]
+    assert await (await send_script(client, script, ["n"], ["again"], pipe)).reply() == [b"again", 2]
+
+
+async def test_a_reply_that_never_comes_is_sent_once_more_then_fails(
+    private: tuple[RedisClient, ScriptPipe, PrivateRedis],
+) -> None:
+    client, pipe, private_redis = private
+    assert private_redis.process is not None
     pipe.reply_timeout = 0.3
     script = client.register_script(ECHO)
+    assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
+    os.kill(private_redis.process.pid, signal.SIGSTOP)
     try:
-        assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
-        os.kill(private_redis.process.pid, signal.SIGSTOP)
-        try:
-            sent = await send_script(client, script, ["n"], ["stuck"], pipe)
-            started = time.monotonic()
-            with pytest.raises(StoreError, match="TimeoutError"):
-                await sent.reply()  # once on the first connection, once more on a fresh one
-            assert time.monotonic() - started < 2
-        finally:
-            os.kill(private_redis.process.pid, signal.SIGCONT)
-        # a fresh connection: a stuck command's late reply cannot be taken for this one's
-        reply = await (await send_script(client, script, ["n"], ["next"], pipe)).reply()
-        assert reply[0] == b"next" and reply[1] >= 2
+        sent = await send_script(client, script, ["n"], ["stuck"], pipe)
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="TimeoutError"):
+            await sent.reply()  # once on the first connection, once more on a fresh one
+        assert time.monotonic() - started < 2
     finally:
-        await pipe.close()
-        await client.aclose()
+        os.kill(private_redis.process.pid, signal.SIGCONT)
+    # a fresh connection: a stuck command's late reply cannot be taken for this one's
+    reply = await (await send_script(client, script, ["n"], ["next"], pipe)).reply()
+    assert reply[0] == b"next" and reply[1] >= 2
 
 
-async def test_a_short_stall_is_ridden_out(private_redis: PrivateRedis) -> None:
-    client = connect(private_redis.url)
-    pipe = ScriptPipe.of(client)
-    assert pipe is not None and private_redis.process is not None
+async def test_a_short_stall_is_ridden_out(private: tuple[RedisClient, ScriptPipe, PrivateRedis]) -> None:
+    client, pipe, private_redis = private
+    assert private_redis.process is not None
     pipe.reply_timeout = 0.5
     script = client.register_script(ECHO)
-    try:
-        assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
-        first = pipe._proto
-        os.kill(private_redis.process.pid, signal.SIGSTOP)
-        sent = await send_script(client, script, ["n"], ["during"], pipe)
-        reading = asyncio.create_task(sent.reply())
-        # the first wait gives up at 0.5 s; the second, on a fresh connection, gets the reply
-        await asyncio.sleep(0.7)
-        os.kill(private_redis.process.pid, signal.SIGCONT)
-        reply = await reading
-        assert reply[0] == b"during"
-        assert pipe._proto is not None and pipe._proto is not first  # it was sent once more
-    finally:
-        os.kill(private_redis.process.pid, signal.SIGCONT)
-        await pipe.close()
-        await client.aclose()
+    assert await (await send_script(client, script, ["n"], ["warm"], pipe)).reply() == [b"warm", 1]
+    first = pipe._proto
+    os.kill(private_redis.process.pid, signal.SIGSTOP)
+    sent = await send_script(client, script, ["n"], ["during"], pipe)
+    reading = asyncio.create_task(sent.reply())
+    # the first wait gives up at 0.5 s; the second, on a fresh connection, gets the reply
+    await asyncio.sleep(0.7)
+    os.kill(private_redis.process.pid, signal.SIGCONT)
+    reply = await reading
+    assert reply[0] == b"during"
+    assert pipe._proto is not None and pipe._proto is not first  # it was sent once more
 
 
 async def test_a_dropped_connection_sends_every_waiting_command_again_on_one_new_one(
