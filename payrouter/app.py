@@ -203,9 +203,10 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 stack.push_async_callback(recorder.stop)
             yield {"services": services, "live_routing": live, REQUEST_LOG_STATE: request_log, FEEDBACK_STATE: recorder}
 
+    # the paid paths: behind the payment gate, which calls their endpoints itself once paid
+    paid = {"/v1/chat/completions": chat_completions, "/v1/messages": messages}
     routes = [
-        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
-        Route("/v1/messages", messages, methods=["POST"]),
+        *(Route(path, endpoint, methods=["POST"]) for path, endpoint in paid.items()),
         Route("/v1/quote", quote, methods=["POST"]),
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
@@ -227,6 +228,6 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
         ),
         Middleware(AnthropicErrorShape),
         Middleware(BodyTimeout, seconds=settings.server.body_timeout),
-        Middleware(PaymentGate),
+        Middleware(PaymentGate, paid_paths=frozenset(paid), endpoints=paid),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -17,13 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection, UnixDomainSocketConnection
 
-__all__ = ["PipeBroken", "ReplyError", "ScriptPipe", "pack"]
+__all__ = ["PipeBroken", "ReplyError", "ScriptPipe", "pack", "written_together"]
 
 ReplyError = hiredis.ReplyError
 
@@ -84,8 +88,98 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(error)
 
 
+class _Connection:
+    """The connection every `ScriptPipe` to one server (same address, credentials and database)
+    shares, opened on first use; closed when its last pipe closes."""
+
+    def __init__(self, address: tuple[str, int, str | None], hello: list[bytes], connect_timeout: float) -> None:
+        self.address = address
+        self.hello = hello
+        self.connect_timeout = connect_timeout
+        self.proto: _Protocol | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.opening: asyncio.Task[_Protocol] | None = None
+        self.closed = False
+        self.holders = 0
+        self.key: tuple[Any, ...] | None = None  # its entry in `_SHARED`, if any
+
+    async def current(self) -> _Protocol:
+        """The open connection (opened now if it is not)."""
+        if self.closed:
+            raise PipeBroken("the pipe is closed")
+        proto = self.proto
+        if proto is None or proto.lost or self.loop is not asyncio.get_running_loop():
+            proto = await self._open()
+            if proto.lost:
+                raise PipeBroken("the connection was lost as it opened")
+        return proto
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:  # a client used from another event loop (tests) starts afresh
+            self.loop, self.proto, self.opening = loop, None, None
+        if self.opening is None or self.opening.done():
+            self.opening = loop.create_task(self._connect(loop))
+            # every caller may have given up: its failure is still retrieved (no stray log)
+            self.opening.add_done_callback(lambda task: task.cancelled() or task.exception())
+        # one attempt shared by every caller; a caller that gives up does not cancel it
+        return await asyncio.shield(self.opening)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
+        host, port, path = self.address
+        proto: _Protocol | None = None
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                if path is not None:
+                    _, proto = await loop.create_unix_connection(_Protocol, path)
+                else:
+                    _, proto = await loop.create_connection(_Protocol, host, port)
+                if self.hello:
+                    replies = [_queue(proto) for _ in self.hello]
+                    assert proto.transport is not None
+                    proto.transport.write(b"".join(self.hello))
+                    for answer in await asyncio.gather(*replies, return_exceptions=True):
+                        if isinstance(answer, ReplyError):  # a reply (hiredis's error value), not raised
+                            raise PipeBroken(f"redis refused the connection's set-up: {answer}")
+                        if isinstance(answer, BaseException):
+                            raise answer
+        except BaseException:
+            if proto is not None:
+                proto.fail(PipeBroken("the connection's set-up failed"))
+            raise
+        if self.closed:  # closed while it opened
+            proto.fail(PipeBroken("the pipe is closed"))
+            raise PipeBroken("the pipe is closed")
+        self.proto = proto
+        return proto
+
+    def reset(self) -> None:
+        if self.proto is not None:
+            self.proto.fail(PipeBroken("the connection was reset"))
+            self.proto = None
+
+    def close(self) -> None:
+        self.closed = True
+        self.reset()
+        if self.key is not None and _SHARED.get(self.key) is self:
+            del _SHARED[self.key]
+
+
+# the connections `ScriptPipe.of` hands out, by server, credentials, database and connect timeout
+_SHARED: dict[tuple[Any, ...], _Connection] = {}
+
+
+def _queue(proto: _Protocol) -> asyncio.Future[Any]:
+    waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    proto.waiting.append(waiter)
+    return waiter
+
+
 class ScriptPipe:
-    """A single connection, opened on first use, that many callers write commands to at once.
+    """A pipelined connection that many callers write commands to at once (opened on first use).
+
+    Pipes from `of` to the same server share one connection: the channel store and the
+    journal then write a paid call's charge and its record together (`written_together`).
 
     Args:
         host, port or path: where Redis listens (TCP, or a Unix socket path).
@@ -108,27 +202,28 @@ class ScriptPipe:
         reply_timeout: float = 5.0,
     ) -> None:
         self.reply_timeout = reply_timeout
-        self._address = (host, port, path)
         hello = []
         if password is not None:
             hello.append(pack(b"AUTH", *([username] if username else []), password))
         if db:
             hello.append(pack(b"SELECT", db))
-        self._hello = hello
-        self._connect_timeout = connect_timeout
-        self._proto: _Protocol | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._opening: asyncio.Task[_Protocol] | None = None
+        self._conn = _Connection((host, port, path), hello, connect_timeout)
+        self._conn.holders = 1
         self._closed = False
 
     def __repr__(self) -> str:  # the AUTH command holds the password
-        host, port, path = self._address
+        host, port, path = self._conn.address
         return f"ScriptPipe({path or f'{host}:{port}'})"
+
+    @property
+    def _proto(self) -> _Protocol | None:
+        return self._conn.proto
 
     @classmethod
     def of(cls, client: Any) -> ScriptPipe | None:
         """A pipe to the Redis ``client`` talks to, or None when it is not a plain standalone
-        client (a Cluster, TLS, or a connection class of its own)."""
+        client (a Cluster, TLS, or a connection class of its own). Pipes to the same server,
+        with the same credentials and database, share one connection."""
         if not isinstance(client, Redis):
             return None
         pool = client.connection_pool
@@ -138,67 +233,38 @@ class ScriptPipe:
         db = int(kwargs.get("db") or 0)
         connect_timeout = float(kwargs.get("socket_connect_timeout") or 5.0)
         reply_timeout = float(kwargs.get("socket_timeout") or 5.0)
-        settings = {
-            "username": username,
-            "password": password,
-            "db": db,
-            "connect_timeout": connect_timeout,
-            "reply_timeout": reply_timeout,
-        }
         if connection_class is Connection:
-            return cls(str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379)), **settings)  # type: ignore[arg-type]
-        if connection_class is UnixDomainSocketConnection:
-            return cls(path=str(kwargs["path"]), **settings)  # type: ignore[arg-type]
-        return None
-
-    async def _open(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:  # a client used from another event loop (tests) starts afresh
-            self._loop, self._proto, self._opening = loop, None, None
-        if self._opening is None or self._opening.done():
-            self._opening = loop.create_task(self._connect(loop))
-            # every caller may have given up: its failure is still retrieved (no stray log)
-            self._opening.add_done_callback(lambda task: task.cancelled() or task.exception())
-        # one attempt shared by every caller; a caller that gives up does not cancel it
-        return await asyncio.shield(self._opening)
-
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Protocol:
-        host, port, path = self._address
-        proto: _Protocol | None = None
-        try:
-            async with asyncio.timeout(self._connect_timeout):
-                if path is not None:
-                    _, proto = await loop.create_unix_connection(_Protocol, path)
-                else:
-                    _, proto = await loop.create_connection(_Protocol, host, port)
-                if self._hello:
-                    replies = [self._queue(proto) for _ in self._hello]
-                    assert proto.transport is not None
-                    proto.transport.write(b"".join(self._hello))
-                    for answer in await asyncio.gather(*replies, return_exceptions=True):
-                        if isinstance(answer, ReplyError):  # a reply (hiredis's error value), not raised
-                            raise PipeBroken(f"redis refused the connection's set-up: {answer}")
-                        if isinstance(answer, BaseException):
-                            raise answer
-        except BaseException:
-            if proto is not None:
-                proto.fail(PipeBroken("the connection's set-up failed"))
-            raise
-        if self._closed:  # closed while it opened
-            proto.fail(PipeBroken("the pipe is closed"))
-            raise PipeBroken("the pipe is closed")
-        self._proto = proto
-        return proto
-
-    def _queue(self, proto: _Protocol) -> asyncio.Future[Any]:
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        proto.waiting.append(waiter)
-        return waiter
+            address: dict[str, Any] = {
+                "host": str(kwargs.get("host", "127.0.0.1")),
+                "port": int(kwargs.get("port", 6379)),
+            }
+        elif connection_class is UnixDomainSocketConnection:
+            address = {"path": str(kwargs["path"])}
+        else:
+            return None
+        pipe = cls(
+            **address,
+            username=username,
+            password=password,
+            db=db,
+            connect_timeout=connect_timeout,
+            reply_timeout=reply_timeout,
+        )
+        key = (tuple(sorted(address.items())), username, password, db, connect_timeout)
+        shared = _SHARED.get(key)
+        if shared is None or shared.closed:
+            shared = _SHARED[key] = pipe._conn
+            shared.key = key
+        else:
+            shared.holders += 1
+        pipe._conn = shared
+        return pipe
 
     async def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Write one packed command (`pack`) and return once the kernel has all of it; the
-        future resolves to its reply (an error reply is a `ReplyError` value, not raised) or
-        fails with `PipeBroken`. Read it with `reply`.
+        """Write one packed command (`pack`) and return once the kernel has all of it (inside
+        `written_together`: once the block ends); the future resolves to its reply (an error
+        reply is a `ReplyError` value, not raised) or fails with `PipeBroken`. Read it with
+        `reply`.
 
         Raises:
             PipeBroken, OSError, TimeoutError: the pipe is closed, or the connection could not
@@ -206,21 +272,17 @@ class ScriptPipe:
         """
         if self._closed:
             raise PipeBroken("the pipe is closed")
-        proto = self._proto
-        if proto is None or proto.lost or self._loop is not asyncio.get_running_loop():
-            proto = await self._open()
-            if proto.lost:
-                raise PipeBroken("the connection was lost as it opened")
-        waiter = self._queue(proto)
+        proto = await self._conn.current()
+        together = _TOGETHER.get()
+        if together is not None:  # queued with its command when the block writes them
+            waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            together.append((proto, command, waiter, self.reply_timeout))
+            return waiter
+        waiter = _queue(proto)
         assert proto.transport is not None
         proto.transport.write(command)
         if not proto.drained.is_set():  # the socket was full: the rest waits in our buffer
-            try:
-                async with asyncio.timeout(self.reply_timeout):
-                    await proto.drained.wait()
-            except TimeoutError:
-                proto.fail(PipeBroken("redis did not take a command in time; the connection was dropped"))
-                raise PipeBroken("redis did not take the command in time") from None
+            await _drained(proto, self.reply_timeout)
         return waiter
 
     async def reply(self, waiter: asyncio.Future[Any]) -> Any:
@@ -235,18 +297,63 @@ class ScriptPipe:
             async with asyncio.timeout(self.reply_timeout):
                 return await waiter
         except TimeoutError:
-            proto = self._proto
+            proto = self._conn.proto
             if proto is not None and waiter in proto.waiting:
                 proto.fail(PipeBroken("a reply did not come in time; the connection was dropped"))
             raise
 
     def reset(self) -> None:
         """Drop the connection (the next command opens a new one)."""
-        if self._proto is not None:
-            self._proto.fail(PipeBroken("the connection was reset"))
-            self._proto = None
+        self._conn.reset()
 
     async def close(self) -> None:
-        """Close the connection for good; commands waiting for replies fail with `PipeBroken`."""
+        """Close this pipe for good (the connection with it, once no other pipe shares it);
+        commands waiting for replies on a closed connection fail with `PipeBroken`."""
+        if self._closed:
+            return
         self._closed = True
-        self.reset()
+        self._conn.holders -= 1
+        if self._conn.holders <= 0:
+            self._conn.close()
+
+
+async def _drained(proto: _Protocol, timeout: float) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            await proto.drained.wait()
+    except TimeoutError:
+        proto.fail(PipeBroken("redis did not take a command in time; the connection was dropped"))
+        raise PipeBroken("redis did not take the command in time") from None
+
+
+_Queued = tuple[_Protocol, bytes, "asyncio.Future[Any]", float]
+_TOGETHER: ContextVar[list[_Queued] | None] = ContextVar("payrouter_pipe_together", default=None)
+
+
+@asynccontextmanager
+async def written_together() -> AsyncIterator[None]:
+    """Commands sent through pipes in this block leave together when it ends: one write per
+    connection (a paid call's charge and its journal record: one system call, one wake-up of
+    Redis, instead of two). `ScriptPipe.send` in the block returns before its command is
+    written; the block ends once all have left, or failed: a command whose connection was
+    lost meanwhile fails with `PipeBroken`, which `payrouter.store.redis.send_script` answers
+    by sending it again."""
+    queued: list[_Queued] = []
+    token = _TOGETHER.set(queued)
+    try:
+        yield
+    finally:
+        _TOGETHER.reset(token)
+        by_connection: dict[_Protocol, list[_Queued]] = {}
+        for entry in queued:
+            by_connection.setdefault(entry[0], []).append(entry)
+        for proto, entries in by_connection.items():
+            if proto.lost or proto.transport is None:
+                for _, _, waiter, _ in entries:
+                    waiter.set_exception(PipeBroken("redis connection lost before the command was written"))
+                continue
+            proto.waiting.extend(waiter for _, _, waiter, _ in entries)
+            proto.transport.write(b"".join(command for _, command, _, _ in entries))
+            if not proto.drained.is_set():
+                with contextlib.suppress(PipeBroken):  # its waiters fail; their senders send again
+                    await _drained(proto, entries[0][3])

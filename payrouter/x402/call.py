@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
 
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope
 
-from payrouter.chat import ChatRequest
+from payrouter.chat import ChatRequest, parse_chat_request, parse_messages_request, request_digest
 from payrouter.quoting import PricedRoute
 from payrouter.routing import RouteConstraints
+from payrouter.routing.constraints import ROUTING_HEADERS
 from payrouter.services import Services
+from payrouter.x402.asgi import Endpoint
 from payrouter.x402.requirements import Resource
 from pricing import Charge, PriceTable, PricingError, charge_for_usage
 
-__all__ = ["SCOPE_KEY", "PaidCall", "PaidRequest", "paid_call"]
+__all__ = ["SCOPE_KEY", "PaidCall", "PaidRequest", "paid_call", "resource_url"]
 
 SCOPE_KEY = "payrouter.paid_call"
 
@@ -103,22 +108,91 @@ class PaidCall:
         return (self.content or self.completed) and not self.failed
 
 
-@dataclass(frozen=True, slots=True)
 class PaidRequest:
-    """One request to a paid endpoint as the gate has read it (body, digest, route constraints).
+    """One request to a paid endpoint as the gate has read it: its body, and, parsed from it on
+    first use, the request, its route constraints, digest and resource.
 
-    ``app`` is the paid handler behind the gate.
+    Parsing waits for the first reader so that a scheme can start its store round trip on
+    the payment alone and validate the request while it runs (`payrouter.x402.schemes.batch`).
+    A reader of a malformed request gets `payrouter.chat.InvalidRequest` or
+    `payrouter.routing.ConstraintError`, which the gate answers with a 400.
+
+    ``app`` is the rest of the ASGI stack behind the gate; ``endpoint``, when the gate knows
+    it, the path's own endpoint, which `payrouter.x402.asgi.run_handler` calls directly.
     """
 
-    app: ASGIApp
-    scope: Scope
-    receive: Receive
-    services: Services
-    request: ChatRequest
-    body: bytes
-    digest: str
-    resource: Resource
-    constraints: RouteConstraints
+    def __init__(
+        self,
+        app: ASGIApp,
+        scope: Scope,
+        receive: Receive,
+        services: Services,
+        body: bytes,
+        endpoint: Endpoint | None = None,
+    ) -> None:
+        self.app = app
+        self.scope = scope
+        self.receive = receive
+        self.services = services
+        self.body = body
+        self.endpoint = endpoint
+        self._headers = Headers(scope=scope)
+
+    @cached_property
+    def _parsed(self) -> tuple[ChatRequest, Any]:
+        parse = parse_messages_request if self.scope["path"] == "/v1/messages" else parse_chat_request
+        return parse(self.body)
+
+    @property
+    def request(self) -> ChatRequest:
+        """The parsed request.
+
+        Raises:
+            InvalidRequest: the body is not a valid request.
+        """
+        return self._parsed[0]
+
+    @cached_property
+    def _routing_headers(self) -> dict[str, str]:
+        headers = self._headers
+        return {h: headers[h] for h in ROUTING_HEADERS if h in headers}
+
+    @cached_property
+    def constraints(self) -> RouteConstraints:
+        """The request's routing constraints (its ``routing`` object and headers).
+
+        Raises:
+            InvalidRequest, ConstraintError: the request or its constraints are invalid.
+        """
+        return RouteConstraints.parse(self.request.routing, self._routing_headers)
+
+    @cached_property
+    def digest(self) -> str:
+        """What a quote for this request is issued for (`payrouter.chat.request_digest`).
+
+        Raises:
+            InvalidRequest: the body is not a valid request.
+        """
+        return request_digest("POST", self.scope["path"], self._parsed[1], self._routing_headers)
+
+    @cached_property
+    def resource(self) -> Resource:
+        """The paid URL, as offers name it."""
+        return Resource(url=resource_url(self.scope, self._headers, self.services.public_url))
+
+    @property
+    def parsed(self) -> bool:
+        """The request has been parsed (successfully)."""
+        return "_parsed" in self.__dict__
+
+
+def resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:
+    """The URL of the requested path: under ``public_url`` when set, else as the request named it."""
+    path: str = scope["path"]
+    if public_url:
+        return public_url.rstrip("/") + path
+    host = headers.get("host") or "localhost"
+    return f"{scope.get('scheme', 'http')}://{host}{path}"
 
 
 def paid_call(scope: Scope) -> PaidCall:

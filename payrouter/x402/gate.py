@@ -11,20 +11,20 @@ A rejected payment gets a fresh offer; errors become responses here and nowhere 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from payrouter.chat import InvalidRequest, parse_chat_request, parse_messages_request, request_digest
+from payrouter.chat import InvalidRequest
 from payrouter.metrics import calls as observed
 from payrouter.quoting import PricedRoute
-from payrouter.routing import ConstraintError, RouteConstraints, RoutingError
-from payrouter.routing.constraints import ROUTING_HEADERS
+from payrouter.routing import ConstraintError, RoutingError
 from payrouter.services import Services
 from payrouter.store import StoreError
-from payrouter.x402.asgi import json_error, send_response
-from payrouter.x402.call import PaidRequest
+from payrouter.x402.asgi import Endpoint, json_error, send_response
+from payrouter.x402.call import PaidRequest, resource_url
 from payrouter.x402.errors import PaymentError, PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements, Resource
 from payrouter.x402.responses import payment_required
@@ -67,7 +67,9 @@ async def _limited(call: PaidRequest, send: Send, why: str = "") -> bool:
 
 
 async def _reject(call: PaidRequest, exc: PaymentError, scheme: str | None, send: Send) -> None:
-    # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
+    # Every rejection carries a fresh offer, so a client can pay correctly on its next try
+    # (a malformed request is a 400 first: reading its constraints raises it).
+    call.constraints  # noqa: B018
     if await _limited(call, send, f"payment refused: {exc.reason} ({exc.message})"):
         log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
         return
@@ -87,13 +89,23 @@ class PaymentGate:
 
     Shared resources come from the lifespan state (``scope["state"]["services"]``), so the
     gate holds no global state and many workers can run behind one Redis.
+
+    Args:
+        app: the rest of the stack (the paid handlers behind their router).
+        paid_paths: the paths that are paid for.
+        endpoints: the paid paths' own endpoints, called directly once a payment holds
+            (`payrouter.x402.asgi.run_handler`); a paid path without one goes through ``app``.
     """
 
     def __init__(
-        self, app: ASGIApp, paid_paths: frozenset[str] = frozenset({"/v1/chat/completions", "/v1/messages"})
+        self,
+        app: ASGIApp,
+        paid_paths: frozenset[str] = frozenset({"/v1/chat/completions", "/v1/messages"}),
+        endpoints: Mapping[str, Endpoint] | None = None,
     ) -> None:
         self.app = app
         self.paid_paths = paid_paths
+        self.endpoints = dict(endpoints or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in self.paid_paths or scope["method"] not in ("POST", "GET"):
@@ -114,24 +126,11 @@ class PaymentGate:
                 *json_error(413, f"request body exceeds {services.max_body_bytes} bytes", "invalid_request_error"),
             )
             return
-        try:
-            parse = parse_messages_request if scope["path"] == "/v1/messages" else parse_chat_request
-            request, raw = parse(body)
-        except InvalidRequest as exc:
-            await send_response(send, *json_error(400, str(exc), "invalid_request_error", exc.param))
-            return
         headers = Headers(scope=scope)
-        routing_headers = {h: headers[h] for h in ROUTING_HEADERS if h in headers}
-        try:
-            constraints = RouteConstraints.parse(request.routing, routing_headers)
-        except ConstraintError as exc:
-            await send_response(send, *json_error(400, str(exc), "invalid_request_error", "routing"))
-            return
-        resource = Resource(url=_resource_url(scope, headers, services.public_url))
-        digest = request_digest("POST", scope["path"], raw, routing_headers)
         v2_header = headers.get("payment-signature")
         v1_header = headers.get("x-payment")
-        call = PaidRequest(self.app, scope, receive, services, request, body, digest, resource, constraints)
+        # the request is parsed when first read: a scheme may start its store round trip first
+        call = PaidRequest(self.app, scope, receive, services, body, self.endpoints.get(scope["path"]))
         started = False
         downstream = send
 
@@ -145,10 +144,11 @@ class PaymentGate:
         try:
             try:
                 if v2_header is None and v1_header is None:
+                    call.constraints  # noqa: B018  # a malformed request is a 400 before any limit
                     if await _limited(call, send):
                         return
                     priced = await _quote(call)
-                    await send_response(send, 402, *payment_required(offers(services, priced), resource))
+                    await send_response(send, 402, *payment_required(offers(services, priced), call.resource))
                     return
                 version = 2 if v2_header is not None else 1
                 envelope = parse_envelope(decode_header(v2_header or v1_header or ""), version)
@@ -159,12 +159,20 @@ class PaymentGate:
                         f"scheme {envelope.scheme!r} is not offered; offered: {', '.join(services.schemes)}",
                     )
                 scheme_name = scheme.name
-                observed.scheme_chosen(scope, scheme_name, digest)
-                await scheme.serve(call, envelope, send)
+                observed.scheme_chosen(scope, scheme_name)
+                try:
+                    await scheme.serve(call, envelope, send)
+                finally:
+                    if call.parsed:
+                        observed.scheme_chosen(scope, scheme_name, call.digest)
                 if services.unpaid_limit is not None:  # a payer's quote was not unpaid work
                     services.unpaid_limit.give_back(client_of(scope))
             except PaymentRejected as exc:
                 await _reject(call, exc, scheme_name, send)
+        except InvalidRequest as exc:
+            await send_response(send, *json_error(400, str(exc), "invalid_request_error", exc.param))
+        except ConstraintError as exc:
+            await send_response(send, *json_error(400, str(exc), "invalid_request_error", "routing"))
         except (RoutingError, PricingError) as exc:
             await send_response(send, *json_error(400, str(exc), "invalid_request_error", "model"))
         except StoreError as exc:
@@ -186,7 +194,7 @@ def _refunds(services: Services) -> Refunds | None:
 async def _refund(scope: Scope, services: Services, refunds: Refunds, send: Send) -> None:
     """``GET`` of a paid URL: the refund handshake (a probe without payment gets the terms)."""
     headers = Headers(scope=scope)
-    resource = Resource(url=_resource_url(scope, headers, services.public_url), description="Channel refund")
+    resource = Resource(url=resource_url(scope, headers, services.public_url), description="Channel refund")
     offer = [refunds.refund_offer()]
     value = headers.get("payment-signature")
     try:
@@ -203,14 +211,6 @@ async def _refund(scope: Scope, services: Services, refunds: Refunds, send: Send
         await send_response(
             send, *json_error(503, "payment state store unavailable; nothing was refunded", "server_error")
         )
-
-
-def _resource_url(scope: Scope, headers: Headers, public_url: str | None) -> str:
-    path: str = scope["path"]
-    if public_url:
-        return public_url.rstrip("/") + path
-    host = headers.get("host") or "localhost"
-    return f"{scope.get('scheme', 'http')}://{host}{path}"
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:

@@ -103,6 +103,11 @@ def _refused(
     with observer.unchanged(channel.payer.address, box.operator.address):
         response = _pay(box, http, channel, _body(), **kw)
         assert rejection(response) == (402, reason), response.text
+    # the reservation is sent before the voucher is verified: a refused one has given the
+    # channel back by the time its refusal arrives
+    key = f"{box.namespace}:{keys.channel('0x' + channel.config.channel_id(box.chain.chain_id).hex())}"
+    with redis.Redis.from_url(REDIS_URL) as store:
+        assert store.hget(key, "pending") == b""
     # the channel still takes the correct next voucher: nothing was charged
     ok = _pay(box, http, channel, _body())
     assert ok.status_code == 200, ok.text
@@ -115,6 +120,7 @@ def test_the_correct_voucher_is_charged_what_it_used(box: Sandbox, http: httpx.C
     before = channel.charged
     response = _pay(box, http, channel, _body())
     assert response.status_code == 200
+    assert response.headers.get_list("content-length") == [str(len(response.content))]  # once
     usage = response.json()["usage"]["payrouter"]
     assert usage["pricing"] == "usage" and _charged(response) == before + int(usage["charged"])
     channel.charged = _charged(response)
@@ -138,9 +144,32 @@ def test_the_receipt_sent_before_the_commits_reply_names_what_the_store_holds(
 
 
 def test_wrong_signer(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
+    # it names the channel's exact charged amount, so its reservation holds until it is verified
     _refused(
         box, http, observer, channel, "invalid_batch_settlement_evm_voucher_signature", signer=LocalSigner.generate()
     )
+
+
+def test_a_malformed_request_with_a_voucher_is_a_400_and_leaves_the_channel_free(
+    box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel
+) -> None:
+    # the body is read after the reservation was sent: its 400 must give the channel back
+    body = _body()
+    quote = offer(http, _url(box), body)
+    payment = voucher_payment(
+        quote,
+        channel.config,
+        channel.charged + int(batch_offer(quote)["amount"]),
+        channel.payer,
+        chain_id=box.chain.chain_id,
+    )
+    with observer.unchanged(channel.payer.address, box.operator.address):
+        response = http.post(_url(box), json={**body, "messages": "not a list"}, headers=header(payment))
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["type"] == "invalid_request_error"
+    ok = _pay(box, http, channel, _body())
+    assert ok.status_code == 200, ok.text
+    channel.charged = _charged(ok)
 
 
 def test_wrong_channel(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:

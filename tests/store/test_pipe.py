@@ -16,7 +16,7 @@ import redis
 
 from payrouter.store import StoreError
 from payrouter.store.base import Written
-from payrouter.store.pipe import ScriptPipe
+from payrouter.store.pipe import ScriptPipe, written_together
 from payrouter.store.redis import RedisClient, connect, send_script
 from tests.private_redis import PrivateRedis
 from tests.redis_keys import REDIS_URL, run_token
@@ -270,3 +270,64 @@ async def test_written_gives_one_outcome() -> None:
         with pytest.raises(StoreError, match="down"):
             await failed.reply()
     assert await Written.done("x").reply() == "x"
+
+
+async def test_pipes_to_one_server_share_one_connection_until_the_last_closes() -> None:
+    first, second = connect(REDIS_URL), connect(REDIS_URL)
+    a, b = ScriptPipe.of(first), ScriptPipe.of(second)
+    assert a is not None and b is not None and a is not b
+    prefix = f"pipe-test:{run_token()}"
+    script = first.register_script(ECHO)
+    try:
+        assert await (await send_script(first, script, [f"{prefix}:n"], ["a"], a)).reply() == [b"a", 1]
+        assert await (await send_script(second, script, [f"{prefix}:n"], ["b"], b)).reply() == [b"b", 2]
+        assert a._proto is not None and a._proto is b._proto  # one connection
+        await a.close()
+        assert await (await send_script(second, script, [f"{prefix}:n"], ["b"], b)).reply() == [b"b", 3]
+        proto = b._proto
+        await b.close()
+        assert b._proto is None and proto is not None and proto.lost  # the last one closed it
+    finally:
+        await first.delete(f"{prefix}:n")
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_commands_written_together_leave_when_the_block_ends(
+    shared: tuple[RedisClient, ScriptPipe, str],
+) -> None:
+    client, pipe, prefix = shared
+    other_client = connect(REDIS_URL)
+    other_pipe = ScriptPipe.of(other_client)  # another store's pipe: the same connection
+    script = client.register_script(SET)
+    await script(keys=[f"{prefix}:warm"], args=["x"])
+    try:
+        async with written_together():
+            one = await send_script(client, script, [f"{prefix}:one"], ["1"], pipe)
+            two = await send_script(other_client, script, [f"{prefix}:two"], ["2"], other_pipe)
+            with redis.Redis.from_url(REDIS_URL) as other:  # neither has left yet
+                assert other.get(f"{prefix}:one") is None and other.get(f"{prefix}:two") is None
+        with redis.Redis.from_url(REDIS_URL) as other:  # both have, before any reply is read
+            deadline = time.monotonic() + 5
+            while other.get(f"{prefix}:two") != b"2":
+                assert time.monotonic() < deadline, "the commands were not written"
+                time.sleep(0.005)
+            assert other.get(f"{prefix}:one") == b"1"
+        assert (await one.reply(), await two.reply()) == (b"1", b"2")
+    finally:
+        assert other_pipe is not None
+        await other_pipe.close()
+        await other_client.aclose()
+
+
+async def test_a_connection_lost_before_the_block_ends_sends_its_commands_once_on_a_new_one(
+    shared: tuple[RedisClient, ScriptPipe, str],
+) -> None:
+    client, pipe, prefix = shared
+    script = client.register_script(ECHO)
+    await client.script_load(ECHO)
+    async with written_together():
+        sent = await send_script(client, script, [f"{prefix}:n"], ["again"], pipe)
+        pipe.reset()  # lost before the block wrote it
+    assert await sent.reply() == [b"again", 1]  # sent once, on a new connection
+    assert await client.get(f"{prefix}:n") == b"1"

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 from pydantic import SecretStr
 from starlette.testclient import TestClient
@@ -134,3 +135,32 @@ def test_a_refused_stream_is_cut_and_its_payer_refused_streams(
     plain = _body()
     served = client.post("/v1/chat/completions", json=plain, headers=header(payment(_offer(client, plain), agent)))
     assert served.status_code == 200
+
+
+def test_answers_carry_one_content_length_paid_or_failed(
+    client: TestClient, facilitator: FakeFacilitator, upstream_url: str
+) -> None:
+    body = _body()
+    paid = client.post(
+        "/v1/chat/completions", json=body, headers=header(payment(_offer(client, body), LocalSigner.generate()))
+    )
+    assert paid.status_code == 200
+    assert paid.headers.get_list("content-length") == [str(len(paid.content))]
+    failing = _body()
+    offered = _offer(client, failing)
+    httpx.post(f"{upstream_url}/_control", json={"fail_next": 100}).raise_for_status()
+    try:
+        failed = client.post(
+            "/v1/chat/completions", json=failing, headers=header(payment(offered, LocalSigner.generate()))
+        )
+    finally:
+        httpx.post(f"{upstream_url}/_control", json={"fail_next": 0}).raise_for_status()
+    assert failed.status_code == 502 and facilitator.settle_calls == 1  # the paid one only
+    assert failed.headers.get_list("content-length") == [str(len(failed.content))]
+
+
+def test_a_malformed_request_is_a_400_whatever_its_payment(client: TestClient) -> None:
+    # the request is parsed after the payment is read; its 400 still comes first
+    for headers in ({"PAYMENT-SIGNATURE": "not base64 json"}, {}):
+        response = client.post("/v1/chat/completions", json={**_body(), "messages": "not a list"}, headers=headers)
+        assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"

@@ -6,11 +6,12 @@ voucher: a signature over the channel's new cumulative maximum, ``charged + amou
 one costs a signature recovery and one store round trip before the model call, never a chain
 round trip:
 
-1. the config is ours (receiver, authorizer, token, withdraw delay) and hashes to the id;
-   the voucher is signed by the payer's authorizer;
-2. the channel is reserved in one atomic step (`payrouter.channels.ChannelStore.reserve`):
+1. the channel is reserved in one atomic step (`payrouter.channels.ChannelStore.reserve`):
    cumulative check, ``max <= balance``, one request in flight per channel, no withdrawal;
-   the sealed quote is checked and the journal record built while the store runs it;
+2. while the store runs it, the voucher is verified (the config is ours: receiver,
+   authorizer, token, withdraw delay; it hashes to the id; the payer's authorizer signed
+   it), the sealed quote checked and the journal record built; a refused voucher releases
+   the channel before its refusal goes out;
 3. the handler runs; a failure releases the channel and charges nothing;
 4. the charge, the price of the tokens used (never above ``amount``), is written to the
    channel and to the journal, and the answer goes out with its receipt (``chargedAmount``,
@@ -57,6 +58,7 @@ from payrouter.metrics import calls as observed
 from payrouter.quoting import PricedRoute
 from payrouter.store import StoreError
 from payrouter.store.base import Written
+from payrouter.store.pipe import written_together
 from payrouter.x402.asgi import json_error, replay_body, run_handler, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
@@ -449,17 +451,15 @@ class BatchScheme:
             raise PaymentRejected(
                 ChannelReason.REFUND_PAYLOAD, "a refund is asked for with GET on this URL, not with a request", payer
             )
-        checking = time.perf_counter()
-        channel_id = self._check(payload, envelope)  # memory only, before any round trip
-        _VERIFY_SECONDS.observe(time.perf_counter() - checking)
         token = secrets.token_hex(16)
         deposited = ("", 0)
         amount = _accepted_amount(envelope) if payload.kind == "voucher" else None
         if amount is not None:
-            priced, reserved, record = await self._quote_while_reserving(
-                call, envelope, payload, channel_id, amount, token
+            channel_id, priced, reserved, record = await self._verify_while_reserving(
+                call, envelope, payload, amount, token
             )
         else:
+            channel_id = self._verify(payload, envelope)  # a deposit: before anything is sent
             priced = await self._quote(call, envelope, payer)
             if payload.kind == "deposit":
                 deposited = await self._deposit(call, payload, channel_id)
@@ -479,7 +479,7 @@ class BatchScheme:
             await self._stream(call, paid, record, channel_id, token, send)
             return
         try:
-            status, headers, body = await run_handler(call.app, call.scope, call.receive, call.body)
+            status, headers, body = await run_handler(call.app, call.scope, call.receive, call.body, call.endpoint)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await self._release(channel_id, token)
@@ -509,17 +509,29 @@ class BatchScheme:
         match_terms(envelope, self.offer(priced), payer)
         return priced
 
-    async def _quote_while_reserving(
-        self, call: PaidRequest, envelope: Envelope, payload: BatchPayload, channel_id: str, amount: int, token: str
-    ) -> tuple[PricedRoute, Reserved, PaymentRecord]:
-        """The quote, the reservation and the voucher's journal record, the quote checked and
-        the record built while the store runs the reservation (with the amount ``accepted``
-        names, which the quote check then holds to the quote's). The voucher's signature has
-        already proved the payer, so a quote refused here only ever held the payer's own
-        channel, for one round trip: it is released."""
+    def _verify(self, payload: BatchPayload, envelope: Envelope) -> str:
+        checking = time.perf_counter()
+        channel_id = self._check(payload, envelope)
+        _VERIFY_SECONDS.observe(time.perf_counter() - checking)
+        return channel_id
+
+    async def _verify_while_reserving(
+        self, call: PaidRequest, envelope: Envelope, payload: BatchPayload, amount: int, token: str
+    ) -> tuple[str, PricedRoute, Reserved, PaymentRecord]:
+        """The voucher's channel id, quote, reservation and journal record: the reservation is
+        sent first (for the channel, cumulative maximum and amount the voucher and ``accepted``
+        name), and the voucher verified, the quote checked and the record built while the store
+        runs it; they then hold those values to the signature, the channel's terms and the quote.
+
+        A voucher refused here is released before its refusal goes out. Until then it held a
+        channel only if it named that channel's exact off-chain ``charged`` (the reservation's
+        compare-and-set), which only the channel's payer is ever told; a forged one holds it
+        for one store round trip."""
+        channel_id = "0x" + payload.channel_id.hex()
         sent: Written[Reserved] | None = None
         try:
             sent = await self._send_reserve(payload, channel_id, amount, token)
+            self._verify(payload, envelope)  # the same id, or it raises
             priced = await self._quote(call, envelope, payload.config.payer)
             record = self._voucher_record(call, envelope, payload, channel_id, priced, amount, token)
         except BaseException:
@@ -529,7 +541,7 @@ class BatchScheme:
                         await sent.reply()  # the release must come after it
                 await self._release(channel_id, token)
             raise
-        return priced, await self._reserve(payload, channel_id, amount, token, sent), record
+        return channel_id, priced, await self._reserve(payload, channel_id, amount, token, sent), record
 
     async def _send_reserve(self, payload: BatchPayload, channel_id: str, amount: int, token: str) -> Written[Reserved]:
         return await self.store.send_reserve(
@@ -683,14 +695,15 @@ class BatchScheme:
         started = time.perf_counter()
         commit: Written[ChannelState | None]
         journal: Written[tuple[bool, str]]
-        try:
-            commit = await self.store.send_commit(channel_id, token, charge)
-        except (StoreError, InvalidCharge) as exc:
-            commit = Written.failed(exc)
-        try:
-            journal = await call.services.journal.send_advance(settled, [State.CLAIMED])
-        except StoreError as exc:
-            journal = Written.failed(exc)
+        async with written_together():  # one write when both stores share a Redis
+            try:
+                commit = await self.store.send_commit(channel_id, token, charge)
+            except (StoreError, InvalidCharge) as exc:
+                commit = Written.failed(exc)
+            try:
+                journal = await call.services.journal.send_advance(settled, [State.CLAIMED])
+            except StoreError as exc:
+                journal = Written.failed(exc)
         return _Charging(settled, channel_id, charge, commit, journal, call.services.deferred, started)
 
     def _receipt(

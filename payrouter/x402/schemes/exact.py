@@ -184,7 +184,7 @@ class ExactScheme:
             settler = StreamSettlement(attempt, paid, serving, held=held, anthropic=scope["path"] == "/v1/messages")
             await settler.run(call.app, scope, replay_body(call.receive, call.body), send)
             return attempt.record.state != State.RELEASED
-        status, resp_headers, resp_body = await run_handler(call.app, scope, call.receive, call.body)
+        status, resp_headers, resp_body = await run_handler(call.app, scope, call.receive, call.body, call.endpoint)
         await serving
         with anyio.CancelScope(shield=True):  # from here on money may move: finish even if the client left
             if status >= 400:
