@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from pydantic_core import to_json
 
 from payrouter.routing.features import features_and_signature
 from payrouter.store import Store, StoreError
@@ -53,7 +55,8 @@ class CallRecord:
 
     def to_json(self) -> bytes:
         """Serialise for the store."""
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        fields = {name: getattr(self, name) for name in self.__slots__}  # flat: no asdict deep copy
+        return to_json(fields)
 
     @classmethod
     def from_json(cls, data: bytes) -> CallRecord:
@@ -124,16 +127,19 @@ class FeedbackRecorder:
         await self.flush()
 
     async def flush(self) -> None:
-        """Write every queued record now."""
+        """Write every queued record now (in one store round trip)."""
         batch, self._pending = self._pending, []
+        if not batch:
+            return
+        items = []
         for item in batch:
             features, signature = features_and_signature(item.prompt)
             record = CallRecord(item.payer, item.model, item.router_name, item.rule, item.arm, features, signature)
-            try:
-                await self.store.put(call_key(item.completion_id), record.to_json(), self.ttl)
-            except StoreError as exc:
-                log.warning("feedback records dropped (%d): %s", len(batch), exc)
-                return
+            items.append((call_key(item.completion_id), record.to_json()))
+        try:
+            await self.store.put_many(items, self.ttl)
+        except StoreError as exc:
+            log.warning("feedback records dropped (%d): %s", len(batch), exc)
 
     async def _run(self) -> None:
         while not self._stopping:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Generic, Protocol, TypeVar
 
@@ -23,6 +23,11 @@ class Store(Protocol):
 
     async def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         """Set ``key`` to ``value``, expiring after ``ttl_seconds``."""
+        ...
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]], ttl_seconds: int) -> None:
+        """`put` each ``(key, value)`` of ``items``, in one round trip where the store can (not
+        atomically: a failure may leave some written)."""
         ...
 
     async def get(self, key: str) -> bytes | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from payrouter.store.base import StoreError
@@ -32,6 +32,10 @@ class MemoryStore:
 
     async def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         self._data[key] = (value, time.monotonic() + ttl_seconds)
+
+    async def put_many(self, items: Sequence[tuple[str, bytes]], ttl_seconds: int) -> None:
+        for key, value in items:
+            await self.put(key, value, ttl_seconds)
 
     async def get(self, key: str) -> bytes | None:
         return self._live(key)

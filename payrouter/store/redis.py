@@ -248,6 +248,15 @@ class RedisStore:
     async def put(self, key: str, value: bytes, ttl_seconds: int) -> None:
         await self._run(self._redis.set(self._k(key), value, ex=ttl_seconds))
 
+    async def put_many(self, items: Sequence[tuple[str, bytes]], ttl_seconds: int) -> None:
+        if not items:
+            return
+        # one key per command: a Cluster client routes each to its slot
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, value in items:
+                pipe.set(self._k(key), value, ex=ttl_seconds)
+            await self._run(pipe.execute())
+
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._run(self._redis.get(self._k(key)))
         return value

@@ -42,6 +42,17 @@ async def test_put_get_expire(store: Store) -> None:
     assert time.monotonic() - put_at >= 0.9, "expired well before its TTL"
 
 
+async def test_put_many_writes_each_with_its_ttl(store: Store) -> None:
+    # keys that hash to different slots: a Cluster routes each to its own
+    items = [(f"many:{i}", f"v{i}".encode()) for i in range(20)]
+    await store.put_many(items, 1)
+    await store.put_many([], 1)
+    assert [await store.get(key) for key, _ in items] == [value for _, value in items]
+    await async_wait_until(
+        lambda: _gone(store, "many:19"), "the 1 s TTL of many:19 to expire", timeout=3, interval=0.02
+    )
+
+
 async def _gone(store: Store, key: str) -> bool:
     return await store.get(key) is None
 
