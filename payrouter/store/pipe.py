@@ -11,6 +11,11 @@ fall back to redis-py on any connection trouble (`payrouter.store.redis.send_scr
 Only what that needs is here: TCP or a Unix socket, ``AUTH`` and ``SELECT`` from the client's
 settings, RESP2 parsed by hiredis. A TLS or Cluster client gets no pipe (`ScriptPipe.of` is
 None) and keeps redis-py's path.
+
+Pipes to one server asked for in one event loop share its connection (the channel store's and
+the journal's: `written_together` then sends a charge and its record in one write). A reply
+that does not come in time drops the connection for every holder, whose commands are sent
+again: every command sent through a pipe must be a script that tolerates running twice.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
+import threading
+import weakref
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
@@ -117,9 +125,13 @@ class _Connection:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         if self.loop is not loop:  # a client used from another event loop (tests) starts afresh
+            if self.proto is not None:
+                with contextlib.suppress(Exception):  # its loop may be closed already
+                    self.proto.fail(PipeBroken("the connection belonged to another event loop"))
             self.loop, self.proto, self.opening = loop, None, None
         if self.opening is None or self.opening.done():
-            self.opening = loop.create_task(self._connect(loop))
+            # its own context: a `written_together` block it was started in is not its own
+            self.opening = loop.create_task(self._connect(loop), context=contextvars.Context())
             # every caller may have given up: its failure is still retrieved (no stray log)
             self.opening.add_done_callback(lambda task: task.cancelled() or task.exception())
         # one attempt shared by every caller; a caller that gives up does not cancel it
@@ -165,8 +177,16 @@ class _Connection:
             del _SHARED[self.key]
 
 
-# the connections `ScriptPipe.of` hands out, by server, credentials, database and connect timeout
-_SHARED: dict[tuple[Any, ...], _Connection] = {}
+# the connections `ScriptPipe.of` hands out, by server, credentials, database, connect timeout and
+# the event loop (or thread) they were asked for in: a connection serves one loop
+_SHARED: weakref.WeakValueDictionary[tuple[Any, ...], _Connection] = weakref.WeakValueDictionary()
+
+
+def _asker() -> tuple[str, int]:
+    try:
+        return ("loop", id(asyncio.get_running_loop()))
+    except RuntimeError:
+        return ("thread", threading.get_ident())
 
 
 def _queue(proto: _Protocol) -> asyncio.Future[Any]:
@@ -250,7 +270,7 @@ class ScriptPipe:
             connect_timeout=connect_timeout,
             reply_timeout=reply_timeout,
         )
-        key = (tuple(sorted(address.items())), username, password, db, connect_timeout)
+        key = (tuple(sorted(address.items())), username, password, db, connect_timeout, _asker())
         shared = _SHARED.get(key)
         if shared is None or shared.closed:
             shared = _SHARED[key] = pipe._conn
@@ -276,7 +296,7 @@ class ScriptPipe:
         together = _TOGETHER.get()
         if together is not None:  # queued with its command when the block writes them
             waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            together.append((proto, command, waiter, self.reply_timeout))
+            together.append((self._conn, command, waiter, self.reply_timeout))
             return waiter
         waiter = _queue(proto)
         assert proto.transport is not None
@@ -326,7 +346,7 @@ async def _drained(proto: _Protocol, timeout: float) -> None:
         raise PipeBroken("redis did not take the command in time") from None
 
 
-_Queued = tuple[_Protocol, bytes, "asyncio.Future[Any]", float]
+_Queued = tuple[_Connection, bytes, "asyncio.Future[Any]", float]
 _TOGETHER: ContextVar[list[_Queued] | None] = ContextVar("payrouter_pipe_together", default=None)
 
 
@@ -335,25 +355,44 @@ async def written_together() -> AsyncIterator[None]:
     """Commands sent through pipes in this block leave together when it ends: one write per
     connection (a paid call's charge and its journal record: one system call, one wake-up of
     Redis, instead of two). `ScriptPipe.send` in the block returns before its command is
-    written; the block ends once all have left, or failed: a command whose connection was
-    lost meanwhile fails with `PipeBroken`, which `payrouter.store.redis.send_script` answers
-    by sending it again."""
+    written; the block ends once all have left. A connection lost meanwhile is opened again
+    for them.
+
+    Raises:
+        PipeBroken: some could not be written (no connection, or Redis took none of them in
+            time); their futures fail with it, and `payrouter.store.redis.send_script`'s
+            replies send them again. A caller that must know they left (before answering)
+            reads their replies then. Run the block where it is not cancelled (shielded).
+    """
     queued: list[_Queued] = []
     token = _TOGETHER.set(queued)
     try:
         yield
     finally:
         _TOGETHER.reset(token)
-        by_connection: dict[_Protocol, list[_Queued]] = {}
-        for entry in queued:
-            by_connection.setdefault(entry[0], []).append(entry)
-        for proto, entries in by_connection.items():
-            if proto.lost or proto.transport is None:
-                for _, _, waiter, _ in entries:
-                    waiter.set_exception(PipeBroken("redis connection lost before the command was written"))
-                continue
-            proto.waiting.extend(waiter for _, _, waiter, _ in entries)
+        failed = await _write_queued(queued)
+    if failed:
+        raise PipeBroken(f"{failed} command(s) could not be written together")
+
+
+async def _write_queued(queued: list[_Queued]) -> int:
+    """Write ``queued``, one write per connection; how many could not be written."""
+    by_connection: dict[_Connection, list[_Queued]] = {}
+    for entry in queued:
+        by_connection.setdefault(entry[0], []).append(entry)
+    failed = 0
+    for conn, entries in by_connection.items():
+        waiters = [waiter for _, _, waiter, _ in entries]
+        try:
+            proto = await conn.current()  # the one they were queued on, or a new one
+            assert proto.transport is not None
+            proto.waiting.extend(waiters)  # in the order of the bytes, with no await between
             proto.transport.write(b"".join(command for _, command, _, _ in entries))
             if not proto.drained.is_set():
-                with contextlib.suppress(PipeBroken):  # its waiters fail; their senders send again
-                    await _drained(proto, entries[0][3])
+                await _drained(proto, entries[0][3])  # fails the waiters if it raises
+        except (OSError, TimeoutError) as exc:  # PipeBroken is an OSError
+            failed += len(entries)
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(exc if isinstance(exc, PipeBroken) else PipeBroken(str(exc)))
+    return failed

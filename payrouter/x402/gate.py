@@ -67,12 +67,13 @@ async def _limited(call: PaidRequest, send: Send, why: str = "") -> bool:
 
 
 async def _reject(call: PaidRequest, exc: PaymentError, scheme: str | None, send: Send) -> None:
-    # Every rejection carries a fresh offer, so a client can pay correctly on its next try
-    # (a malformed request is a 400 first: reading its constraints raises it).
-    call.constraints  # noqa: B018
+    # Every rejection carries a fresh offer, so a client can pay correctly on its next try.
+    # It costs the client an unpaid token first, even for a malformed request (whose 400 comes
+    # next, from reading its constraints): a refused payment is unpaid work.
     if await _limited(call, send, f"payment refused: {exc.reason} ({exc.message})"):
         log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)
         return
+    call.constraints  # noqa: B018
     priced = await _quote(call)
     observed.refused(call.scope, scheme, exc.reason, exc.message, exc.payer, priced)
     log.info("payment rejected: %s (%s) payer=%s", exc.reason, exc.message, exc.payer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -144,10 +145,40 @@ def test_the_receipt_sent_before_the_commits_reply_names_what_the_store_holds(
 
 
 def test_wrong_signer(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
-    # it names the channel's exact charged amount, so its reservation holds until it is verified
     _refused(
         box, http, observer, channel, "invalid_batch_settlement_evm_voucher_signature", signer=LocalSigner.generate()
     )
+
+
+def test_a_forged_voucher_never_reaches_the_store(
+    box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel
+) -> None:
+    # Anyone can name a channel and its charged amount (0 on a new channel, the claimed total
+    # after a claim): a forged voucher must be refused before anything is reserved, or it could
+    # hold another payer's channel busy. Redis's MONITOR sees every command meanwhile.
+    key = f"{box.namespace}:{keys.channel('0x' + channel.config.channel_id(box.chain.chain_id).hex())}"
+    marker = f"forged-voucher-test-{secrets.token_hex(4)}"
+    commands: list[str] = []
+    with redis.Redis.from_url(REDIS_URL) as store, store.monitor() as monitor:
+
+        def watch() -> None:
+            for seen in monitor.listen():
+                commands.append(str(seen["command"]))
+                if marker in commands[-1]:
+                    return
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        time.sleep(0.2)  # MONITOR is on
+        forged = _pay(box, http, channel, _body(), signer=LocalSigner.generate())
+        store.echo(marker)
+        watcher.join(10)
+    assert rejection(forged) == (402, "invalid_batch_settlement_evm_voucher_signature"), forged.text
+    assert any(marker in c for c in commands), "MONITOR saw nothing"
+    assert not [c for c in commands if key in c], "the forged voucher reached the channel's key"
+    ok = _pay(box, http, channel, _body())  # and the channel serves its payer as before
+    assert ok.status_code == 200, ok.text
+    channel.charged = _charged(ok)
 
 
 def test_a_malformed_request_with_a_voucher_is_a_400_and_leaves_the_channel_free(

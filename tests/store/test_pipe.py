@@ -16,7 +16,7 @@ import redis
 
 from payrouter.store import StoreError
 from payrouter.store.base import Written
-from payrouter.store.pipe import ScriptPipe, written_together
+from payrouter.store.pipe import PipeBroken, ScriptPipe, written_together
 from payrouter.store.redis import RedisClient, connect, send_script
 from tests.private_redis import PrivateRedis
 from tests.redis_keys import REDIS_URL, run_token
@@ -331,3 +331,42 @@ async def test_a_connection_lost_before_the_block_ends_sends_its_commands_once_o
         pipe.reset()  # lost before the block wrote it
     assert await sent.reply() == [b"again", 1]  # sent once, on a new connection
     assert await client.get(f"{prefix}:n") == b"1"
+
+
+async def test_commands_that_cannot_be_written_together_fail_the_block_and_their_replies(
+    shared: tuple[RedisClient, ScriptPipe, str],
+) -> None:
+    client, pipe, prefix = shared
+    script = client.register_script(ECHO)
+    await client.script_load(ECHO)
+    with pytest.raises(PipeBroken):
+        async with written_together():
+            sent = await send_script(client, script, [f"{prefix}:n"], ["never"], pipe)
+            await pipe.close()  # its only holder: the connection is gone for good
+    with pytest.raises(StoreError):
+        await sent.reply()
+    assert await client.get(f"{prefix}:n") is None
+
+
+async def test_pipes_asked_for_in_different_event_loops_do_not_share() -> None:
+    first = connect(REDIS_URL)
+    here = ScriptPipe.of(first)
+    assert here is not None
+
+    def elsewhere() -> object:
+        async def ask() -> object:
+            second = connect(REDIS_URL)
+            pipe = ScriptPipe.of(second)
+            assert pipe is not None
+            conn = pipe._conn
+            await pipe.close()
+            await second.aclose()
+            return conn
+
+        return asyncio.run(ask())
+
+    try:
+        assert await asyncio.to_thread(elsewhere) is not here._conn
+    finally:
+        await here.close()
+        await first.aclose()

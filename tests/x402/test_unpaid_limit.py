@@ -109,6 +109,10 @@ def test_a_client_that_only_asks_is_told_to_wait_and_a_payer_is_not(upstream_url
         # a garbage payment is unpaid work too, and is refused as such (with its reason)
         garbage = client.post(url, json=_body(), headers={"PAYMENT-SIGNATURE": "bm90IGpzb24="})
         assert garbage.status_code == 429 and "payment refused" in garbage.json()["error"]["message"]
+        # with a malformed request too: its 400 would come after the payment's checks
+        malformed = {**_body(), "messages": "not a list"}
+        garbage = client.post(url, json=malformed, headers={"PAYMENT-SIGNATURE": "bm90IGpzb24="})
+        assert garbage.status_code == 429 and "payment refused" in garbage.json()["error"]["message"]
     with TestClient(create_app(settings, backend=SettlementBackend(None, FakeFacilitator()))) as client:
         agent = LocalSigner.generate()
         for i in range(10):  # a paying client: each payment gives its quote's token back

@@ -6,12 +6,12 @@ voucher: a signature over the channel's new cumulative maximum, ``charged + amou
 one costs a signature recovery and one store round trip before the model call, never a chain
 round trip:
 
-1. the channel is reserved in one atomic step (`payrouter.channels.ChannelStore.reserve`):
+1. the config is ours (receiver, authorizer, token, withdraw delay) and hashes to the id;
+   the voucher is signed by the payer's authorizer (nothing reaches the store before);
+2. the channel is reserved in one atomic step (`payrouter.channels.ChannelStore.reserve`):
    cumulative check, ``max <= balance``, one request in flight per channel, no withdrawal;
-2. while the store runs it, the voucher is verified (the config is ours: receiver,
-   authorizer, token, withdraw delay; it hashes to the id; the payer's authorizer signed
-   it), the sealed quote checked and the journal record built; a refused voucher releases
-   the channel before its refusal goes out;
+   the request is parsed, its sealed quote checked and the journal record built while the
+   store runs it (a refusal, or a malformed request, releases the channel before its answer);
 3. the handler runs; a failure releases the channel and charges nothing;
 4. the charge, the price of the tokens used (never above ``amount``), is written to the
    channel and to the journal, and the answer goes out with its receipt (``chargedAmount``,
@@ -518,26 +518,22 @@ class BatchScheme:
     async def _verify_while_reserving(
         self, call: PaidRequest, envelope: Envelope, payload: BatchPayload, amount: int, token: str
     ) -> tuple[str, PricedRoute, Reserved, PaymentRecord]:
-        """The voucher's channel id, quote, reservation and journal record: the reservation is
-        sent first (for the channel, cumulative maximum and amount the voucher and ``accepted``
-        name), and the voucher verified, the quote checked and the record built while the store
-        runs it; they then hold those values to the signature, the channel's terms and the quote.
-
-        A voucher refused here is released before its refusal goes out. Until then it held a
-        channel only if it named that channel's exact off-chain ``charged`` (the reservation's
-        compare-and-set), which only the channel's payer is ever told; a forged one holds it
-        for one store round trip."""
-        channel_id = "0x" + payload.channel_id.hex()
+        """The voucher's channel id, quote, reservation and journal record. The voucher is
+        verified first (memory only: a forged one never touches the store); its reservation
+        is then sent, with the amount ``accepted`` names, and the request parsed, its quote
+        checked (which holds that amount to the quote's) and the record built while the store
+        runs it. A voucher refused then, or a malformed request, held only its payer's own
+        channel, for one round trip: it is released before the answer goes out."""
+        channel_id = self._verify(payload, envelope)
         sent: Written[Reserved] | None = None
         try:
             sent = await self._send_reserve(payload, channel_id, amount, token)
-            self._verify(payload, envelope)  # the same id, or it raises
             priced = await self._quote(call, envelope, payload.config.payer)
             record = self._voucher_record(call, envelope, payload, channel_id, priced, amount, token)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 if sent is not None:
-                    with contextlib.suppress(StoreError):
+                    with contextlib.suppress(Exception):
                         await sent.reply()  # the release must come after it
                 await self._release(channel_id, token)
             raise
@@ -693,17 +689,26 @@ class BatchScheme:
         settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
         observed.committed(call.scope, settled)
         started = time.perf_counter()
-        commit: Written[ChannelState | None]
-        journal: Written[tuple[bool, str]]
-        async with written_together():  # one write when both stores share a Redis
-            try:
-                commit = await self.store.send_commit(channel_id, token, charge)
-            except (StoreError, InvalidCharge) as exc:
-                commit = Written.failed(exc)
-            try:
-                journal = await call.services.journal.send_advance(settled, [State.CLAIMED])
-            except StoreError as exc:
-                journal = Written.failed(exc)
+        commit: Written[ChannelState | None] | None = None
+        journal: Written[tuple[bool, str]] | None = None
+        try:
+            async with written_together():  # one write when both stores share a Redis
+                try:
+                    commit = await self.store.send_commit(channel_id, token, charge)
+                except (StoreError, InvalidCharge) as exc:
+                    commit = Written.failed(exc)
+                try:
+                    journal = await call.services.journal.send_advance(settled, [State.CLAIMED])
+                except StoreError as exc:
+                    journal = Written.failed(exc)
+        except OSError:
+            # not written together: read their replies now (each is sent again on a new
+            # connection), so that both have left before the answer does
+            for written in (commit, journal):
+                if written is not None:
+                    with contextlib.suppress(StoreError, InvalidCharge):
+                        await written.reply()
+        assert commit is not None and journal is not None
         return _Charging(settled, channel_id, charge, commit, journal, call.services.deferred, started)
 
     def _receipt(
