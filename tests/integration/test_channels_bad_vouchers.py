@@ -59,6 +59,12 @@ def _pay(box: Sandbox, http: httpx.Client, channel: Channel, body: dict[str, Any
     return http.post(_url(box), json=body, headers=header(payment))
 
 
+def _next_voucher(box: Sandbox, channel: Channel, quote: dict[str, Any]) -> dict[str, Any]:
+    """The channel's correct next voucher for ``quote``."""
+    amount = int(batch_offer(quote)["amount"])
+    return voucher_payment(quote, channel.config, channel.charged + amount, channel.payer, chain_id=box.chain.chain_id)
+
+
 def _charged(response: httpx.Response) -> int:
     receipt = json.loads(base64.b64decode(response.headers["payment-response"]))
     return int(receipt["extra"]["channelState"]["chargedCumulativeAmount"])
@@ -187,13 +193,7 @@ def test_a_malformed_request_with_a_voucher_is_a_400_and_leaves_the_channel_free
     # the body is read after the reservation was sent: its 400 must give the channel back
     body = _body()
     quote = offer(http, _url(box), body)
-    payment = voucher_payment(
-        quote,
-        channel.config,
-        channel.charged + int(batch_offer(quote)["amount"]),
-        channel.payer,
-        chain_id=box.chain.chain_id,
-    )
+    payment = _next_voucher(box, channel, quote)
     with observer.unchanged(channel.payer.address, box.operator.address):
         response = http.post(_url(box), json={**body, "messages": "not a list"}, headers=header(payment))
         assert response.status_code == 400, response.text
@@ -245,13 +245,7 @@ def test_a_voucher_presenting_another_requests_quote_is_refused_and_leaves_the_c
     # channel back at once (the helper's next voucher would otherwise be `channel_busy`).
     quoted, body = _body(), _body()
     quote = offer(http, _url(box), quoted)
-    payment = voucher_payment(
-        quote,
-        channel.config,
-        channel.charged + int(batch_offer(quote)["amount"]),
-        channel.payer,
-        chain_id=box.chain.chain_id,
-    )
+    payment = _next_voucher(box, channel, quote)
     with observer.unchanged(channel.payer.address, box.operator.address):
         response = http.post(_url(box), json=body, headers=header(payment))
         assert rejection(response) == (402, "invalid_payment_requirements"), response.text
@@ -263,13 +257,7 @@ def test_a_voucher_presenting_another_requests_quote_is_refused_and_leaves_the_c
 def test_replayed_voucher(box: Sandbox, http: httpx.Client, observer: Observer, channel: Channel) -> None:
     body = _body()
     quote = offer(http, _url(box), body)
-    payment = voucher_payment(
-        quote,
-        channel.config,
-        channel.charged + int(batch_offer(quote)["amount"]),
-        channel.payer,
-        chain_id=box.chain.chain_id,
-    )
+    payment = _next_voucher(box, channel, quote)
     first = http.post(_url(box), json=body, headers=header(payment))
     assert first.status_code == 200
     channel.charged = _charged(first)
