@@ -128,6 +128,7 @@ class PaidRequest:
         receive: Receive,
         services: Services,
         body: bytes,
+        headers: Headers,
         endpoint: Endpoint | None = None,
     ) -> None:
         self.app = app
@@ -136,7 +137,7 @@ class PaidRequest:
         self.services = services
         self.body = body
         self.endpoint = endpoint
-        self._headers = Headers(scope=scope)
+        self._headers = headers
 
     @cached_property
     def _parsed(self) -> tuple[ChatRequest, Any]:

@@ -131,7 +131,7 @@ class PaymentGate:
         v2_header = headers.get("payment-signature")
         v1_header = headers.get("x-payment")
         # the request is parsed when first read: a scheme may start its store round trip first
-        call = PaidRequest(self.app, scope, receive, services, body, self.endpoints.get(scope["path"]))
+        call = PaidRequest(self.app, scope, receive, services, body, headers, self.endpoints.get(scope["path"]))
         started = False
         downstream = send
 
@@ -160,12 +160,10 @@ class PaymentGate:
                         f"scheme {envelope.scheme!r} is not offered; offered: {', '.join(services.schemes)}",
                     )
                 scheme_name = scheme.name
-                observed.scheme_chosen(scope, scheme_name)
                 try:
                     await scheme.serve(call, envelope, send)
-                finally:
-                    if call.parsed:
-                        observed.scheme_chosen(scope, scheme_name, call.digest)
+                finally:  # the digest is known once the scheme has read the request
+                    observed.scheme_chosen(scope, scheme_name, call.digest if call.parsed else "")
                 if services.unpaid_limit is not None:  # a payer's quote was not unpaid work
                     services.unpaid_limit.give_back(client_of(scope))
             except PaymentRejected as exc:

@@ -455,7 +455,7 @@ class BatchScheme:
         deposited = ("", 0)
         amount = _accepted_amount(envelope) if payload.kind == "voucher" else None
         if amount is not None:
-            channel_id, priced, reserved, record = await self._verify_while_reserving(
+            channel_id, priced, reserved, record = await self._quote_while_reserving(
                 call, envelope, payload, amount, token
             )
         else:
@@ -515,14 +515,13 @@ class BatchScheme:
         _VERIFY_SECONDS.observe(time.perf_counter() - checking)
         return channel_id
 
-    async def _verify_while_reserving(
+    async def _quote_while_reserving(
         self, call: PaidRequest, envelope: Envelope, payload: BatchPayload, amount: int, token: str
     ) -> tuple[str, PricedRoute, Reserved, PaymentRecord]:
         """The voucher's channel id, quote, reservation and journal record. The voucher is
-        verified first (memory only: a forged one never touches the store); its reservation
-        is then sent, with the amount ``accepted`` names, and the request parsed, its quote
-        checked (which holds that amount to the quote's) and the record built while the store
-        runs it. A voucher refused then, or a malformed request, held only its payer's own
+        verified first (memory only: a forged one never touches the store); its reservation is
+        then sent, with the amount ``accepted`` names, and the request parsed, its quote checked
+        (which holds that amount to the quote's) and the record built while the store runs it. A voucher refused then, or a malformed request, held only its payer's own
         channel, for one round trip: it is released before the answer goes out."""
         channel_id = self._verify(payload, envelope)
         sent: Written[Reserved] | None = None
