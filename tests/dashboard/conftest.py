@@ -7,29 +7,22 @@ payments made here.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
 from pricing import PriceTable, RoutingRule
-from tests.price_toml import price_table_toml
+from tests.integration.servers import CLI, free_port, server_env, stop, wait_healthy, write_config
 from tests.redis_keys import delete_namespace, run_token
 from tests.sandbox_thread import sandbox_in_thread
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-CLI = Path(sys.executable).parent / "payrouter"
 TOKEN_ENV = "TEST_DASHBOARD_TOKEN"
 CANARY_WORD = "canary-probe"
 CANARY_CONTROL = "gpt-4o-mini"
@@ -50,13 +43,6 @@ class Served:
         return self.log.read_text(errors="replace")[-6000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="package")
 def box() -> Iterator[Sandbox]:
     """anvil, the dev token, the test upstream (and a router without a dashboard) on Redis."""
@@ -71,31 +57,16 @@ def box() -> Iterator[Sandbox]:
 @contextmanager
 def _serve(box: Sandbox, folder: Path, table: PriceTable, workers: int = 1) -> Iterator[Served]:
     """``payrouter serve`` of ``table`` on the sandbox's chain, upstream and namespace, dashboard on (1 s refresh)."""
-    (folder / "prices.toml").write_text(price_table_toml(table.model_dump(mode="json")))
-    providers = "\n".join(
-        f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in table.models})
+    config = write_config(
+        box, folder, REDIS_URL, table=table, sections=f'[dashboard]\ntoken_env = "{TOKEN_ENV}"\nrefresh_seconds = 1\n'
     )
-    (folder / "payrouter.toml").write_text(
-        f'price_table = "prices.toml"\nredis_url = "{REDIS_URL}"\nnamespace = "{box.namespace}"\n'
-        f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
-        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n'
-        f'[dashboard]\ntoken_env = "{TOKEN_ENV}"\nrefresh_seconds = 1\n{providers}\n'
-    )
-    assert box.authorizer is not None
     token = secrets.token_urlsafe(32)
-    env = {
-        **os.environ,
-        "TEST_GAS_KEY": box.gas_wallet.unsafe_export_private_key(),
-        "TEST_AUTHORIZER_KEY": box.authorizer.unsafe_export_private_key(),
-        TOKEN_ENV: token,
-        "PYTHONFAULTHANDLER": "1",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    port = _free_port()
+    env = {**server_env(box), TOKEN_ENV: token}
+    port = free_port()
     log = folder / "server.log"
     with log.open("wb") as sink:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [str(CLI), "serve", "--config", str(folder / "payrouter.toml"), "--port", str(port)]
+            [str(CLI), "serve", "--config", str(config), "--port", str(port)]
             + (["--workers", str(workers)] if workers > 1 else []),
             env=env,
             stdout=subprocess.DEVNULL,
@@ -103,24 +74,10 @@ def _serve(box: Sandbox, folder: Path, table: PriceTable, workers: int = 1) -> I
         )
     server = Served(f"http://127.0.0.1:{port}", token, proc, log)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, server.log_tail()
-            try:
-                if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "server did not become healthy"
-            time.sleep(0.05)
+        wait_healthy(server.url, proc, log, timeout=30)
         yield server
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop([proc])
     assert token not in server.log_tail(), "the dashboard token was logged"
 
 

@@ -89,6 +89,23 @@ def voucher_payment(
     return {"x402Version": 2, "accepted": requirement, "resource": offer_["resource"], "payload": payload}
 
 
+def opening_payment(
+    offer_: dict[str, Any], config: ChannelConfig, payer: LocalSigner, *, chain_id: int, token_domain: Eip712Domain
+) -> dict[str, Any]:
+    """A channel's first payment: its ``minDeposit`` from ``payer`` and the voucher for ``offer_``'s amount."""
+    requirement = batch_offer(offer_)
+    return voucher_payment(
+        offer_,
+        config,
+        int(requirement["amount"]),
+        payer,
+        chain_id=chain_id,
+        deposit=int(requirement["extra"]["minDeposit"]),
+        token=payer,
+        token_domain=token_domain,
+    )
+
+
 def refund_payment(
     probe: dict[str, Any],
     config: ChannelConfig,

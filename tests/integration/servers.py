@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
+from pricing import PriceTable
 from tests.price_toml import price_table_toml
 
 CLI = Path(sys.executable).parent / "payrouter"
@@ -31,7 +32,7 @@ class Servers:
     config: Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
@@ -42,23 +43,38 @@ def _log_tail(path: Path) -> str:
     return path.read_text(errors="replace")[-6000:]
 
 
-@contextmanager
-def serve_beside(box: Sandbox, folder: Path, redis_url: str, count: int = 1) -> Iterator[Servers]:
-    """``count`` servers sharing the sandbox's chain (local facilitator, its gas wallet and
-    channel authorizer), upstream and namespace, on ``redis_url``; healthy when yielded, and
-    stopped with SIGTERM afterwards (a server that will not stop prints where it is stuck and
-    fails the test)."""
-    (folder / "prices.toml").write_text(price_table_toml(box.table.model_dump(mode="json")))
+def write_config(
+    box: Sandbox,
+    folder: Path,
+    redis_url: str,
+    request_log: str | None = None,
+    table: PriceTable | None = None,
+    sections: str = "",
+) -> Path:
+    """A service config serving ``table`` (the sandbox's by default) on its chain, namespace and
+    upstream, on ``redis_url`` (claimer passes are the tests' own); ``sections`` are more TOML
+    sections."""
+    table = table or box.table
+    (folder / "prices.toml").write_text(price_table_toml(table.model_dump(mode="json")))
     providers = "\n".join(
-        f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"' for p in sorted({m.provider for m in box.table.models})
+        f'[providers.{p}]\nbase_url = "{box.upstream_url}"\nkind = "anthropic"'
+        if p == "anthropic"
+        else f'[providers.{p}]\nbase_url = "{box.upstream_url}/v1"'
+        for p in sorted({m.provider for m in table.models})
     )
-    config = folder / "payrouter.toml"
-    config.write_text(
-        f'price_table = "prices.toml"\nredis_url = "{redis_url}"\nnamespace = "{box.namespace}"\n'
+    log = f'request_log = "{request_log}"\n' if request_log else ""
+    path = folder / "payrouter.toml"
+    path.write_text(
+        f'price_table = "prices.toml"\nredis_url = "{redis_url}"\nnamespace = "{box.namespace}"\n{log}'
         f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
-        # the tests run claimer passes themselves
-        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n{providers}\n'
+        f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n{sections}{providers}\n'
     )
+    return path
+
+
+def server_env(box: Sandbox, metrics_dir: Path | None = None) -> dict[str, str]:
+    """The environment of a server on ``write_config``'s config (its keys; a multiprocess
+    metrics directory when given)."""
     assert box.authorizer is not None
     env = {
         **os.environ,
@@ -66,7 +82,48 @@ def serve_beside(box: Sandbox, folder: Path, redis_url: str, count: int = 1) -> 
         "TEST_AUTHORIZER_KEY": box.authorizer.unsafe_export_private_key(),
         "PYTHONFAULTHANDLER": "1",  # SIGABRT makes a stuck server print where it is
     }
-    ports = [_free_port() for _ in range(count)]
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if metrics_dir is not None:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    return env
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
+    """Until ``url`` answers ``/healthz`` (the server's log in the failure if it dies or never does)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, _log_tail(log)
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "server did not become healthy:\n" + _log_tail(log)
+        time.sleep(0.05)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM, then a kill for whatever has not stopped within 15 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@contextmanager
+def serve_beside(box: Sandbox, folder: Path, redis_url: str, count: int = 1) -> Iterator[Servers]:
+    """``count`` servers sharing the sandbox's chain (local facilitator, its gas wallet and
+    channel authorizer), upstream and namespace, on ``redis_url``; healthy when yielded, and
+    stopped with SIGTERM afterwards (a server that will not stop prints where it is stuck and
+    fails the test)."""
+    config = write_config(box, folder, redis_url)
+    env = server_env(box)
+    ports = [free_port() for _ in range(count)]
     # logs go to files, not pipes nobody reads (a full pipe would block the server)
     logs = [folder / f"server-{port}.log" for port in ports]
     procs = []
@@ -82,17 +139,8 @@ def serve_beside(box: Sandbox, folder: Path, redis_url: str, count: int = 1) -> 
             )
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
-        deadline = time.monotonic() + 30
         for url, proc, log in zip(urls, procs, logs, strict=True):
-            while True:
-                assert proc.poll() is None, _log_tail(log)
-                try:
-                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "server did not become healthy"
-                time.sleep(0.05)
+            wait_healthy(url, proc, log, timeout=30)
         yield Servers(urls, procs, config)
     finally:
         for proc in procs:

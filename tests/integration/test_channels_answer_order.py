@@ -25,7 +25,7 @@ from payrouter.store import keys
 from tests.delay_proxy import DelayProxy
 from wallets import LocalSigner
 
-from .channel_payloads import batch_offer, config_for, voucher_payment
+from .channel_payloads import batch_offer, config_for, opening_payment, voucher_payment
 from .conftest import REDIS_URL
 from .payments import header, offer
 from .servers import serve_beside
@@ -64,17 +64,7 @@ def test_the_answer_waits_for_the_reservation_only(box: Sandbox, slow_store: tup
         quote = offer(http, url, body)
         requirement = batch_offer(quote)
         config = config_for(requirement, payer, salt=secrets.randbits(64))
-        deposit = int(requirement["extra"]["minDeposit"])
-        first = voucher_payment(
-            quote,
-            config,
-            int(requirement["amount"]),
-            payer,
-            chain_id=box.chain.chain_id,
-            deposit=deposit,
-            token=payer,
-            token_domain=box.token.domain,
-        )
+        first = opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
         response = http.post(url, json=body, headers=header(first))
         assert response.status_code == 200, response.text
         charged = _charged(response)

@@ -28,7 +28,7 @@ from tests.redis_keys import REDIS_URL
 from wallets import LocalSigner
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ChannelConfig
 
-from .channel_payloads import batch_offer, config_for, refund_payment, voucher_payment
+from .channel_payloads import batch_offer, config_for, opening_payment, refund_payment, voucher_payment
 from .claims import claim_pass
 from .conftest import Observer
 from .payments import header, offer, rejection, sse_events
@@ -80,17 +80,7 @@ def channel(box: Sandbox) -> Iterator[Channel]:
         quote = offer(http, _url(box), body)
         requirement = batch_offer(quote)
         config = config_for(requirement, payer)
-        amount = int(requirement["amount"])
-        payment = voucher_payment(
-            quote,
-            config,
-            amount,
-            payer,
-            chain_id=box.chain.chain_id,
-            deposit=int(requirement["extra"]["minDeposit"]),
-            token=payer,
-            token_domain=box.token.domain,
-        )
+        payment = opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
         response = http.post(_url(box), json=body, headers=header(payment))
         assert response.status_code == 200, response.text
         # the deposit's receipt names its transaction and amount, as the spec asks
@@ -278,16 +268,7 @@ def test_partial_refund_then_a_voucher_above_the_balance(box: Sandbox, http: htt
         _url(box),
         json=body,
         headers=header(
-            voucher_payment(
-                quote,
-                config,
-                int(requirement["amount"]),
-                payer,
-                chain_id=box.chain.chain_id,
-                deposit=deposit,
-                token=payer,
-                token_domain=box.token.domain,
-            )
+            opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
         ),
     )
     assert first.status_code == 200, first.text
@@ -349,16 +330,7 @@ def _open_payment(
     quote = offer(http, _url(box), body)
     requirement = batch_offer(quote)
     config = config_for(requirement, payer, salt=salt)
-    payment = voucher_payment(
-        quote,
-        config,
-        int(requirement["amount"]),
-        payer,
-        chain_id=box.chain.chain_id,
-        deposit=int(requirement["extra"]["minDeposit"]),
-        token=payer,
-        token_domain=box.token.domain,
-    )
+    payment = opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
     return payment, config, int(requirement["amount"])
 
 

@@ -17,7 +17,7 @@ import pytest
 from payrouter.sandbox.dev import Sandbox
 from wallets import LocalSigner
 
-from .channel_payloads import batch_offer, config_for, voucher_payment
+from .channel_payloads import batch_offer, config_for, opening_payment, voucher_payment
 from .claims import claim_pass
 from .conftest import REDIS_URL, Observer
 from .payments import header, offer, payment, rejection
@@ -113,16 +113,7 @@ def test_one_channel_two_servers_serves_one_request_at_a_time(
             servers[0] + url,
             json=first,
             headers=header(
-                voucher_payment(
-                    quote,
-                    config,
-                    int(requirement["amount"]),
-                    payer,
-                    chain_id=box.chain.chain_id,
-                    deposit=int(requirement["extra"]["minDeposit"]),
-                    token=payer,
-                    token_domain=box.token.domain,
-                )
+                opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
             ),
         )
         assert opened.status_code == 200, opened.text

@@ -16,9 +16,10 @@ from payrouter.request_log import RequestLog
 from payrouter.sandbox.dev import Sandbox
 from tests.integration.conftest import Observer
 from tests.integration.payments import header, offer, payment, rejection
+from tests.integration.servers import CLI
 from tests.polling import wait_until
 
-from .conftest import CLI, Servers
+from .conftest import Servers
 
 PAYER_A = "0xAaAaAaAaAaAaAaAaAaAaAaAaAaAaAaAaAaAaAaAa"
 PAYER_B = "0xBbBbBbBbBbBbBbBbBbBbBbBbBbBbBbBbBbBbBbBb"

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from payrouter.sandbox.dev import Sandbox
-from tests.integration.channel_payloads import batch_offer, config_for, voucher_payment
+from tests.integration.channel_payloads import batch_offer, config_for, opening_payment
 from tests.integration.conftest import Observer
 from tests.integration.payments import header, offer, payment, rejection, sse_events
 from tests.polling import wait_until
@@ -192,16 +192,8 @@ def test_channel_voucher_is_counted(servers: Servers, mbox: Sandbox, mhttp: http
     body = _body(model)
     quote = offer(mhttp, a + CHAT, body)
     requirement = batch_offer(quote)
-    deposit = int(requirement["extra"]["minDeposit"])
-    pay = voucher_payment(
-        quote,
-        config_for(requirement, payer),
-        int(requirement["amount"]),
-        payer,
-        chain_id=mbox.chain.chain_id,
-        deposit=deposit,
-        token=payer,
-        token_domain=mbox.token.domain,
+    pay = opening_payment(
+        quote, config_for(requirement, payer), payer, chain_id=mbox.chain.chain_id, token_domain=mbox.token.domain
     )
     response = mhttp.post(a + CHAT, json=body, headers=header(pay))
     assert response.status_code == 200, response.text

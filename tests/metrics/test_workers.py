@@ -8,16 +8,17 @@ from collections.abc import Iterator
 import pytest
 
 from payrouter.sandbox.dev import Sandbox
+from tests.integration.conftest import REDIS_URL
+from tests.integration.servers import CLI, free_port, server_env, stop, wait_healthy, write_config
 from tests.polling import healthz_until_every_worker
 
-from .conftest import CLI, free_port, server_env, stop, wait_healthy, write_config
 from .scrape import scrape, value
 
 
 @pytest.fixture(scope="module")
 def two_workers(mbox: Sandbox, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("metrics-workers")
-    config = write_config(mbox, folder)
+    config = write_config(mbox, folder, REDIS_URL, "requests.jsonl")
     port = free_port()
     log = folder / "serve.log"
     with log.open("wb") as sink:
