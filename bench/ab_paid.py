@@ -62,38 +62,26 @@ async def _alternate(
 ) -> tuple[dict[str, list[float]], list[float]]:
     import httpx
 
-    from bench.paid_path import _body
+    from bench.paid_path import BenchChannel, _body
     from payrouter.client import read_offer
     from payrouter.x402.wire import decode_header, encode_header
-    from tests.integration.channel_payloads import batch_offer, config_for, voucher_payment
 
     warm = 10
     latencies: dict[str, list[float]] = {u: [] for u in urls}
     direct: list[float] = []
-    config: dict[str, Any] = {}
-    charged = dict.fromkeys(urls, 0)
+    channels = {u: BenchChannel(agents[u], chain_id, token_domain, calls + warm) for u in urls}
     async with httpx.AsyncClient(timeout=60) as http, httpx.AsyncClient(timeout=60) as up:
         for i in range(calls + warm):
             body = _body()
             for url in urls if i % 2 == 0 else urls[::-1]:
-                agent = agents[url]
                 offer = read_offer((await http.post(url, json=body)).headers).body
-                amount = int(batch_offer(offer)["amount"])
-                if url not in config:  # the first call deposits
-                    requirement = batch_offer(offer)
-                    config[url] = config_for(requirement, agent, salt=secrets.randbits(64))
-                    deposit = max(int(requirement["extra"]["minDeposit"]), 2 * amount * (calls + warm))
-                    extra: dict[str, Any] = {"deposit": deposit, "token": agent, "token_domain": token_domain}
-                else:
-                    extra = {}
-                payment = voucher_payment(offer, config[url], charged[url] + amount, agent, chain_id=chain_id, **extra)
-                header = encode_header(payment)
+                header = encode_header(channels[url].payment(offer))
                 start = time.perf_counter()
                 response = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
                 elapsed = (time.perf_counter() - start) * 1000
                 assert response.status_code == 200, response.text
                 receipt = decode_header(response.headers["payment-response"])
-                charged[url] = int(receipt["extra"]["channelState"]["chargedCumulativeAmount"])
+                channels[url].charged = int(receipt["extra"]["channelState"]["chargedCumulativeAmount"])
                 if i >= warm:
                     latencies[url].append(elapsed)
             start = time.perf_counter()

@@ -67,7 +67,7 @@ from payrouter.x402.wire import decode_header, encode_header
 from pricing import load_price_table
 from tests.integration.channel_payloads import batch_offer, config_for, voucher_payment
 from wallets import Eip712Domain, LocalSigner
-from wallets.channels import BATCH_SETTLEMENT_ADDRESS
+from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ChannelConfig
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 EXACT = "exact"
@@ -503,35 +503,50 @@ async def _paid_exact(url: str, upstream: str | None, agent: LocalSigner, n: int
     return out
 
 
+@dataclass
+class BenchChannel:
+    """One agent's channel as a bench pays on it: opened by its first payment (a deposit sized
+    for ``calls`` calls), then a voucher for ``charged + amount`` per call."""
+
+    agent: LocalSigner
+    chain_id: int
+    token_domain: Eip712Domain
+    calls: int
+    config: ChannelConfig | None = None
+    charged: int = 0  # as the last receipt said
+    deposit: int = 0
+
+    def payment(self, offer: dict[str, Any]) -> dict[str, Any]:
+        """The next payment for ``offer`` (the deposit, the first time)."""
+        requirement = batch_offer(offer)
+        amount = int(requirement["amount"])
+        if self.config is not None:
+            return voucher_payment(offer, self.config, self.charged + amount, self.agent, chain_id=self.chain_id)
+        self.config = config_for(requirement, self.agent, salt=secrets.randbits(64))
+        self.deposit = max(int(requirement["extra"]["minDeposit"]), 2 * amount * self.calls)
+        return voucher_payment(
+            offer,
+            self.config,
+            self.charged + amount,
+            self.agent,
+            chain_id=self.chain_id,
+            deposit=self.deposit,
+            token=self.agent,
+            token_domain=self.token_domain,
+        )
+
+
 async def _paid_batch(
     url: str, upstream: str, agent: LocalSigner, n: int, warm: int, chain_id: int, token_domain: Eip712Domain
 ) -> Paid:
     """``warm`` unmeasured calls (the first one deposits), then ``n`` measured vouchers."""
     out = Paid()
-    config = None
-    charged = 0
+    channel = BenchChannel(agent, chain_id, token_domain, n + warm)
     async with httpx.AsyncClient(timeout=60) as http, httpx.AsyncClient(timeout=60) as up:
         for i in range(n + warm):
             body = _body()
             offer = read_offer((await http.post(url, json=body)).headers).body
-            requirement = batch_offer(offer)
-            amount = int(requirement["amount"])
-            if config is None:
-                config = config_for(requirement, agent, salt=secrets.randbits(64))
-                out.deposit = max(int(requirement["extra"]["minDeposit"]), 2 * amount * (n + warm))
-                payment = voucher_payment(
-                    offer,
-                    config,
-                    charged + amount,
-                    agent,
-                    chain_id=chain_id,
-                    deposit=out.deposit,
-                    token=agent,
-                    token_domain=token_domain,
-                )
-            else:
-                payment = voucher_payment(offer, config, charged + amount, agent, chain_id=chain_id)
-            header = encode_header(payment)
+            header = encode_header(channel.payment(offer))
             start = time.perf_counter()
             response = await http.post(url, json=body, headers={"PAYMENT-SIGNATURE": header})
             elapsed = (time.perf_counter() - start) * 1000
@@ -542,14 +557,14 @@ async def _paid_batch(
                 out.txs.append(str(receipt["transaction"]))  # the deposit (when the receipt names it)
             extra = receipt["extra"]
             cumulative = int(extra["channelState"]["chargedCumulativeAmount"])
-            assert cumulative == charged + int(extra["chargedAmount"]), extra
-            charged = cumulative
+            assert cumulative == channel.charged + int(extra["chargedAmount"]), extra
+            channel.charged = cumulative
             out.calls += 1
             direct = await _direct(up, upstream, body)
             if i >= warm:
                 out.latencies.append(elapsed)
                 out.upstream.append(direct)
-    out.paid_total = charged
+    out.paid_total, out.deposit = channel.charged, channel.deposit
     return out
 
 
