@@ -598,6 +598,7 @@ async def _claim_and_settle(
     from payrouter.channels import open_channel_store
     from payrouter.channels.claimer import Claimer
     from payrouter.channels.contract import BatchSettlementContract
+    from payrouter.channels.settler import GasWalletSettler
     from payrouter.facilitator.sender import GasSender
     from payrouter.journal.open import open_journal
     from payrouter.store import RedisStore
@@ -610,8 +611,7 @@ async def _claim_and_settle(
         contract = BatchSettlementContract(chain, GasSender(chain, LocalSigner(gas_key), locks, chain_id), chain_id)
         claimer = Claimer(
             store,
-            contract,
-            LocalSigner(authorizer_key),
+            GasWalletSettler(contract, LocalSigner(authorizer_key)),
             journal,
             locks,
             pay_to,

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+from eth_utils.address import is_address, to_checksum_address
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -16,6 +17,9 @@ from payrouter.chain import ChainClient
 from payrouter.channels import open_channel_store
 from payrouter.channels.claimer import Claimer
 from payrouter.channels.contract import BatchSettlementContract
+from payrouter.channels.settler import ChannelSettler, GasWalletSettler
+from payrouter.facilitator import RemoteFacilitator
+from payrouter.facilitator.channels import FacilitatorSettler
 from payrouter.facilitator.sender import GasSender
 from payrouter.feedback import FeedbackRecorder
 from payrouter.feedback.served import FEEDBACK_STATE
@@ -40,7 +44,7 @@ from payrouter.routing import Router
 from payrouter.services import Services
 from payrouter.serving_limits import BodyTimeout
 from payrouter.settings import ConfigError, Settings
-from payrouter.settlement_backend import SettlementBackend, open_settlement_backend
+from payrouter.settlement_backend import SettlementBackend, open_settlement_backend, supported_kind
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
 from payrouter.upstream.health import HealthTracker
@@ -50,7 +54,7 @@ from payrouter.x402.responses import EXPOSED_HEADERS
 from payrouter.x402.schemes import build_schemes
 from payrouter.x402.schemes.batch import BATCH, BatchScheme
 from payrouter.x402.unpaid_limit import UnpaidLimit
-from pricing import usd_to_atomic
+from pricing import PriceTable, usd_to_atomic
 from wallets import LocalSigner
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS
 
@@ -64,25 +68,66 @@ def _default_router(settings: Settings, health: HealthTracker) -> Router:
 
 
 async def _open_batch_scheme(
-    settings: Settings, store: Store, chain: ChainClient | None, journal: Journal, stack: AsyncExitStack
+    settings: Settings, store: Store, backend: SettlementBackend, journal: Journal, stack: AsyncExitStack
 ) -> BatchScheme:
-    """The ``batch-settlement`` scheme: channel store, contract (deposits from the gas wallet)
-    and the receiver authorizer key.
+    """The ``batch-settlement`` scheme: the channel store, and who sends channel transactions:
+    the gas wallet with our authorizer key (local facilitator), or the remote facilitator
+    (signing with our authorizer key when there is one, else with its own).
 
     Raises:
-        ConfigError: no chain to send deposits on, or no settlement contract deployed there.
+        ConfigError: no chain to read, no settlement contract deployed there, or a remote
+            facilitator that does not settle the scheme (or holds no authorizer key when we
+            have none).
     """
-    table = settings.price_table
-    if chain is None or settings.gas_key is None or settings.channel_authorizer_key is None:
-        raise ConfigError("batch-settlement needs the local facilitator (rpc_url, gas key) and an authorizer key")
+    table, chain = settings.price_table, backend.chain
+    if chain is None:
+        raise ConfigError("batch-settlement needs rpc_url (channels are read on chain)")
     if (await chain.get_code(BATCH_SETTLEMENT_ADDRESS)) in ("0x", "0x0", None):
         raise ConfigError(f"no x402 batch-settlement contract at {BATCH_SETTLEMENT_ADDRESS} on {table.network}")
+    own = settings.channel_authorizer_key
+    authorizer = LocalSigner(own.get_secret_value()) if own is not None else None
+    settler: ChannelSettler
+    if isinstance(backend.facilitator, RemoteFacilitator):
+        reader = BatchSettlementContract(chain, None, table.chain_id)
+        receiver_authorizer = await _remote_authorizer(backend.facilitator, table, authorizer)
+        settler = FacilitatorSettler(
+            backend.facilitator,
+            reader,
+            chain,
+            table.network,
+            receiver_authorizer,
+            authorizer,
+            receipt_timeout=settings.receipt_timeout,
+        )
+    else:
+        if settings.gas_key is None or authorizer is None:
+            raise ConfigError("batch-settlement with the local facilitator needs a gas key and an authorizer key")
+        sender = GasSender(chain, LocalSigner(settings.gas_key.get_secret_value()), store, table.chain_id)
+        contract = BatchSettlementContract(chain, sender, table.chain_id, receipt_timeout=settings.receipt_timeout)
+        settler = GasWalletSettler(contract, authorizer)
     channel_store = open_channel_store(settings.redis_url, settings.namespace)
     stack.push_async_callback(channel_store.close)
-    sender = GasSender(chain, LocalSigner(settings.gas_key.get_secret_value()), store, table.chain_id)
-    contract = BatchSettlementContract(chain, sender, table.chain_id, receipt_timeout=settings.receipt_timeout)
-    authorizer = LocalSigner(settings.channel_authorizer_key.get_secret_value())
-    return BatchScheme(table, channel_store, contract, authorizer, journal)
+    return BatchScheme(table, channel_store, settler, journal)
+
+
+async def _remote_authorizer(facilitator: RemoteFacilitator, table: PriceTable, own: LocalSigner | None) -> str:
+    """The receiver authorizer channels name: ours when we hold a key, else the one the
+    facilitator's ``/supported`` advertises (it then signs claims and refunds).
+
+    Raises:
+        ConfigError: the facilitator does not settle batch-settlement on the table's network,
+            or we hold no key and it advertises no authorizer.
+    """
+    kind = await supported_kind(facilitator, table, BATCH)
+    if own is not None:
+        return own.address
+    theirs = (kind.get("extra") or {}).get("receiverAuthorizer")
+    if not isinstance(theirs, str) or not is_address(theirs) or int(theirs, 16) == 0:
+        raise ConfigError(
+            "the facilitator holds no receiver authorizer key for batch-settlement (its /supported names "
+            "none): set [channels] authorizer_key_env or authorizer_keystore"
+        )
+    return to_checksum_address(theirs)
 
 
 def _claimer(settings: Settings, batch: BatchScheme, journal: Journal, store: Store, chain: ChainClient) -> Claimer:
@@ -91,8 +136,7 @@ def _claimer(settings: Settings, batch: BatchScheme, journal: Journal, store: St
     threshold = usd_to_atomic(settings.claim_threshold, table.asset.decimals)
     return Claimer(
         batch.store,
-        batch.contract,
-        batch.authorizer,
+        batch.settler,
         journal,
         store,
         table.pay_to,
@@ -174,7 +218,9 @@ def create_app(settings: Settings, router: Router | None = None, backend: Settle
                 quotes=QuoteSeal(store),
                 unpaid_limit=_unpaid_limit(settings),
             )
-            batch = await _open_batch_scheme(settings, store, chain, journal, stack) if BATCH in table.schemes else None
+            batch = (
+                await _open_batch_scheme(settings, store, settling, journal, stack) if BATCH in table.schemes else None
+            )
             services.schemes = build_schemes(table, batch)
             if batch is not None and chain is not None and settings.claim_poll > 0:
                 claimer = _claimer(settings, batch, journal, store, chain)

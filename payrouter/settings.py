@@ -147,7 +147,8 @@ class Settings(BaseModel):
         reconcile_interval: seconds between the background reconciler's passes (0: off; run
             ``payrouter ledger reconcile`` instead).
         channel_authorizer_key: the receiver authorizer of ``batch-settlement`` channels (signs
-            claims and refunds; its address is offered). Needed when the table offers channels.
+            claims and refunds; its address is offered). Needed when the table offers channels,
+            unless a remote facilitator holds the authorizer key (its ``/supported`` names it).
         claim_interval: seconds between claims of whatever channels owe (0: only on threshold
             and withdrawals).
         claim_threshold: USD unclaimed across channels that triggers a claim at once.
@@ -212,18 +213,17 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _facilitator_needs(self) -> Settings:
         if "batch-settlement" in self.price_table.schemes:
-            if self.channel_authorizer_key is None:
+            if self.channel_authorizer_key is None and self.facilitator == "local":
                 raise ValueError(
                     "the price table offers batch-settlement: [channels] needs authorizer_key_env or "
-                    "authorizer_keystore (the key that signs claims and refunds)"
+                    "authorizer_keystore (the key that signs claims and refunds), or a remote facilitator "
+                    "that holds one"
                 )
             if self.claim_poll >= self.price_table.channels.withdraw_delay / 2:
                 raise ValueError(
                     f"claim_poll ({self.claim_poll} s) must be well under the channels' withdraw_delay "
                     f"({self.price_table.channels.withdraw_delay} s): withdrawals are noticed by the claimer"
                 )
-            if self.facilitator != "local":
-                raise ValueError('batch-settlement channels are settled by the local facilitator (mode = "local")')
         if self.facilitator == "local" and (not self.rpc_url or self.gas_key is None):
             raise ValueError("the local facilitator needs rpc_url and a gas key")
         if self.facilitator == "remote" and not self.facilitator_url:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
@@ -20,7 +21,7 @@ from payrouter.x402.wire import v1_network_name
 from pricing import PriceTable
 from wallets import LocalSigner
 
-__all__ = ["SettlementBackend", "open_settlement_backend", "require_exact_support"]
+__all__ = ["SettlementBackend", "open_settlement_backend", "require_support", "supported_kind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,20 +37,34 @@ class SettlementBackend:
     facilitator: Facilitator
 
 
-async def require_exact_support(facilitator: RemoteFacilitator, table: PriceTable) -> None:
-    """Refuse a facilitator that cannot settle this table's payments.
+async def supported_kind(facilitator: RemoteFacilitator, table: PriceTable, scheme: str) -> dict[str, Any]:
+    """The facilitator's ``/supported`` entry for ``scheme`` on the table's network (its
+    ``extra`` may name the facilitator's ``receiverAuthorizer``).
 
     Raises:
-        ConfigError: ``GET /supported`` failed, or offers no ``exact`` scheme on the table's network.
+        ConfigError: ``GET /supported`` failed, or lists no such scheme on the table's network.
     """
     try:
         kinds = (await facilitator.supported()).get("kinds") or []
-    except (httpx.HTTPError, ValueError) as exc:
+    except (httpx.HTTPError, ValueError, AttributeError) as exc:
         raise ConfigError(f"facilitator_url: GET /supported failed ({exc})") from None
-    names = {table.network, v1_network_name(table.chain_id)}
-    if not any(k.get("scheme") == "exact" and k.get("network") in names for k in kinds):
-        offered = sorted(f"{k.get('scheme')} on {k.get('network')}" for k in kinds)
-        raise ConfigError(f"the facilitator does not settle 'exact' payments on {table.network}; it offers {offered}")
+    # exact is also listed under its v1 network name ("base-sepolia") by older facilitators
+    names = {table.network, v1_network_name(table.chain_id)} if scheme == "exact" else {table.network}
+    for kind in kinds:
+        if isinstance(kind, dict) and kind.get("scheme") == scheme and kind.get("network") in names:
+            return kind
+    offered = sorted(f"{k.get('scheme')} on {k.get('network')}" for k in kinds if isinstance(k, dict))
+    raise ConfigError(f"the facilitator does not settle {scheme!r} payments on {table.network}; it offers {offered}")
+
+
+async def require_support(facilitator: RemoteFacilitator, table: PriceTable) -> None:
+    """Refuse a facilitator that cannot settle every scheme the table offers.
+
+    Raises:
+        ConfigError: ``GET /supported`` failed, or lacks one of them on the table's network.
+    """
+    for scheme in table.schemes:
+        await supported_kind(facilitator, table, scheme)
 
 
 async def open_settlement_backend(settings: Settings, store: Store, stack: AsyncExitStack) -> SettlementBackend:
@@ -57,8 +72,8 @@ async def open_settlement_backend(settings: Settings, store: Store, stack: Async
 
     ``local``: the node at ``rpc_url`` must serve the price table's chain and hold the asset's
     contract; the facilitator pays gas from ``gas_key`` and takes its nonce lock in ``store``.
-    ``remote``: the facilitator must settle ``exact`` on the table's network; ``rpc_url``, if
-    set, gives read access to the chain.
+    ``remote``: the facilitator must settle every scheme the table offers on its network;
+    ``rpc_url`` gives read access to the chain.
 
     Raises:
         ConfigError: the chain or the facilitator does not fit the price table.
@@ -98,6 +113,6 @@ async def open_settlement_backend(settings: Settings, store: Store, stack: Async
         }
         remote = RemoteFacilitator(settings.facilitator_url, headers, chain=chain)
         stack.push_async_callback(remote.close)
-        await require_exact_support(remote, table)
+        await require_support(remote, table)
         facilitator = remote
     return SettlementBackend(chain, facilitator)

@@ -179,7 +179,7 @@ def _channel_prices(tmp_path: Path) -> None:
     (tmp_path / "prices.toml").write_text(text)
 
 
-def test_channels_need_an_authorizer_key_and_the_local_facilitator(tmp_path: Path) -> None:
+def test_channels_need_an_authorizer_key_unless_a_remote_facilitator_holds_one(tmp_path: Path) -> None:
     local = f'[facilitator]\nrpc_url = "http://127.0.0.1:8545"\ngas_key_env = "GAS"\n{PROVIDERS}'
     path = _write(tmp_path, local)
     _channel_prices(tmp_path)
@@ -194,9 +194,11 @@ def test_channels_need_an_authorizer_key_and_the_local_facilitator(tmp_path: Pat
     assert settings.channel_authorizer_key is not None and "24" * 32 not in repr(settings)
     assert str(settings.claim_threshold) == "2.50" and settings.claim_interval == 3600
     remote = f'[facilitator]\nmode = "remote"\nurl = "http://f"\nrpc_url = "http://r"\n{PROVIDERS}'
+    # a remote facilitator settles channels too: with our authorizer key, or holding its own
     path.write_text('price_table = "prices.toml"\n[channels]\nauthorizer_key_env = "AUTH"\n' + remote)
-    with pytest.raises(ConfigError, match="local facilitator"):
-        load_settings(path, {"AUTH": "0x" + "24" * 32})
+    assert load_settings(path, {"AUTH": "0x" + "24" * 32}).channel_authorizer_key is not None
+    path.write_text('price_table = "prices.toml"\n' + remote)
+    assert load_settings(path, {}).channel_authorizer_key is None
     path.write_text('price_table = "prices.toml"\n[channels]\nauthorizer_key_env = "AUTH"\nbogus = 1\n' + local)
     with pytest.raises(ConfigError, match=r"unknown keys in \[channels\]"):
         load_settings(path, {"GAS": GAS, "AUTH": "0x" + "24" * 32})

@@ -43,7 +43,6 @@ from eth_utils.crypto import keccak
 from payrouter.chain import ChainClient, ChainError, Receipt
 from payrouter.channels.contract import (
     MAX_CLAIMS_PER_BATCH,
-    BatchSettlementContract,
     ChannelTxFailed,
     ChannelTxInDoubt,
     ClaimRow,
@@ -59,11 +58,11 @@ from payrouter.channels.records import (
     settle_record,
     voucher_charged_before,
 )
+from payrouter.channels.settler import ChannelSettler
 from payrouter.channels.state import ChannelState
 from payrouter.channels.store import ChannelStore
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.store import Store, StoreError, keys
-from wallets import Signer
 from wallets.channels import ChannelConfig
 from wallets.errors import TypedDataError
 
@@ -164,8 +163,8 @@ class Claimer:
 
     Args:
         store: the channels' state (shared with the gate).
-        contract: the batch-settlement contract, with the gas wallet's sender.
-        authorizer: the receiver authorizer: every claimed channel's ``receiverAuthorizer``.
+        settler: sends the claims and settles (our gas wallet, or a facilitator); channels
+            whose ``receiverAuthorizer`` is not its ``receiver_authorizer`` are left alone.
         journal: where claim and settle records go (and voucher records are read from).
         lock_store: holds ``keys.CLAIMER_LOCK`` and the claim clock ``keys.CLAIMER_LAST_CLAIM``.
         pay_to: the receiver of the channels claimed (others are left alone).
@@ -183,8 +182,7 @@ class Claimer:
     def __init__(
         self,
         store: ChannelStore,
-        contract: BatchSettlementContract,
-        authorizer: Signer,
+        settler: ChannelSettler,
         journal: Journal,
         lock_store: Store,
         pay_to: str,
@@ -199,8 +197,9 @@ class Claimer:
         if type(threshold) is not int or threshold < 0:
             raise ValueError("threshold must be a non-negative int of atomic units")
         self.store = store
-        self.contract = contract
-        self.authorizer = authorizer
+        self.settler = settler
+        self.contract = settler.contract
+        self.authorizer = settler.receiver_authorizer
         self.journal = journal
         self.lock_store = lock_store
         self.pay_to = pay_to
@@ -214,7 +213,7 @@ class Claimer:
         self._task: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"Claimer(pay_to={self.pay_to}, token={self.token}, authorizer={self.authorizer.address})"
+        return f"Claimer(pay_to={self.pay_to}, token={self.token}, authorizer={self.authorizer})"
 
     # ------------------------------------------------------------------ passes
 
@@ -492,7 +491,7 @@ class Claimer:
         if not _is_hex(state.signature) or state.signed_max < target:
             report.errors.append(f"channel {state.channel_id}: charged {target} without a voucher covering it")
             return None
-        if config.receiver_authorizer != self.authorizer.address:
+        if config.receiver_authorizer != self.authorizer:
             report.errors.append(f"channel {state.channel_id}: its receiverAuthorizer is not our authorizer")
             return None
         return _Candidate(state.channel_id, config, state, chain, target)
@@ -501,7 +500,7 @@ class Claimer:
         """Claim ``batch`` in one transaction; a batch refused in simulation is split in halves
         until the rows at fault stand alone, so one bad channel holds up no other."""
         try:
-            tx = await self.contract.claim_with_signature([c.row() for c in batch], self.authorizer)
+            tx = await self.settler.claim([c.row() for c in batch])
         except ChannelTxFailed as exc:
             if exc.tx == "" and len(batch) > 1:
                 half = len(batch) // 2
@@ -552,7 +551,7 @@ class Claimer:
 
     async def _settle(self, report: ClaimReport) -> None:
         try:
-            tx, amount = await self.contract.settle(self.pay_to, self.token)
+            tx, amount = await self.settler.settle(self.pay_to, self.token)
         except ChannelTxFailed as exc:
             report.errors.append(f"settle failed: {exc}")
             log.warning("claimer: settle failed: %s", exc)

@@ -140,11 +140,14 @@ class ChannelTxFailed(ChannelError):
 
     Attributes:
         error: the custom error's name (``"ClaimAboveBalance"``) when it was recognised, else None.
+        code: the x402 reason a facilitator refused it with (``"invalid_batch_settlement_…"``),
+            else None.
     """
 
-    def __init__(self, reason: str, tx: str = "", error: str | None = None) -> None:
+    def __init__(self, reason: str, tx: str = "", error: str | None = None, code: str | None = None) -> None:
         super().__init__(reason, tx)
         self.error = error
+        self.code = code
 
 
 class ChannelTxInDoubt(ChannelError):
@@ -340,13 +343,13 @@ class BatchSettlementContract:
     ) -> None:
         self._chain = chain
         self._sender = sender
-        self._chain_id = chain_id
+        self.chain_id = chain_id
         self.address = address
         self._receipt_timeout = receipt_timeout
         self._domain = batch_settlement_domain(chain_id)
 
     def __repr__(self) -> str:
-        return f"BatchSettlementContract(address={self.address}, chain_id={self._chain_id})"
+        return f"BatchSettlementContract(address={self.address}, chain_id={self.chain_id})"
 
     # ------------------------------------------------------------------ reads
 
@@ -441,15 +444,25 @@ class BatchSettlementContract:
             raise ValueError("a claim needs at least one row")
         if len(rows) > MAX_CLAIMS_PER_BATCH:
             raise ValueError(f"{len(rows)} claim rows; at most {MAX_CLAIMS_PER_BATCH} per transaction")
-        entries, claims = [], []
-        for config, signed_max, voucher_signature, total_claimed in rows:
+        for config, *_ in rows:
             if config.receiver_authorizer != authorizer.address:
                 # the contract checks one shared authorizer against the batch signature
                 raise ValueError("every claimed channel's receiverAuthorizer must be the signing authorizer")
-            entries.append(ClaimEntry(config.channel_id(self._chain_id), signed_max, total_claimed))
-            claims.append(((_config_tuple(config), signed_max), voucher_signature, total_claimed))
-        signature = authorizer.sign_typed_data(self._domain, ClaimBatch(tuple(entries)))
-        return _calldata("claimWithSignature", [claims, signature])
+        claims = [((_config_tuple(c), signed_max), sig, total) for c, signed_max, sig, total in rows]
+        return _calldata("claimWithSignature", [claims, self.claim_signature(rows, authorizer)])
+
+    def claim_signature(self, rows: Sequence[ClaimRowLike], authorizer: Signer) -> bytes:
+        """``authorizer``'s ``ClaimBatch`` signature over ``rows`` (what ``claimWithSignature`` checks).
+
+        Raises:
+            wallets.TypedDataError: an amount outside uint128.
+        """
+        entries = tuple(ClaimEntry(c.channel_id(self.chain_id), signed_max, total) for c, signed_max, _, total in rows)
+        return authorizer.sign_typed_data(self._domain, ClaimBatch(entries))
+
+    def refund_signature(self, config: ChannelConfig, amount: int, nonce: int, authorizer: Signer) -> bytes:
+        """``authorizer``'s ``Refund`` signature (what ``refundWithSignature`` checks)."""
+        return authorizer.sign_typed_data(self._domain, Refund(config.channel_id(self.chain_id), nonce, amount))
 
     async def claim_with_signature(self, rows: Sequence[ClaimRowLike], authorizer: Signer) -> str:
         """Claim up to 100 channels in one transaction on ``authorizer``'s ``ClaimBatch`` signature.
@@ -484,12 +497,25 @@ class BatchSettlementContract:
         if claimed == settled:
             return "", 0
         receipt = await self._transact(_calldata("settle", [receiver, token]))
+        return receipt.transaction_hash, self.settled_in(receipt, receiver)
+
+    def settled_in(self, receipt: Receipt, receiver: str) -> int:
+        """What ``receipt``'s ``Settled`` events paid ``receiver``."""
         amount = 0
         for log in self._logs(receipt, SETTLED_TOPIC):
             topics = log.get("topics") or []
             if len(topics) > 1 and int(topics[1], 16) == int(receiver, 16):
                 amount += int(str(log.get("data", "0x0")), 16)
-        return receipt.transaction_hash, amount
+        return amount
+
+    def refunded_in(self, receipt: Receipt, channel_id: bytes) -> int:
+        """What ``receipt``'s ``Refunded`` events returned to the payer of ``channel_id``."""
+        refunded = 0
+        for log in self._logs(receipt, REFUNDED_TOPIC):
+            topics = log.get("topics") or []
+            if len(topics) > 1 and bytes.fromhex(str(topics[1])[2:]) == channel_id:
+                refunded += _word(log.get("data"), 1)
+        return refunded
 
     async def refund(
         self,
@@ -519,17 +545,11 @@ class BatchSettlementContract:
             raise ValueError("a refund amount must be positive")
         if config.receiver_authorizer != authorizer.address:
             raise ValueError("the refund must be signed by the channel's receiverAuthorizer")
-        channel_id = config.channel_id(self._chain_id)
-        refund_signature = authorizer.sign_typed_data(self._domain, Refund(channel_id, nonce, amount))
+        refund_signature = self.refund_signature(config, amount, nonce, authorizer)
         calls = [self._claim_calldata(claim_rows, authorizer)] if claim_rows else []
         calls.append(_calldata("refundWithSignature", [_config_tuple(config), amount, nonce, refund_signature]))
         receipt = await self._transact(_calldata("multicall", [calls]))
-        refunded = 0
-        for log in self._logs(receipt, REFUNDED_TOPIC):
-            topics = log.get("topics") or []
-            if len(topics) > 1 and bytes.fromhex(str(topics[1])[2:]) == channel_id:
-                refunded += _word(log.get("data"), 1)
-        return receipt.transaction_hash, refunded
+        return receipt.transaction_hash, self.refunded_in(receipt, config.channel_id(self.chain_id))
 
     # --------------------------------------------------------------- plumbing
 

@@ -60,7 +60,12 @@ class RemoteFacilitator:
             reqs = requirements.to_v2()
         return {"x402Version": payment.version, "paymentPayload": payment.raw, "paymentRequirements": reqs}
 
-    async def _post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``/verify`` or ``/settle``; the facilitator's x402 result object.
+
+        Raises:
+            httpx.HTTPError: unreachable, or the reply is no x402 result (``HTTPStatusError``).
+        """
         reply = await self._client.post(f"{self._url}/{endpoint}", json=body, headers=self._headers_for(endpoint))
         # Facilitators answer 200 for business outcomes; some send 4xx with an x402 body.
         try:
@@ -78,7 +83,7 @@ class RemoteFacilitator:
     async def verify(self, payment: PaymentPayload, requirements: Requirements) -> str:
         payer = payment.authorization.from_
         try:
-            data = await self._post("verify", self._body(payment, requirements))
+            data = await self.post("verify", self._body(payment, requirements))
         except httpx.HTTPError as exc:
             raise PaymentRejected(Reason.UNEXPECTED_VERIFY, f"facilitator unreachable: {exc}", payer) from None
         if data.get("isValid") is True:
@@ -95,7 +100,7 @@ class RemoteFacilitator:
         # then reconciles the already-broadcast transaction instead of sending another.
         for _attempt in range(2):
             try:
-                data = await self._post("settle", body)
+                data = await self.post("settle", body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 raise SettlementFailed(Reason.UNEXPECTED_SETTLE, f"facilitator unreachable: {exc}", payer) from None
             except httpx.HTTPError as exc:

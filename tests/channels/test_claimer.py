@@ -27,6 +27,7 @@ from payrouter.channels import RedisChannelStore
 from payrouter.channels.claimer import STUCK_VOUCHER_MS, Claimer, ClaimReport
 from payrouter.channels.contract import MAX_CLAIMS_PER_BATCH, BatchSettlementContract, Erc3009Deposit
 from payrouter.channels.records import SCHEME, claim_deltas, claim_record
+from payrouter.channels.settler import GasWalletSettler
 from payrouter.devchain import DevChain, DevToken
 from payrouter.facilitator.sender import GasSender
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
@@ -104,8 +105,7 @@ class Env:
     ) -> Claimer:
         return Claimer(
             store or self.store,
-            contract or self.contract,
-            self.authorizer,
+            GasWalletSettler(contract or self.contract, self.authorizer),
             journal or self.journal,
             locks or self.locks,
             self.pay_to,
@@ -722,7 +722,7 @@ def test_channel_counts_are_compared_row_by_row() -> None:
 
 def test_claimer_refuses_a_fractional_threshold() -> None:
     with pytest.raises(ValueError, match="threshold"):
-        Claimer(None, None, None, None, None, "", "", 1.0, 0.5, chain=None, network="")  # type: ignore[arg-type]
+        Claimer(None, None, None, None, "", "", 1.0, 0.5, chain=None, network="")  # type: ignore[arg-type]
 
 
 def test_stuck_voucher_limit_outlives_any_reservation() -> None:

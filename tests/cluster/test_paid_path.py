@@ -21,6 +21,7 @@ from payrouter.chain import ChainClient
 from payrouter.channels import open_channel_store
 from payrouter.channels.claimer import Claimer, ClaimReport
 from payrouter.channels.contract import BatchSettlementContract
+from payrouter.channels.settler import GasWalletSettler
 from payrouter.client import (
     ChannelOptions,
     FileChannelStore,
@@ -117,7 +118,7 @@ def _claim_pass(box: Box) -> ClaimReport:
             sender = GasSender(chain, sb.gas_wallet, store, sb.chain.chain_id)
             contract = BatchSettlementContract(chain, sender, sb.chain.chain_id)
             claimer = Claimer(
-                channels, contract, sb.authorizer, journal, store, sb.table.pay_to, sb.table.asset.address, 0, 0,
+                channels, GasWalletSettler(contract, sb.authorizer), journal, store, sb.table.pay_to, sb.table.asset.address, 0, 0,
                 chain=chain, network=sb.table.network,
             )  # fmt: skip
             report = await claimer.run_once(wait=10)

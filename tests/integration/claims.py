@@ -8,6 +8,7 @@ from payrouter.chain import ChainClient
 from payrouter.channels import open_channel_store
 from payrouter.channels.claimer import Claimer, ClaimReport
 from payrouter.channels.contract import BatchSettlementContract
+from payrouter.channels.settler import GasWalletSettler
 from payrouter.facilitator.sender import GasSender
 from payrouter.journal.open import open_journal
 from payrouter.sandbox.dev import Sandbox
@@ -30,8 +31,7 @@ def claim_pass(box: Sandbox) -> ClaimReport:
             contract = BatchSettlementContract(chain, sender, box.chain.chain_id)
             claimer = Claimer(
                 channels,
-                contract,
-                box.authorizer,
+                GasWalletSettler(contract, box.authorizer),
                 journal,
                 store,
                 box.table.pay_to,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from payrouter.channels.redis import RedisChannelStore
+from payrouter.channels.settler import GasWalletSettler
 from payrouter.journal import MemoryJournal
 from payrouter.sandbox.dev import EXAMPLE_TABLE
 from payrouter.store.redis import connect
@@ -27,7 +28,7 @@ async def test_a_release_the_store_missed_is_retried_until_it_lands(tmp_path: Pa
     store = RedisChannelStore(client, "release-test")
     table = load_price_table(EXAMPLE_TABLE).on_chain("eip155:31337", "0x" + "11" * 20, "0x" + "22" * 20)
     # the contract is never reached by a release
-    scheme = BatchScheme(table, store, cast(Any, None), LocalSigner.generate(), MemoryJournal())
+    scheme = BatchScheme(table, store, GasWalletSettler(cast(Any, None), LocalSigner.generate()), MemoryJournal())
     cid = "0x" + secrets.token_hex(32)
     try:
         await store.upsert_onchain(

@@ -43,14 +43,9 @@ from starlette.types import Message, Send
 from payrouter import metrics
 from payrouter.chain import ChainError
 from payrouter.channels import ChannelState, ChannelStore, Reserved
-from payrouter.channels.contract import (
-    BatchSettlementContract,
-    ChannelError,
-    ChannelTxInDoubt,
-    ClaimRow,
-    Erc3009Deposit,
-)
+from payrouter.channels.contract import ChannelError, ChannelTxFailed, ChannelTxInDoubt, ClaimRow, Erc3009Deposit
 from payrouter.channels.records import claim_record
+from payrouter.channels.settler import ChannelSettler, DepositOrder, RefundOrder
 from payrouter.channels.state import InvalidCharge
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.journal.deferred import DeferredWrites
@@ -67,7 +62,7 @@ from payrouter.x402.schemes.base import match_terms, presented_quote
 from payrouter.x402.schemes.batch_payload import BatchPayload, ChannelReason, parse_batch_payload
 from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, compact_json, encode_header
 from pricing import PriceTable
-from wallets import Signer, recover_address_bytes, typed_data_digest
+from wallets import recover_address_bytes, typed_data_digest
 from wallets.channels import ChannelConfig, Voucher, batch_settlement_domain
 from wallets.errors import WalletError
 
@@ -99,14 +94,13 @@ def voucher_record_id(channel_id: str, charged_before: int) -> str:
 
 
 class BatchScheme:
-    """`Scheme` ``batch-settlement`` over our own channel store, contract and authorizer key.
+    """`Scheme` ``batch-settlement`` over our own channel store.
 
     Args:
         table: the price table (channel terms, asset, pay_to).
         store: the channel states (shared by every instance).
-        contract: the settlement contract (deposits; reads of channels we do not know).
-        authorizer: the receiver authorizer key (its address is offered; the claimer signs
-            claim batches with it).
+        settler: sends deposits and refunds (our gas wallet or a facilitator) and reads
+            channels we do not know; its ``receiver_authorizer`` is the one offered.
         journal: where deposits are recorded (vouchers go to the request's journal: the same).
     """
 
@@ -116,15 +110,15 @@ class BatchScheme:
         self,
         table: PriceTable,
         store: ChannelStore,
-        contract: BatchSettlementContract,
-        authorizer: Signer,
+        settler: ChannelSettler,
         journal: Journal,
     ) -> None:
         self.table = table
         self.journal = journal
         self.store = store
-        self.contract = contract
-        self.authorizer = authorizer
+        self.settler = settler
+        self.contract = settler.contract
+        self.authorizer = settler.receiver_authorizer
         self.chain_id = table.chain_id
         self.domain = batch_settlement_domain(table.chain_id)
         self.min_deposit = table.channels.min_deposit_atomic(table.asset.decimals)
@@ -134,7 +128,7 @@ class BatchScheme:
         base = priced.requirements
         table = self.table
         extra: dict[str, Any] = {
-            "receiverAuthorizer": self.authorizer.address,
+            "receiverAuthorizer": self.authorizer,
             "withdrawDelay": table.channels.withdraw_delay,  # a JSON integer, or clients assume 900
             "name": table.asset.name,
             "version": table.asset.version,
@@ -165,7 +159,7 @@ class BatchScheme:
         accepted = envelope.accepted or {}
         extra = accepted.get("extra") if isinstance(accepted.get("extra"), dict) else {}
         assert isinstance(extra, dict)
-        if str(extra.get("receiverAuthorizer", "")).lower() != self.authorizer.address.lower():
+        if str(extra.get("receiverAuthorizer", "")).lower() != self.authorizer.lower():
             raise PaymentRejected(
                 ChannelReason.RECEIVER_AUTHORIZER_MISMATCH, "accepted.extra.receiverAuthorizer is not ours", payer
             )
@@ -177,7 +171,7 @@ class BatchScheme:
             )
         if config.receiver.lower() != table.pay_to.lower():
             raise PaymentRejected(ChannelReason.RECEIVER_MISMATCH, "channelConfig.receiver is not payTo", payer)
-        if config.receiver_authorizer.lower() != self.authorizer.address.lower():
+        if config.receiver_authorizer.lower() != self.authorizer.lower():
             raise PaymentRejected(
                 ChannelReason.RECEIVER_AUTHORIZER_MISMATCH, "channelConfig.receiverAuthorizer is not ours", payer
             )
@@ -233,9 +227,11 @@ class BatchScheme:
             synced_at_ms=now_ms(),
         )
 
-    async def _deposit(self, call: PaidRequest, payload: BatchPayload, channel_id: str) -> tuple[str, int]:
-        """Send the payload's deposit on chain, wait for it, and mirror the channel; its
-        ``(transaction, amount)`` (``("", 0)`` when it was already in the channel)."""
+    async def _deposit(
+        self, call: PaidRequest, envelope: Envelope, priced: PricedRoute, payload: BatchPayload, channel_id: str
+    ) -> tuple[str, int]:
+        """Send the payload's deposit on chain (through the settler), wait for it, and mirror
+        the channel; its ``(transaction, amount)`` (``("", 0)`` when it was already in the channel)."""
         deposit, config = payload.deposit, payload.config
         assert deposit is not None
         payer = config.payer
@@ -248,22 +244,29 @@ class BatchScheme:
             raise PaymentRejected(
                 ChannelReason.DEPOSIT_BELOW_MIN, f"deposits here are at least {self.min_deposit} atomic units", payer
             )
-        erc3009 = Erc3009Deposit(deposit.valid_after, deposit.valid_before, deposit.salt, deposit.signature)
+        order = DepositOrder(
+            config,
+            deposit.amount,
+            Erc3009Deposit(deposit.valid_after, deposit.valid_before, deposit.salt, deposit.signature),
+            envelope.raw,
+            self.offer(priced).to_v2(),
+        )
         try:
-            await self.contract.simulate_deposit(config, deposit.amount, erc3009)
+            await self.settler.check_deposit(order)
         except ChannelError as exc:
             # the same deposit sent again (its first answer was lost) is already in the
             # channel: the voucher it carries is served on it
             synced = await self._sync(config, channel_id)
             if synced is not None and synced.balance >= payload.signed_max:
                 return "", 0
-            raise PaymentRejected(
-                ChannelReason.DEPOSIT_SIMULATION_FAILED, f"the deposit would fail: {exc}", payer
-            ) from None
+            # a facilitator names the rule the deposit broke; the contract's own refusal is
+            # reported as a failed simulation
+            reason = (exc.code if isinstance(exc, ChannelTxFailed) else None) or ChannelReason.DEPOSIT_SIMULATION_FAILED
+            raise PaymentRejected(reason, f"the deposit would fail: {exc}", payer) from None
         except ChainError as exc:
             raise PaymentRejected(ChannelReason.STATE_UNAVAILABLE, f"the chain is unavailable ({exc})", payer) from None
         try:
-            tx = await self.contract.deposit(config, deposit.amount, erc3009)
+            tx = await self.settler.deposit(order)
         except ChannelTxInDoubt as exc:
             # the deposit may land: it is the payer's money in their channel either way
             raise PaymentRejected(
@@ -331,7 +334,7 @@ class BatchScheme:
             pay_to=table.pay_to,
             max_timeout_seconds=table.max_timeout_seconds,
             extra={
-                "receiverAuthorizer": self.authorizer.address,
+                "receiverAuthorizer": self.authorizer,
                 "withdrawDelay": table.channels.withdraw_delay,
                 "name": table.asset.name,
                 "version": table.asset.version,
@@ -410,7 +413,8 @@ class BatchScheme:
             # what was charged is claimed in the same transaction: the refund cannot take it
             rows.append(ClaimRow(config, state.signed_max, bytes.fromhex(state.signature[2:]), charged))
         try:
-            tx, refunded = await self.contract.refund(config, amount, onchain.refund_nonce, rows, self.authorizer)
+            order = RefundOrder(config, amount, onchain.refund_nonce, rows, payload.signed_max, payload.signature)
+            tx, refunded = await self.settler.refund(order)
         except (ChannelError, ChainError, StoreError, ValueError) as exc:
             raise PaymentRejected(ChannelReason.REFUND_TRANSACTION_FAILED, f"the refund failed: {exc}", payer) from None
         log.info("refund: channel=%s payer=%s amount=%d claimed=%d tx=%s", channel_id, payer, refunded, charged, tx)
@@ -462,7 +466,7 @@ class BatchScheme:
             channel_id = self._verify(payload, envelope)  # a deposit: before anything is sent
             priced = await self._quote(call, envelope, payer)
             if payload.kind == "deposit":
-                deposited = await self._deposit(call, payload, channel_id)
+                deposited = await self._deposit(call, envelope, priced, payload, channel_id)
                 observed.deposit_sent(call.scope, deposited[0])
             amount = priced.requirements.amount
             reserved = await self._reserve(payload, channel_id, amount, token)
