@@ -37,11 +37,12 @@ from wallets import (
     TransactionSigner,
     TransferWithAuthorization,
 )
-from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS
+from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ERC3009_DEPOSIT_COLLECTOR_ADDRESS, MULTICALL3_ADDRESS
 
 __all__ = [
     "BATCH_SETTLEMENT_ADDRESS",
     "ERC3009_DEPOSIT_COLLECTOR_ADDRESS",
+    "MULTICALL3_ADDRESS",
     "AnvilNotFoundError",
     "DevChain",
     "DevChainError",
@@ -243,9 +244,14 @@ class DevChain:
 
     def install_batch_settlement(self) -> tuple[ChecksumAddress, ChecksumAddress]:
         """Our x402 ``batch-settlement`` contracts at the addresses the official clients use on
-        every chain: ``(settlement, ERC-3009 deposit collector)``."""
+        every chain: ``(settlement, ERC-3009 deposit collector)``.
+
+        Also installs our Multicall3-compatible contract at `MULTICALL3_ADDRESS`, where the
+        official facilitator reads channel state (its address is a constant, not returned).
+        """
         settlement = self.install_at("BatchSettlement", [], BATCH_SETTLEMENT_ADDRESS)
         collector = self.install_at("ERC3009DepositCollector", [settlement], ERC3009_DEPOSIT_COLLECTOR_ADDRESS)
+        self.install_at("Multicall3", [], MULTICALL3_ADDRESS)
         return settlement, collector
 
     def deploy_token(self, name: str = "USD Coin", symbol: str = "USDC", version: str = "2") -> DevToken:

@@ -27,6 +27,7 @@ __all__ = [
     "ERC3009_DEPOSIT_COLLECTOR_ADDRESS",
     "MAX_WITHDRAW_DELAY",
     "MIN_WITHDRAW_DELAY",
+    "MULTICALL3_ADDRESS",
     "ChannelConfig",
     "ClaimBatch",
     "ClaimEntry",
@@ -40,6 +41,9 @@ __all__ = [
 # from an offer, so a server cannot redirect deposits.
 BATCH_SETTLEMENT_ADDRESS = "0x4020074e9dF2ce1deE5A9C1b5c3f541D02a10003"
 ERC3009_DEPOSIT_COLLECTOR_ADDRESS = "0x4020806089470a89826cB9fB1f4059150b550004"
+# Multicall3's deterministic address: the official facilitator reads channel state and
+# simulates deposits through ``tryAggregate`` there, so a chain without it cannot settle.
+MULTICALL3_ADDRESS = "0xcA11bde05977b3631167028862bE2a173976CA11"
 
 # Bounds the contract enforces on ``withdrawDelay`` at deposit (15 minutes to 30 days).
 MIN_WITHDRAW_DELAY = 900
