@@ -15,15 +15,33 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from x402 import x402Facilitator
 from x402.mechanisms.evm import FacilitatorWeb3Signer
+from x402.mechanisms.evm.batch_settlement.authorizer_signer import LocalAuthorizerSigner
+from x402.mechanisms.evm.batch_settlement.facilitator import BatchSettlementEvmFacilitator
 from x402.mechanisms.evm.exact import register_exact_evm_facilitator
 from x402.schemas.helpers import parse_payment_payload, parse_payment_requirements
 
 
-def facilitator_app(private_key: str, rpc_url: str, network: str, token: str) -> tuple[Starlette, dict[str, int]]:
-    """The app, and counters of the calls it answered."""
+def facilitator_app(
+    private_key: str,
+    rpc_url: str,
+    network: str,
+    token: str,
+    *,
+    channels: bool = False,
+    authorizer_key: str | None = None,
+) -> tuple[Starlette, dict[str, int]]:
+    """The app, and counters of the calls it answered.
+
+    ``channels`` registers the official batch-settlement facilitator too; with
+    ``authorizer_key`` it holds a receiver authorizer (advertised in ``/supported``, signing
+    claims and refunds sent without signatures).
+    """
     facilitator = x402Facilitator()
     signer = FacilitatorWeb3Signer(private_key=private_key, rpc_url=rpc_url)
     register_exact_evm_facilitator(facilitator, signer, networks=network)
+    if channels:
+        authorizer = LocalAuthorizerSigner(authorizer_key) if authorizer_key else None
+        facilitator.register([network], BatchSettlementEvmFacilitator(signer, authorizer))
     calls = {"verify": 0, "settle": 0, "supported": 0, "unauthorized": 0}
 
     def authorized(request: Request) -> bool:

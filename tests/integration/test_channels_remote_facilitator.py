@@ -1,0 +1,266 @@
+"""Channels settled through a remote facilitator: the official x402 facilitator (its
+batch-settlement scheme) over HTTP sends the deposit, the claims, the settle and the refund;
+payrouter's gas wallet sends nothing.
+
+The official Python client pays: a deposit, vouchers charged by the token, a claimer pass
+(claim + settle through the facilitator), more vouchers, a refund (claim + refund in one
+multicall, through the facilitator), a last pass. The chain is the judge: the payer spent
+exactly the sum of the charges and ``pay_to`` received exactly that. Both ways the receiver
+authorizer can be held: by the facilitator (payrouter signs nothing) and by payrouter (the
+facilitator has no authorizer key and gets our signatures).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from x402.http.clients import x402HttpxClient
+from x402.mechanisms.evm.batch_settlement.client import RefundOptions
+
+from payrouter.app import create_app
+from payrouter.chain import ChainClient
+from payrouter.channels import open_channel_store
+from payrouter.channels.claimer import Claimer, ClaimReport
+from payrouter.channels.contract import BatchSettlementContract
+from payrouter.facilitator import RemoteFacilitator
+from payrouter.facilitator.channels import FacilitatorSettler
+from payrouter.journal import State
+from payrouter.journal.open import open_journal
+from payrouter.ledger import fetch_records
+from payrouter.sandbox.dev import Sandbox
+from payrouter.sandbox.serving import serve_in_thread
+from payrouter.settings import ConfigError
+from payrouter.store import RedisStore
+from pricing import PriceTable, charge_for_usage
+from tests.redis_keys import delete_namespace, run_token
+from wallets import LocalSigner
+
+from .conftest import REDIS_URL, Observer, router_settings
+from .official_facilitator import facilitator_app
+from .payments import rejection
+from .test_channels_official_client import _official_client, _receipt
+
+TOKEN = "test-channel-facilitator-token"
+HEADERS = {"*": {"Authorization": SecretStr(f"Bearer {TOKEN}")}}
+
+
+class Remote:
+    """A payrouter whose channels are settled by an official facilitator, on a pay_to of its own."""
+
+    def __init__(
+        self, box: Sandbox, facilitator_url: str, calls: dict[str, int], our_key: LocalSigner | None, gas: str = ""
+    ) -> None:
+        self.box = box
+        self.gas = gas  # the facilitator's gas wallet
+        self.facilitator_url = facilitator_url
+        self.calls = calls
+        self.our_key = our_key
+        self.pay_to = LocalSigner.generate().address  # fresh: what it receives is ours alone
+        self.table: PriceTable = box.table.model_copy(update={"pay_to": self.pay_to})
+        self.namespace = f"payrouter-test-remote-channels-{run_token()}"
+
+    def router(self) -> Any:
+        settings = router_settings(
+            self.box,
+            self.table,
+            namespace=self.namespace,
+            facilitator="remote",
+            facilitator_url=self.facilitator_url,
+            facilitator_headers=HEADERS,
+            gas_key=None,
+            channel_authorizer_key=SecretStr(self.our_key.unsafe_export_private_key()) if self.our_key else None,
+            claim_poll=0,
+        )
+        return create_app(settings)
+
+    def claim_pass(self, receiver_authorizer: str) -> ClaimReport:
+        """One claimer pass through the facilitator (claim everything charged, then settle)."""
+
+        async def run() -> ClaimReport:
+            chain = ChainClient(self.box.chain.rpc_url)
+            remote = RemoteFacilitator(self.facilitator_url, {"*": {"Authorization": f"Bearer {TOKEN}"}})
+            store = RedisStore(REDIS_URL, self.namespace)
+            channels = open_channel_store(REDIS_URL, self.namespace)
+            journal = open_journal(REDIS_URL, self.namespace)
+            try:
+                reader = BatchSettlementContract(chain, None, self.box.chain.chain_id)
+                settler = FacilitatorSettler(
+                    remote, reader, chain, self.table.network, receiver_authorizer, self.our_key
+                )
+                claimer = Claimer(
+                    channels, settler, journal, store, self.pay_to, self.table.asset.address, 0, 0,
+                    chain=chain, network=self.table.network,
+                )  # fmt: skip
+                report = await claimer.run_once(wait=10)
+                assert not report.skipped and not report.errors and not report.in_doubt, report
+                return report
+            finally:
+                for closing in (journal, channels, store, remote, chain):
+                    await closing.close()
+
+        return asyncio.run(run())
+
+
+@pytest.fixture(params=["facilitator", "payrouter"], ids=["the-facilitator-signs", "payrouter-signs"])
+def remote(request: pytest.FixtureRequest, box: Sandbox) -> Iterator[Remote]:
+    gas = box.chain.new_account()
+    our_key = LocalSigner.generate() if request.param == "payrouter" else None
+    their_key = LocalSigner.generate().unsafe_export_private_key() if our_key is None else None
+    app, calls = facilitator_app(
+        gas.unsafe_export_private_key(),
+        box.chain.rpc_url,
+        box.chain.network,
+        TOKEN,
+        channels=True,
+        authorizer_key=their_key,
+    )
+    with serve_in_thread(app) as url:
+        setup = Remote(box, url, calls, our_key, gas.address)
+        try:
+            yield setup
+        finally:
+            delete_namespace(REDIS_URL, setup.namespace)
+
+
+def _offer(http: httpx.Client, url: str) -> dict[str, Any]:
+    response = http.post(url, json={"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 402
+    offer: dict[str, Any] = json.loads(base64.b64decode(response.headers["payment-required"]))
+    return offer
+
+
+def test_channels_are_deposited_claimed_settled_and_refunded_through_the_facilitator(
+    remote: Remote, box: Sandbox, tmp_path: Path
+) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 20_000_000)
+    client, batch = _official_client(box, payer, tmp_path / "channels")
+    charges: list[int] = []
+    channel = {"id": ""}
+
+    with serve_in_thread(remote.router()) as router, httpx.Client(timeout=30) as http:
+        url = f"{router}/v1/chat/completions"
+        offer = _offer(http, url)
+        batch_offer = next(a for a in offer["accepts"] if a["scheme"] == "batch-settlement")
+        authorizer = batch_offer["extra"]["receiverAuthorizer"]
+        if remote.our_key is not None:
+            assert authorizer == remote.our_key.address
+        else:
+            facilitator_kinds = http.get(f"{remote.facilitator_url}/supported").json()["kinds"]
+            (kind,) = [k for k in facilitator_kinds if k["scheme"] == "batch-settlement"]
+            assert authorizer == kind["extra"]["receiverAuthorizer"]
+
+        async def calls(n: int, first: int) -> None:
+            async with x402HttpxClient(client, timeout=30) as paying:
+                for i in range(first, first + n):
+                    body = {
+                        "model": "gpt-4o",
+                        "max_tokens": [8, 200, 1000, 4096][i % 4],
+                        "messages": [{"role": "user", "content": f"call {i}: " + "more " * (40 * (i % 5))}],
+                    }
+                    response = await paying.post(url, json=body)
+                    assert response.status_code == 200, response.text
+                    receipt = _receipt(response.headers)
+                    usage = response.json()["usage"]
+                    expected = charge_for_usage(
+                        remote.table,
+                        usage["payrouter"]["answered_by"],
+                        usage["prompt_tokens"],
+                        usage["completion_tokens"],
+                        cap=int(usage["payrouter"]["quoted"]),
+                    ).amount
+                    assert int(receipt["extra"]["chargedAmount"]) == expected
+                    charges.append(expected)
+                    channel["id"] = receipt["extra"]["channelState"]["channelId"]
+
+        before = box.token.balance_of(payer.address)
+        settled_before = remote.calls["settle"]
+        asyncio.run(calls(6, 0))
+        assert remote.calls["settle"] == settled_before + 1  # the deposit; vouchers never reach it
+
+        first = remote.claim_pass(authorizer)  # claim + settle, both sent by the facilitator
+        assert first.claimed == sum(charges) and first.settled == sum(charges) and len(first.claim_txs) == 1
+        assert box.token.balance_of(remote.pay_to) == sum(charges)
+
+        asyncio.run(calls(4, 6))
+        refund = batch.refund(url, RefundOptions())
+        assert refund.success
+    spent = before - box.token.balance_of(payer.address)
+    assert spent == sum(charges)  # deposit minus refund: exactly what was charged
+    last = remote.claim_pass(authorizer)  # the refund claimed the rest; the settle pays it out
+    assert last.claim_txs == [] and last.settled == sum(charges[6:])
+    assert box.token.balance_of(remote.pay_to) == sum(charges)
+
+    async def journaled() -> list[Any]:
+        journal = open_journal(REDIS_URL, remote.namespace)
+        try:
+            return await fetch_records(journal)
+        finally:
+            await journal.close()
+
+    records = asyncio.run(journaled())
+    by_path: dict[str, int] = {}
+    for r in records:
+        if r.scheme == "batch-settlement" and r.state == State.SETTLED:
+            by_path[r.path] = by_path.get(r.path, 0) + r.amount
+    assert by_path.get("claim") == sum(charges)  # one claim by the claimer, one inside the refund
+    assert by_path.get("settle") == sum(charges)
+    assert by_path.get("deposit") == before - box.token.balance_of(payer.address) + by_path.get("refund", 0)
+    # every transaction was sent by the facilitator's wallet: payrouter needs no gas
+    txs = {r.tx for r in records if r.scheme == "batch-settlement" and r.tx}
+    assert len(txs) == 5  # deposit, claim, settle, refund (with its claim), settle
+    assert {box.chain.w3.eth.get_transaction(tx)["from"] for tx in txs} == {remote.gas}
+
+
+def test_a_deposit_the_facilitator_refuses_reaches_the_payer_and_serves_nothing(
+    remote: Remote, box: Sandbox, observer: Observer, tmp_path: Path
+) -> None:
+    broke = LocalSigner.generate()  # no tokens: the facilitator's balance check refuses the deposit
+    client, _ = _official_client(box, broke, tmp_path / "broke")
+    upstream = observer.upstream_calls()
+
+    async def call(url: str) -> httpx.Response:
+        async with x402HttpxClient(client, timeout=30) as paying:
+            body = {"model": "gpt-4o", "max_tokens": 30, "messages": [{"role": "user", "content": "hello"}]}
+            response: httpx.Response = await paying.post(url, json=body)
+            return response
+
+    with serve_in_thread(remote.router()) as router:
+        response = asyncio.run(call(f"{router}/v1/chat/completions"))
+    status, reason = rejection(response)
+    assert status == 402
+    assert reason.startswith("invalid_batch_settlement_evm_") and "insufficient" in reason
+    assert observer.upstream_calls() == upstream
+    assert box.token.balance_of(remote.pay_to) == 0
+
+
+async def test_startup_needs_a_facilitator_that_settles_channels_and_an_authorizer(box: Sandbox) -> None:
+    gas = box.chain.new_account().unsafe_export_private_key()
+    exact_only, calls = facilitator_app(gas, box.chain.rpc_url, box.chain.network, TOKEN)
+    with serve_in_thread(exact_only) as url:
+        router = Remote(box, url, calls, None).router()
+        with pytest.raises(ConfigError, match=r"does not settle 'batch-settlement' payments on eip155:31337"):
+            async with router.router.lifespan_context(router):
+                pass
+    keyless, calls = facilitator_app(gas, box.chain.rpc_url, box.chain.network, TOKEN, channels=True)
+    with serve_in_thread(keyless) as url:
+        router = Remote(box, url, calls, None).router()
+        with pytest.raises(ConfigError, match="holds no receiver authorizer key.*authorizer_key_env"):
+            async with router.router.lifespan_context(router):
+                pass
+        # with our own key the same facilitator will do: it is sent our signatures
+        ours = Remote(box, url, calls, LocalSigner.generate())
+        try:
+            router = ours.router()
+            async with router.router.lifespan_context(router) as state:
+                assert state["services"].schemes
+        finally:
+            delete_namespace(REDIS_URL, ours.namespace)
