@@ -1,7 +1,9 @@
 """A TCP proxy that holds back what a server sends (fault tests: a slow Redis, as the wire sees it).
 
 Bytes from the client go through at once; bytes back from the server are delivered
-``reply_delay`` seconds after they arrived, in order. It runs its own event loop in a thread.
+``reply_delay`` seconds after they arrived, in order, or, with ``drop_replies``, never: the
+client's connection is closed when the server's reply arrives (the server did the work, the
+reply is lost on the way). It runs its own event loop in a thread.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ class DelayProxy:
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.reply_delay = 0.0
+        self.drop_replies = False
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
@@ -64,7 +67,7 @@ class DelayProxy:
         async def deliver() -> None:
             while True:
                 due, data = await held.get()
-                if not data:
+                if not data or self.drop_replies:
                     break
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 client_w.write(data)

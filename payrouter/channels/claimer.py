@@ -45,6 +45,7 @@ from payrouter.channels.contract import (
     MAX_CLAIMS_PER_BATCH,
     ChannelTxFailed,
     ChannelTxInDoubt,
+    ChannelUnavailable,
     ClaimRow,
     OnchainChannel,
 )
@@ -501,6 +502,10 @@ class Claimer:
         until the rows at fault stand alone, so one bad channel holds up no other."""
         try:
             tx = await self.settler.claim([c.row() for c in batch])
+        except ChannelUnavailable as exc:
+            report.errors.append(f"claim not sent: {exc}")
+            log.warning("claimer: claim not sent (%s); the next pass tries again", exc)
+            raise _Stop from None
         except ChannelTxFailed as exc:
             if exc.tx == "" and len(batch) > 1:
                 half = len(batch) // 2

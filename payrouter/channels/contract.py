@@ -42,6 +42,7 @@ __all__ = [
     "ChannelError",
     "ChannelTxFailed",
     "ChannelTxInDoubt",
+    "ChannelUnavailable",
     "ClaimRow",
     "ClaimRowLike",
     "Erc3009Deposit",
@@ -148,6 +149,13 @@ class ChannelTxFailed(ChannelError):
         super().__init__(reason, tx)
         self.error = error
         self.code = code
+
+
+class ChannelUnavailable(ChannelTxFailed):
+    """Nothing was sent, and asking again now would not help: the sender (a remote
+    facilitator) could not be reached, or refused for a reason of its own rather than the
+    transaction's (no authorizer key, a chain read failed). Try again later; do not split or
+    drop the rows."""
 
 
 class ChannelTxInDoubt(ChannelError):

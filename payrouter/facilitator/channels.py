@@ -25,6 +25,7 @@ from payrouter.channels.contract import (
     BatchSettlementContract,
     ChannelTxFailed,
     ChannelTxInDoubt,
+    ChannelUnavailable,
     ClaimRowLike,
 )
 from payrouter.channels.settler import DepositOrder, RefundOrder
@@ -90,7 +91,7 @@ class FacilitatorSettler:
         try:
             data = await self.facilitator.post("verify", body)
         except httpx.HTTPError as exc:
-            raise ChannelTxFailed(f"facilitator unreachable: {exc}", code=Reason.UNEXPECTED_VERIFY) from None
+            raise ChannelUnavailable(f"facilitator unreachable: {exc}", code=Reason.UNEXPECTED_VERIFY) from None
         if data.get("isValid") is not True:
             reason = str(data.get("invalidReason") or Reason.UNEXPECTED_VERIFY)
             message = str(data.get("invalidMessage") or "the facilitator refused the deposit")
@@ -183,7 +184,7 @@ class FacilitatorSettler:
         try:
             data = await self.facilitator.post("settle", body)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ChannelTxFailed(f"facilitator unreachable: {exc}", code=Reason.UNEXPECTED_SETTLE) from None
+            raise ChannelUnavailable(f"facilitator unreachable: {exc}", code=Reason.UNEXPECTED_SETTLE) from None
         except httpx.HTTPError as exc:
             # the request left: the facilitator may have sent the transaction
             raise ChannelTxInDoubt(f"facilitator reply lost: {exc}") from None
@@ -201,7 +202,9 @@ class FacilitatorSettler:
         if tx:
             # a failure that names a transaction: the chain says what it did
             return await self._mined(tx, failed=message)
-        raise ChannelTxFailed(message, code=reason)
+        if reason.endswith("_simulation_failed"):
+            raise ChannelTxFailed(message, code=reason)  # the transaction would revert: its rows are at fault
+        raise ChannelUnavailable(message, code=reason)
 
     async def _mined(self, tx: str, failed: str = "") -> Receipt:
         try:
