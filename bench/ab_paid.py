@@ -38,6 +38,7 @@ def _serve(port: int, settings_json: str) -> None:
     from pydantic import SecretStr
 
     from payrouter.app import create_app
+    from payrouter.serving_limits import uvicorn_options
     from payrouter.settings import ProviderSettings, ServerSettings, Settings
     from pricing import parse_price_table
 
@@ -54,7 +55,9 @@ def _serve(port: int, settings_json: str) -> None:
         channel_authorizer_key=SecretStr(a["authorizer"]),
         server=ServerSettings(unpaid_rate=0),
     )
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="error", access_log=False)
+    # served as `payrouter serve` serves (its HTTP protocol and limits)
+    options = uvicorn_options(settings.server)
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=port, log_level="error", access_log=False, **options)
 
 
 async def _alternate(

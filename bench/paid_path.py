@@ -197,6 +197,7 @@ def _serve_payrouter(
     from pydantic import SecretStr
 
     from payrouter.app import create_app
+    from payrouter.serving_limits import uvicorn_options
     from payrouter.settings import ProviderSettings, ServerSettings, Settings
     from pricing import parse_price_table
 
@@ -218,8 +219,9 @@ def _serve_payrouter(
         _without_metrics()
     samples = _instrument() if timing else None
     app = create_app(settings)
+    served_as = uvicorn_options(settings.server)  # `payrouter serve`'s HTTP protocol and limits
     if profile is None and timing is None:
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="error", access_log=False, **served_as)
         return
     import cProfile
     import signal
@@ -246,7 +248,7 @@ def _serve_payrouter(
 
         served = paid_profiled
     try:
-        uvicorn.run(served, host="127.0.0.1", port=port, log_level="error", access_log=False)
+        uvicorn.run(served, host="127.0.0.1", port=port, log_level="error", access_log=False, **served_as)
     finally:
         if profile:
             profiler.dump_stats(profile)

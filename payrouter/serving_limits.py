@@ -63,8 +63,50 @@ class _HeadDeadline:
         self.transport.close()
 
 
+class _OneWrite:
+    """A response cycle's view of its connection: the response head is held back until the
+    first body bytes (or the event loop's next turn) and leaves with them in one write.
+
+    uvicorn writes a head and its body separately: two send syscalls and two segments, so
+    the client is woken for the head and again for the body. A whole response (every
+    non-streamed answer) then costs one of each. A held head never waits past the current turn.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport", "_written")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+        self._written = False
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif not self._written and not data.startswith(b"HTTP/1.1 100 "):
+            self._written = True
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+
 class HttpToolsHeadTimeout(_HeadDeadline, HttpToolsProtocol):
-    """uvicorn's httptools protocol (the fast C parser) with a request-head timeout."""
+    """uvicorn's httptools protocol (the fast C parser) with a request-head timeout, writing
+    each response's head and first body bytes in one write (`_OneWrite`)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -82,6 +124,10 @@ class HttpToolsHeadTimeout(_HeadDeadline, HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._disarm_head_timer()
         super().on_headers_complete()
+        # the cycle uvicorn just made for this request (it only writes, closes and asks
+        # whether the connection is closing)
+        if self.cycle is not None:
+            self.cycle.transport = _OneWrite(self.transport, self.loop)  # type: ignore[assignment]
 
     def _response_in_flight(self) -> bool:
         return self.cycle is not None and not self.cycle.response_complete

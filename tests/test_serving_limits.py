@@ -6,6 +6,7 @@ subprocess from a config file, for the wiring.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -24,12 +25,12 @@ import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from payrouter.sandbox.dev import EXAMPLE_TABLE
 from payrouter.sandbox.serving import serve_in_thread
-from payrouter.serving_limits import BodyTimeout, head_timeout_protocol, uvicorn_options
+from payrouter.serving_limits import BodyTimeout, _OneWrite, head_timeout_protocol, uvicorn_options
 from payrouter.settings import ServerSettings
 
 CLI = Path(sys.executable).parent / "payrouter"
@@ -285,3 +286,84 @@ def test_serve_refuses_connections_beyond_max_concurrency(serve: int) -> None:
                 return
             assert time.monotonic() < deadline, reply
             time.sleep(0.02)
+
+
+class _Wire:
+    """Stands in for a connection's asyncio transport: records what is written."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_response_head_and_its_body_leave_in_one_write() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        wire = _Wire()
+        out = _OneWrite(wire, loop)  # type: ignore[arg-type]
+        out.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        assert wire.writes == []  # held for its body
+        out.write(b"ok")
+        assert wire.writes == [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]
+        out.write(b"more")  # later body bytes (a stream) go at once
+        assert wire.writes[-1] == b"more"
+
+        alone = _Wire()
+        out = _OneWrite(alone, loop)  # type: ignore[arg-type]
+        out.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+        loop.run_until_complete(asyncio.sleep(0))  # a head whose body is not ready leaves on the next turn
+        assert alone.writes == [b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"]
+
+        closing = _Wire()
+        out = _OneWrite(closing, loop)  # type: ignore[arg-type]
+        out.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # an interim answer is never held
+        out.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        out.close()  # a held head is written before the connection closes
+        assert closing.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 408 Request Timeout\r\n\r\n"]
+        assert closing.closed
+    finally:
+        loop.close()
+
+
+def test_responses_through_the_protocol_arrive_whole_in_order_and_streamed() -> None:
+    async def stream(request: Request) -> Response:
+        async def chunks() -> AsyncIterator[bytes]:
+            for i in range(3):
+                await asyncio.sleep(0.01)
+                yield f"data: {i}\n\n".encode()
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    async def echo(request: Request) -> Response:
+        return JSONResponse({"bytes": len(await request.body())})
+
+    app = Starlette(routes=[Route("/stream", stream), Route("/echo", echo, methods=["POST"])])
+    with serve_in_thread(app, **uvicorn_options(ServerSettings())) as url, _connect(int(url.rsplit(":", 1)[1])) as sock:
+        for i in range(3):  # keep-alive: each answer whole, in order
+            body = b"x" * (i * 1000)
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert _response(sock) == (200, b'{"bytes":%d}' % len(body))
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"hello")
+        assert _response(sock) == (200, b'{"bytes":5}')
+        sock.sendall(b"GET /stream HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while not data.endswith(b"0\r\n\r\n"):
+            chunk = sock.recv(65536)
+            assert chunk
+            data += chunk
+        assert [line.strip() for line in data.split(b"\r\n") if line.startswith(b"data:")] == [
+            b"data: 0",
+            b"data: 1",
+            b"data: 2",
+        ]
