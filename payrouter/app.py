@@ -111,8 +111,9 @@ async def _open_batch_scheme(
 
 
 async def _remote_authorizer(facilitator: RemoteFacilitator, table: PriceTable, own: LocalSigner | None) -> str:
-    """The receiver authorizer channels name: ours when we hold a key, else the one the
-    facilitator's ``/supported`` advertises (it then signs claims and refunds).
+    """The receiver authorizer channels name: ours when we hold a key, else (the operator
+    opted in: ``facilitator_authorizer``) the one the facilitator's ``/supported`` advertises;
+    it then signs claims and refunds.
 
     Raises:
         ConfigError: the facilitator does not settle batch-settlement on the table's network,
@@ -127,6 +128,11 @@ async def _remote_authorizer(facilitator: RemoteFacilitator, table: PriceTable, 
             "the facilitator holds no receiver authorizer key for batch-settlement (its /supported names "
             "none): set [channels] authorizer_key_env or authorizer_keystore"
         )
+    log.warning(
+        "channels: the facilitator's receiver authorizer %s signs claims and refunds; it signs a refund for "
+        "whoever can call its /settle, so keep that endpoint closed to payers (or use your own authorizer key)",
+        to_checksum_address(theirs),
+    )
     return to_checksum_address(theirs)
 
 

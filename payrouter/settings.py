@@ -148,7 +148,11 @@ class Settings(BaseModel):
             ``payrouter ledger reconcile`` instead).
         channel_authorizer_key: the receiver authorizer of ``batch-settlement`` channels (signs
             claims and refunds; its address is offered). Needed when the table offers channels,
-            unless a remote facilitator holds the authorizer key (its ``/supported`` names it).
+            unless ``channel_facilitator_authorizer``.
+        channel_facilitator_authorizer: offer the remote facilitator's receiver authorizer (its
+            ``/supported`` names it) and let it sign claims and refunds. Opt-in: such a
+            facilitator signs a refund for whoever can call its ``/settle``, so a payer who can
+            reach it may take back what was charged and not yet claimed.
         claim_interval: seconds between claims of whatever channels owe (0: only on threshold
             and withdrawals).
         claim_threshold: USD unclaimed across channels that triggers a claim at once.
@@ -184,6 +188,7 @@ class Settings(BaseModel):
     reconcile_interval: float = Field(default=15.0, ge=0)
     server: ServerSettings = Field(default_factory=ServerSettings)
     channel_authorizer_key: SecretStr | None = None
+    channel_facilitator_authorizer: bool = False
     claim_interval: float = Field(default=3600.0, ge=0)
     claim_threshold: Decimal = Field(default=Decimal("5"), ge=0)
     claim_poll: float = Field(default=30.0, ge=0)
@@ -213,12 +218,18 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _facilitator_needs(self) -> Settings:
         if "batch-settlement" in self.price_table.schemes:
-            if self.channel_authorizer_key is None and self.facilitator == "local":
+            if self.channel_authorizer_key is None and not self.channel_facilitator_authorizer:
                 raise ValueError(
                     "the price table offers batch-settlement: [channels] needs authorizer_key_env or "
-                    "authorizer_keystore (the key that signs claims and refunds), or a remote facilitator "
-                    "that holds one"
+                    "authorizer_keystore (the key that signs claims and refunds), or, with a remote "
+                    "facilitator that holds one, facilitator_authorizer = true"
                 )
+            if self.channel_facilitator_authorizer and self.facilitator != "remote":
+                raise ValueError(
+                    '[channels] facilitator_authorizer = true needs a remote facilitator (mode = "remote")'
+                )
+            if self.channel_facilitator_authorizer and self.channel_authorizer_key is not None:
+                raise ValueError("[channels] names an authorizer key and facilitator_authorizer = true: choose one")
             if self.claim_poll >= self.price_table.channels.withdraw_delay / 2:
                 raise ValueError(
                     f"claim_poll ({self.claim_poll} s) must be well under the channels' withdraw_delay "
@@ -357,6 +368,8 @@ def load_settings(path: str | Path, environ: Mapping[str, str] | None = None) ->
     for name in ("claim_interval", "claim_threshold", "claim_poll"):
         if name in channels:
             data[name] = channels.pop(name)
+    if "facilitator_authorizer" in channels:
+        data["channel_facilitator_authorizer"] = channels.pop("facilitator_authorizer")
     if channels:
         problems.append(f"unknown keys in [channels]: {sorted(channels)}")
     dashboard = dict(doc.pop("dashboard", None) or {})

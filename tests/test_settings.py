@@ -198,7 +198,14 @@ def test_channels_need_an_authorizer_key_unless_a_remote_facilitator_holds_one(t
     path.write_text('price_table = "prices.toml"\n[channels]\nauthorizer_key_env = "AUTH"\n' + remote)
     assert load_settings(path, {"AUTH": "0x" + "24" * 32}).channel_authorizer_key is not None
     path.write_text('price_table = "prices.toml"\n' + remote)
-    assert load_settings(path, {}).channel_authorizer_key is None
+    with pytest.raises(ConfigError, match="facilitator_authorizer = true"):  # an opt-in: see its risk
+        load_settings(path, {})
+    path.write_text('price_table = "prices.toml"\n[channels]\nfacilitator_authorizer = true\n' + remote)
+    settings = load_settings(path, {})
+    assert settings.channel_authorizer_key is None and settings.channel_facilitator_authorizer
+    path.write_text('price_table = "prices.toml"\n[channels]\nfacilitator_authorizer = true\n' + local)
+    with pytest.raises(ConfigError, match="needs a remote facilitator"):
+        load_settings(path, {"GAS": GAS})
     path.write_text('price_table = "prices.toml"\n[channels]\nauthorizer_key_env = "AUTH"\nbogus = 1\n' + local)
     with pytest.raises(ConfigError, match=r"unknown keys in \[channels\]"):
         load_settings(path, {"GAS": GAS, "AUTH": "0x" + "24" * 32})

@@ -12,7 +12,7 @@ One pass (`Claimer.run_once`, one at a time across instances under the store loc
    someone else; so claim and settle records add up to the contract's receiver totals.
 2. Read every stored channel and its on-chain state (batched) and refresh the store's mirror,
    so the gate sees withdrawals and claims.
-3. Claim, with ``claimWithSignature`` in batches of at most 100 rows (``totalClaimed`` =
+3. Claim, with ``claimWithSignature`` in batches of at most ``settler.max_claim_rows`` rows (``totalClaimed`` =
    ``charged``, on the latest stored voucher), every channel charged above its on-chain
    ``totalClaimed`` when the unclaimed sum reaches ``threshold`` or ``interval`` seconds
    passed since the last claim; channels with a pending withdrawal are claimed at once, since
@@ -42,7 +42,7 @@ from eth_utils.crypto import keccak
 
 from payrouter.chain import ChainClient, ChainError, Receipt
 from payrouter.channels.contract import (
-    MAX_CLAIMS_PER_BATCH,
+    CLAIMED_TOPIC,
     ChannelTxFailed,
     ChannelTxInDoubt,
     ChannelUnavailable,
@@ -71,7 +71,6 @@ __all__ = ["CLAIMED_TOPIC", "ClaimReport", "Claimer"]
 
 log = logging.getLogger("payrouter.channels.claimer")
 
-CLAIMED_TOPIC = "0x" + keccak(text="Claimed(bytes32,address,uint128,uint128)").hex()
 SETTLED_TOPIC = "0x" + keccak(text="Settled(address,address,address,uint128)").hex()
 
 # A pass that crashed holding the lock blocks others at most this long (a pass waits up to
@@ -411,13 +410,14 @@ class Claimer:
             return
         # withdrawals first: their claims are the ones with a deadline
         chosen = sorted(chosen, key=lambda c: c.onchain.withdraw_initiated_at == 0)
-        for start in range(0, len(chosen), MAX_CLAIMS_PER_BATCH):
+        rows = self.settler.max_claim_rows
+        for start in range(0, len(chosen), rows):
             # each batch may wait long for its receipt: keep the lock, or stop if it lapsed
             # (another pass may have started; our rows would only be sent twice)
             if not await self.lock_store.replace(self.LOCK, owner, owner, LOCK_TTL_S):
                 report.errors.append("the claimer lock lapsed during the pass; the rest is left to the next")
                 raise _Stop
-            await self._claim_batch(chosen[start : start + MAX_CLAIMS_PER_BATCH], report)
+            await self._claim_batch(chosen[start : start + rows], report)
         if report.claim_txs:
             await self.lock_store.put(keys.CLAIMER_LAST_CLAIM, str(now_ms()).encode(), _CLOCK_TTL_S)
 
@@ -507,7 +507,9 @@ class Claimer:
             log.warning("claimer: claim not sent (%s); the next pass tries again", exc)
             raise _Stop from None
         except ChannelTxFailed as exc:
-            if exc.tx == "" and len(batch) > 1:
+            # a refusal in simulation, or a batch mined and reverted (e.g. out of gas at a
+            # facilitator's fixed gas limit): halves until the rows at fault stand alone
+            if len(batch) > 1:
                 half = len(batch) // 2
                 await self._claim_batch(batch[:half], report)
                 await self._claim_batch(batch[half:], report)
@@ -517,11 +519,16 @@ class Claimer:
             log.warning("claimer: claim of %s failed: %s", where, exc)
             return
         except ChannelTxInDoubt as exc:
-            if exc.tx:  # without a hash the log scan of a later pass finds it, if it was mined
+            if exc.tx:
                 asked = {c.channel_id: (c.target, c.delta) for c in batch}
                 record = claim_record(exc.tx, asked, **self._where(), state=State.PENDING)
                 await self.journal.advance(record, [State.PENDING])
                 report.in_doubt.append(exc.tx)
+            else:
+                report.errors.append(
+                    f"claim of {len(batch)} channels in doubt without a transaction hash ({exc.reason}); "
+                    "a later pass finds it in the chain's logs if it was mined"
+                )
             log.warning("claimer: claim %s in doubt (%s); decided next pass", exc.tx or "(no hash)", exc.reason)
             raise _Stop from None
         except ValueError as exc:  # a row the contract object refuses to encode: a bug, not an outage
@@ -538,11 +545,8 @@ class Claimer:
 
     async def _count_claim(self, receipt: Receipt, report: ClaimReport) -> None:
         """Journal and record the claim ``receipt`` mined, from its ``Claimed`` logs."""
-        deltas: dict[str, tuple[int, int]] = {}
-        for entry in self._logs(receipt, CLAIMED_TOPIC):
-            data = bytes.fromhex(str(entry.get("data", "0x"))[2:])
-            channel_id = str(entry["topics"][1]).lower()
-            deltas[channel_id] = (int.from_bytes(data[:32], "big"), int.from_bytes(data[32:64], "big"))
+        # only claims paying our receiver: a transaction someone else sent may hold theirs too
+        deltas = self.contract.claimed_in(receipt, self.pay_to)
         tx = receipt.transaction_hash
         # the store first: a journal write lost now is redone from the receipt (the record
         # stays pending), while the store's mirror only ever rises

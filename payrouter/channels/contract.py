@@ -84,6 +84,8 @@ _FUNCTIONS: dict[str, tuple[bytes, list[str]]] = {
 }
 
 SETTLED_TOPIC = "0x" + keccak(text="Settled(address,address,address,uint128)").hex()
+DEPOSITED_TOPIC = "0x" + keccak(text="Deposited(bytes32,address,address,uint128)").hex()
+CLAIMED_TOPIC = "0x" + keccak(text="Claimed(bytes32,address,uint128,uint128)").hex()
 REFUNDED_TOPIC = "0x" + keccak(text="Refunded(bytes32,address,uint256,uint128)").hex()
 
 # Custom errors a write can revert with: the contract's own, its collector's, and the
@@ -515,6 +517,39 @@ class BatchSettlementContract:
             if len(topics) > 1 and int(topics[1], 16) == int(receiver, 16):
                 amount += int(str(log.get("data", "0x0")), 16)
         return amount
+
+    def claimed_in(self, receipt: Receipt, receiver: str) -> dict[str, tuple[int, int]]:
+        """What ``receipt``'s ``Claimed`` events claimed for ``receiver``: channel id (``0x``
+        lower-case hex) -> ``(totalClaimed, delta)``."""
+        out: dict[str, tuple[int, int]] = {}
+        for log in self._logs(receipt, CLAIMED_TOPIC):
+            topics = log.get("topics") or []
+            if len(topics) > 2 and int(topics[2], 16) == int(receiver, 16):
+                out[str(topics[1]).lower()] = (_word(log.get("data"), 0), _word(log.get("data"), 1))
+        return out
+
+    def deposited_in(self, receipt: Receipt, channel_id: bytes) -> int:
+        """What ``receipt``'s ``Deposited`` events put into ``channel_id``."""
+        return sum(
+            _word(log.get("data"), 0)
+            for log in self._logs(receipt, DEPOSITED_TOPIC)
+            if len(log.get("topics") or []) > 1 and bytes.fromhex(str(log["topics"][1])[2:]) == channel_id
+        )
+
+    async def receipt(self, tx: str) -> Receipt | None:
+        """The receipt of ``tx`` (None while it is not mined).
+
+        Raises:
+            ChainError: the node failed.
+        """
+        return await self._chain.receipt(tx)
+
+    def refunds_in(self, receipt: Receipt, channel_id: bytes) -> bool:
+        """Whether ``receipt`` refunded ``channel_id`` (a ``Refunded`` event, even of 0)."""
+        return any(
+            len(log.get("topics") or []) > 1 and bytes.fromhex(str(log["topics"][1])[2:]) == channel_id
+            for log in self._logs(receipt, REFUNDED_TOPIC)
+        )
 
     def refunded_in(self, receipt: Receipt, channel_id: bytes) -> int:
         """What ``receipt``'s ``Refunded`` events returned to the payer of ``channel_id``."""

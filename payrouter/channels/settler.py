@@ -10,15 +10,17 @@ receipts only, whoever sent them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from payrouter.channels.contract import BatchSettlementContract, ClaimRowLike, Erc3009Deposit
+from payrouter.chain import ChainError
+from payrouter.channels.contract import MAX_CLAIMS_PER_BATCH, BatchSettlementContract, ClaimRowLike, Erc3009Deposit
 from wallets import Signer
 from wallets.channels import ChannelConfig
 
-__all__ = ["ChannelSettler", "DepositOrder", "GasWalletSettler", "RefundOrder"]
+__all__ = ["ChannelSettler", "DepositOrder", "GasWalletSettler", "RefundOrder", "RefundResult"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,22 @@ class RefundOrder:
     voucher_signature: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """A mined refund, as its receipt's events tell it.
+
+    Attributes:
+        tx: the transaction.
+        refunded: returned to the payer (``Refunded``).
+        claimed: channel id -> ``(totalClaimed, delta)`` claimed in the same transaction
+            (``Claimed``; a row the chain skipped, because a claim got there first, is absent).
+    """
+
+    tx: str
+    refunded: int
+    claimed: dict[str, tuple[int, int]]
+
+
 class ChannelSettler(Protocol):
     """Sends the batch-settlement contract's transactions and waits until they are mined.
 
@@ -68,6 +86,8 @@ class ChannelSettler(Protocol):
         contract: reads of the contract (channel state, receiver totals, receipts' events).
         receiver_authorizer: the address offered as ``receiverAuthorizer``: every channel we
             serve names it, and it signs our claims and refunds (here or at the facilitator).
+        max_claim_rows: the most channels one claim transaction may carry (a sender that
+            sends with a fixed gas limit fits fewer than the contract's 100).
 
     Methods raise `payrouter.channels.contract.ChannelTxFailed` (``tx == ""``: refused before
     anything was sent), `ChannelTxInDoubt` (sent, or maybe sent, outcome unknown; never
@@ -77,6 +97,7 @@ class ChannelSettler(Protocol):
 
     contract: BatchSettlementContract
     receiver_authorizer: str
+    max_claim_rows: int
 
     async def check_deposit(self, order: DepositOrder) -> None:
         """Refuse a deposit that would not go through (nothing is sent)."""
@@ -100,8 +121,8 @@ class ChannelSettler(Protocol):
         ``("", 0)`` when nothing is owed."""
         ...
 
-    async def refund(self, order: RefundOrder) -> tuple[str, int]:
-        """Claim and refund in one transaction: ``(transaction, amount refunded)``."""
+    async def refund(self, order: RefundOrder) -> RefundResult:
+        """Claim and refund in one transaction, counted from its mined receipt."""
         ...
 
 
@@ -117,6 +138,7 @@ class GasWalletSettler:
         self.contract = contract
         self.authorizer = authorizer
         self.receiver_authorizer: str = authorizer.address
+        self.max_claim_rows = MAX_CLAIMS_PER_BATCH
 
     def __repr__(self) -> str:
         return f"GasWalletSettler(contract={self.contract.address}, authorizer={self.receiver_authorizer})"
@@ -133,5 +155,13 @@ class GasWalletSettler:
     async def settle(self, receiver: str, token: str) -> tuple[str, int]:
         return await self.contract.settle(receiver, token)
 
-    async def refund(self, order: RefundOrder) -> tuple[str, int]:
-        return await self.contract.refund(order.config, order.amount, order.nonce, order.claims, self.authorizer)
+    async def refund(self, order: RefundOrder) -> RefundResult:
+        tx, refunded = await self.contract.refund(
+            order.config, order.amount, order.nonce, order.claims, self.authorizer
+        )
+        receipt = None
+        with contextlib.suppress(ChainError):
+            receipt = await self.contract.receipt(tx)
+        if receipt is None:  # mined a moment ago: the claim is journaled by the claimer's log scan
+            return RefundResult(tx, refunded, {})
+        return RefundResult(tx, refunded, self.contract.claimed_in(receipt, order.config.receiver))

@@ -7,13 +7,20 @@ authorizer either is our own key (we sign every claim batch and refund and send 
 signatures) or the facilitator's (we send none, and it signs).
 
 The facilitator's word is not what gets counted: every transaction it reports is looked up
-on chain (mined, status 1), and amounts are read from the receipt's events, exactly as for
-our own transactions. A reply lost after the request left is a transaction in doubt, never
-"nothing happened".
+on chain (mined, status 1; a deposit or refund must show its event for the channel), and
+amounts are read from the receipt's events, exactly as for our own transactions. A reply lost
+after the request left, a 5xx, or a ``*_transaction_failed`` without a hash is a transaction
+in doubt, never "nothing happened"; a 4xx or a refusal of the facilitator's own (no
+authorizer key, a chain read failed) is `ChannelUnavailable`: nothing was sent.
+
+The facilitator's free-text messages go to the log (web addresses masked), never to payers:
+they can carry its node's URL and key.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -28,17 +35,26 @@ from payrouter.channels.contract import (
     ChannelUnavailable,
     ClaimRowLike,
 )
-from payrouter.channels.settler import DepositOrder, RefundOrder
+from payrouter.channels.settler import DepositOrder, RefundOrder, RefundResult
 from payrouter.facilitator.remote import RemoteFacilitator
 from payrouter.x402.errors import Reason
 from wallets import Signer
 
-__all__ = ["BATCH_SETTLEMENT", "FacilitatorSettler"]
+__all__ = ["BATCH_SETTLEMENT", "FACILITATOR_CLAIM_ROWS", "FacilitatorSettler"]
 
 BATCH_SETTLEMENT = "batch-settlement"
 # the facilitator answers a settle that finds nothing owed with this reason
 _NOTHING_TO_SETTLE = "invalid_batch_settlement_evm_nothing_to_settle"
 _SETTLEMENT_PENDING = "settlement_pending"
+# The official facilitator sends every transaction with a fixed 500,000 gas; a claim costs
+# ~54k + ~24k a row, so 15 rows leave room (100, the contract's cap, would run out of gas).
+FACILITATOR_CLAIM_ROWS = 15
+# A settle action waits for its block at the facilitator (up to 120 s in the official one):
+# a shorter timeout here would turn slow blocks into transactions in doubt.
+_SETTLE_TIMEOUT_S = 150.0
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
+
+log = logging.getLogger("payrouter.facilitator.channels")
 
 
 def _hex(data: bytes) -> str:
@@ -58,6 +74,7 @@ class FacilitatorSettler:
         authorizer: our key for that address, or None when the facilitator holds it.
         receipt_timeout: seconds to wait for a reported transaction's receipt before it is
             in doubt.
+        max_claim_rows: channels per claim transaction (see `FACILITATOR_CLAIM_ROWS`).
     """
 
     def __init__(
@@ -69,9 +86,12 @@ class FacilitatorSettler:
         receiver_authorizer: str,
         authorizer: Signer | None = None,
         receipt_timeout: float = 30.0,
+        max_claim_rows: int = FACILITATOR_CLAIM_ROWS,
     ) -> None:
         if authorizer is not None and authorizer.address != receiver_authorizer:
             raise ValueError("the authorizer key is not the receiver authorizer")
+        if not 1 <= max_claim_rows <= MAX_CLAIMS_PER_BATCH:
+            raise ValueError(f"max_claim_rows must be 1..{MAX_CLAIMS_PER_BATCH}")
         self.facilitator = facilitator
         self.contract = contract
         self.chain = chain
@@ -79,6 +99,7 @@ class FacilitatorSettler:
         self.receiver_authorizer = receiver_authorizer
         self.authorizer = authorizer
         self.receipt_timeout = receipt_timeout
+        self.max_claim_rows = max_claim_rows
 
     def __repr__(self) -> str:
         signs = "us" if self.authorizer is not None else "the facilitator"
@@ -91,14 +112,18 @@ class FacilitatorSettler:
         try:
             data = await self.facilitator.post("verify", body)
         except httpx.HTTPError as exc:
-            raise ChannelUnavailable(f"facilitator unreachable: {exc}", code=Reason.UNEXPECTED_VERIFY) from None
+            _log_refusal("verify", type(exc).__name__, str(exc))
+            raise ChannelUnavailable("the facilitator could not be asked", code=Reason.UNEXPECTED_VERIFY) from None
         if data.get("isValid") is not True:
             reason = str(data.get("invalidReason") or Reason.UNEXPECTED_VERIFY)
-            message = str(data.get("invalidMessage") or "the facilitator refused the deposit")
-            raise ChannelTxFailed(f"{reason}: {message}", code=reason)
+            _log_refusal("verify", reason, data.get("invalidMessage"))
+            raise ChannelTxFailed(f"the facilitator refused the deposit ({reason})", code=reason)
 
     async def deposit(self, order: DepositOrder) -> str:
         receipt = await self._settle(_body(order.payment, order.requirements))
+        channel_id = order.config.channel_id(self.contract.chain_id)
+        if self.contract.deposited_in(receipt, channel_id) != order.amount:
+            raise ChannelTxInDoubt("the facilitator's transaction holds no such deposit", receipt.transaction_hash)
         return receipt.transaction_hash
 
     # ------------------------------------------------------------ settle actions
@@ -106,8 +131,8 @@ class FacilitatorSettler:
     async def claim(self, rows: Sequence[ClaimRowLike]) -> str:
         if not rows:
             raise ValueError("a claim needs at least one row")
-        if len(rows) > MAX_CLAIMS_PER_BATCH:
-            raise ValueError(f"{len(rows)} claim rows; at most {MAX_CLAIMS_PER_BATCH} per transaction")
+        if len(rows) > self.max_claim_rows:
+            raise ValueError(f"{len(rows)} claim rows; at most {self.max_claim_rows} per transaction here")
         first = rows[0][0]
         for config, *_ in rows:
             if config.receiver_authorizer != self.receiver_authorizer:
@@ -117,6 +142,7 @@ class FacilitatorSettler:
         payload: dict[str, Any] = {"type": "claim", "claims": _claims(rows)}
         if self.authorizer is not None:
             payload["claimAuthorizerSignature"] = _hex(self.contract.claim_signature(rows, self.authorizer))
+        # what it claimed is counted from the receipt's Claimed events by the caller
         receipt = await self._settle(self._action(payload, first.receiver, first.token))
         return receipt.transaction_hash
 
@@ -130,7 +156,7 @@ class FacilitatorSettler:
             return "", 0
         return receipt.transaction_hash, self.contract.settled_in(receipt, receiver)
 
-    async def refund(self, order: RefundOrder) -> tuple[str, int]:
+    async def refund(self, order: RefundOrder) -> RefundResult:
         config = order.config
         if order.amount <= 0:
             raise ValueError("a refund amount must be positive")
@@ -155,7 +181,15 @@ class FacilitatorSettler:
             if order.claims:
                 payload["claimAuthorizerSignature"] = _hex(self.contract.claim_signature(order.claims, self.authorizer))
         receipt = await self._settle(self._action(payload, config.receiver, config.token))
-        return receipt.transaction_hash, self.contract.refunded_in(receipt, channel_id)
+        if not self.contract.refunds_in(receipt, channel_id):
+            raise ChannelTxInDoubt(
+                "the facilitator's transaction holds no refund of this channel", receipt.transaction_hash
+            )
+        return RefundResult(
+            receipt.transaction_hash,
+            self.contract.refunded_in(receipt, channel_id),
+            self.contract.claimed_in(receipt, config.receiver),
+        )
 
     # ------------------------------------------------------------------ plumbing
 
@@ -176,35 +210,49 @@ class FacilitatorSettler:
         """POST /settle; the mined receipt of the transaction the facilitator reports."""
         receipt = await self._settle_or_nothing(body)
         if receipt is None:
-            raise ChannelTxFailed(f"{_NOTHING_TO_SETTLE}: the facilitator found nothing to do", code=_NOTHING_TO_SETTLE)
+            raise ChannelTxFailed("the facilitator found nothing to do", code=_NOTHING_TO_SETTLE)
         return receipt
 
     async def _settle_or_nothing(self, body: dict[str, Any]) -> Receipt | None:
         """`_settle`, or None when the facilitator found nothing owed (a settle action)."""
         try:
-            data = await self.facilitator.post("settle", body)
+            data = await self.facilitator.post("settle", body, timeout=_SETTLE_TIMEOUT_S)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise ChannelUnavailable(f"facilitator unreachable: {exc}", code=Reason.UNEXPECTED_SETTLE) from None
+            _log_refusal("settle", type(exc).__name__, str(exc))
+            raise ChannelUnavailable("the facilitator could not be reached", code=Reason.UNEXPECTED_SETTLE) from None
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            _log_refusal("settle", f"HTTP {status}", exc.response.text[:300])
+            if 400 <= status < 500:  # refused before doing anything (auth, unknown scheme, bad request)
+                raise ChannelUnavailable(
+                    f"the facilitator answered HTTP {status}", code=Reason.UNEXPECTED_SETTLE
+                ) from None
+            raise ChannelTxInDoubt(f"the facilitator answered HTTP {status}") from None
         except httpx.HTTPError as exc:
             # the request left: the facilitator may have sent the transaction
-            raise ChannelTxInDoubt(f"facilitator reply lost: {exc}") from None
+            _log_refusal("settle", type(exc).__name__, str(exc))
+            raise ChannelTxInDoubt(f"the facilitator's reply was lost ({type(exc).__name__})") from None
         tx = str(data.get("transaction") or "")
         if data.get("success") is True:
             if not tx:
                 raise ChannelTxInDoubt("the facilitator reported success without a transaction")
             return await self._mined(tx)
         reason = str(data.get("errorReason") or Reason.UNEXPECTED_SETTLE)
-        message = f"{reason}: {data.get('errorMessage') or 'the facilitator could not settle'}"
         if reason == _NOTHING_TO_SETTLE:
             return None
+        _log_refusal("settle", reason, data.get("errorMessage"))
         if reason == _SETTLEMENT_PENDING:
-            raise ChannelTxInDoubt(message, tx)
+            raise ChannelTxInDoubt("the facilitator sent it and it is not confirmed yet", tx)
         if tx:
             # a failure that names a transaction: the chain says what it did
-            return await self._mined(tx, failed=message)
+            return await self._mined(tx, failed=f"the facilitator reports it failed ({reason})")
         if reason.endswith("_simulation_failed"):
-            raise ChannelTxFailed(message, code=reason)  # the transaction would revert: its rows are at fault
-        raise ChannelUnavailable(message, code=reason)
+            raise ChannelTxFailed(f"it would revert ({reason})", code=reason)  # its rows are at fault
+        if reason.endswith("_transaction_failed"):
+            # the official facilitator reports a send that raised this way, even when the
+            # node took the transaction before the error
+            raise ChannelTxInDoubt(f"the facilitator's send failed ({reason}) and may have gone out")
+        raise ChannelUnavailable(f"the facilitator refused ({reason})", code=reason)
 
     async def _mined(self, tx: str, failed: str = "") -> Receipt:
         try:
@@ -216,6 +264,11 @@ class FacilitatorSettler:
         if receipt.status != 1:
             raise ChannelTxFailed(failed or "reverted on chain", tx)
         return receipt
+
+
+def _log_refusal(endpoint: str, reason: str, message: Any) -> None:
+    text = _URL.sub("<url>", str(message or ""))[:300]
+    log.warning("facilitator /%s: %s %s", endpoint, reason, text)
 
 
 def _body(payment: Mapping[str, Any], requirements: Mapping[str, Any]) -> dict[str, Any]:

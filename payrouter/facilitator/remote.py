@@ -60,13 +60,18 @@ class RemoteFacilitator:
             reqs = requirements.to_v2()
         return {"x402Version": payment.version, "paymentPayload": payment.raw, "paymentRequirements": reqs}
 
-    async def post(self, endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+    async def post(self, endpoint: str, body: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """POST ``body`` to ``/verify`` or ``/settle``; the facilitator's x402 result object.
+        ``timeout``: seconds for this request (default: the client's).
 
         Raises:
             httpx.HTTPError: unreachable, or the reply is no x402 result (``HTTPStatusError``).
         """
-        reply = await self._client.post(f"{self._url}/{endpoint}", json=body, headers=self._headers_for(endpoint))
+        url, headers = f"{self._url}/{endpoint}", self._headers_for(endpoint)
+        if timeout is None:
+            reply = await self._client.post(url, json=body, headers=headers)
+        else:
+            reply = await self._client.post(url, json=body, headers=headers, timeout=timeout)
         # Facilitators answer 200 for business outcomes; some send 4xx with an x402 body.
         try:
             data = reply.json()

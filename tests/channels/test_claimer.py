@@ -29,6 +29,8 @@ from payrouter.channels.contract import MAX_CLAIMS_PER_BATCH, BatchSettlementCon
 from payrouter.channels.records import SCHEME, claim_deltas, claim_record
 from payrouter.channels.settler import GasWalletSettler
 from payrouter.devchain import DevChain, DevToken
+from payrouter.facilitator import RemoteFacilitator
+from payrouter.facilitator.channels import FACILITATOR_CLAIM_ROWS, FacilitatorSettler
 from payrouter.facilitator.sender import GasSender
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.journal.open import open_journal
@@ -36,8 +38,10 @@ from payrouter.ledger import fetch_records
 from payrouter.ledger.audit import audit
 from payrouter.ledger.channel_audit import ChannelAuditReport, ChannelRow, audit_channels, compare_channels
 from payrouter.reconciler import Reconciler, Resolver
+from payrouter.sandbox.serving import serve_in_thread
 from payrouter.store import RedisStore
 from payrouter.store.redis import connect
+from tests.integration.official_facilitator import facilitator_app
 from tests.redis_keys import run_token
 from wallets import (
     BATCH_SETTLEMENT_ADDRESS,
@@ -728,3 +732,46 @@ def test_claimer_refuses_a_fractional_threshold() -> None:
 def test_stuck_voucher_limit_outlives_any_reservation() -> None:
     # the gate clamps a reservation to 5 s..10 min; a record older than that has no worker
     assert STUCK_VOUCHER_MS > 10 * 60_000
+
+
+async def test_through_the_official_facilitator_a_batch_too_big_for_its_gas_is_split(env: Env) -> None:
+    # the official facilitator sends every transaction with 500,000 gas: 30 rows run out
+    # of it on chain, so the claimer halves the batch; 15 rows (the default here) fit
+    app, calls = facilitator_app(
+        env.chain.new_account().unsafe_export_private_key(), env.chain.rpc_url, env.chain.network, "t", channels=True
+    )
+    payers = [await _open_channel(env, 1_000) for _ in range(31)]
+    for i, payer in enumerate(payers):
+        await _charge(env, payer, 1 + i)
+    with serve_in_thread(app) as url:
+        remote = RemoteFacilitator(url, {"*": {"Authorization": "Bearer t"}})
+        reader = BatchSettlementContract(env.client, None, env.chain.chain_id)
+        try:
+            for rows, sent in ((30, 5), (FACILITATOR_CLAIM_ROWS, 4)):
+                unclaimed = sum(p.charged for p in payers) - sum(await _onchain_claimed(env, payers))
+                before = calls["settle"]
+                settler = FacilitatorSettler(
+                    remote, reader, env.client, env.chain.network, env.authorizer.address, env.authorizer, 30, rows
+                )
+                claimer = Claimer(
+                    env.store, settler, env.journal, env.locks, env.pay_to, env.token.address, 3600.0, 0,
+                    chain=env.client, network=env.chain.network,
+                )  # fmt: skip
+                report = await claimer.run_once()
+                assert report.errors == [] and report.claimed == unclaimed == report.settled, report
+                claims = [await _claim(env, tx) for tx in report.claim_txs]
+                assert sorted(len(claim_deltas(c)) for c in claims) == [1, 15, 15]
+                # 30 rows: the batch mined and reverted (gas spent, nothing claimed), then 15, 15, 1, settle
+                assert calls["settle"] - before == sent
+                assert await _onchain_claimed(env, payers) == [p.charged for p in payers]
+                for payer in payers:  # one more call each for the next round
+                    await _charge(env, payer, 1)
+        finally:
+            await remote.close()
+    assert env.token.balance_of(env.pay_to) == sum(p.charged for p in payers) - len(payers)
+
+
+async def _claim(env: Env, tx: str) -> PaymentRecord:
+    record = await env.journal.get(f"batch-claim:{tx}")
+    assert record is not None and record.state == State.SETTLED
+    return record

@@ -86,6 +86,11 @@ _VERIFY_SECONDS = metrics.VERIFY_SECONDS.labels(scheme=BATCH)
 _SETTLE_SECONDS = metrics.SETTLE_SECONDS.labels(scheme=BATCH)
 
 
+class _RefundInDoubt(PaymentRejected):
+    """A refund sent whose outcome is unknown: refused to the payer, and the channel kept
+    reserved (it must not take vouchers against a balance it may no longer hold)."""
+
+
 def voucher_record_id(channel_id: str, charged_before: int) -> str:
     """The journal id of one voucher: ``charged`` strictly grows with every committed charge
     (each is at least one atomic unit), so it names the voucher uniquely even when two vouchers
@@ -383,11 +388,18 @@ class BatchScheme:
             )
         if not reserved.ok:
             self._refused_reservation(reserved, payload, 0)
+        release = True
         try:
             receipt = await self._refund(payload, channel_id)
+        except _RefundInDoubt:
+            # the refund may still land: the channel takes no voucher against the balance it
+            # may no longer hold until its reservation lapses (the claimer re-reads the chain)
+            release = False
+            raise
         finally:
-            with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                await self.store.release(channel_id, token)
+            if release:
+                with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
+                    await self.store.release(channel_id, token)
         body = json.dumps({"message": "Refund acknowledged", "channelId": channel_id}).encode()
         await send_response(send, 200, body, [(b"content-type", b"application/json"), receipt])
 
@@ -412,17 +424,25 @@ class BatchScheme:
         if state is not None and charged > onchain.total_claimed:
             # what was charged is claimed in the same transaction: the refund cannot take it
             rows.append(ClaimRow(config, state.signed_max, bytes.fromhex(state.signature[2:]), charged))
+        order = RefundOrder(config, amount, onchain.refund_nonce, rows, payload.signed_max, payload.signature)
         try:
-            order = RefundOrder(config, amount, onchain.refund_nonce, rows, payload.signed_max, payload.signature)
-            tx, refunded = await self.settler.refund(order)
+            done = await self.settler.refund(order)
+        except ChannelTxInDoubt as exc:
+            log.warning("refund: channel=%s in doubt (%s)", channel_id, exc)
+            raise _RefundInDoubt(
+                ChannelReason.REFUND_TRANSACTION_FAILED, "the refund was sent and is not confirmed yet", payer
+            ) from None
         except (ChannelError, ChainError, StoreError, ValueError) as exc:
+            log.warning("refund: channel=%s failed (%s)", channel_id, exc)
             raise PaymentRejected(ChannelReason.REFUND_TRANSACTION_FAILED, f"the refund failed: {exc}", payer) from None
+        tx, refunded = done.tx, done.refunded
         log.info("refund: channel=%s payer=%s amount=%d claimed=%d tx=%s", channel_id, payer, refunded, charged, tx)
-        if rows:
+        if done.claimed:
             table = self.table
+            # counted from the receipt: a row a claim beat to the chain was skipped there
             claim = claim_record(
                 tx,
-                {channel_id: (charged, charged - onchain.total_claimed)},
+                done.claimed,
                 network=table.network,
                 asset=table.asset.address,
                 pay_to=table.pay_to,
@@ -434,8 +454,8 @@ class BatchScheme:
             f"batch-refund:{channel_id}:{onchain.refund_nonce}", "refund", payer, channel_id, refunded, tx
         )
         synced = await self._sync(config, channel_id)
-        if synced is not None and rows:
-            await self.store.record_claimed(channel_id, charged)
+        if synced is not None and channel_id in done.claimed:
+            await self.store.record_claimed(channel_id, done.claimed[channel_id][0])
         obj = {
             "success": True,
             "transaction": tx,
