@@ -25,6 +25,7 @@ FILE_NAMES = {
     "gas_key": "gas_key_env",
     "gas_keys": "gas_keys_env",
     "channel_authorizer_key": "authorizer_key_env",
+    "channel_facilitator_authorizer": "facilitator_authorizer",
     "api_key": "api_key_env",
     "token": "token_env",
 }
