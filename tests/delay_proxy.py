@@ -21,6 +21,8 @@ class DelayProxy:
         self.target = (target_host, target_port)
         self.reply_delay = 0.0
         self.drop_replies = False
+        # drop only the replies to requests that begin with these bytes (e.g. b"POST /settle")
+        self.drop_replies_to = b""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port: int = probe.getsockname()[1]
@@ -52,9 +54,13 @@ class DelayProxy:
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         server_r, server_w = await asyncio.open_connection(*self.target)
         held: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        dropping = False
 
         async def upstream() -> None:
+            nonlocal dropping
             while data := await client_r.read(65536):
+                if self.drop_replies_to and data.startswith(self.drop_replies_to):
+                    dropping = True
                 server_w.write(data)
                 await server_w.drain()
             server_w.close()
@@ -67,7 +73,7 @@ class DelayProxy:
         async def deliver() -> None:
             while True:
                 due, data = await held.get()
-                if not data or self.drop_replies:
+                if not data or self.drop_replies or dropping:
                     break
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
                 client_w.write(data)

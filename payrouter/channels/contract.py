@@ -22,7 +22,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
 from payrouter import metrics
-from payrouter.chain import ChainClient, ChainError, Receipt, RevertError
+from payrouter.chain import AUTHORIZATION_USED_TOPIC, ChainClient, ChainError, Receipt, RevertError
 from payrouter.facilitator.sender import GasSender
 from payrouter.x402.errors import SettlementInDoubt
 from wallets import Signer
@@ -34,6 +34,7 @@ from wallets.channels import (
     ClaimEntry,
     Refund,
     batch_settlement_domain,
+    deposit_nonce,
 )
 
 __all__ = [
@@ -58,6 +59,9 @@ MAX_CLAIMS_PER_BATCH = 100
 # Reads of many channels go out 3 calls per channel, this many channels per JSON-RPC batch:
 # big enough to amortise the round trip, small enough for nodes that cap batch sizes.
 _READ_CHUNK = 50
+# A deposit whose answer was lost is looked for this many blocks back (its authorization is
+# valid for minutes; this spans hours even at 1 s blocks).
+_DEPOSIT_LOOKBACK = 5_000
 
 _CC = "(address,address,address,address,address,uint40,bytes32)"
 _VC = f"(({_CC},uint128),bytes,uint128)"
@@ -535,6 +539,28 @@ class BatchSettlementContract:
             for log in self._logs(receipt, DEPOSITED_TOPIC)
             if len(log.get("topics") or []) > 1 and bytes.fromhex(str(log["topics"][1])[2:]) == channel_id
         )
+
+    async def find_deposit(
+        self, config: ChannelConfig, amount: int, salt: int, lookback: int = _DEPOSIT_LOOKBACK
+    ) -> str | None:
+        """The mined transaction that took this deposit, if one did within ``lookback`` blocks:
+        its ERC-3009 nonce used on the token (``AuthorizationUsed``), by a transaction that
+        put ``amount`` into the channel (``Deposited``). For a deposit whose sender's answer
+        was lost.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        channel_id = config.channel_id(self.chain_id)
+        nonce = deposit_nonce(channel_id, salt)
+        head = int(await self._chain.call("eth_blockNumber", []), 16)
+        payer = "0x" + "0" * 24 + config.payer[2:].lower()
+        topics = [AUTHORIZATION_USED_TOPIC, payer, "0x" + nonce.hex()]
+        for entry in await self._chain.get_logs(config.token, topics, max(head - lookback, 0)):
+            receipt = await self._chain.receipt(str(entry["transactionHash"]))
+            if receipt is not None and receipt.status == 1 and self.deposited_in(receipt, channel_id) == amount:
+                return receipt.transaction_hash
+        return None
 
     async def receipt(self, tx: str) -> Receipt | None:
         """The receipt of ``tx`` (None while it is not mined).

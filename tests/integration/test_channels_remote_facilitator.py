@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -69,18 +70,20 @@ class Remote:
         self.table: PriceTable = box.table.model_copy(update={"pay_to": self.pay_to})
         self.namespace = f"payrouter-test-remote-channels-{run_token()}"
 
-    def router(self) -> Any:
+    def router(self, via: str = "", **overrides: Any) -> Any:
+        """A payrouter of this set-up (``via``: another URL to reach the facilitator by)."""
+        fields: dict[str, Any] = {"claim_poll": 0, **overrides}
         settings = router_settings(
             self.box,
             self.table,
             namespace=self.namespace,
             facilitator="remote",
-            facilitator_url=self.facilitator_url,
+            facilitator_url=via or self.facilitator_url,
             facilitator_headers=HEADERS,
             gas_key=None,
             channel_authorizer_key=SecretStr(self.our_key.unsafe_export_private_key()) if self.our_key else None,
             channel_facilitator_authorizer=self.our_key is None,
-            claim_poll=0,
+            **fields,
         )
         return create_app(settings)
 
@@ -281,15 +284,15 @@ async def test_startup_needs_a_facilitator_that_settles_channels_and_an_authoriz
             delete_namespace(REDIS_URL, ours.namespace)
 
 
-def _charge_a_channel(remote: Remote, box: Sandbox, tmp_path: Path, calls: int) -> tuple[str, int]:
-    """A fresh payer opens a channel on ``remote``'s router and pays ``calls`` vouchers; the
-    receiver authorizer its channel names and the sum charged."""
+def _charge_a_channel(remote: Remote, box: Sandbox, tmp_path: Path, calls: int, **router: Any) -> tuple[str, int]:
+    """A fresh payer opens a channel on ``remote``'s router (``router``: its settings) and pays
+    ``calls`` vouchers; the receiver authorizer its channel names and the sum charged."""
     payer = LocalSigner.generate()
     box.token.mint(payer.address, 20_000_000)
     client, _ = _official_client(box, payer, tmp_path / "channels")
     charged = 0
-    with serve_in_thread(remote.router()) as router:
-        url = f"{router}/v1/chat/completions"
+    with serve_in_thread(remote.router(**router)) as router_url:
+        url = f"{router_url}/v1/chat/completions"
 
         async def pay() -> str:
             nonlocal charged
@@ -360,3 +363,57 @@ def test_an_unreachable_facilitator_ends_the_pass_with_one_attempt(
     assert len(report.errors) == 1 and "could not be reached" in report.errors[0]
     later = facilitated.claim_pass(authorizer)  # back: the next pass claims it all
     assert later.claimed == charged and later.settled == charged
+
+
+def test_a_deposit_whose_answer_is_lost_is_found_on_chain_and_served_once(
+    facilitated: Remote, box: Sandbox, tmp_path: Path
+) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 20_000_000)
+    client, _ = _official_client(box, payer, tmp_path / "channels")
+    port = int(facilitated.facilitator_url.rsplit(":", 1)[1])
+    proxy = DelayProxy("127.0.0.1", port)
+    proxy.drop_replies_to = b"POST /settle"  # the facilitator deposits; its answer never arrives
+    proxy.start()
+    before = box.token.balance_of(payer.address)
+    try:
+        with serve_in_thread(facilitated.router(via=f"http://127.0.0.1:{proxy.port}")) as router:
+
+            async def call() -> httpx.Response:
+                async with x402HttpxClient(client, timeout=30) as paying:
+                    body = {"model": "gpt-4o", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]}
+                    response: httpx.Response = await paying.post(f"{router}/v1/chat/completions", json=body)
+                    return response
+
+            response = asyncio.run(call())
+    finally:
+        proxy.stop()
+    assert response.status_code == 200, response.text
+    receipt = _receipt(response.headers)
+    deposited = before - box.token.balance_of(payer.address)
+    assert deposited > 0 and int(receipt["extra"]["channelState"]["balance"]) == deposited
+    assert facilitated.calls["settle"] == 1  # one deposit, sent once
+
+    async def deposits() -> list[Any]:
+        journal = open_journal(REDIS_URL, facilitated.namespace)
+        try:
+            return [r for r in await fetch_records(journal) if r.path == "deposit"]
+        finally:
+            await journal.close()
+
+    (record,) = asyncio.run(deposits())
+    assert record.amount == deposited and record.tx == receipt["transaction"]
+    assert box.chain.w3.eth.get_transaction(record.tx)["from"] == facilitated.gas
+
+
+def test_the_servers_own_claimer_claims_through_the_facilitator(
+    facilitated: Remote, box: Sandbox, tmp_path: Path
+) -> None:
+    claiming: dict[str, Any] = {"claim_poll": 0.3, "claim_interval": 0}  # a pass every 0.3 s, claiming all
+    _, charged = _charge_a_channel(facilitated, box, tmp_path, 3, **claiming)
+    # that router stopped with its claimer (maybe before a pass claimed): this one finishes it
+    with serve_in_thread(facilitated.router(**claiming)):
+        deadline = time.monotonic() + 20
+        while box.token.balance_of(facilitated.pay_to) < charged and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert box.token.balance_of(facilitated.pay_to) == charged

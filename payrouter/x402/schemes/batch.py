@@ -260,10 +260,14 @@ class BatchScheme:
             await self.settler.check_deposit(order)
         except ChannelError as exc:
             # the same deposit sent again (its first answer was lost) is already in the
-            # channel: the voucher it carries is served on it
+            # channel: the voucher it carries is served on it (and the deposit journaled)
             synced = await self._sync(config, channel_id)
             if synced is not None and synced.balance >= payload.signed_max:
-                return "", 0
+                landed = await self._landed(order, deposit.salt)
+                if not landed:
+                    return "", 0
+                await self._journal_deposit(call, order, channel_id, landed)
+                return landed, deposit.amount
             # a facilitator names the rule the deposit broke; the contract's own refusal is
             # reported as a failed simulation
             reason = (exc.code if isinstance(exc, ChannelTxFailed) else None) or ChannelReason.DEPOSIT_SIMULATION_FAILED
@@ -273,21 +277,36 @@ class BatchScheme:
         try:
             tx = await self.settler.deposit(order)
         except ChannelTxInDoubt as exc:
-            # the deposit may land: it is the payer's money in their channel either way
-            raise PaymentRejected(
-                ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit was sent and not confirmed ({exc})", payer
-            ) from None
+            # its answer was lost: the chain says whether it went through (else it may still
+            # land: it is the payer's money in their channel either way)
+            landed = await self._landed(order, deposit.salt)
+            if not landed:
+                raise PaymentRejected(
+                    ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit was sent and not confirmed ({exc})", payer
+                ) from None
+            tx = landed
         except (ChannelError, ChainError, StoreError) as exc:
             raise PaymentRejected(
                 ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit failed: {exc}", payer
             ) from None
         log.info("deposit: channel=%s payer=%s amount=%d tx=%s", channel_id, payer, deposit.amount, tx)
-        await self._journal_event(
-            f"batch-deposit:{channel_id}:{tx}", "deposit", payer, channel_id, deposit.amount, tx, call.digest
-        )
+        await self._journal_deposit(call, order, channel_id, tx)
         if await self._sync(config, channel_id) is None:
             raise PaymentRejected(ChannelReason.CHANNEL_NOT_FOUND, "the deposit left the channel empty", payer)
         return tx, deposit.amount
+
+    async def _landed(self, order: DepositOrder, salt: int) -> str | None:
+        """The transaction that took ``order``'s deposit, if the chain shows one."""
+        try:
+            return await self.contract.find_deposit(order.config, order.amount, salt)
+        except ChainError:
+            return None
+
+    async def _journal_deposit(self, call: PaidRequest, order: DepositOrder, channel_id: str, tx: str) -> None:
+        payer = order.config.payer
+        await self._journal_event(
+            f"batch-deposit:{channel_id}:{tx}", "deposit", payer, channel_id, order.amount, tx, call.digest
+        )
 
     async def _journal_event(
         self,
