@@ -49,6 +49,7 @@ __all__ = [
     "Erc3009Deposit",
     "Erc3009Like",
     "OnchainChannel",
+    "RefundResult",
     "collector_data",
     "decode_revert",
 ]
@@ -247,6 +248,22 @@ class OnchainChannel:
     def available(self) -> int:
         """What a refund or withdrawal could return now: ``balance - total_claimed``."""
         return self.balance - self.total_claimed
+
+
+@dataclass(frozen=True, slots=True)
+class RefundResult:
+    """A mined refund, as its receipt's events tell it.
+
+    Attributes:
+        tx: the transaction.
+        refunded: returned to the payer (``Refunded``).
+        claimed: channel id -> ``(totalClaimed, delta)`` claimed in the same transaction
+            (``Claimed``; a row the chain skipped, because a claim got there first, is absent).
+    """
+
+    tx: str
+    refunded: int
+    claimed: dict[str, tuple[int, int]]
 
 
 class Erc3009Deposit(NamedTuple):
@@ -560,6 +577,27 @@ class BatchSettlementContract:
             receipt = await self._chain.receipt(str(entry["transactionHash"]))
             if receipt is not None and receipt.status == 1 and self.deposited_in(receipt, channel_id) == amount:
                 return receipt.transaction_hash
+        return None
+
+    async def find_refund(
+        self, config: ChannelConfig, nonce: int, lookback: int = _DEPOSIT_LOOKBACK
+    ) -> RefundResult | None:
+        """The mined refund of ``config``'s channel that spent ``nonce``, if one did within
+        ``lookback`` blocks (for a refund whose sender's answer was lost); None if none did.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        channel_id = config.channel_id(self.chain_id)
+        head = int(await self._chain.call("eth_blockNumber", []), 16)
+        topics = [REFUNDED_TOPIC, "0x" + channel_id.hex()]
+        for entry in await self._chain.get_logs(self.address, topics, max(head - lookback, 0)):
+            if _word(entry.get("data"), 0) != nonce:
+                continue
+            receipt = await self._chain.receipt(str(entry["transactionHash"]))
+            if receipt is not None and receipt.status == 1:
+                claimed = self.claimed_in(receipt, config.receiver)
+                return RefundResult(receipt.transaction_hash, self.refunded_in(receipt, channel_id), claimed)
         return None
 
     async def receipt(self, tx: str) -> Receipt | None:

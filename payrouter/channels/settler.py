@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from payrouter.chain import ChainError
-from payrouter.channels.contract import MAX_CLAIMS_PER_BATCH, BatchSettlementContract, ClaimRowLike, Erc3009Deposit
+from payrouter.channels.contract import (
+    MAX_CLAIMS_PER_BATCH,
+    BatchSettlementContract,
+    ClaimRowLike,
+    Erc3009Deposit,
+    RefundResult,
+)
 from wallets import Signer
 from wallets.channels import ChannelConfig
 
@@ -61,22 +67,6 @@ class RefundOrder:
     claims: Sequence[ClaimRowLike]
     voucher_max: int
     voucher_signature: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class RefundResult:
-    """A mined refund, as its receipt's events tell it.
-
-    Attributes:
-        tx: the transaction.
-        refunded: returned to the payer (``Refunded``).
-        claimed: channel id -> ``(totalClaimed, delta)`` claimed in the same transaction
-            (``Claimed``; a row the chain skipped, because a claim got there first, is absent).
-    """
-
-    tx: str
-    refunded: int
-    claimed: dict[str, tuple[int, int]]
 
 
 class ChannelSettler(Protocol):

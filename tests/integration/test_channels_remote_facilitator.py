@@ -417,3 +417,51 @@ def test_the_servers_own_claimer_claims_through_the_facilitator(
         while box.token.balance_of(facilitated.pay_to) < charged and time.monotonic() < deadline:
             time.sleep(0.1)
     assert box.token.balance_of(facilitated.pay_to) == charged
+
+
+def test_with_every_settle_answer_lost_deposit_and_refund_are_found_on_chain(
+    facilitated: Remote, box: Sandbox, tmp_path: Path
+) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 20_000_000)
+    client, batch = _official_client(box, payer, tmp_path / "channels")
+    port = int(facilitated.facilitator_url.rsplit(":", 1)[1])
+    proxy = DelayProxy("127.0.0.1", port)
+    proxy.drop_replies_to = b"POST /settle"  # the facilitator acts; none of its answers arrive
+    proxy.start()
+    before = box.token.balance_of(payer.address)
+    charges: list[int] = []
+    try:
+        with serve_in_thread(facilitated.router(via=f"http://127.0.0.1:{proxy.port}")) as router:
+            url = f"{router}/v1/chat/completions"
+
+            async def calls() -> None:
+                async with x402HttpxClient(client, timeout=30) as paying:
+                    for i in range(3):
+                        body = {"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": f"{i}"}]}
+                        response = await paying.post(url, json=body)
+                        assert response.status_code == 200, response.text
+                        charges.append(int(_receipt(response.headers)["extra"]["chargedAmount"]))
+
+            asyncio.run(calls())
+            assert batch.refund(url, RefundOptions()).success
+    finally:
+        proxy.stop()
+    assert before - box.token.balance_of(payer.address) == sum(charges)  # deposit minus refund
+    assert facilitated.calls["settle"] == 2  # the deposit and the refund, each sent once
+
+    async def journaled() -> dict[str, list[int]]:
+        journal = open_journal(REDIS_URL, facilitated.namespace)
+        try:
+            out: dict[str, list[int]] = {}
+            for r in await fetch_records(journal):
+                if r.scheme == "batch-settlement" and r.state == State.SETTLED:
+                    out.setdefault(r.path, []).append(r.amount)
+            return out
+        finally:
+            await journal.close()
+
+    found = asyncio.run(journaled())
+    deposit = found["deposit"]
+    assert len(deposit) == 1 and found["refund"] == [deposit[0] - sum(charges)]
+    assert found["claim"] == [sum(charges)]  # claimed inside the refund, counted from its receipt

@@ -447,10 +447,16 @@ class BatchScheme:
         try:
             done = await self.settler.refund(order)
         except ChannelTxInDoubt as exc:
-            log.warning("refund: channel=%s in doubt (%s)", channel_id, exc)
-            raise _RefundInDoubt(
-                ChannelReason.REFUND_TRANSACTION_FAILED, "the refund was sent and is not confirmed yet", payer
-            ) from None
+            # its answer was lost: the chain says whether the refund (this nonce) went through
+            found = None
+            with contextlib.suppress(ChainError):
+                found = await self.contract.find_refund(config, onchain.refund_nonce)
+            if found is None:
+                log.warning("refund: channel=%s in doubt (%s)", channel_id, exc)
+                raise _RefundInDoubt(
+                    ChannelReason.REFUND_TRANSACTION_FAILED, "the refund was sent and is not confirmed yet", payer
+                ) from None
+            done = found
         except (ChannelError, ChainError, StoreError, ValueError) as exc:
             log.warning("refund: channel=%s failed (%s)", channel_id, exc)
             raise PaymentRejected(ChannelReason.REFUND_TRANSACTION_FAILED, f"the refund failed: {exc}", payer) from None
