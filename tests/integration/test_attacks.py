@@ -649,8 +649,12 @@ def test_a_stream_cut_by_our_rpc_outage_and_collected_later_is_answered(
             with httpx.Client(timeout=30) as client:
                 return client.post(router.chat, json=body, headers=header(paid))
 
+        calls = observer.upstream_calls()
         thread, result = _in_thread(stream)
-        time.sleep(0.3)  # verified; now our RPC goes down
+        # verified once the model is called (however slow the machine); now our RPC goes down
+        deadline = time.monotonic() + 20
+        while observer.upstream_calls() == calls and time.monotonic() < deadline:
+            time.sleep(0.01)
         proxy.set_mode("down")
         thread.join(30)
         proxy.set_mode("pass")
