@@ -557,6 +557,22 @@ class BatchSettlementContract:
             if len(log.get("topics") or []) > 1 and bytes.fromhex(str(log["topics"][1])[2:]) == channel_id
         )
 
+    def took_deposit(self, receipt: Receipt, config: ChannelConfig, amount: int, salt: int) -> bool:
+        """Whether ``receipt`` is this deposit: the payer's ERC-3009 authorization of nonce
+        ``deposit_nonce(channel, salt)`` used on the token, and ``amount`` into the channel."""
+        channel_id = config.channel_id(self.chain_id)
+        want = [
+            AUTHORIZATION_USED_TOPIC,
+            "0x" + "0" * 24 + config.payer[2:].lower(),
+            "0x" + deposit_nonce(channel_id, salt).hex(),
+        ]
+        used = any(
+            str(log.get("address", "")).lower() == config.token.lower()
+            and [str(t).lower() for t in log.get("topics") or []] == want
+            for log in receipt.logs
+        )
+        return used and self.deposited_in(receipt, channel_id) == amount
+
     async def find_deposit(
         self, config: ChannelConfig, amount: int, salt: int, lookback: int = _DEPOSIT_LOOKBACK
     ) -> str | None:
@@ -575,7 +591,7 @@ class BatchSettlementContract:
         topics = [AUTHORIZATION_USED_TOPIC, payer, "0x" + nonce.hex()]
         for entry in await self._chain.get_logs(config.token, topics, max(head - lookback, 0)):
             receipt = await self._chain.receipt(str(entry["transactionHash"]))
-            if receipt is not None and receipt.status == 1 and self.deposited_in(receipt, channel_id) == amount:
+            if receipt is not None and receipt.status == 1 and self.took_deposit(receipt, config, amount, salt):
                 return receipt.transaction_hash
         return None
 
@@ -595,9 +611,9 @@ class BatchSettlementContract:
             if _word(entry.get("data"), 0) != nonce:
                 continue
             receipt = await self._chain.receipt(str(entry["transactionHash"]))
-            if receipt is not None and receipt.status == 1:
-                claimed = self.claimed_in(receipt, config.receiver)
-                return RefundResult(receipt.transaction_hash, self.refunded_in(receipt, channel_id), claimed)
+            refunded = self.refund_of(receipt, channel_id, nonce) if receipt is not None else None
+            if receipt is not None and receipt.status == 1 and refunded is not None:
+                return RefundResult(receipt.transaction_hash, refunded, self.claimed_in(receipt, config.receiver))
         return None
 
     async def receipt(self, tx: str) -> Receipt | None:
@@ -608,12 +624,15 @@ class BatchSettlementContract:
         """
         return await self._chain.receipt(tx)
 
-    def refunds_in(self, receipt: Receipt, channel_id: bytes) -> bool:
-        """Whether ``receipt`` refunded ``channel_id`` (a ``Refunded`` event, even of 0)."""
-        return any(
-            len(log.get("topics") or []) > 1 and bytes.fromhex(str(log["topics"][1])[2:]) == channel_id
-            for log in self._logs(receipt, REFUNDED_TOPIC)
-        )
+    def refund_of(self, receipt: Receipt, channel_id: bytes, nonce: int) -> int | None:
+        """What ``receipt`` refunded from ``channel_id`` under refund ``nonce`` (its
+        ``Refunded`` event), or None when it holds no such refund."""
+        for log in self._logs(receipt, REFUNDED_TOPIC):
+            topics = log.get("topics") or []
+            if len(topics) > 1 and bytes.fromhex(str(topics[1])[2:]) == channel_id:
+                if _word(log.get("data"), 0) == nonce:
+                    return _word(log.get("data"), 1)
+        return None
 
     def refunded_in(self, receipt: Receipt, channel_id: bytes) -> int:
         """What ``receipt``'s ``Refunded`` events returned to the payer of ``channel_id``."""

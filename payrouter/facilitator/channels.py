@@ -121,8 +121,8 @@ class FacilitatorSettler:
 
     async def deposit(self, order: DepositOrder) -> str:
         receipt = await self._settle(_body(order.payment, order.requirements))
-        channel_id = order.config.channel_id(self.contract.chain_id)
-        if self.contract.deposited_in(receipt, channel_id) != order.amount:
+        if not self.contract.took_deposit(receipt, order.config, order.amount, order.erc3009.salt):
+            # not this deposit (another transaction, or an old one of the same amount)
             raise ChannelTxInDoubt("the facilitator's transaction holds no such deposit", receipt.transaction_hash)
         return receipt.transaction_hash
 
@@ -181,15 +181,12 @@ class FacilitatorSettler:
             if order.claims:
                 payload["claimAuthorizerSignature"] = _hex(self.contract.claim_signature(order.claims, self.authorizer))
         receipt = await self._settle(self._action(payload, config.receiver, config.token))
-        if not self.contract.refunds_in(receipt, channel_id):
+        refunded = self.contract.refund_of(receipt, channel_id, order.nonce)
+        if refunded is None:  # not our refund (another transaction, or an old one)
             raise ChannelTxInDoubt(
-                "the facilitator's transaction holds no refund of this channel", receipt.transaction_hash
+                "the facilitator's transaction holds no refund of this nonce", receipt.transaction_hash
             )
-        return RefundResult(
-            receipt.transaction_hash,
-            self.contract.refunded_in(receipt, channel_id),
-            self.contract.claimed_in(receipt, config.receiver),
-        )
+        return RefundResult(receipt.transaction_hash, refunded, self.contract.claimed_in(receipt, config.receiver))
 
     # ------------------------------------------------------------------ plumbing
 

@@ -8,6 +8,7 @@ they were.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import secrets
 import threading
@@ -415,3 +416,22 @@ def test_a_channel_being_withdrawn_is_claimed_at_once_and_takes_no_more_vouchers
     with observer.unchanged(payer.address):
         response = _pay(box, http, channel, _body())
         assert rejection(response) == (402, "invalid_batch_settlement_evm_channel_withdrawing")
+
+
+def test_a_channel_without_a_payer_authorizer_is_refused_before_its_deposit(
+    box: Sandbox, http: httpx.Client, observer: Observer
+) -> None:
+    # with payerAuthorizer 0 the contract checks the payer's own signature, through ERC-1271
+    # when the payer has code (an EIP-7702 delegation can be added at any time): a voucher we
+    # verified could then be refused at claim time
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 10_000_000)
+    body = _body()
+    quote = offer(http, _url(box), body)
+    config = dataclasses.replace(config_for(batch_offer(quote), payer), payer_authorizer="0x" + "00" * 20)
+    payment = opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
+    upstream = observer.upstream_calls()
+    with observer.unchanged(payer.address, box.operator.address):
+        response = http.post(_url(box), json=body, headers=header(payment))
+        assert rejection(response) == (402, "invalid_batch_settlement_evm_voucher_signature")
+    assert "payerAuthorizer" in response.text and observer.upstream_calls() == upstream

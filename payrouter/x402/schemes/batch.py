@@ -193,7 +193,16 @@ class BatchScheme:
             raise PaymentRejected(
                 ChannelReason.CHANNEL_ID_MISMATCH, "voucher.channelId is not the hash of channelConfig", payer
             )
-        signer = config.payer_authorizer if config.payer_authorizer.lower() != _ZERO else config.payer
+        if config.payer_authorizer.lower() == _ZERO:
+            # the contract then checks the payer's own signature, through ERC-1271 when the
+            # payer has code (a contract wallet, or an EOA delegated under EIP-7702): code can
+            # refuse at claim time a voucher we served on, so each would need an on-chain check
+            raise PaymentRejected(
+                ChannelReason.VOUCHER_SIGNATURE,
+                "channels here need a payerAuthorizer (an ECDSA key that signs the vouchers)",
+                payer,
+            )
+        signer = config.payer_authorizer
         if len(payload.signature) != 65:
             # a contract payer (EIP-1271) needs an on-chain check per voucher: not offered here
             raise PaymentRejected(
