@@ -60,9 +60,10 @@ MAX_CLAIMS_PER_BATCH = 100
 # Reads of many channels go out 3 calls per channel, this many channels per JSON-RPC batch:
 # big enough to amortise the round trip, small enough for nodes that cap batch sizes.
 _READ_CHUNK = 50
-# A deposit whose answer was lost is looked for this many blocks back (its authorization is
-# valid for minutes; this spans hours even at 1 s blocks).
-_DEPOSIT_LOOKBACK = 5_000
+# A deposit or refund whose answer was lost is looked for this many blocks back, at once: it
+# was sent moments ago (16 minutes at 1 s blocks), and one eth_getLogs over it stays within the
+# block-range caps of public nodes.
+_LOST_ANSWER_LOOKBACK = 1_000
 
 _CC = "(address,address,address,address,address,uint40,bytes32)"
 _VC = f"(({_CC},uint128),bytes,uint128)"
@@ -574,7 +575,7 @@ class BatchSettlementContract:
         return used and self.deposited_in(receipt, channel_id) == amount
 
     async def find_deposit(
-        self, config: ChannelConfig, amount: int, salt: int, lookback: int = _DEPOSIT_LOOKBACK
+        self, config: ChannelConfig, amount: int, salt: int, lookback: int = _LOST_ANSWER_LOOKBACK
     ) -> str | None:
         """The mined transaction that took this deposit, if one did within ``lookback`` blocks:
         its ERC-3009 nonce used on the token (``AuthorizationUsed``), by a transaction that
@@ -596,7 +597,7 @@ class BatchSettlementContract:
         return None
 
     async def find_refund(
-        self, config: ChannelConfig, nonce: int, lookback: int = _DEPOSIT_LOOKBACK
+        self, config: ChannelConfig, nonce: int, lookback: int = _LOST_ANSWER_LOOKBACK
     ) -> RefundResult | None:
         """The mined refund of ``config``'s channel that spent ``nonce``, if one did within
         ``lookback`` blocks (for a refund whose sender's answer was lost); None if none did.
