@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from eth_utils.address import is_address, to_checksum_address
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -44,7 +43,7 @@ from payrouter.routing import Router
 from payrouter.services import Services
 from payrouter.serving_limits import BodyTimeout
 from payrouter.settings import ConfigError, Settings
-from payrouter.settlement_backend import SettlementBackend, open_settlement_backend, supported_kind
+from payrouter.settlement_backend import SettlementBackend, channel_authorizer, open_settlement_backend
 from payrouter.store import MemoryStore, RedisStore, Store
 from payrouter.upstream import AnthropicMessages, OpenAICompatible, Provider
 from payrouter.upstream.health import HealthTracker
@@ -54,7 +53,7 @@ from payrouter.x402.responses import EXPOSED_HEADERS
 from payrouter.x402.schemes import build_schemes
 from payrouter.x402.schemes.batch import BATCH, BatchScheme
 from payrouter.x402.unpaid_limit import UnpaidLimit
-from pricing import PriceTable, usd_to_atomic
+from pricing import usd_to_atomic
 from wallets import LocalSigner
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS
 
@@ -89,7 +88,7 @@ async def _open_batch_scheme(
     settler: ChannelSettler
     if isinstance(backend.facilitator, RemoteFacilitator):
         reader = BatchSettlementContract(chain, None, table.chain_id)
-        receiver_authorizer = await _remote_authorizer(backend.facilitator, table, authorizer)
+        receiver_authorizer = await channel_authorizer(backend.facilitator, table, authorizer)
         settler = FacilitatorSettler(
             backend.facilitator,
             reader,
@@ -108,32 +107,6 @@ async def _open_batch_scheme(
     channel_store = open_channel_store(settings.redis_url, settings.namespace)
     stack.push_async_callback(channel_store.close)
     return BatchScheme(table, channel_store, settler, journal)
-
-
-async def _remote_authorizer(facilitator: RemoteFacilitator, table: PriceTable, own: LocalSigner | None) -> str:
-    """The receiver authorizer channels name: ours when we hold a key, else (the operator
-    opted in: ``facilitator_authorizer``) the one the facilitator's ``/supported`` advertises;
-    it then signs claims and refunds.
-
-    Raises:
-        ConfigError: the facilitator does not settle batch-settlement on the table's network,
-            or we hold no key and it advertises no authorizer.
-    """
-    kind = await supported_kind(facilitator, table, BATCH)
-    if own is not None:
-        return own.address
-    theirs = (kind.get("extra") or {}).get("receiverAuthorizer")
-    if not isinstance(theirs, str) or not is_address(theirs) or int(theirs, 16) == 0:
-        raise ConfigError(
-            "the facilitator holds no receiver authorizer key for batch-settlement (its /supported names "
-            "none): set [channels] authorizer_key_env or authorizer_keystore"
-        )
-    log.warning(
-        "channels: the facilitator's receiver authorizer %s signs claims and refunds; it signs a refund for "
-        "whoever can call its /settle, so keep that endpoint closed to payers (or use your own authorizer key)",
-        to_checksum_address(theirs),
-    )
-    return to_checksum_address(theirs)
 
 
 def _claimer(settings: Settings, batch: BatchScheme, journal: Journal, store: Store, chain: ChainClient) -> Claimer:

@@ -6,14 +6,17 @@ resolves payments exactly as the service does.
 
 from __future__ import annotations
 
+import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from eth_utils.address import is_address, to_checksum_address
 
 from payrouter.chain import ChainClient
 from payrouter.facilitator import Facilitator, LocalFacilitator, RemoteFacilitator
+from payrouter.facilitator.channels import BATCH_SETTLEMENT
 from payrouter.facilitator.local import wait_until_deployed
 from payrouter.settings import ConfigError, Settings
 from payrouter.store import Store
@@ -21,7 +24,7 @@ from payrouter.x402.wire import v1_network_name
 from pricing import PriceTable
 from wallets import LocalSigner
 
-__all__ = ["SettlementBackend", "open_settlement_backend", "require_support", "supported_kind"]
+__all__ = ["SettlementBackend", "channel_authorizer", "open_settlement_backend", "require_support", "supported_kind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +119,32 @@ async def open_settlement_backend(settings: Settings, store: Store, stack: Async
         await require_support(remote, table)
         facilitator = remote
     return SettlementBackend(chain, facilitator)
+
+
+async def channel_authorizer(
+    facilitator: RemoteFacilitator, table: PriceTable, own: LocalSigner | None, warn: bool = True
+) -> str:
+    """The receiver authorizer channels name: ours when we hold a key, else (the operator
+    opted in: ``facilitator_authorizer``) the one the facilitator's ``/supported`` advertises;
+    it then signs claims and refunds (``warn``: log what that means for the operator).
+
+    Raises:
+        ConfigError: the facilitator does not settle batch-settlement on the table's network,
+            or we hold no key and it advertises no authorizer.
+    """
+    kind = await supported_kind(facilitator, table, BATCH_SETTLEMENT)
+    if own is not None:
+        return own.address
+    theirs = (kind.get("extra") or {}).get("receiverAuthorizer")
+    if not isinstance(theirs, str) or not is_address(theirs) or int(theirs, 16) == 0:
+        raise ConfigError(
+            "the facilitator holds no receiver authorizer key for batch-settlement (its /supported names "
+            "none): set [channels] authorizer_key_env or authorizer_keystore"
+        )
+    if warn:
+        logging.getLogger("payrouter").warning(
+            "channels: the facilitator's receiver authorizer %s signs claims and refunds; it signs a refund for "
+            "whoever can call its /settle, so keep that endpoint closed to payers (or use your own authorizer key)",
+            to_checksum_address(theirs),
+        )
+    return to_checksum_address(theirs)

@@ -145,13 +145,15 @@ async def _chain_problems(
 
 async def _facilitator_problem(settings: Settings, table: PriceTable) -> str | None:
     from payrouter.facilitator import RemoteFacilitator
-    from payrouter.settlement_backend import require_support
+    from payrouter.settlement_backend import channel_authorizer, require_support
 
     assert settings.facilitator_url is not None
     headers = {e: {k: v.get_secret_value() for k, v in h.items()} for e, h in settings.facilitator_headers.items()}
     remote = RemoteFacilitator(settings.facilitator_url, headers)
     try:
         await require_support(remote, table)
+        if "batch-settlement" in table.schemes and settings.channel_facilitator_authorizer:
+            await channel_authorizer(remote, table, None, warn=False)
     except ConfigError as exc:
         return str(exc)
     finally:

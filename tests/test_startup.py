@@ -194,3 +194,30 @@ def test_low_gas_wallet_warns_and_healthz_reports_it(
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+def test_a_facilitator_without_the_authorizer_it_should_hold_is_refused(tmp_path: Path) -> None:
+    """Channels signed by the facilitator (opt-in), but its /supported names no authorizer."""
+    from payrouter.sandbox.serving import serve_in_thread
+    from tests.integration.official_facilitator import facilitator_app
+
+    prices = (ROOT / "examples/prices.toml").read_text()
+    (tmp_path / "prices.toml").write_text(
+        prices.replace('schemes = ["exact"]', 'schemes = ["batch-settlement", "exact"]')
+    )
+    app, calls = facilitator_app(
+        LocalSigner.generate().unsafe_export_private_key(), "http://127.0.0.1:9", "eip155:8453", "t", channels=True
+    )
+    with serve_in_thread(app) as url:
+        config = (ROOT / "examples/payrouter.toml").read_text()
+        config = config.replace('\nmode = "local"', f'\nmode = "remote"\nurl = "{url}"')
+        config = config.replace(
+            'authorizer_key_env = "PAYROUTER_CHANNEL_AUTHORIZER_KEY"', "facilitator_authorizer = true"
+        )
+        (tmp_path / "payrouter.toml").write_text(config)
+        env = dict.fromkeys(EXAMPLE_ENV, "sk-test")
+        result = serve(tmp_path / "payrouter.toml", env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the facilitator holds no receiver authorizer key for batch-settlement" in result.stderr, result.stderr
+    assert calls["supported"] >= 1
