@@ -50,6 +50,7 @@ __all__ = [
     "Erc3009Like",
     "OnchainChannel",
     "RefundResult",
+    "check_claim_rows",
     "collector_data",
     "decode_revert",
 ]
@@ -302,6 +303,21 @@ ClaimRowLike = tuple[ChannelConfig, int, bytes, int]
 Erc3009Like = tuple[int, int, int, bytes]
 
 
+def check_claim_rows(rows: Sequence[ClaimRowLike], authorizer: str, most: int) -> None:
+    """Refuse a claim batch ``claimWithSignature`` cannot take as one transaction.
+
+    Raises:
+        ValueError: no rows, more than ``most``, or a row whose receiverAuthorizer is not
+            ``authorizer`` (the contract checks one shared authorizer against the batch signature).
+    """
+    if not rows:
+        raise ValueError("a claim needs at least one row")
+    if len(rows) > most:
+        raise ValueError(f"{len(rows)} claim rows; at most {most} per transaction")
+    if any(config.receiver_authorizer != authorizer for config, *_ in rows):
+        raise ValueError("every claimed channel's receiverAuthorizer must be the signing authorizer")
+
+
 def collector_data(erc3009: Erc3009Like) -> bytes:
     """``abi.encode(validAfter, validBefore, salt, signature)``, what the ERC-3009 collector decodes."""
     valid_after, valid_before, salt, signature = erc3009
@@ -472,14 +488,7 @@ class BatchSettlementContract:
         return receipt.transaction_hash
 
     def _claim_calldata(self, rows: Sequence[ClaimRowLike], authorizer: Signer) -> bytes:
-        if not rows:
-            raise ValueError("a claim needs at least one row")
-        if len(rows) > MAX_CLAIMS_PER_BATCH:
-            raise ValueError(f"{len(rows)} claim rows; at most {MAX_CLAIMS_PER_BATCH} per transaction")
-        for config, *_ in rows:
-            if config.receiver_authorizer != authorizer.address:
-                # the contract checks one shared authorizer against the batch signature
-                raise ValueError("every claimed channel's receiverAuthorizer must be the signing authorizer")
+        check_claim_rows(rows, authorizer.address, MAX_CLAIMS_PER_BATCH)
         claims = [((_config_tuple(c), signed_max), sig, total) for c, signed_max, sig, total in rows]
         return _calldata("claimWithSignature", [claims, self.claim_signature(rows, authorizer)])
 
@@ -562,17 +571,18 @@ class BatchSettlementContract:
         """Whether ``receipt`` is this deposit: the payer's ERC-3009 authorization of nonce
         ``deposit_nonce(channel, salt)`` used on the token, and ``amount`` into the channel."""
         channel_id = config.channel_id(self.chain_id)
-        want = [
-            AUTHORIZATION_USED_TOPIC,
-            "0x" + "0" * 24 + config.payer[2:].lower(),
-            "0x" + deposit_nonce(channel_id, salt).hex(),
-        ]
+        want = self._authorization_topics(config, salt)
         used = any(
             str(log.get("address", "")).lower() == config.token.lower()
             and [str(t).lower() for t in log.get("topics") or []] == want
             for log in receipt.logs
         )
         return used and self.deposited_in(receipt, channel_id) == amount
+
+    def _authorization_topics(self, config: ChannelConfig, salt: int) -> list[str]:
+        """The token's ``AuthorizationUsed`` topics of the payer's deposit authorization."""
+        nonce = deposit_nonce(config.channel_id(self.chain_id), salt)
+        return [AUTHORIZATION_USED_TOPIC, "0x" + "0" * 24 + config.payer[2:].lower(), "0x" + nonce.hex()]
 
     async def find_deposit(
         self, config: ChannelConfig, amount: int, salt: int, lookback: int = _LOST_ANSWER_LOOKBACK
@@ -585,11 +595,8 @@ class BatchSettlementContract:
         Raises:
             ChainError: the node failed.
         """
-        channel_id = config.channel_id(self.chain_id)
-        nonce = deposit_nonce(channel_id, salt)
         head = int(await self._chain.call("eth_blockNumber", []), 16)
-        payer = "0x" + "0" * 24 + config.payer[2:].lower()
-        topics = [AUTHORIZATION_USED_TOPIC, payer, "0x" + nonce.hex()]
+        topics = self._authorization_topics(config, salt)
         for entry in await self._chain.get_logs(config.token, topics, max(head - lookback, 0)):
             receipt = await self._chain.receipt(str(entry["transactionHash"]))
             if receipt is not None and receipt.status == 1 and self.took_deposit(receipt, config, amount, salt):
@@ -651,7 +658,7 @@ class BatchSettlementContract:
         nonce: int,
         claim_rows: Sequence[ClaimRowLike],
         authorizer: Signer,
-    ) -> tuple[str, int]:
+    ) -> RefundResult:
         """Claim ``claim_rows`` (if any) and refund up to ``amount`` to the payer, atomically.
 
         One ``multicall([claimWithSignature(rows), refundWithSignature(config, amount, nonce)])``,
@@ -660,7 +667,8 @@ class BatchSettlementContract:
         that cap is 0.
 
         Returns:
-            ``(transaction hash, amount refunded)`` from the ``Refunded`` event (0 without one).
+            The transaction, what its ``Refunded`` event returned (0 without one) and what its
+            ``Claimed`` events claimed for the channel's receiver.
 
         Raises:
             ValueError: ``amount`` is 0 (the contract would revert), or the authorizer is not
@@ -676,7 +684,8 @@ class BatchSettlementContract:
         calls = [self._claim_calldata(claim_rows, authorizer)] if claim_rows else []
         calls.append(_calldata("refundWithSignature", [_config_tuple(config), amount, nonce, refund_signature]))
         receipt = await self._transact(_calldata("multicall", [calls]))
-        return receipt.transaction_hash, self.refunded_in(receipt, config.channel_id(self.chain_id))
+        refunded = self.refunded_in(receipt, config.channel_id(self.chain_id))
+        return RefundResult(receipt.transaction_hash, refunded, self.claimed_in(receipt, config.receiver))
 
     # --------------------------------------------------------------- plumbing
 

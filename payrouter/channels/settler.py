@@ -10,12 +10,10 @@ receipts only, whoever sent them.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from payrouter.chain import ChainError
 from payrouter.channels.contract import (
     MAX_CLAIMS_PER_BATCH,
     BatchSettlementContract,
@@ -146,12 +144,4 @@ class GasWalletSettler:
         return await self.contract.settle(receiver, token)
 
     async def refund(self, order: RefundOrder) -> RefundResult:
-        tx, refunded = await self.contract.refund(
-            order.config, order.amount, order.nonce, order.claims, self.authorizer
-        )
-        receipt = None
-        with contextlib.suppress(ChainError):
-            receipt = await self.contract.receipt(tx)
-        if receipt is None:  # mined a moment ago: the claim is journaled by the claimer's log scan
-            return RefundResult(tx, refunded, {})
-        return RefundResult(tx, refunded, self.contract.claimed_in(receipt, order.config.receiver))
+        return await self.contract.refund(order.config, order.amount, order.nonce, order.claims, self.authorizer)

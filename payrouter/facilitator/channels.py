@@ -34,6 +34,7 @@ from payrouter.channels.contract import (
     ChannelTxInDoubt,
     ChannelUnavailable,
     ClaimRowLike,
+    check_claim_rows,
 )
 from payrouter.channels.settler import DepositOrder, RefundOrder, RefundResult
 from payrouter.facilitator.remote import RemoteFacilitator
@@ -129,16 +130,10 @@ class FacilitatorSettler:
     # ------------------------------------------------------------ settle actions
 
     async def claim(self, rows: Sequence[ClaimRowLike]) -> str:
-        if not rows:
-            raise ValueError("a claim needs at least one row")
-        if len(rows) > self.max_claim_rows:
-            raise ValueError(f"{len(rows)} claim rows; at most {self.max_claim_rows} per transaction here")
+        check_claim_rows(rows, self.receiver_authorizer, self.max_claim_rows)
         first = rows[0][0]
-        for config, *_ in rows:
-            if config.receiver_authorizer != self.receiver_authorizer:
-                raise ValueError("every claimed channel's receiverAuthorizer must be the receiver authorizer")
-            if (config.receiver, config.token) != (first.receiver, first.token):
-                raise ValueError("one claim batch pays one receiver in one token")
+        if any((config.receiver, config.token) != (first.receiver, first.token) for config, *_ in rows):
+            raise ValueError("one claim batch pays one receiver in one token")
         payload: dict[str, Any] = {"type": "claim", "claims": _claims(rows)}
         if self.authorizer is not None:
             payload["claimAuthorizerSignature"] = _hex(self.contract.claim_signature(rows, self.authorizer))

@@ -67,11 +67,12 @@ class RemoteFacilitator:
         Raises:
             httpx.HTTPError: unreachable, or the reply is no x402 result (``HTTPStatusError``).
         """
-        url, headers = f"{self._url}/{endpoint}", self._headers_for(endpoint)
-        if timeout is None:
-            reply = await self._client.post(url, json=body, headers=headers)
-        else:
-            reply = await self._client.post(url, json=body, headers=headers, timeout=timeout)
+        reply = await self._client.post(
+            f"{self._url}/{endpoint}",
+            json=body,
+            headers=self._headers_for(endpoint),
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        )
         # Facilitators answer 200 for business outcomes; some send 4xx with an x402 body.
         try:
             data = reply.json()

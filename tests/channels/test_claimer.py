@@ -479,7 +479,8 @@ async def test_claims_and_settles_nobody_journaled_are_found_in_the_logs(env: En
     # a claimer killed after its claim was mined and before it wrote anything
     lost = await env.contract.claim_with_signature([row(payers[0])], env.authorizer)
     # the gate's refund of the other channel claims its charge in the same transaction
-    refund, refunded = await env.contract.refund(payers[1].config, 10**9, 0, [row(payers[1])], env.authorizer)
+    done = await env.contract.refund(payers[1].config, 10**9, 0, [row(payers[1])], env.authorizer)
+    refund, refunded = done.tx, done.refunded
     assert refunded == 9_000 - 2_000
     # and someone else sweeps pay_to's claims (settle is open to anyone)
     outsider = BatchSettlementContract(

@@ -214,7 +214,8 @@ async def test_deposit_claim_settle_refund(env: Env) -> None:
     # refund the first channel: claim its latest voucher and return the rest, atomically
     first = payers[0]
     payer_before = token.balance_of(first.signer.address)
-    tx, refunded = await contract.refund(first.config, 10**9, 0, [first.row(40_000, 40_000)], env.authorizer)
+    done = await contract.refund(first.config, 10**9, 0, [first.row(40_000, 40_000)], env.authorizer)
+    tx, refunded = done.tx, done.refunded
     assert refunded == 100_000 - 40_000
     assert token.balance_of(first.signer.address) == payer_before + refunded
     assert await contract.channel(first.channel_id) == OnchainChannel(40_000, 40_000, 0, 0, 1)
@@ -222,11 +223,11 @@ async def test_deposit_claim_settle_refund(env: Env) -> None:
     # a refund without claim rows returns exactly balance - claimed of the second channel...
     third = payers[2]
     payer_before = token.balance_of(third.signer.address)
-    _, refunded = await contract.refund(third.config, 10**9, 0, [], env.authorizer)
+    refunded = (await contract.refund(third.config, 10**9, 0, [], env.authorizer)).refunded
     assert refunded == 70_000 - 10_000
     assert token.balance_of(third.signer.address) == payer_before + refunded
     # ...and a channel with nothing left refunds 0 but spends the nonce
-    _, refunded = await contract.refund(third.config, 1, 1, [], env.authorizer)
+    refunded = (await contract.refund(third.config, 1, 1, [], env.authorizer)).refunded
     assert refunded == 0
     assert (await contract.channel(third.channel_id)).refund_nonce == 2
 
