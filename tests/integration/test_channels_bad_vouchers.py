@@ -326,11 +326,12 @@ def test_a_stream_is_charged_what_it_streamed_and_its_receipt_is_the_last_event(
 
 
 def _open_payment(
-    box: Sandbox, http: httpx.Client, payer: LocalSigner, body: dict[str, Any], salt: int
+    box: Sandbox, http: httpx.Client, payer: LocalSigner, body: dict[str, Any], salt: int, **changed: Any
 ) -> tuple[dict[str, Any], ChannelConfig, int]:
+    """A channel's opening payment for ``body`` (``changed``: fields of the channel changed)."""
     quote = offer(http, _url(box), body)
     requirement = batch_offer(quote)
-    config = config_for(requirement, payer, salt=salt)
+    config = dataclasses.replace(config_for(requirement, payer, salt=salt), **changed)
     payment = opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
     return payment, config, int(requirement["amount"])
 
@@ -427,9 +428,7 @@ def test_a_channel_without_a_payer_authorizer_is_refused_before_its_deposit(
     payer = LocalSigner.generate()
     box.token.mint(payer.address, 10_000_000)
     body = _body()
-    quote = offer(http, _url(box), body)
-    config = dataclasses.replace(config_for(batch_offer(quote), payer), payer_authorizer="0x" + "00" * 20)
-    payment = opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
+    payment, _, _ = _open_payment(box, http, payer, body, salt=13, payer_authorizer="0x" + "00" * 20)
     upstream = observer.upstream_calls()
     with observer.unchanged(payer.address, box.operator.address):
         response = http.post(_url(box), json=body, headers=header(payment))

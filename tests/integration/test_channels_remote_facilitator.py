@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import socket
 import time
@@ -365,29 +366,36 @@ def test_an_unreachable_facilitator_ends_the_pass_with_one_attempt(
     assert later.claimed == charged and later.settled == charged
 
 
+@contextlib.contextmanager
+def _settle_answers_lost(remote: Remote) -> Iterator[str]:
+    """A router of ``remote`` that reaches its facilitator through a proxy dropping every answer
+    to ``/settle`` (the facilitator still acts); its URL."""
+    proxy = DelayProxy("127.0.0.1", int(remote.facilitator_url.rsplit(":", 1)[1]))
+    proxy.drop_replies_to = b"POST /settle"
+    proxy.start()
+    try:
+        with serve_in_thread(remote.router(via=f"http://127.0.0.1:{proxy.port}")) as router:
+            yield router
+    finally:
+        proxy.stop()
+
+
 def test_a_deposit_whose_answer_is_lost_is_found_on_chain_and_served_once(
     facilitated: Remote, box: Sandbox, tmp_path: Path
 ) -> None:
     payer = LocalSigner.generate()
     box.token.mint(payer.address, 20_000_000)
     client, _ = _official_client(box, payer, tmp_path / "channels")
-    port = int(facilitated.facilitator_url.rsplit(":", 1)[1])
-    proxy = DelayProxy("127.0.0.1", port)
-    proxy.drop_replies_to = b"POST /settle"  # the facilitator deposits; its answer never arrives
-    proxy.start()
     before = box.token.balance_of(payer.address)
-    try:
-        with serve_in_thread(facilitated.router(via=f"http://127.0.0.1:{proxy.port}")) as router:
+    with _settle_answers_lost(facilitated) as router:  # the facilitator deposits; its answer never arrives
 
-            async def call() -> httpx.Response:
-                async with x402HttpxClient(client, timeout=30) as paying:
-                    body = {"model": "gpt-4o", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]}
-                    response: httpx.Response = await paying.post(f"{router}/v1/chat/completions", json=body)
-                    return response
+        async def call() -> httpx.Response:
+            async with x402HttpxClient(client, timeout=30) as paying:
+                body = {"model": "gpt-4o", "max_tokens": 30, "messages": [{"role": "user", "content": "hi"}]}
+                response: httpx.Response = await paying.post(f"{router}/v1/chat/completions", json=body)
+                return response
 
-            response = asyncio.run(call())
-    finally:
-        proxy.stop()
+        response = asyncio.run(call())
     assert response.status_code == 200, response.text
     receipt = _receipt(response.headers)
     deposited = before - box.token.balance_of(payer.address)
@@ -425,28 +433,21 @@ def test_with_every_settle_answer_lost_deposit_and_refund_are_found_on_chain(
     payer = LocalSigner.generate()
     box.token.mint(payer.address, 20_000_000)
     client, batch = _official_client(box, payer, tmp_path / "channels")
-    port = int(facilitated.facilitator_url.rsplit(":", 1)[1])
-    proxy = DelayProxy("127.0.0.1", port)
-    proxy.drop_replies_to = b"POST /settle"  # the facilitator acts; none of its answers arrive
-    proxy.start()
     before = box.token.balance_of(payer.address)
     charges: list[int] = []
-    try:
-        with serve_in_thread(facilitated.router(via=f"http://127.0.0.1:{proxy.port}")) as router:
-            url = f"{router}/v1/chat/completions"
+    with _settle_answers_lost(facilitated) as router:  # the facilitator acts; none of its answers arrive
+        url = f"{router}/v1/chat/completions"
 
-            async def calls() -> None:
-                async with x402HttpxClient(client, timeout=30) as paying:
-                    for i in range(3):
-                        body = {"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": f"{i}"}]}
-                        response = await paying.post(url, json=body)
-                        assert response.status_code == 200, response.text
-                        charges.append(int(_receipt(response.headers)["extra"]["chargedAmount"]))
+        async def calls() -> None:
+            async with x402HttpxClient(client, timeout=30) as paying:
+                for i in range(3):
+                    body = {"model": "gpt-4o", "max_tokens": 200, "messages": [{"role": "user", "content": f"{i}"}]}
+                    response = await paying.post(url, json=body)
+                    assert response.status_code == 200, response.text
+                    charges.append(int(_receipt(response.headers)["extra"]["chargedAmount"]))
 
-            asyncio.run(calls())
-            assert batch.refund(url, RefundOptions()).success
-    finally:
-        proxy.stop()
+        asyncio.run(calls())
+        assert batch.refund(url, RefundOptions()).success
     assert before - box.token.balance_of(payer.address) == sum(charges)  # deposit minus refund
     assert facilitated.calls["settle"] == 2  # the deposit and the refund, each sent once
 
