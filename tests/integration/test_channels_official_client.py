@@ -30,7 +30,7 @@ from x402.mechanisms.evm.signers import EthAccountSignerWithRPC
 from payrouter.chain import ChainClient
 from payrouter.channels.contract import BatchSettlementContract
 from payrouter.sandbox.dev import Sandbox
-from pricing import charge_for_usage
+from pricing import PriceTable, charge_for_usage
 from wallets import LocalSigner
 
 from .claims import claim_pass
@@ -43,6 +43,17 @@ def _receipt(headers: httpx.Headers) -> dict[str, Any]:
     assert value, "no PAYMENT-RESPONSE"
     obj: dict[str, Any] = json.loads(base64.b64decode(value))
     return obj
+
+
+def usage_price(table: PriceTable, usage: dict[str, Any]) -> int:
+    """The price of the tokens an answer's ``usage`` reports, capped at its quote."""
+    return charge_for_usage(
+        table,
+        usage["payrouter"]["answered_by"],
+        usage["prompt_tokens"],
+        usage["completion_tokens"],
+        cap=int(usage["payrouter"]["quoted"]),
+    ).amount
 
 
 def _official_client(box: Sandbox, payer: LocalSigner, state_dir: Path) -> tuple[x402Client, BatchSettlementEvmScheme]:
@@ -105,13 +116,7 @@ def test_official_client_pays_by_channel_and_is_charged_the_tokens_used(box: San
                 channel_id = state["channelId"]
                 report = response.json()["usage"]
                 # every charge is the price of the tokens the upstream reported, within the quote
-                expected = charge_for_usage(
-                    box.table,
-                    report["payrouter"]["answered_by"],
-                    report["prompt_tokens"],
-                    report["completion_tokens"],
-                    cap=int(report["payrouter"]["quoted"]),
-                ).amount
+                expected = usage_price(box.table, report)
                 assert charged == expected == int(report["payrouter"]["charged"])
                 charges.append(charged)
                 assert int(state["chargedCumulativeAmount"]) == sum(charges)

@@ -42,7 +42,7 @@ from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.settings import ConfigError
 from payrouter.store import RedisStore
-from pricing import PriceTable, charge_for_usage
+from pricing import PriceTable
 from tests.delay_proxy import DelayProxy
 from tests.redis_keys import delete_namespace, run_token
 from wallets import LocalSigner
@@ -50,7 +50,7 @@ from wallets import LocalSigner
 from .conftest import REDIS_URL, Observer, router_settings
 from .official_facilitator import facilitator_app
 from .payments import rejection
-from .test_channels_official_client import _official_client, _receipt
+from .test_channels_official_client import _official_client, _receipt, usage_price
 
 TOKEN = "test-channel-facilitator-token"
 HEADERS = {"*": {"Authorization": SecretStr(f"Bearer {TOKEN}")}}
@@ -189,13 +189,7 @@ def test_channels_are_deposited_claimed_settled_and_refunded_through_the_facilit
                     assert response.status_code == 200, response.text
                     receipt = _receipt(response.headers)
                     usage = response.json()["usage"]
-                    expected = charge_for_usage(
-                        remote.table,
-                        usage["payrouter"]["answered_by"],
-                        usage["prompt_tokens"],
-                        usage["completion_tokens"],
-                        cap=int(usage["payrouter"]["quoted"]),
-                    ).amount
+                    expected = usage_price(remote.table, usage)
                     assert int(receipt["extra"]["chargedAmount"]) == expected
                     charges.append(expected)
                     channel["id"] = receipt["extra"]["channelState"]["channelId"]
