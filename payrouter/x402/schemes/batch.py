@@ -548,11 +548,13 @@ class BatchScheme:
                 await send_response(send, status, body, headers)
                 return
             charge = paid.charge(self.table)
-            charging = await self._write_charge(call, paid, record, channel_id, token, charge)
+            receipt = self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)
             try:
-                receipt = self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)
                 await send_response(send, status, body, [*headers, receipt])
             finally:
+                # written right after the answer, with no await between that could let a request
+                # in: its write wakes the store, which would otherwise delay the answer
+                charging = await self._write_charge(call, paid, record, channel_id, token, charge)
                 await charging.confirm()
 
     async def _quote(self, call: PaidRequest, envelope: Envelope, payer: str) -> PricedRoute:
@@ -740,8 +742,10 @@ class BatchScheme:
         self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, charge: int
     ) -> _Charging:
         """Write the charge to the channel and its journal record, returning once both writes
-        have left this process: the answer may go out now, and `_Charging.confirm` reads the
-        replies after it (a crash in between loses replies, never the charge)."""
+        have left this process; `_Charging.confirm` reads their replies. Called right after the
+        answer's bytes are written: a client's next request needs that answer first, so it
+        reaches the store after the charge (a crash in the microseconds between the two writes
+        loses that one charge, never the payer's money)."""
         usage = _usage_fields(paid, self.table, record)
         settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
         observed.committed(call.scope, settled)
@@ -760,7 +764,7 @@ class BatchScheme:
                     journal = Written.failed(exc)
         except OSError:
             # not written together: read their replies now (each is sent again on a new
-            # connection), so that both have left before the answer does
+            # connection), so that both have left before this call ends
             for written in (commit, journal):
                 if written is not None:
                     with contextlib.suppress(StoreError, InvalidCharge):
