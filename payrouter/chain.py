@@ -29,6 +29,7 @@ __all__ = [
     "Receipt",
     "ReplyLost",
     "RevertError",
+    "Topic",
     "encode_authorization_state",
     "encode_balance_of",
     "encode_transfer_with_authorization",
@@ -51,6 +52,9 @@ _ERROR_STRING = _selector("Error(string)")
 TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 AUTHORIZATION_USED_TOPIC = "0x" + keccak(text="AuthorizationUsed(address,bytes32)").hex()
 AUTHORIZATION_CANCELED_TOPIC = "0x" + keccak(text="AuthorizationCanceled(address,bytes32)").hex()
+
+# one position of an eth_getLogs topic filter: a value, any of several, or anything (None)
+Topic = str | Sequence[str] | None
 
 
 def _word_address(address: str) -> bytes:
@@ -342,12 +346,35 @@ class ChainClient:
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
 
-    async def get_logs(
-        self, address: str, topics: Sequence[str | None], from_block: int | str = 0
-    ) -> list[dict[str, Any]]:
+    async def get_logs(self, address: str, topics: Sequence[Topic], from_block: int | str = 0) -> list[dict[str, Any]]:
         """Logs of ``address`` matching ``topics``."""
         start = hex(from_block) if isinstance(from_block, int) else from_block
         logs: list[dict[str, Any]] = await self.call(
             "eth_getLogs", [{"address": address, "topics": list(topics), "fromBlock": start, "toBlock": "latest"}]
         )
         return logs
+
+    async def logs_between(
+        self, address: str, topics: Sequence[Topic], start: int, end: int, span: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Logs of ``address`` matching ``topics`` in blocks ``start`` to ``end`` (inclusive),
+        asked for ``span`` blocks at a time (nodes cap a query's range; one they refuse is
+        halved until it passes). Logs flagged ``removed`` (a reorganised block) are left out.
+
+        Raises:
+            ChainError: the node failed even for a single block.
+        """
+        out: list[dict[str, Any]] = []
+        while start <= end:
+            stop = min(start + span - 1, end)
+            query = {"address": address, "topics": list(topics), "fromBlock": hex(start), "toBlock": hex(stop)}
+            try:
+                logs = await self.call("eth_getLogs", [query])
+            except ChainError:
+                if span == 1:
+                    raise
+                span = max(span // 2, 1)
+                continue
+            out += [e for e in logs or [] if not e.get("removed")]
+            start = stop + 1
+        return out

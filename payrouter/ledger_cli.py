@@ -314,6 +314,7 @@ def _print_channel_audit(report: AuditReport, money: Callable[[int | None], str]
     titles = {
         "journal_vs_store": "voucher records vs the store's charged",
         "journal_vs_chain": "voucher records vs claimed on chain (channel gone from the store)",
+        "balance_vs_chain": "deposit minus refund and withdrawal records vs the channel's balance on chain",
         "claimed_above_charged": "the store's charged vs claimed on chain",
         "charged_above_balance": "the store's charged vs the channel's balance on chain (lost)",
         "claims_vs_chain": "claim records vs the receiver's claimed on chain",

@@ -9,7 +9,10 @@ One pass (`Claimer.run_once`, one at a time across instances under the store loc
    ``released``. Then every ``Claimed`` and ``Settled`` log paying ``pay_to`` since the last
    pass is journaled if it is not yet: a claimer killed between a mined transaction and its
    record, a claim inside a refund (the gate's claim + refund multicall), a settle called by
-   someone else; so claim and settle records add up to the contract's receiver totals.
+   someone else; so claim and settle records add up to the contract's receiver totals. So are
+   our channels' deposits, refunds and finalised withdrawals the journal lacks (one landing
+   after the gate gave up on its lost answer, one the payer made without us:
+   `payrouter.channels.movements`).
 2. Read every stored channel and its on-chain state (batched) and refresh the store's mirror,
    so the gate sees withdrawals and claims.
 3. Claim, with ``claimWithSignature`` in batches of at most ``settler.max_claim_rows`` rows (``totalClaimed`` =
@@ -38,17 +41,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from eth_utils.crypto import keccak
-
 from payrouter.chain import ChainClient, ChainError, Receipt
 from payrouter.channels.contract import (
     CLAIMED_TOPIC,
+    SETTLED_TOPIC,
     ChannelTxFailed,
     ChannelTxInDoubt,
     ChannelUnavailable,
     ClaimRow,
     OnchainChannel,
 )
+from payrouter.channels.movements import Where, journal_movements
 from payrouter.channels.records import (
     CLAIM_PATH,
     SCHEME,
@@ -71,8 +74,6 @@ __all__ = ["CLAIMED_TOPIC", "ClaimReport", "Claimer"]
 
 log = logging.getLogger("payrouter.channels.claimer")
 
-SETTLED_TOPIC = "0x" + keccak(text="Settled(address,address,address,uint128)").hex()
-
 # A pass that crashed holding the lock blocks others at most this long (a pass waits up to
 # 30 s per transaction receipt, so this leaves room for several batches).
 LOCK_TTL_S = 300
@@ -87,8 +88,6 @@ _CLOCK_TTL_S = 30 * 86_400
 _UPSERT_CHUNK = 100
 # The first pass ever (no scan cursor in the store) looks this many blocks back for logs.
 FIRST_SCAN_BLOCKS = 10_000
-# Blocks per eth_getLogs (a refused range is halved until it passes).
-_LOG_CHUNK = 10_000
 _CURSOR_TTL_S = 365 * 86_400
 
 
@@ -119,6 +118,8 @@ class ClaimReport:
         withdrawing: channels with a pending withdrawal.
         in_doubt: transactions sent whose outcome is not known yet (journaled ``pending``).
         released: voucher records released because their request died.
+        journaled: deposits, refunds and finalised withdrawals of our channels found on chain
+            that the journal lacked, now journaled (`payrouter.channels.movements`).
         errors: what failed (decided again next pass); never holds a key or a signature.
     """
 
@@ -133,6 +134,7 @@ class ClaimReport:
     withdrawing: list[str] = field(default_factory=list)
     in_doubt: list[str] = field(default_factory=list)
     released: int = 0
+    journaled: int = 0
     errors: list[str] = field(default_factory=list)
 
 
@@ -234,8 +236,9 @@ class Claimer:
             await asyncio.sleep(0.05)
         try:
             held = await self._finish_open(report)
-            await self._catch_up(report)
-            await self._claim_due(report, held, owner)
+            ours = await self._our_channels(report)
+            await self._catch_up(report, ours)
+            await self._claim_due(report, held, owner, ours)
             await self._settle(report)
         except _Stop:
             pass
@@ -344,9 +347,10 @@ class Claimer:
             report.released += 1
             log.info("claimer: released %s (its request died; nothing was charged)", record.id)
 
-    async def _catch_up(self, report: ClaimReport) -> None:
+    async def _catch_up(self, report: ClaimReport, ours: list[tuple[ChannelState, ChannelConfig]]) -> None:
         """Journal every claim and settle paying ``pay_to`` mined since the last scan that the
-        journal does not have as settled (each from its receipt, like our own)."""
+        journal does not have as settled (each from its receipt, like our own), and every
+        deposit, refund and finalised withdrawal of ``ours``."""
         head = int(await self.chain.call("eth_blockNumber", []), 16)
         raw = await self.lock_store.get(keys.CLAIMER_SCANNED)
         start = int(raw) + 1 if raw else max(head - FIRST_SCAN_BLOCKS, 0)
@@ -359,7 +363,8 @@ class Claimer:
         ]
         for path, topics in kinds:
             txs = dict.fromkeys(
-                str(e["transactionHash"]).lower() for e in await self._logs_between(topics, start, head)
+                str(e["transactionHash"]).lower()
+                for e in await self.chain.logs_between(self.contract.address, topics, start, head)
             )
             for tx in txs:
                 known = await self.journal.get(f"batch-{path}:{tx}")
@@ -373,29 +378,19 @@ class Claimer:
                     await self._count_claim(receipt, report)
                 else:
                     await self._count_settle(receipt, report)
+        where = Where(self.network, self.token, self.pay_to)
+        ids = [state.channel_id for state, _ in ours]
+        for record in await journal_movements(self.chain, self.contract.address, self.journal, ids, start, head, where):
+            log.info("claimer: journaled %s %s found on chain (%d)", record.path, record.id, record.amount)
+            report.journaled += 1
         await self.lock_store.put(keys.CLAIMER_SCANNED, str(head).encode(), _CURSOR_TTL_S)
-
-    async def _logs_between(self, topics: list[str | None], start: int, end: int) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        span = _LOG_CHUNK
-        while start <= end:
-            stop = min(start + span - 1, end)
-            query = {"address": self.contract.address, "topics": topics, "fromBlock": hex(start), "toBlock": hex(stop)}
-            try:
-                logs = await self.chain.call("eth_getLogs", [query])
-            except ChainError:
-                if span == 1:
-                    raise
-                span = max(span // 2, 1)
-                continue
-            out += [e for e in logs or [] if not e.get("removed")]
-            start = stop + 1
-        return out
 
     # ------------------------------------------------------------------ claims
 
-    async def _claim_due(self, report: ClaimReport, held: set[str], owner: str) -> None:
-        found = await self._candidates(report)
+    async def _claim_due(
+        self, report: ClaimReport, held: set[str], owner: str, ours: list[tuple[ChannelState, ChannelConfig]]
+    ) -> None:
+        found = await self._candidates(report, ours)
         report.unclaimed = sum(c.delta for c in found)
         candidates = [c for c in found if c.channel_id not in held]
         unclaimed = sum(c.delta for c in candidates)
@@ -434,8 +429,8 @@ class Claimer:
             return waiting and self.interval <= 0
         return now - int(raw) >= self.interval * 1000
 
-    async def _candidates(self, report: ClaimReport) -> list[_Candidate]:
-        """Every channel of ours with a claimable charge, after refreshing the store's mirror."""
+    async def _our_channels(self, report: ClaimReport) -> list[tuple[ChannelState, ChannelConfig]]:
+        """Every stored channel paying ``pay_to`` in ``token``, with its config."""
         states = await self.store.get_many(await self.store.ids())
         ours: list[tuple[ChannelState, ChannelConfig]] = []
         for state in states.values():
@@ -447,6 +442,12 @@ class Claimer:
             if config.receiver.lower() == self.pay_to.lower() and config.token.lower() == self.token.lower():
                 ours.append((state, config))
         report.channels = len(ours)
+        return ours
+
+    async def _candidates(
+        self, report: ClaimReport, ours: list[tuple[ChannelState, ChannelConfig]]
+    ) -> list[_Candidate]:
+        """Every channel of ``ours`` with a claimable charge, after refreshing the store's mirror."""
         if not ours:
             return []
         # stamped before the read: the mirror never claims to be fresher than the chain it saw

@@ -94,6 +94,7 @@ SETTLED_TOPIC = "0x" + keccak(text="Settled(address,address,address,uint128)").h
 DEPOSITED_TOPIC = "0x" + keccak(text="Deposited(bytes32,address,address,uint128)").hex()
 CLAIMED_TOPIC = "0x" + keccak(text="Claimed(bytes32,address,uint128,uint128)").hex()
 REFUNDED_TOPIC = "0x" + keccak(text="Refunded(bytes32,address,uint256,uint128)").hex()
+WITHDRAW_FINALIZED_TOPIC = "0x" + keccak(text="WithdrawFinalized(bytes32,address,uint128)").hex()
 
 # Custom errors a write can revert with: the contract's own, its collector's, and the
 # OpenZeppelin ones the token and SafeERC20 raise. name, argument names and types.

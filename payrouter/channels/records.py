@@ -6,14 +6,23 @@ Every such record has ``scheme = "batch-settlement"`` and the price table's ``ne
 
 - voucher (the gate; one per paid request): ``batch:{channel_id}:{charged_before}``, ``nonce``
   = the channel id, ``charged`` = what the request charged once committed (``settled``);
-- deposit (the gate): ``batch-deposit:{channel_id}:{tx}``, path ``deposit``;
 - claim (the claimer): ``batch-claim:{tx}``, path ``claim``, ``amount`` = the sum of the
   channels' claimed deltas in that transaction, the deltas themselves in ``payment``;
 - settle (the claimer): ``batch-settle:{tx}``, path ``settle``, ``amount`` = the ``Settled`` amount;
-- refund (the gate): ``batch-refund:{channel_id}:{nonce}``, path ``refund``.
+- the channel's own money movements (`movement_record`; written by the gate when it sends one,
+  and by the claimer for any it finds on chain that the journal lacks), ``nonce`` = the channel
+  id, ``payer`` the channel's payer, ``amount`` what moved:
 
-Only vouchers carry a ``charged``: claims, settles and deposits move money the vouchers
-already counted, so revenue (the sum of ``charged`` over settled records) counts it once.
+  - deposit: ``batch-deposit:{channel_id}:{tx}``, path ``deposit`` (into the channel);
+  - refund: ``batch-refund:{channel_id}:{refund nonce}``, path ``refund`` (back to the payer);
+  - withdrawal: ``batch-withdraw:{channel_id}:{tx}``, path ``withdraw`` (a finalised
+    withdrawal: back to the payer, without us).
+
+  A channel's deposits minus its refunds and withdrawals is its on-chain ``balance``.
+
+Only vouchers carry a ``charged``: claims, settles and movements move money the vouchers
+already counted (or the payer's own), so revenue (the sum of ``charged`` over settled records)
+counts it once.
 """
 
 from __future__ import annotations
@@ -26,12 +35,18 @@ from payrouter.journal import PaymentRecord, State, now_ms
 __all__ = [
     "CLAIM_PATH",
     "CLAIMER_OWNER",
+    "DEPOSIT_PATH",
+    "MOVEMENT_PATHS",
+    "MOVEMENT_SIGN",
+    "REFUND_PATH",
     "SCHEME",
     "SETTLE_PATH",
+    "WITHDRAW_PATH",
     "claim_deltas",
     "claim_record",
     "is_call",
     "is_voucher",
+    "movement_record",
     "settle_record",
     "voucher_charged_before",
 ]
@@ -39,8 +54,16 @@ __all__ = [
 SCHEME = "batch-settlement"
 CLAIM_PATH = "claim"
 SETTLE_PATH = "settle"
+DEPOSIT_PATH = "deposit"
+REFUND_PATH = "refund"
+WITHDRAW_PATH = "withdraw"
+MOVEMENT_PATHS = (DEPOSIT_PATH, REFUND_PATH, WITHDRAW_PATH)
+# how each movement changes the channel's on-chain balance
+MOVEMENT_SIGN = {DEPOSIT_PATH: 1, REFUND_PATH: -1, WITHDRAW_PATH: -1}
 # the owner of every record the claimer writes: any claimer instance may finish another's
 CLAIMER_OWNER = "claimer"
+# the owner of movement records: the gate and the claimer write the same ids
+_MOVEMENT_OWNER = "channels"
 _VOUCHER_PREFIX = "batch:"
 
 
@@ -65,25 +88,38 @@ def voucher_charged_before(record: PaymentRecord) -> int | None:
 
 
 def _record(
-    record_id: str, path: str, state: str, *, network: str, asset: str, pay_to: str, amount: int, tx: str, payment: str
+    record_id: str,
+    path: str,
+    state: str,
+    *,
+    network: str,
+    asset: str,
+    pay_to: str,
+    amount: int,
+    tx: str,
+    payment: str,
+    owner: str = CLAIMER_OWNER,
+    payer: str = "",
+    nonce: str = "",
+    request: str = "",
 ) -> PaymentRecord:
     now = now_ms()
     return PaymentRecord(
         id=record_id,
         scheme=SCHEME,
         state=state,
-        owner=CLAIMER_OWNER,
-        payer="",
+        owner=owner,
+        payer=payer,
         pay_to=pay_to,
         asset=asset,
         network=network,
         amount=amount,
-        nonce="",
+        nonce=nonce,
         valid_before=0,
         x402_version=2,
         payment=payment,
         fingerprint="",
-        request="",
+        request=request,
         path=path,
         stream=False,
         route="",
@@ -150,4 +186,46 @@ def settle_record(tx: str, amount: int, *, network: str, asset: str, pay_to: str
         amount=amount,
         tx=tx,
         payment="{}",
+    )
+
+
+def movement_record(
+    path: str,
+    channel_id: str,
+    payer: str,
+    amount: int,
+    tx: str,
+    *,
+    network: str,
+    asset: str,
+    pay_to: str,
+    refund_nonce: int = 0,
+    request: str = "",
+) -> PaymentRecord:
+    """The settled record of a deposit, refund or withdrawal of ``channel_id`` (0x hex) mined in
+    ``tx`` (module docstring; ``refund_nonce`` names a refund, ``request`` is the digest of the
+    request whose payment carried a deposit).
+
+    Raises:
+        ValueError: ``path`` is not one of `MOVEMENT_PATHS`, or ``amount`` is negative.
+    """
+    if path not in MOVEMENT_PATHS:
+        raise ValueError(f"not a channel movement: {path!r}")
+    if amount < 0:
+        raise ValueError("a movement's amount is never negative")
+    key = str(refund_nonce) if path == REFUND_PATH else tx
+    return _record(
+        f"batch-{path}:{channel_id}:{key}",
+        path,
+        State.SETTLED,
+        network=network,
+        asset=asset,
+        pay_to=pay_to,
+        amount=amount,
+        tx=tx,
+        payment="{}",
+        owner=_MOVEMENT_OWNER,
+        payer=payer,
+        nonce=channel_id,
+        request=request,
     )

@@ -5,6 +5,9 @@ Money on a channel is counted three times, and the counts must agree:
 - per channel, the ``charged`` of its settled voucher records (the journal) against the
   store's cumulative ``charged`` (``journal_vs_store``); a channel the store no longer has
   (deleted after a full refund) against its on-chain ``totalClaimed`` (``journal_vs_chain``);
+- per channel, its settled deposit records minus its refund and withdrawal records (the
+  journal) against its on-chain ``balance`` (``balance_vs_chain``), which is exactly what was
+  ever deposited minus what went back to the payer;
 - per channel, the store's ``charged`` against the on-chain ``totalClaimed``: the difference
   is unclaimed money (reported, not a fault); a claim above the charge is (``claimed_above_charged``),
   and so is a charge above the channel's on-chain balance (``charged_above_balance``: the payer
@@ -19,6 +22,7 @@ claimer's next pass settles them, after which the sums agree again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -27,7 +31,7 @@ from typing import Any, Literal
 
 from payrouter.chain import ChainError
 from payrouter.channels.contract import BatchSettlementContract
-from payrouter.channels.records import CLAIM_PATH, SCHEME, SETTLE_PATH, is_voucher
+from payrouter.channels.records import CLAIM_PATH, MOVEMENT_SIGN, SCHEME, SETTLE_PATH, is_voucher
 from payrouter.channels.state import channel_key_id
 from payrouter.channels.store import ChannelStore
 from payrouter.journal import Journal, PaymentRecord, State
@@ -38,6 +42,7 @@ __all__ = ["ChannelAuditReport", "ChannelDifference", "ChannelRow", "audit_chann
 ChannelKind = Literal[
     "journal_vs_store",
     "journal_vs_chain",
+    "balance_vs_chain",
     "claimed_above_charged",
     "charged_above_balance",
     "claims_vs_chain",
@@ -55,6 +60,7 @@ class ChannelRow:
         store_charged: the store's cumulative ``charged`` (None: the store has no such channel).
         claimed: the contract's ``totalClaimed``; ``balance``: its ``balance``.
         open_vouchers: its voucher records still ``claimed``/``serving`` (requests in flight).
+        journal_balance: its settled deposit records minus its refund and withdrawal records.
     """
 
     channel_id: str
@@ -63,6 +69,7 @@ class ChannelRow:
     claimed: int
     balance: int
     open_vouchers: int = 0
+    journal_balance: int = 0
 
     @property
     def unclaimed(self) -> int:
@@ -78,6 +85,7 @@ class ChannelRow:
             "store_charged": None if self.store_charged is None else str(self.store_charged),
             "claimed": str(self.claimed),
             "balance": str(self.balance),
+            "journal_balance": str(self.journal_balance),
             "unclaimed": str(self.unclaimed),
             "open_vouchers": self.open_vouchers,
         }
@@ -180,6 +188,17 @@ def compare_channels(report: ChannelAuditReport) -> list[ChannelDifference]:
     the receiver's totals."""
     out: list[ChannelDifference] = []
     for row in report.channels:
+        if row.journal_balance != row.balance:
+            out.append(
+                ChannelDifference(
+                    "balance_vs_chain",
+                    row.channel_id,
+                    row.journal_balance,
+                    row.balance,
+                    "a deposit, refund or withdrawal not journaled (the claimer journals those it finds on "
+                    "chain since its scan began)",
+                )
+            )
         if row.store_charged is None:
             if row.journal_charged != row.claimed:
                 out.append(
@@ -253,7 +272,7 @@ async def audit_channels(
     except ChainError as exc:  # raised below, unless there is nothing to audit
         totals = exc
     report = _count_records(await fetch_records(journal), asset, pay_to)
-    journaled = report.charged_by_channel.keys() | report.open_by_channel.keys()
+    journaled = report.charged_by_channel.keys() | report.open_by_channel.keys() | report.moved_by_channel.keys()
     stored = await store.get_many(set(await store.ids()) | journaled)
     ids = sorted(
         cid for cid in stored.keys() | journaled if cid in journaled or _pays(stored[cid].config, asset, pay_to)
@@ -276,6 +295,7 @@ async def audit_channels(
                 claimed=chain.total_claimed,
                 balance=chain.balance,
                 open_vouchers=report.open_by_channel.get(cid, 0),
+                journal_balance=report.moved_by_channel.get(cid, 0),
             )
         )
     out.differences = compare_channels(out)
@@ -289,6 +309,7 @@ class _Counted:
     seen: bool = False
     charged_by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     open_by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    moved_by_channel: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     claims: int = 0
     settles: int = 0
     pending: list[str] = field(default_factory=list)
@@ -309,6 +330,11 @@ def _count_records(records: Iterable[PaymentRecord], asset: str, pay_to: str) ->
                 counted.charged_by_channel[channel] += record.charged
             elif record.state in (State.CLAIMED, State.SERVING):
                 counted.open_by_channel[channel] += 1
+        elif record.path in MOVEMENT_SIGN:
+            if record.state == State.SETTLED:
+                with contextlib.suppress(ValueError):
+                    channel = channel_key_id(record.nonce)
+                    counted.moved_by_channel[channel] += MOVEMENT_SIGN[record.path] * record.amount
         elif record.path in (CLAIM_PATH, SETTLE_PATH):
             if record.state == State.SETTLED and record.path == CLAIM_PATH:
                 counted.claims += record.amount

@@ -26,7 +26,7 @@ from payrouter.chain import ChainClient
 from payrouter.channels import RedisChannelStore
 from payrouter.channels.claimer import STUCK_VOUCHER_MS, Claimer, ClaimReport
 from payrouter.channels.contract import MAX_CLAIMS_PER_BATCH, BatchSettlementContract, Erc3009Deposit
-from payrouter.channels.records import SCHEME, claim_deltas, claim_record
+from payrouter.channels.records import MOVEMENT_PATHS, SCHEME, claim_deltas, claim_record
 from payrouter.channels.settler import GasWalletSettler
 from payrouter.devchain import DevChain, DevToken
 from payrouter.facilitator import RemoteFacilitator
@@ -251,14 +251,25 @@ async def _records(env: Env, prefix: str) -> list[PaymentRecord]:
     return [r for r in await fetch_records(env.journal) if r.id.startswith(prefix)]
 
 
-def _initiate_withdraw(env: Env, payer: Payer, amount: int) -> None:
-    """The payer starts a unilateral withdrawal, sending the transaction itself."""
+def _withdraw(env: Env, payer: Payer, function: str, *args: int) -> None:
+    """The payer calls ``initiateWithdraw(config, amount)`` or ``finalizeWithdraw(config)``
+    itself (a unilateral withdrawal)."""
     address = Web3.to_checksum_address(BATCH_SETTLEMENT_ADDRESS)
     settlement = env.chain.w3.eth.contract(address=address, abi=load_artifact("BatchSettlement")["abi"])
     c = payer.config
     config = (c.payer, c.payer_authorizer, c.receiver, c.receiver_authorizer, c.token, c.withdraw_delay, c.salt)
-    data = settlement.encode_abi("initiateWithdraw", [config, amount])
+    data = settlement.encode_abi(function, [config, *args])
     env.chain.send(payer.signer, {"to": BATCH_SETTLEMENT_ADDRESS, "data": data})
+
+
+def _initiate_withdraw(env: Env, payer: Payer, amount: int) -> None:
+    """The payer starts a unilateral withdrawal, sending the transaction itself."""
+    _withdraw(env, payer, "initiateWithdraw", amount)
+
+
+def _movements(records: list[PaymentRecord]) -> list[tuple[str, str, int]]:
+    """(path, channel, amount) of the deposit, refund and withdrawal records, sorted."""
+    return sorted((r.path, r.nonce, r.amount) for r in records if r.path in MOVEMENT_PATHS)
 
 
 # ------------------------------------------------------------------ claims
@@ -386,6 +397,25 @@ async def test_a_pending_withdrawal_is_claimed_at_once_and_mirrored(env: Env) ->
         leaving.channel_id, amount=100, signed_max=7_100, signature=signature, token="t", ttl_ms=TTL_MS
     )
     assert refused.kind == "withdrawing"
+    # the delay passes and the payer takes the rest: the next pass journals the withdrawal,
+    # and the journal's movements add up to the channel's balance on chain
+    env.chain.rpc("evm_increaseTime", [leaving.config.withdraw_delay + 1])
+    _withdraw(env, leaving, "finalizeWithdraw")
+    assert env.token.balance_of(leaving.signer.address) == 10**9 - 20_000 + 13_000
+
+    report = await env.claimer(threshold=NEVER).run_once()
+
+    assert report.errors == []
+    records = await fetch_records(env.journal)
+    assert ("withdraw", leaving.channel_id, 13_000) in _movements(records)
+    (row,) = [r for r in (await _audit(env)).channels if r.channel_id == leaving.channel_id]
+    assert row.balance == 7_000 == row.journal_balance
+
+
+async def _audit(env: Env) -> ChannelAuditReport:
+    report = await audit_channels(env.journal, env.store, env.contract, env.token.address, env.pay_to)
+    assert report.equal, report.differences
+    return report
 
 
 async def test_a_claimer_killed_between_passes_loses_nothing_and_claims_nothing_twice(env: Env) -> None:
@@ -488,6 +518,8 @@ async def test_claims_and_settles_nobody_journaled_are_found_in_the_logs(env: En
     )
     swept, amount = await outsider.settle(env.pay_to, env.token.address)
     assert amount == 3_000
+    # nor did anyone journal the deposits (made without the gate) or the refund
+    assert _movements(await fetch_records(env.journal)) == []
 
     report = await env.claimer(threshold=0).run_once()
 
@@ -498,12 +530,19 @@ async def test_claims_and_settles_nobody_journaled_are_found_in_the_logs(env: En
     assert claim_deltas(claims[refund]) == {payers[1].channel_id: (2_000, 2_000)}
     (settle,) = await _records(env, "batch-settle:")
     assert settle.tx == swept and settle.amount == 3_000
-    channels = await audit_channels(env.journal, env.store, env.contract, env.token.address, env.pay_to)
-    assert channels.equal, channels.differences
+    a, b = payers[0].channel_id, payers[1].channel_id
+    assert report.journaled == 3
+    assert _movements(await fetch_records(env.journal)) == sorted(
+        [("deposit", a, 9_000), ("deposit", b, 9_000), ("refund", b, 7_000)]
+    )
+    (refund_record,) = await _records(env, f"batch-refund:{b}:0")
+    assert refund_record.tx == refund and refund_record.payer.lower() == payers[1].signer.address.lower()
+    await _audit(env)
     # found once: the next pass journals nothing again
     again = await env.claimer(threshold=0).run_once()
-    assert again.claim_txs == [] and again.settle_tx == ""
+    assert again.claim_txs == [] and again.settle_tx == "" and again.journaled == 0
     assert len(await _records(env, "batch-claim:")) == 2
+    assert len(_movements(await fetch_records(env.journal))) == 3
 
 
 async def test_two_claimers_racing_claim_once(env: Env) -> None:
@@ -705,9 +744,12 @@ def test_channel_counts_are_compared_row_by_row() -> None:
     a, b, c = ("0x" + ch * 64 for ch in "abc")
     report = ChannelAuditReport(
         channels=[
-            ChannelRow(a, journal_charged=500, store_charged=500, claimed=100, balance=1_000),  # unclaimed: fine
-            ChannelRow(b, journal_charged=900, store_charged=900, claimed=400, balance=400),  # withdrawn first
-            ChannelRow(c, journal_charged=300, store_charged=None, claimed=250, balance=250),  # refunded short
+            # unclaimed: fine
+            ChannelRow(a, journal_charged=500, store_charged=500, claimed=100, balance=1_000, journal_balance=1_000),
+            # withdrawn first, the withdrawal not journaled yet
+            ChannelRow(b, journal_charged=900, store_charged=900, claimed=400, balance=400, journal_balance=1_000),
+            # refunded short
+            ChannelRow(c, journal_charged=300, store_charged=None, claimed=250, balance=250, journal_balance=250),
         ],
         claims_journal=750,
         claimed_chain=750,
@@ -717,6 +759,7 @@ def test_channel_counts_are_compared_row_by_row() -> None:
     )
     found = [(d.kind, d.channel, d.expected, d.actual) for d in compare_channels(report)]
     assert found == [
+        ("balance_vs_chain", b, 1_000, 400),
         ("charged_above_balance", b, 900, 400),
         ("journal_vs_chain", c, 300, 250),
         ("settles_vs_chain", "", 700, 750),

@@ -17,15 +17,18 @@ from payrouter.store import RedisStore
 from .conftest import REDIS_URL
 
 
-def claim_pass(box: Sandbox) -> ClaimReport:
-    """One pass that claims every charged channel of the sandbox and settles to pay_to."""
+def claim_pass(box: Sandbox, namespace: str = "", pay_to: str = "") -> ClaimReport:
+    """One pass that claims every charged channel of the sandbox and settles to pay_to (or of
+    a router beside it with a ``namespace`` and ``pay_to`` of its own)."""
+    namespace = namespace or box.namespace
+    pay_to = pay_to or box.table.pay_to
 
     async def run() -> ClaimReport:
         assert box.authorizer is not None
         chain = ChainClient(box.chain.rpc_url)
-        store = RedisStore(REDIS_URL, box.namespace)
-        channels = open_channel_store(REDIS_URL, box.namespace)
-        journal = open_journal(REDIS_URL, box.namespace)
+        store = RedisStore(REDIS_URL, namespace)
+        channels = open_channel_store(REDIS_URL, namespace)
+        journal = open_journal(REDIS_URL, namespace)
         try:
             sender = GasSender(chain, box.gas_wallet, store, box.chain.chain_id)
             contract = BatchSettlementContract(chain, sender, box.chain.chain_id)
@@ -34,7 +37,7 @@ def claim_pass(box: Sandbox) -> ClaimReport:
                 GasWalletSettler(contract, box.authorizer),
                 journal,
                 store,
-                box.table.pay_to,
+                pay_to,
                 box.table.asset.address,
                 0,  # interval 0: claim whatever is charged, every pass
                 0,

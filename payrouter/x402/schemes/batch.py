@@ -44,7 +44,7 @@ from payrouter import metrics
 from payrouter.chain import ChainError
 from payrouter.channels import ChannelState, ChannelStore, Reserved
 from payrouter.channels.contract import ChannelError, ChannelTxFailed, ChannelTxInDoubt, ClaimRow, Erc3009Deposit
-from payrouter.channels.records import claim_record
+from payrouter.channels.records import DEPOSIT_PATH, REFUND_PATH, claim_record, movement_record
 from payrouter.channels.settler import ChannelSettler, DepositOrder, RefundOrder
 from payrouter.channels.state import InvalidCharge
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
@@ -290,6 +290,7 @@ class BatchScheme:
             # land: it is the payer's money in their channel either way)
             landed = await self._landed(order, deposit.salt)
             if not landed:
+                await self._watch(config, channel_id)
                 raise PaymentRejected(
                     ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit was sent and not confirmed ({exc})", payer
                 ) from None
@@ -304,6 +305,23 @@ class BatchScheme:
             raise PaymentRejected(ChannelReason.CHANNEL_NOT_FOUND, "the deposit left the channel empty", payer)
         return tx, deposit.amount
 
+    async def _watch(self, config: ChannelConfig, channel_id: str) -> None:
+        """Put a channel whose first deposit is in doubt in the store (empty, as far as we
+        know): the claimer's passes then mirror its balance once the deposit lands, and journal
+        the deposit from the chain's logs. A channel the store has is left as it is (a mirror
+        stamped at time 0 never overwrites a newer one)."""
+        with contextlib.suppress(StoreError):
+            await self.store.upsert_onchain(
+                channel_id,
+                config=json.dumps(config.to_wire(), separators=(",", ":")),
+                payer=config.payer,
+                balance=0,
+                total_claimed=0,
+                withdraw_requested_at=0,
+                refund_nonce=0,
+                synced_at_ms=0,
+            )
+
     async def _landed(self, order: DepositOrder, salt: int) -> str | None:
         """The transaction that took ``order``'s deposit, if the chain shows one."""
         try:
@@ -312,46 +330,27 @@ class BatchScheme:
             return None
 
     async def _journal_deposit(self, call: PaidRequest, order: DepositOrder, channel_id: str, tx: str) -> None:
-        payer = order.config.payer
-        await self._journal_event(
-            f"batch-deposit:{channel_id}:{tx}", "deposit", payer, channel_id, order.amount, tx, call.digest
+        record = self._movement(DEPOSIT_PATH, channel_id, order.config.payer, order.amount, tx, request=call.digest)
+        await self._journal_movement(record)
+
+    def _movement(self, path: str, channel_id: str, payer: str, amount: int, tx: str, **kw: Any) -> PaymentRecord:
+        table = self.table
+        return movement_record(
+            path,
+            channel_id,
+            payer,
+            amount,
+            tx,
+            network=table.network,
+            asset=table.asset.address,
+            pay_to=table.pay_to,
+            **kw,
         )
 
-    async def _journal_event(
-        self,
-        record_id: str,
-        kind: str,
-        payer: str,
-        channel_id: str,
-        amount: int,
-        tx: str,
-        digest: str = "",
-    ) -> None:
-        table = self.table
-        record = PaymentRecord(
-            id=record_id,
-            scheme=BATCH,
-            state=State.SETTLED,
-            owner="channels",
-            payer=payer,
-            pay_to=table.pay_to,
-            asset=table.asset.address,
-            network=table.network,
-            amount=amount,
-            nonce=channel_id,
-            valid_before=0,
-            x402_version=2,
-            payment="{}",
-            fingerprint="",
-            request=digest,
-            path=kind,
-            stream=False,
-            route="",
-            model="",
-            tx=tx,
-            settled_at=now_ms(),
-        )
-        with contextlib.suppress(StoreError):  # the chain is the record of a deposit; the journal mirrors it
+    async def _journal_movement(self, record: PaymentRecord) -> None:
+        # the chain is the record of a deposit or refund; the journal mirrors it (and the
+        # claimer journals one it finds missing)
+        with contextlib.suppress(StoreError):
             await self.journal.advance(record, [State.SETTLED])
 
     # ------------------------------------------------------------------ refunds
@@ -484,9 +483,8 @@ class BatchScheme:
             )
             with contextlib.suppress(StoreError):  # the claimer journals mined claims it finds missing
                 await self.journal.advance(claim, [State.SETTLED])
-        await self._journal_event(
-            f"batch-refund:{channel_id}:{onchain.refund_nonce}", "refund", payer, channel_id, refunded, tx
-        )
+        refund = self._movement(REFUND_PATH, channel_id, payer, refunded, tx, refund_nonce=onchain.refund_nonce)
+        await self._journal_movement(refund)
         synced = await self._sync(config, channel_id)
         if synced is not None and channel_id in done.claimed:
             await self.store.record_claimed(channel_id, done.claimed[channel_id][0])
