@@ -177,6 +177,8 @@ class Claimer:
         network: the records' network (``eip155:<chain id>``).
         poll: seconds between background passes (`start`); keep it well below the smallest
             ``withdrawDelay`` (900 s), since a withdrawal is only noticed by a pass.
+        lock_ttl: seconds the pass lock outlives its last refresh (before each transaction),
+            so a pass that crashed blocks the others at most this long.
     """
 
     LOCK = keys.CLAIMER_LOCK
@@ -195,6 +197,7 @@ class Claimer:
         chain: ChainClient,
         network: str,
         poll: float = 30.0,
+        lock_ttl: int = LOCK_TTL_S,
     ) -> None:
         if type(threshold) is not int or threshold < 0:
             raise ValueError("threshold must be a non-negative int of atomic units")
@@ -211,6 +214,7 @@ class Claimer:
         self.chain = chain
         self.network = network
         self.poll = poll
+        self.lock_ttl = lock_ttl
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -229,7 +233,7 @@ class Claimer:
         report = ClaimReport()
         owner = secrets.token_hex(8)
         deadline = time.monotonic() + wait
-        while not await self.lock_store.claim(self.LOCK, owner, LOCK_TTL_S):
+        while not await self.lock_store.claim(self.LOCK, owner, self.lock_ttl):
             if time.monotonic() >= deadline:
                 report.skipped = True
                 return report
@@ -407,12 +411,7 @@ class Claimer:
         chosen = sorted(chosen, key=lambda c: c.onchain.withdraw_initiated_at == 0)
         rows = self.settler.max_claim_rows
         for start in range(0, len(chosen), rows):
-            # each batch may wait long for its receipt: keep the lock, or stop if it lapsed
-            # (another pass may have started; our rows would only be sent twice)
-            if not await self.lock_store.replace(self.LOCK, owner, owner, LOCK_TTL_S):
-                report.errors.append("the claimer lock lapsed during the pass; the rest is left to the next")
-                raise _Stop
-            await self._claim_batch(chosen[start : start + rows], report)
+            await self._claim_batch(chosen[start : start + rows], report, owner)
         if report.claim_txs:
             await self.lock_store.put(keys.CLAIMER_LAST_CLAIM, str(now_ms()).encode(), _CLOCK_TTL_S)
 
@@ -498,9 +497,15 @@ class Claimer:
             return None
         return _Candidate(state.channel_id, config, state, chain, target)
 
-    async def _claim_batch(self, batch: Sequence[_Candidate], report: ClaimReport) -> None:
+    async def _claim_batch(self, batch: Sequence[_Candidate], report: ClaimReport, owner: str) -> None:
         """Claim ``batch`` in one transaction; a batch refused in simulation is split in halves
         until the rows at fault stand alone, so one bad channel holds up no other."""
+        # every transaction may wait long for its receipt (a split batch sends many): keep the
+        # lock before each, or stop if it lapsed (another pass may have started; our rows would
+        # only be sent twice)
+        if not await self.lock_store.replace(self.LOCK, owner, owner, self.lock_ttl):
+            report.errors.append("the claimer lock lapsed during the pass; the rest is left to the next")
+            raise _Stop
         try:
             tx = await self.settler.claim([c.row() for c in batch])
         except ChannelUnavailable as exc:
@@ -512,8 +517,8 @@ class Claimer:
             # facilitator's fixed gas limit): halves until the rows at fault stand alone
             if len(batch) > 1:
                 half = len(batch) // 2
-                await self._claim_batch(batch[:half], report)
-                await self._claim_batch(batch[half:], report)
+                await self._claim_batch(batch[:half], report, owner)
+                await self._claim_batch(batch[half:], report, owner)
                 return
             where = batch[0].channel_id if len(batch) == 1 else f"{len(batch)} channels"
             report.errors.append(f"claim of {where} failed: {exc}")

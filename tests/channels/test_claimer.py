@@ -41,6 +41,7 @@ from payrouter.reconciler import Reconciler, Resolver
 from payrouter.sandbox.serving import serve_in_thread
 from payrouter.store import RedisStore
 from payrouter.store.redis import connect
+from tests.delay_proxy import DelayProxy
 from tests.integration.official_facilitator import facilitator_app
 from tests.redis_keys import run_token
 from wallets import (
@@ -597,6 +598,58 @@ async def test_one_bad_voucher_holds_up_no_other_channel(env: Env) -> None:
     assert await _onchain_claimed(env, [good, bad]) == [1_000, 0]
     assert report.claimed == 1_000 and len(report.errors) == 1
     assert "InvalidVoucherSignature" in report.errors[0] and forged[2:] not in report.errors[0]
+
+
+async def test_a_long_split_keeps_the_lock_for_every_transaction(env: Env) -> None:
+    payers = await _channels(env, 5_000, 5_000, 5_000, 5_000)
+    for payer in payers[:3]:
+        await _charge(env, payer, 1_000)
+    bad = payers[3]
+    await _charge(env, bad, 1_000)
+    # one stored voucher is not the payer's: the 4-row batch is refused, then halved until the
+    # bad row stands alone: five attempts, each several replies of a chain 0.1 s away, far
+    # longer than the 1 s the lock lives without a refresh
+    forged = "0x" + (
+        LocalSigner.generate()
+        .sign_typed_data(batch_settlement_domain(env.chain.chain_id), Voucher(bytes.fromhex(bad.channel_id[2:]), 2_000))
+        .hex()
+    )
+    token = secrets.token_hex(8)
+    reserved = await env.store.reserve(
+        bad.channel_id, amount=1_000, signed_max=2_000, signature=forged, token=token, ttl_ms=TTL_MS
+    )
+    assert reserved.ok
+    await env.store.commit(bad.channel_id, token, 1_000)
+    proxy = DelayProxy("127.0.0.1", int(env.chain.rpc_url.rsplit(":", 1)[1]))
+    proxy.start()
+    slow = ChainClient(f"http://127.0.0.1:{proxy.port}")
+    try:
+        proxy.reply_delay = 0.1
+        contract = BatchSettlementContract(
+            slow, GasSender(slow, env.gas, env.locks, env.chain.chain_id), env.chain.chain_id
+        )
+        slow_pass = Claimer(
+            env.store, GasWalletSettler(contract, env.authorizer), env.journal, env.locks, env.pay_to,
+            env.token.address, 3600.0, 0, chain=slow, network=env.chain.network, lock_ttl=1,
+        )  # fmt: skip
+        rival = env.claimer(threshold=0)
+        running = asyncio.ensure_future(slow_pass.run_once())
+        while await env.locks.get(Claimer.LOCK) is None:  # the slow pass holds the lock first
+            await asyncio.sleep(0.01)
+        rivals: list[ClaimReport] = []
+        started = asyncio.get_running_loop().time()
+        while not running.done():
+            rivals.append(await rival.run_once())
+            await asyncio.sleep(0.1)
+        took = asyncio.get_running_loop().time() - started
+        report = await running
+    finally:
+        await slow.close()
+        proxy.stop()
+    assert rivals and all(r.skipped for r in rivals)  # no other pass ever got in
+    assert took > 1.5  # though the pass outlived its lock's TTL
+    assert report.claimed == 3_000 and len(report.claim_txs) == 2 and len(report.errors) == 1
+    assert await _onchain_claimed(env, payers) == [1_000, 1_000, 1_000, 0]
 
 
 # ------------------------------------------------------------ voucher records
