@@ -238,17 +238,26 @@ class Claimer:
                 report.skipped = True
                 return report
             await asyncio.sleep(0.05)
+        ours: list[tuple[ChannelState, ChannelConfig]] | None = None
         try:
-            held = await self._finish_open(report)
-            ours = await self._our_channels(report)
-            await self._catch_up(report, ours)
-            await self._claim_due(report, held, owner, ours)
-            await self._settle(report)
-        except _Stop:
-            pass
-        except (ChainError, StoreError) as exc:
-            report.errors.append(f"pass ended early: {exc}")
-            log.warning("claimer pass ended early: %s", exc)
+            try:
+                held = await self._finish_open(report)
+                ours = await self._our_channels(report)
+                await self._catch_up(report)
+                await self._claim_due(report, held, owner, ours)
+                await self._settle(report)
+            except _Stop:
+                pass
+            except (ChainError, StoreError) as exc:
+                report.errors.append(f"pass ended early: {exc}")
+                log.warning("claimer pass ended early: %s", exc)
+            if ours is not None:
+                # last, and apart: a node refusing these queries must not hold up a claim
+                try:
+                    await self._journal_movements(report, ours)
+                except (ChainError, StoreError) as exc:
+                    report.errors.append(f"channel movements not journaled: {exc}")
+                    log.warning("claimer: channel movements not journaled: %s", exc)
         finally:
             with contextlib.suppress(StoreError):
                 await self.lock_store.release(self.LOCK, owner)
@@ -351,10 +360,9 @@ class Claimer:
             report.released += 1
             log.info("claimer: released %s (its request died; nothing was charged)", record.id)
 
-    async def _catch_up(self, report: ClaimReport, ours: list[tuple[ChannelState, ChannelConfig]]) -> None:
+    async def _catch_up(self, report: ClaimReport) -> None:
         """Journal every claim and settle paying ``pay_to`` mined since the last scan that the
-        journal does not have as settled (each from its receipt, like our own), and every
-        deposit, refund and finalised withdrawal of ``ours``."""
+        journal does not have as settled (each from its receipt, like our own)."""
         head = int(await self.chain.call("eth_blockNumber", []), 16)
         raw = await self.lock_store.get(keys.CLAIMER_SCANNED)
         start = int(raw) + 1 if raw else max(head - FIRST_SCAN_BLOCKS, 0)
@@ -382,12 +390,34 @@ class Claimer:
                     await self._count_claim(receipt, report)
                 else:
                     await self._count_settle(receipt, report)
-        where = Where(self.network, self.token, self.pay_to)
-        ids = [state.channel_id for state, _ in ours]
-        for record in await journal_movements(self.chain, self.contract.address, self.journal, ids, start, head, where):
-            log.info("claimer: journaled %s %s found on chain (%d)", record.path, record.id, record.amount)
-            report.journaled += 1
         await self.lock_store.put(keys.CLAIMER_SCANNED, str(head).encode(), _CURSOR_TTL_S)
+
+    async def _journal_movements(self, report: ClaimReport, ours: list[tuple[ChannelState, ChannelConfig]]) -> None:
+        """Journal the deposits, refunds and finalised withdrawals of ``ours`` the journal
+        lacks: since the last scan for channels that scan covered, over the last
+        ``FIRST_SCAN_BLOCKS`` for channels it did not (new in the store since, or added while
+        it ran). Its own cursor: the block scanned to, and the channels it covered."""
+        head = int(await self.chain.call("eth_blockNumber", []), 16)
+        raw = await self.lock_store.get(keys.CLAIMER_MOVEMENTS)
+        try:
+            cursor = json.loads(raw) if raw else {}
+            scanned, covered = int(cursor["block"]), set(cursor["channels"])
+        except (ValueError, KeyError, TypeError):
+            scanned, covered = -1, set()
+        ids = {state.channel_id for state, _ in ours}
+        window = max(head - FIRST_SCAN_BLOCKS, 0)
+        where = Where(self.network, self.token, self.pay_to)
+        for channels, start in ((ids & covered, scanned + 1), (ids - covered, window)):
+            if not channels or start > head:
+                continue
+            found = await journal_movements(
+                self.chain, self.contract.address, self.journal, channels, start, head, where
+            )
+            for record in found:
+                log.info("claimer: journaled %s %s found on chain (%d)", record.path, record.id, record.amount)
+            report.journaled += len(found)
+        state = json.dumps({"block": head, "channels": sorted(ids)}, separators=(",", ":"))
+        await self.lock_store.put(keys.CLAIMER_MOVEMENTS, state.encode(), _CURSOR_TTL_S)
 
     # ------------------------------------------------------------------ claims
 

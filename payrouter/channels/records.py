@@ -213,6 +213,7 @@ def movement_record(
         raise ValueError(f"not a channel movement: {path!r}")
     if amount < 0:
         raise ValueError("a movement's amount is never negative")
+    tx = tx.lower()  # one id for one transaction, whoever names it
     key = str(refund_nonce) if path == REFUND_PATH else tx
     return _record(
         f"batch-{path}:{channel_id}:{key}",

@@ -23,6 +23,7 @@ __all__ = [
     "CHANNEL_INDEX",
     "CLAIMER_LAST_CLAIM",
     "CLAIMER_LOCK",
+    "CLAIMER_MOVEMENTS",
     "CLAIMER_SCANNED",
     "JOURNAL_INDEXES",
     "RECONCILER_LOCK",
@@ -52,6 +53,8 @@ CLAIMER_LOCK = "lock:claimer"
 CLAIMER_LAST_CLAIM = "claimer:last-claim"
 # the last block whose Claimed/Settled logs the claimer journaled (decimal text)
 CLAIMER_SCANNED = "claimer:scanned-block"
+# the claimer's scan of channel deposits, refunds and withdrawals: JSON {"block", "channels"}
+CLAIMER_MOVEMENTS = "claimer:movements"
 
 # every known channel id (a sorted set scored by first sight, Unix ms); see the module docstring
 CHANNEL_INDEX = "channels"

@@ -14,11 +14,17 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from web3 import Web3
 
 from payrouter.artifacts import load_artifact
@@ -158,9 +164,9 @@ async def env(installed: DevChain, token: DevToken) -> AsyncIterator[Env]:
             delete_namespace(REDIS_URL, namespace)
 
 
-async def _open_channel(env: Env, deposit: int, fund: int = 10**9) -> Payer:
+async def _open_channel(env: Env, deposit: int, fund: int = 10**9, stored: bool = True) -> Payer:
     """A payer deposits ``deposit`` for real (ERC-3009 to the collector) and the store learns
-    the channel as the gate does after a deposit."""
+    the channel as the gate does after a deposit (``stored``; else see `_store`)."""
     signer = env.chain.new_account()
     env.token.mint(signer.address, fund)
     config = ChannelConfig(
@@ -180,18 +186,24 @@ async def _open_channel(env: Env, deposit: int, fund: int = 10**9) -> Payer:
     )
     signature = sign_authorization(signer, env.token.domain, auth)
     await env.contract.deposit(config, deposit, Erc3009Deposit(0, now + 3600, salt, signature))
-    cid = "0x" + channel_id.hex()
+    payer = Payer(signer, config, "0x" + channel_id.hex(), deposit)
+    if stored:
+        await _store(env, payer)
+    return payer
+
+
+async def _store(env: Env, payer: Payer) -> None:
+    """The store learns ``payer``'s channel, as the gate does after a deposit or a sync."""
     await env.store.upsert_onchain(
-        cid,
-        config=json.dumps(config.to_wire(), separators=(",", ":")),
-        payer=signer.address,
-        balance=deposit,
+        payer.channel_id,
+        config=json.dumps(payer.config.to_wire(), separators=(",", ":")),
+        payer=payer.signer.address,
+        balance=payer.deposit,
         total_claimed=0,
         withdraw_requested_at=0,
         refund_nonce=0,
         synced_at_ms=now_ms(),
     )
-    return Payer(signer, config, cid, deposit)
 
 
 async def _charge(env: Env, payer: Payer, amount: int, charge: int | None = None) -> None:
@@ -377,7 +389,16 @@ async def test_nothing_is_sent_below_the_threshold_before_the_interval(env: Env)
     assert report.trigger == "" and report.claim_txs == []
 
 
-async def test_a_pending_withdrawal_is_claimed_at_once_and_mirrored(env: Env) -> None:
+@pytest.fixture
+def rewind(installed: DevChain) -> Iterator[None]:
+    """Undo a test's time travel (and its chain state) so later tests on this chain sign
+    against wall-clock time."""
+    snapshot = installed.rpc("evm_snapshot", [])
+    yield
+    installed.rpc("evm_revert", [snapshot])
+
+
+async def test_a_pending_withdrawal_is_claimed_at_once_and_mirrored(env: Env, rewind: None) -> None:
     leaving, staying = await _channels(env, 20_000, 20_000)
     await _charge(env, leaving, 7_000)
     await _charge(env, staying, 3_000)
@@ -598,6 +619,78 @@ async def test_one_bad_voucher_holds_up_no_other_channel(env: Env) -> None:
     assert await _onchain_claimed(env, [good, bad]) == [1_000, 0]
     assert report.claimed == 1_000 and len(report.errors) == 1
     assert "InvalidVoucherSignature" in report.errors[0] and forged[2:] not in report.errors[0]
+
+
+def _refusing_log_filters(rpc_url: str) -> Starlette:
+    """A JSON-RPC node in front of ``rpc_url`` that refuses every ``eth_getLogs`` whose first
+    topic is a list (as providers capping a filter's size do), and passes the rest on."""
+
+    def refused(call: dict[str, Any]) -> bool:
+        if call.get("method") != "eth_getLogs":
+            return False
+        topics = (call.get("params") or [{}])[0].get("topics") or []
+        return bool(topics) and isinstance(topics[0], list)
+
+    async def forward(request: Request) -> Response:
+        body = await request.json()
+        calls = body if isinstance(body, list) else [body]
+        async with httpx.AsyncClient(timeout=30) as http:
+            answers = []
+            for call in calls:
+                if refused(call):
+                    answers.append(
+                        {
+                            "jsonrpc": "2.0",
+                            "id": call.get("id"),
+                            "error": {"code": -32005, "message": "filter too large"},
+                        }
+                    )
+                else:
+                    answers.append((await http.post(rpc_url, json=call)).json())
+        return JSONResponse(answers if isinstance(body, list) else answers[0])
+
+    return Starlette(routes=[Route("/", forward, methods=["POST"])])
+
+
+async def test_a_node_refusing_the_movement_scan_holds_up_no_claim(env: Env) -> None:
+    (payer,) = await _channels(env, 5_000)
+    await _charge(env, payer, 1_000)
+    chain_id = env.chain.chain_id
+    with serve_in_thread(_refusing_log_filters(env.chain.rpc_url)) as url:
+        node = ChainClient(url)
+        try:
+            contract = BatchSettlementContract(node, GasSender(node, env.gas, env.locks, chain_id), chain_id)
+            claimer = Claimer(
+                env.store, GasWalletSettler(contract, env.authorizer), env.journal, env.locks, env.pay_to,
+                env.token.address, 3600.0, 0, chain=node, network=env.chain.network,
+            )  # fmt: skip
+            report = await claimer.run_once()
+        finally:
+            await node.close()
+    assert report.claimed == 1_000 and report.settled == 1_000
+    assert env.token.balance_of(env.pay_to) == 1_000
+    assert len(report.errors) == 1 and report.errors[0].startswith("channel movements not journaled")
+    # the same pass on a node that answers journals them
+    report = await env.claimer(threshold=0).run_once()
+    assert report.errors == [] and report.journaled == 1
+
+
+async def test_a_channel_the_store_learns_late_has_its_deposit_journaled(env: Env) -> None:
+    (known,) = await _channels(env, 4_000)
+    # deposited straight into the contract: the store learns of it only later (a voucher's
+    # sync), after a pass has scanned past the deposit's block
+    late = await _open_channel(env, 6_000, stored=False)
+    first = await env.claimer(threshold=0).run_once()
+    assert first.journaled == 1  # the known channel's deposit only
+    await _store(env, late)
+
+    report = await env.claimer(threshold=0).run_once()
+
+    assert report.errors == [] and report.journaled == 1
+    assert _movements(await fetch_records(env.journal)) == sorted(
+        [("deposit", known.channel_id, 4_000), ("deposit", late.channel_id, 6_000)]
+    )
+    await _audit(env)
 
 
 async def test_a_long_split_keeps_the_lock_for_every_transaction(env: Env) -> None:

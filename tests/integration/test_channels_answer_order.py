@@ -1,6 +1,6 @@
-"""A voucher's answer waits for one store round trip (the reservation), not for the charge it
-writes: that is written right after the answer and its replies read after it, yet the charge
-is in the store within the client's own turnaround.
+"""A voucher's answer waits for one store round trip (the reservation), not for the replies to
+the charge it writes: those are read after the answer has gone, yet the charge is already in
+the store when the answer arrives.
 
 A `payrouter serve` process talks to Redis through a proxy that holds every reply back for a
 while: each store round trip the answer waits on costs that delay, so the answer's time counts
@@ -26,7 +26,6 @@ from tests.delay_proxy import DelayProxy
 from wallets import LocalSigner
 
 from .channel_payloads import batch_offer, config_for, opening_payment, voucher_payment
-from .channel_reads import fields_once_charged
 from .conftest import REDIS_URL
 from .payments import header, offer
 from .servers import serve_beside
@@ -82,7 +81,7 @@ def test_the_answer_waits_for_the_reservation_only(box: Sandbox, slow_store: tup
                 response = http.post(url, json=body, headers=header(payment))
                 took = time.monotonic() - started
                 # read straight from Redis, not through the proxy, as soon as the answer is in
-                stored = fields_once_charged(store, key, _charged(response), "pending")
+                stored = store.hmget(key, "charged", "pending")
             finally:
                 proxy.reply_delay = 0.0
             assert response.status_code == 200, response.text

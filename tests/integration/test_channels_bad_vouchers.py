@@ -30,7 +30,6 @@ from wallets import LocalSigner
 from wallets.channels import BATCH_SETTLEMENT_ADDRESS, ChannelConfig
 
 from .channel_payloads import batch_offer, config_for, opening_payment, refund_payment, voucher_payment
-from .channel_reads import fields_once_charged
 from .claims import claim_pass
 from .conftest import Observer
 from .payments import header, offer, rejection, sse_events
@@ -128,16 +127,16 @@ def test_the_correct_voucher_is_charged_what_it_used(box: Sandbox, http: httpx.C
 def test_the_receipt_sent_before_the_commits_reply_names_what_the_store_holds(
     box: Sandbox, http: httpx.Client, channel: Channel
 ) -> None:
-    # The commit is written right after the answer and its reply read after that, so the
-    # receipt's channelState is worked out from the reservation: it must be exactly what the
-    # store holds once the charge lands (at once: within the client's own turnaround).
+    # The commit is written before the answer and its reply read after it, so the receipt's
+    # channelState is worked out from the reservation: it must be exactly what the store then
+    # holds, and the charge must already be there when the answer arrives.
     cid = channel.config.channel_id(box.chain.chain_id)
     key = f"{box.namespace}:{keys.channel('0x' + cid.hex())}"
     with redis.Redis.from_url(REDIS_URL) as store:
         for _ in range(20):
             response = _pay(box, http, channel, _body())
             assert response.status_code == 200, response.text
-            stored = fields_once_charged(store, key, _charged(response), "pending", "signed_max")
+            stored = store.hmget(key, "charged", "pending", "signed_max")
             assert stored[0] == str(_charged(response)).encode() and stored[1] == b"", (stored, response.headers)
             channel.charged = _charged(response)
 

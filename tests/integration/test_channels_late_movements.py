@@ -1,6 +1,6 @@
 """Channel money that moves after the gate gave up on it: a deposit mined only after its
-sender stopped waiting is refused to the payer at first, then found on chain by the claimer,
-journaled, mirrored, and the payer's vouchers are served on it without a second deposit.
+sender stopped waiting is refused to the payer at first; the payer's next voucher is served on
+it without a second deposit, and the claimer finds the deposit on chain and journals it.
 
 A router of its own beside the sandbox (its own pay_to and Redis namespace, so the audit sees
 only this test's money) waits 0.5 s for a receipt; anvil's automine is off while the deposit
@@ -102,19 +102,21 @@ def test_a_deposit_mined_after_the_gate_gave_up_is_journaled_and_serves(box: San
         late = asyncio.run(beside.audit())
         assert [(d.kind, d.expected, d.actual) for d in late.differences] == [("balance_vs_chain", 0, deposited)]
 
-        report = claim_pass(box, beside.namespace, beside.pay_to)
-
-        assert report.journaled == 1
-        (record,) = asyncio.run(beside.deposits())
-        assert record.amount == deposited and record.payer.lower() == payer.address.lower()
-        # the claimer's mirror holds the balance: the voucher the payer signed is served on it
+        # the payer's voucher is served on it at once: the store's empty mirror is refreshed
+        # from the chain, without a second deposit
         body = _body()
         quote = offer(http, url, body)
         amount = int(batch_offer(quote)["amount"])
         payment = voucher_payment(quote, config, amount, payer, chain_id=chain_id)
         served = http.post(url, json=body, headers=header(payment))
         assert served.status_code == 200, served.text
-        assert box.token.balance_of(payer.address) == before - deposited  # no second deposit
+        assert box.token.balance_of(payer.address) == before - deposited
+
+        report = claim_pass(box, beside.namespace, beside.pay_to)
+
+        assert report.journaled == 1
+        (record,) = asyncio.run(beside.deposits())
+        assert record.amount == deposited and record.payer.lower() == payer.address.lower()
     audited = asyncio.run(beside.audit())
     assert audited.equal, audited.differences
     (row,) = audited.channels

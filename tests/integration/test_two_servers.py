@@ -145,6 +145,37 @@ def test_one_channel_two_servers_serves_one_request_at_a_time(
             observer.control(delay_ms=0)
 
 
+def test_a_payer_alternating_servers_is_never_refused_as_busy(servers: list[str], box: Sandbox) -> None:
+    # a voucher's charge is written right after its answer: the payer's next voucher, signed
+    # and sent to the other server the moment that answer arrives, must find it committed
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 5_000_000)
+    url = "/v1/chat/completions"
+
+    def body() -> dict[str, Any]:
+        return {"model": "gpt-4o", "max_tokens": 16, "messages": [{"role": "user", "content": secrets.token_hex(8)}]}
+
+    def charged_after(response: httpx.Response) -> int:
+        receipt = json.loads(base64.b64decode(response.headers["payment-response"]))
+        return int(receipt["extra"]["channelState"]["chargedCumulativeAmount"])
+
+    with httpx.Client(timeout=30) as http:
+        first = body()
+        quote = offer(http, servers[0] + url, first)
+        config = config_for(batch_offer(quote), payer, salt=secrets.randbits(64))
+        opening = opening_payment(quote, config, payer, chain_id=box.chain.chain_id, token_domain=box.token.domain)
+        response = http.post(servers[0] + url, json=first, headers=header(opening))
+        assert response.status_code == 200, response.text
+        # every quote fetched first: between an answer and the next voucher there is only signing
+        calls = [(servers[(i + 1) % 2], body()) for i in range(30)]
+        quotes = [offer(http, server + url, b) for server, b in calls]
+        for i, ((server, b), q) in enumerate(zip(calls, quotes, strict=True)):
+            signed_max = charged_after(response) + int(batch_offer(q)["amount"])
+            paid = voucher_payment(q, config, signed_max, payer, chain_id=box.chain.chain_id)
+            response = http.post(server + url, json=b, headers=header(paid))
+            assert response.status_code == 200, (i, response.text)
+
+
 def test_a_server_killed_after_serving_vouchers_loses_no_charge(two: Servers, box: Sandbox) -> None:
     """Vouchers served by a process that is then killed (SIGKILL, no shutdown) are claimed by
     another: the charges live in the shared store and journal, not in the process. Runs last:

@@ -241,6 +241,16 @@ class BatchScheme:
             synced_at_ms=now_ms(),
         )
 
+    async def _grew(self, payload: BatchPayload, channel_id: str) -> bool:
+        """Whether the chain holds enough for ``payload``'s voucher where the store's mirror did
+        not (a deposit that landed after its sender gave up, a top-up made on chain): the mirror
+        is refreshed, and the caller reserves again. False when the chain cannot be read."""
+        try:
+            synced = await self._sync(payload.config, channel_id)
+        except PaymentRejected:
+            return False
+        return synced is not None and synced.balance >= payload.signed_max
+
     async def _deposit(
         self, call: PaidRequest, envelope: Envelope, priced: PricedRoute, payload: BatchPayload, channel_id: str
     ) -> tuple[str, int]:
@@ -403,7 +413,9 @@ class BatchScheme:
             ttl_ms=ttl_ms,
             refund=True,
         )
-        if reserved.kind == "not_found" and await self._sync(config, channel_id) is not None:
+        if (reserved.kind == "not_found" and await self._sync(config, channel_id) is not None) or (
+            reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id)
+        ):
             reserved = await self.store.reserve(
                 channel_id,
                 amount=0,
@@ -546,13 +558,15 @@ class BatchScheme:
                 await send_response(send, status, body, headers)
                 return
             charge = paid.charge(self.table)
-            receipt = self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)
+            # the charge leaves before the answer does: the payer's next request, on any
+            # instance, can only follow the answer, so it finds the charge in the store
+            charging = await self._write_charge(
+                call, self._settled(call, paid, record, charge), channel_id, token, charge
+            )
             try:
+                receipt = self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)
                 await send_response(send, status, body, [*headers, receipt])
             finally:
-                # written right after the answer, with no await between that could let a request
-                # in: its write wakes the store, which would otherwise delay the answer
-                charging = await self._write_charge(call, paid, record, channel_id, token, charge)
                 await charging.confirm()
 
     async def _quote(self, call: PaidRequest, envelope: Envelope, payer: str) -> PricedRoute:
@@ -621,6 +635,8 @@ class BatchScheme:
                         "no deposit in this channel; send a deposit payload first",
                         payer,
                     )
+                reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
+            elif reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id):
                 reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
         except BaseException:
             # a reply lost to a store fault, or a request cancelled while waiting for it, may
@@ -736,17 +752,20 @@ class BatchScheme:
                 delay = min(delay * 2, 30.0)
         log.error("channel %s: reservation %s could not be released; it lapses on its own", channel_id, token[:8])
 
-    async def _write_charge(
-        self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, charge: int
-    ) -> _Charging:
-        """Write the charge to the channel and its journal record, returning once both writes
-        have left this process; `_Charging.confirm` reads their replies. Called right after the
-        answer's bytes are written: a client's next request needs that answer first, so it
-        reaches the store after the charge (a crash in the microseconds between the two writes
-        loses that one charge, never the payer's money)."""
+    def _settled(self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, charge: int) -> PaymentRecord:
+        """The voucher's journal record once ``charge`` is committed (built before the answer
+        goes: after it, only the write is left)."""
         usage = _usage_fields(paid, self.table, record)
         settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
         observed.committed(call.scope, settled)
+        return settled
+
+    async def _write_charge(
+        self, call: PaidRequest, settled: PaymentRecord, channel_id: str, token: str, charge: int
+    ) -> _Charging:
+        """Write the charge to the channel and its journal record, returning once both writes
+        have left this process: the answer may go out now, and `_Charging.confirm` reads the
+        replies after it (a crash in between loses replies, never the charge)."""
         started = time.perf_counter()
         commit: Written[ChannelState | None] | None = None
         journal: Written[tuple[bool, str]] | None = None
@@ -762,7 +781,7 @@ class BatchScheme:
                     journal = Written.failed(exc)
         except OSError:
             # not written together: read their replies now (each is sent again on a new
-            # connection), so that both have left before this call ends
+            # connection), so that both have left before the answer does
             for written in (commit, journal):
                 if written is not None:
                     with contextlib.suppress(StoreError, InvalidCharge):
@@ -829,7 +848,8 @@ class BatchScheme:
                     charge, state = 0, None
                 else:
                     charge = paid.charge(self.table)
-                    state = await (await self._write_charge(call, paid, record, channel_id, token, charge)).confirm()
+                    settled = self._settled(call, paid, record, charge)
+                    state = await (await self._write_charge(call, settled, channel_id, token, charge)).confirm()
         if status >= 400 or not paid.billable:
             if not started:
                 _, err = json_error(502, "the model call failed; nothing was charged", "upstream_error")
