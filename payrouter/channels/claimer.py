@@ -4,7 +4,8 @@ One pass (`Claimer.run_once`, one at a time across instances under the store loc
 ``keys.CLAIMER_LOCK``):
 
 1. Finish what an earlier pass left: claim and settle transactions whose outcome was unknown
-   (journal records in ``pending``) are decided from their receipts; voucher records whose
+   (journal records in ``pending``) are decided from their receipts; a refund the gate lost
+   the answer to frees its channel once the chain spent its nonce; voucher records whose
    request died (``claimed``/``serving`` for longer than any channel reservation lives) are
    ``released``. Then every ``Claimed`` and ``Settled`` log paying ``pay_to`` since the last
    pass is journaled if it is not yet: a claimer killed between a mined transaction and its
@@ -44,6 +45,7 @@ from typing import Any
 from payrouter.chain import ChainClient, ChainError, Receipt
 from payrouter.channels.contract import (
     CLAIMED_TOPIC,
+    DROPPED_AFTER_MS,
     SETTLED_TOPIC,
     ChannelTxFailed,
     ChannelTxInDoubt,
@@ -54,6 +56,7 @@ from payrouter.channels.contract import (
 from payrouter.channels.movements import Where, journal_movements
 from payrouter.channels.records import (
     CLAIM_PATH,
+    REFUND_PATH,
     SCHEME,
     SETTLE_PATH,
     claim_deltas,
@@ -80,8 +83,6 @@ LOCK_TTL_S = 300
 # A voucher record still claimed/serving this long after its last update lost its worker:
 # the channel reservation (at most 10 minutes) lapsed long ago.
 STUCK_VOUCHER_MS = 15 * 60_000
-# A transaction in doubt the node still does not know after this long was dropped unmined.
-DROPPED_AFTER_MS = 3600_000
 # How long the claim clock survives in the store without a pass touching it.
 _CLOCK_TTL_S = 30 * 86_400
 # Store writes per gather while refreshing the mirror.
@@ -116,7 +117,8 @@ class ClaimReport:
         claim_txs: claim transactions mined.
         settled, settle_tx: what the settle paid to ``pay_to`` and its transaction.
         withdrawing: channels with a pending withdrawal.
-        in_doubt: transactions sent whose outcome is not known yet (journaled ``pending``).
+        in_doubt: transactions sent whose outcome is not known yet (journaled ``pending``),
+            and the ids of refund records the gate journaled pending (their channel held).
         released: voucher records released because their request died.
         journaled: deposits, refunds and finalised withdrawals of our channels found on chain
             that the journal lacked, now journaled (`payrouter.channels.movements`).
@@ -308,10 +310,34 @@ class Claimer:
                 if not await self._decide(record, report) and record.path == CLAIM_PATH:
                     with contextlib.suppress(ValueError):
                         held |= claim_deltas(record).keys()
+            elif record.state == State.PENDING and record.path == REFUND_PATH:
+                await self._decide_refund(record, report)
             elif is_voucher(record) and record.state in (State.CLAIMED, State.SERVING):
                 if now - record.updated_at > STUCK_VOUCHER_MS:
                     await self._release_stuck(record, report)
         return held
+
+    async def _decide_refund(self, record: PaymentRecord, report: ClaimReport) -> None:
+        """A refund the gate sent and lost the answer to holds its channel: free it once the
+        chain spent the refund's nonce (the refund itself is journaled from its log, under this
+        record's id, by the movement scan), or once the wait for a dropped transaction is over."""
+        channel_id = record.nonce
+        try:
+            nonce = int(record.id.rsplit(":", 1)[1])
+            token = str(json.loads(record.payment)["reservation"])
+            raw = bytes.fromhex(channel_id[2:])
+        except (ValueError, KeyError, TypeError):
+            report.errors.append(f"refund record {record.id} is unreadable")
+            return
+        onchain = (await self.contract.channels([raw]))[raw]
+        if onchain.refund_nonce > nonce:
+            await self.store.release(channel_id, token)
+            log.info("claimer: refund %s decided on chain; channel %s freed", record.id, channel_id)
+        elif now_ms() - record.created_at > DROPPED_AFTER_MS:
+            await self.store.release(channel_id, token)
+            await self._give_up(record, "dropped")
+        else:
+            report.in_doubt.append(record.id)
 
     async def _decide(self, record: PaymentRecord, report: ClaimReport) -> bool:
         """A claim or settle sent in doubt: count it from its receipt, or give it up. False

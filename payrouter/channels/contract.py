@@ -38,6 +38,7 @@ from wallets.channels import (
 )
 
 __all__ = [
+    "DROPPED_AFTER_MS",
     "MAX_CLAIMS_PER_BATCH",
     "BatchSettlementContract",
     "ChannelError",
@@ -54,6 +55,10 @@ __all__ = [
     "collector_data",
     "decode_revert",
 ]
+
+# A transaction in doubt the node still does not know after this long was dropped unmined
+# (a claim, a settle, a refund: what waited for it stops waiting).
+DROPPED_AFTER_MS = 3600_000
 
 # The SDK facilitators claim at most 100 channels per transaction; so do we (gas stays well
 # under a block, and one bad row reverts no more than 100).

@@ -17,7 +17,7 @@ from typing import Any
 
 from payrouter.chain import ChainClient, ChainError
 from payrouter.channels.contract import DEPOSITED_TOPIC, REFUNDED_TOPIC, WITHDRAW_FINALIZED_TOPIC
-from payrouter.channels.records import DEPOSIT_PATH, REFUND_PATH, WITHDRAW_PATH, movement_record
+from payrouter.channels.records import DEPOSIT_PATH, MOVEMENT_OVER, REFUND_PATH, WITHDRAW_PATH, movement_record
 from payrouter.journal import Journal, PaymentRecord, State
 
 __all__ = ["MOVEMENT_TOPICS", "Where", "journal_movements", "movements_in"]
@@ -111,7 +111,8 @@ async def journal_movements(
             known = await journal.get(record.id)
             if known is not None and known.state == State.SETTLED:
                 continue
-            done, _ = await journal.advance(record, [State.SETTLED])
+            # over a refund journaled pending (its answer lost) or given up on, too
+            done, _ = await journal.advance(record, MOVEMENT_OVER)
             if done:
                 written.append(record)
     return written

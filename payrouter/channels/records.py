@@ -36,6 +36,7 @@ __all__ = [
     "CLAIM_PATH",
     "CLAIMER_OWNER",
     "DEPOSIT_PATH",
+    "MOVEMENT_OVER",
     "MOVEMENT_PATHS",
     "MOVEMENT_SIGN",
     "REFUND_PATH",
@@ -58,6 +59,9 @@ DEPOSIT_PATH = "deposit"
 REFUND_PATH = "refund"
 WITHDRAW_PATH = "withdraw"
 MOVEMENT_PATHS = (DEPOSIT_PATH, REFUND_PATH, WITHDRAW_PATH)
+# the states a movement's settled record may be written over: itself, a refund journaled
+# pending (sent, its answer lost) and one given up on (dropped, then mined after all)
+MOVEMENT_OVER = (State.PENDING, State.RELEASED, State.SETTLED)
 # how each movement changes the channel's on-chain balance
 MOVEMENT_SIGN = {DEPOSIT_PATH: 1, REFUND_PATH: -1, WITHDRAW_PATH: -1}
 # the owner of every record the claimer writes: any claimer instance may finish another's

@@ -129,7 +129,8 @@ class ChannelAuditReport:
         channels: one row per channel (store ids and voucher records' channels), by id.
         claims_journal, claimed_chain: settled claim records' sum; the contract's receiver ``totalClaimed``.
         settles_journal, settled_chain: settled settle records' sum; the contract's ``totalSettled``.
-        pending: claim and settle records still in doubt (their transaction hashes).
+        pending: claim, settle and refund records still in doubt (their transaction hashes,
+            or a refund's record id when its hash is unknown).
     """
 
     channels: list[ChannelRow] = field(default_factory=list)
@@ -335,6 +336,8 @@ def _count_records(records: Iterable[PaymentRecord], asset: str, pay_to: str) ->
                 with contextlib.suppress(ValueError):
                     channel = channel_key_id(record.nonce)
                     counted.moved_by_channel[channel] += MOVEMENT_SIGN[record.path] * record.amount
+            elif record.state == State.PENDING:  # a refund whose answer was lost
+                counted.pending.append(record.tx or record.id)
         elif record.path in (CLAIM_PATH, SETTLE_PATH):
             if record.state == State.SETTLED and record.path == CLAIM_PATH:
                 counted.claims += record.amount

@@ -1,6 +1,8 @@
 """Channel money that moves after the gate gave up on it: a deposit mined only after its
 sender stopped waiting is refused to the payer at first; the payer's next voucher is served on
-it without a second deposit, and the claimer finds the deposit on chain and journals it.
+it without a second deposit, and the claimer finds the deposit on chain and journals it. A
+refund mined only after its sender stopped waiting holds its channel (no voucher may spend a
+balance the refund may take) until the claimer sees its nonce spent and journals it.
 
 A router of its own beside the sandbox (its own pay_to and Redis namespace, so the audit sees
 only this test's money) waits 0.5 s for a receipt; anvil's automine is off while the deposit
@@ -10,12 +12,16 @@ is sent, so it stays in the mempool until the test mines it.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import secrets
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from payrouter.app import create_app
 from payrouter.chain import ChainClient
@@ -26,10 +32,11 @@ from payrouter.ledger import fetch_records
 from payrouter.ledger.channel_audit import ChannelAuditReport, audit_channels
 from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.serving import serve_in_thread
+from payrouter.store import keys
 from tests.redis_keys import delete_namespace, run_token
 from wallets import LocalSigner
 
-from .channel_payloads import batch_offer, config_for, opening_payment, voucher_payment
+from .channel_payloads import batch_offer, config_for, opening_payment, refund_payment, voucher_payment
 from .claims import claim_pass
 from .conftest import REDIS_URL, router_settings
 from .payments import header, offer, rejection
@@ -57,9 +64,12 @@ class Beside:
                 await closing.close()
 
     async def deposits(self) -> list[Any]:
+        return await self.records("deposit")
+
+    async def records(self, path: str) -> list[Any]:
         journal = open_journal(REDIS_URL, self.namespace)
         try:
-            return [r for r in await fetch_records(journal) if r.path == "deposit"]
+            return [r for r in await fetch_records(journal) if r.path == path]
         finally:
             await journal.close()
 
@@ -121,3 +131,58 @@ def test_a_deposit_mined_after_the_gate_gave_up_is_journaled_and_serves(box: San
     assert audited.equal, audited.differences
     (row,) = audited.channels
     assert row.balance == row.journal_balance == deposited and row.journal_charged > 0
+
+
+def _charged(response: httpx.Response) -> int:
+    receipt = json.loads(base64.b64decode(response.headers["payment-response"]))
+    return int(receipt["extra"]["channelState"]["chargedCumulativeAmount"])
+
+
+def test_a_refund_in_doubt_holds_its_channel_until_the_chain_decides(box: Sandbox, beside: Beside) -> None:
+    payer = LocalSigner.generate()
+    box.token.mint(payer.address, 10_000_000)
+    chain_id = box.chain.chain_id
+    with serve_in_thread(create_app(beside.settings)) as router, httpx.Client(timeout=30) as http:
+        url = f"{router}/v1/chat/completions"
+        body = _body()
+        quote = offer(http, url, body)
+        config = config_for(batch_offer(quote), payer, salt=secrets.randbits(64))
+        first = opening_payment(quote, config, payer, chain_id=chain_id, token_domain=box.token.domain)
+        opened = http.post(url, json=body, headers=header(first))
+        assert opened.status_code == 200, opened.text
+        charged = _charged(opened)
+        probe = http.get(url)
+        probe_offer = json.loads(base64.b64decode(probe.headers["PAYMENT-REQUIRED"]))
+        refund = refund_payment(probe_offer, config, charged, payer, chain_id=chain_id, amount=None)
+        before = box.token.balance_of(payer.address)
+        body = _body()
+        quote = offer(http, url, body)
+        voucher = voucher_payment(quote, config, charged + int(batch_offer(quote)["amount"]), payer, chain_id=chain_id)
+        box.chain.rpc("evm_setAutomine", [False])
+        try:
+            asked = http.get(url, headers=header(refund))
+            # unmined, the refund may still land: the channel takes no voucher meanwhile
+            held = http.post(url, json=body, headers=header(voucher))
+        finally:
+            box.chain.rpc("evm_mine", [])
+            box.chain.rpc("evm_setAutomine", [True])
+        assert rejection(asked) == (402, "invalid_batch_settlement_evm_refund_transaction_failed"), asked.text
+        assert rejection(held) == (402, "invalid_batch_settlement_evm_channel_busy"), held.text
+        key = f"{beside.namespace}:{keys.channel('0x' + config.channel_id(chain_id).hex())}"
+        with redis.Redis.from_url(REDIS_URL) as store:
+            until = int(store.hget(key, "pending_until_ms") or 0)
+            # held for as long as a transaction in doubt is waited for, not a request's minute
+            assert until > time.time() * 1000 + 30 * 60_000
+            (pending,) = asyncio.run(beside.records("refund"))
+            assert pending.state == "pending"
+            refunded = box.token.balance_of(payer.address) - before
+            assert refunded > 0  # mined now
+
+            report = claim_pass(box, beside.namespace, beside.pay_to)
+
+            assert report.journaled == 1
+            assert store.hget(key, "pending") == b""  # the channel is free again
+        (record,) = asyncio.run(beside.records("refund"))
+        assert record.state == "settled" and record.amount == refunded and record.id == pending.id
+    audited = asyncio.run(beside.audit())
+    assert audited.equal, audited.differences

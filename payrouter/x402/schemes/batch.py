@@ -43,8 +43,15 @@ from starlette.types import Message, Send
 from payrouter import metrics
 from payrouter.chain import ChainError
 from payrouter.channels import ChannelState, ChannelStore, Reserved
-from payrouter.channels.contract import ChannelError, ChannelTxFailed, ChannelTxInDoubt, ClaimRow, Erc3009Deposit
-from payrouter.channels.records import DEPOSIT_PATH, REFUND_PATH, claim_record, movement_record
+from payrouter.channels.contract import (
+    DROPPED_AFTER_MS,
+    ChannelError,
+    ChannelTxFailed,
+    ChannelTxInDoubt,
+    ClaimRow,
+    Erc3009Deposit,
+)
+from payrouter.channels.records import DEPOSIT_PATH, MOVEMENT_OVER, REFUND_PATH, claim_record, movement_record
 from payrouter.channels.settler import ChannelSettler, DepositOrder, RefundOrder
 from payrouter.channels.state import InvalidCharge
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
@@ -87,8 +94,16 @@ _SETTLE_SECONDS = metrics.SETTLE_SECONDS.labels(scheme=BATCH)
 
 
 class _RefundInDoubt(PaymentRejected):
-    """A refund sent whose outcome is unknown: refused to the payer, and the channel kept
-    reserved (it must not take vouchers against a balance it may no longer hold)."""
+    """A refund sent whose outcome is unknown: refused to the payer, and the channel held (it
+    must not take vouchers against a balance it may no longer hold) until the chain decides."""
+
+    def __init__(self, payer: str, nonce: int, amount: int, tx: str) -> None:
+        super().__init__(
+            ChannelReason.REFUND_TRANSACTION_FAILED,
+            "the refund was sent and is not confirmed yet; the channel takes no vouchers until it is decided",
+            payer,
+        )
+        self.nonce, self.amount, self.tx = nonce, amount, tx
 
 
 def voucher_record_id(channel_id: str, charged_before: int) -> str:
@@ -361,7 +376,7 @@ class BatchScheme:
         # the chain is the record of a deposit or refund; the journal mirrors it (and the
         # claimer journals one it finds missing)
         with contextlib.suppress(StoreError):
-            await self.journal.advance(record, [State.SETTLED])
+            await self.journal.advance(record, MOVEMENT_OVER)
 
     # ------------------------------------------------------------------ refunds
 
@@ -430,10 +445,12 @@ class BatchScheme:
         release = True
         try:
             receipt = await self._refund(payload, channel_id)
-        except _RefundInDoubt:
+        except _RefundInDoubt as doubt:
             # the refund may still land: the channel takes no voucher against the balance it
-            # may no longer hold until its reservation lapses (the claimer re-reads the chain)
+            # may no longer hold until the claimer sees the chain decide
             release = False
+            with anyio.CancelScope(shield=True):
+                await self._hold_for_refund(payload, channel_id, token, doubt)
             raise
         finally:
             if release:
@@ -441,6 +458,27 @@ class BatchScheme:
                     await self.store.release(channel_id, token)
         body = json.dumps({"message": "Refund acknowledged", "channelId": channel_id}).encode()
         await send_response(send, 200, body, [(b"content-type", b"application/json"), receipt])
+
+    async def _hold_for_refund(self, payload: BatchPayload, channel_id: str, token: str, doubt: _RefundInDoubt) -> None:
+        """Keep the channel reserved for as long as a transaction in doubt is waited for, and
+        journal the refund ``pending`` (naming the reservation): the claimer frees the channel
+        once the refund's nonce is spent on chain (the refund is then journaled from its log),
+        or once the wait is over (the record is released)."""
+        config = payload.config
+        with contextlib.suppress(StoreError):  # else the reservation lapses on its own, sooner
+            await self.store.reserve(
+                channel_id,
+                amount=0,
+                signed_max=payload.signed_max,
+                signature="0x" + payload.signature.hex(),
+                token=token,
+                ttl_ms=DROPPED_AFTER_MS,
+                refund=True,
+            )
+        record = self._movement(REFUND_PATH, channel_id, config.payer, doubt.amount, doubt.tx, refund_nonce=doubt.nonce)
+        held = record.moved(State.PENDING, settled_at=0, payment=compact_json({"reservation": token}).decode())
+        with contextlib.suppress(StoreError):
+            await self.journal.advance(held, [State.PENDING])
 
     async def _refund(self, payload: BatchPayload, channel_id: str) -> tuple[bytes, bytes]:
         config, payer = payload.config, payload.config.payer
@@ -473,9 +511,7 @@ class BatchScheme:
                 found = await self.contract.find_refund(config, onchain.refund_nonce)
             if found is None:
                 log.warning("refund: channel=%s in doubt (%s)", channel_id, exc)
-                raise _RefundInDoubt(
-                    ChannelReason.REFUND_TRANSACTION_FAILED, "the refund was sent and is not confirmed yet", payer
-                ) from None
+                raise _RefundInDoubt(payer, onchain.refund_nonce, amount, exc.tx) from None
             done = found
         except (ChannelError, ChainError, StoreError, ValueError) as exc:
             log.warning("refund: channel=%s failed (%s)", channel_id, exc)
