@@ -92,6 +92,14 @@ FIRST_SCAN_BLOCKS = 10_000
 _CURSOR_TTL_S = 365 * 86_400
 
 
+def _held_by(record: PaymentRecord) -> str:
+    """The reservation token a pending refund record names ("" when it names none)."""
+    try:
+        return str(json.loads(record.payment).get("reservation") or "")
+    except (ValueError, AttributeError):
+        return ""
+
+
 def _is_hex(value: str) -> bool:
     """``0x`` and an even, non-zero number of hex digits (a stored signature we can send)."""
     try:
@@ -311,33 +319,54 @@ class Claimer:
                     with contextlib.suppress(ValueError):
                         held |= claim_deltas(record).keys()
             elif record.state == State.PENDING and record.path == REFUND_PATH:
-                await self._decide_refund(record, report)
+                # its channel is not claimed meanwhile: the refund's own multicall claims it
+                if await self._decide_refund(record, report):
+                    held.add(record.nonce)
             elif is_voucher(record) and record.state in (State.CLAIMED, State.SERVING):
                 if now - record.updated_at > STUCK_VOUCHER_MS:
                     await self._release_stuck(record, report)
         return held
 
-    async def _decide_refund(self, record: PaymentRecord, report: ClaimReport) -> None:
-        """A refund the gate sent and lost the answer to holds its channel: free it once the
-        chain spent the refund's nonce (the refund itself is journaled from its log, under this
-        record's id, by the movement scan), or once the wait for a dropped transaction is over."""
+    async def _decide_refund(self, record: PaymentRecord, report: ClaimReport) -> bool:
+        """A refund the gate sent and lost the answer to holds its channel. Its signature has no
+        deadline: anyone may still send it while its nonce is unspent, so the hold is kept
+        (extended) until the chain spends that nonce. Then the channel's mirror is refreshed,
+        the channel freed, and the record released: the movement scan writes the refund from
+        its log over it (a refund capped to nothing logs nothing, and stays released). True
+        while the refund is still in doubt."""
         channel_id = record.nonce
         try:
             nonce = int(record.id.rsplit(":", 1)[1])
-            token = str(json.loads(record.payment)["reservation"])
             raw = bytes.fromhex(channel_id[2:])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, IndexError):
             report.errors.append(f"refund record {record.id} is unreadable")
-            return
+            return False
         onchain = (await self.contract.channels([raw]))[raw]
         if onchain.refund_nonce > nonce:
-            await self.store.release(channel_id, token)
+            await self._free_hold(record, onchain)
+            released = record.moved(State.RELEASED, amount=0, reason="decided on chain")
+            await self.journal.advance(released, [State.PENDING])
             log.info("claimer: refund %s decided on chain; channel %s freed", record.id, channel_id)
-        elif now_ms() - record.created_at > DROPPED_AFTER_MS:
-            await self.store.release(channel_id, token)
-            await self._give_up(record, "dropped")
-        else:
-            report.in_doubt.append(record.id)
+            return False
+        token = _held_by(record)
+        if not token or not await self.store.extend(channel_id, token, DROPPED_AFTER_MS):
+            report.errors.append(f"refund {record.id} is in doubt and its channel is no longer held")
+        report.in_doubt.append(record.id)
+        return True
+
+    async def _free_hold(self, record: PaymentRecord, onchain: OnchainChannel | None = None) -> None:
+        """Free the channel a pending refund ``record`` held, its mirror refreshed from the
+        chain first (read now unless given): the refund lowered the balance vouchers are
+        checked against."""
+        channel_id = record.nonce
+        read_at = now_ms()
+        if onchain is None:
+            raw = bytes.fromhex(channel_id[2:])
+            onchain = (await self.contract.channels([raw]))[raw]
+        state = await self.store.get(channel_id)
+        if state is not None:
+            await self._mirror(state, onchain, read_at)
+        await self.store.release(channel_id, _held_by(record))
 
     async def _decide(self, record: PaymentRecord, report: ClaimReport) -> bool:
         """A claim or settle sent in doubt: count it from its receipt, or give it up. False
@@ -433,11 +462,13 @@ class Claimer:
         ids = {state.channel_id for state, _ in ours}
         window = max(head - FIRST_SCAN_BLOCKS, 0)
         where = Where(self.network, self.token, self.pay_to)
-        for channels, start in ((ids & covered, scanned + 1), (ids - covered, window)):
+        # channels new to the scan start at its window, or where it left off if that is older
+        fresh = window if scanned < 0 else min(scanned + 1, window)
+        for channels, start in ((ids & covered, scanned + 1), (ids - covered, fresh)):
             if not channels or start > head:
                 continue
             found = await journal_movements(
-                self.chain, self.contract.address, self.journal, channels, start, head, where
+                self.chain, self.contract.address, self.journal, channels, start, head, where, self._free_hold
             )
             for record in found:
                 log.info("claimer: journaled %s %s found on chain (%d)", record.path, record.id, record.amount)

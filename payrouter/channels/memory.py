@@ -133,6 +133,13 @@ class MemoryChannelStore:
         channel.pending_max, channel.pending_signature = 0, ""
         return True
 
+    async def extend(self, channel_id: str, token: str, ttl_ms: int) -> bool:
+        channel = self._channels.get(channel_key_id(channel_id))
+        if channel is None or not token or channel.state.pending != token:
+            return False
+        channel.state = replace(channel.state, pending_until_ms=_now_ms() + ttl_ms)
+        return True
+
     async def upsert_onchain(
         self,
         channel_id: str,

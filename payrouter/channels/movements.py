@@ -11,7 +11,7 @@ channel's deposits minus its refunds and withdrawals add up to its on-chain ``ba
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,10 +93,12 @@ async def journal_movements(
     start: int,
     end: int,
     where: Where,
+    settling: Callable[[PaymentRecord], Awaitable[None]] | None = None,
 ) -> list[PaymentRecord]:
     """Journal every deposit, refund and finalised withdrawal of ``channel_ids`` (0x hex) that
     the contract at ``contract`` logged in blocks ``start`` to ``end`` and the journal does not
-    hold settled; return the records written.
+    hold settled; return the records written. ``settling`` is called with a pending refund
+    record before its log's record replaces it (its channel is held: the claimer frees it).
 
     Raises:
         ChainError: the node failed.
@@ -111,6 +113,8 @@ async def journal_movements(
             known = await journal.get(record.id)
             if known is not None and known.state == State.SETTLED:
                 continue
+            if known is not None and known.state == State.PENDING and settling is not None:
+                await settling(known)
             # over a refund journaled pending (its answer lost) or given up on, too
             done, _ = await journal.advance(record, MOVEMENT_OVER)
             if done:

@@ -126,6 +126,16 @@ return 1
 """
 )
 
+# KEYS: channel. ARGV: token, ttl ms.
+_EXTEND = (
+    _NOW
+    + """
+if redis.call('hget', KEYS[1], 'pending') ~= ARGV[1] then return 0 end
+redis.call('hset', KEYS[1], 'pending_until_ms', string.format('%d', now + tonumber(ARGV[2])))
+return 1
+"""
+)
+
 # KEYS: channel. ARGV: config, payer, balance, total_claimed, withdraw_requested_at,
 # refund_nonce, synced_at_ms.
 _UPSERT = (
@@ -205,6 +215,7 @@ class RedisChannelStore:
         self._reserve = redis.register_script(_RESERVE)
         self._commit = redis.register_script(_COMMIT)
         self._release = redis.register_script(_RELEASE)
+        self._extend = redis.register_script(_EXTEND)
         self._upsert = redis.register_script(_UPSERT)
         self._record_claimed = redis.register_script(_RECORD_CLAIMED)
         self._pipe = ScriptPipe.of(redis)  # reserve and commit: the paid path
@@ -311,6 +322,12 @@ class RedisChannelStore:
         # through the pipe: after the reservation it gives back, on the same connection
         sent = await send_script(self._redis, self._release, [self._key(cid)], [token], self._pipe)
         return bool(int(await sent.reply()))
+
+    async def extend(self, channel_id: str, token: str, ttl_ms: int) -> bool:
+        if not token:
+            return False
+        cid = channel_key_id(channel_id)
+        return bool(int(await redis_call(self._extend(keys=[self._key(cid)], args=[token, ttl_ms]))))
 
     async def upsert_onchain(
         self,

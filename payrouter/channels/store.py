@@ -106,6 +106,11 @@ class ChannelStore(Protocol):
         answers False; the channel is free either way)."""
         ...
 
+    async def extend(self, channel_id: str, token: str, ttl_ms: int) -> bool:
+        """Keep ``token``'s reservation ``ttl_ms`` more from now (a refund in doubt holds its
+        channel until the chain decides). False when ``token`` no longer holds the channel."""
+        ...
+
     async def upsert_onchain(
         self,
         channel_id: str,

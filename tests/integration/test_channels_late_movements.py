@@ -158,30 +158,38 @@ def test_a_refund_in_doubt_holds_its_channel_until_the_chain_decides(box: Sandbo
         body = _body()
         quote = offer(http, url, body)
         voucher = voucher_payment(quote, config, charged + int(batch_offer(quote)["amount"]), payer, chain_id=chain_id)
+        key = f"{beside.namespace}:{keys.channel('0x' + config.channel_id(chain_id).hex())}"
         box.chain.rpc("evm_setAutomine", [False])
         try:
             asked = http.get(url, headers=header(refund))
+            assert rejection(asked) == (402, "invalid_batch_settlement_evm_refund_transaction_failed"), asked.text
             # unmined, the refund may still land: the channel takes no voucher meanwhile
             held = http.post(url, json=body, headers=header(voucher))
-        finally:
-            box.chain.rpc("evm_mine", [])
-            box.chain.rpc("evm_setAutomine", [True])
-        assert rejection(asked) == (402, "invalid_batch_settlement_evm_refund_transaction_failed"), asked.text
-        assert rejection(held) == (402, "invalid_batch_settlement_evm_channel_busy"), held.text
-        key = f"{beside.namespace}:{keys.channel('0x' + config.channel_id(chain_id).hex())}"
-        with redis.Redis.from_url(REDIS_URL) as store:
-            until = int(store.hget(key, "pending_until_ms") or 0)
+            assert rejection(held) == (402, "invalid_batch_settlement_evm_channel_busy"), held.text
+            with redis.Redis.from_url(REDIS_URL) as store:
+                until = int(store.hget(key, "pending_until_ms") or 0)
             # held for as long as a transaction in doubt is waited for, not a request's minute
             assert until > time.time() * 1000 + 30 * 60_000
             (pending,) = asyncio.run(beside.records("refund"))
             assert pending.state == "pending"
-            refunded = box.token.balance_of(payer.address) - before
-            assert refunded > 0  # mined now
-
+            # a claimer pass meanwhile keeps the hold (renewed) and claims nothing on the channel
+            time.sleep(0.01)
+            report = claim_pass(box, beside.namespace, beside.pay_to)
+            assert report.in_doubt == [pending.id] and report.claim_txs == []
+            with redis.Redis.from_url(REDIS_URL) as store:
+                assert int(store.hget(key, "pending_until_ms") or 0) > until
+        finally:
+            box.chain.rpc("evm_mine", [])
+            box.chain.rpc("evm_setAutomine", [True])
+        refunded = box.token.balance_of(payer.address) - before
+        assert refunded > 0  # mined now
+        with redis.Redis.from_url(REDIS_URL) as store:
             report = claim_pass(box, beside.namespace, beside.pay_to)
 
-            assert report.journaled == 1
+            assert report.journaled == 1 and report.in_doubt == []
             assert store.hget(key, "pending") == b""  # the channel is free again
+            # and its mirror holds what the refund left: the balance is what was charged
+            assert int(store.hget(key, "balance") or 0) == charged
         (record,) = asyncio.run(beside.records("refund"))
         assert record.state == "settled" and record.amount == refunded and record.id == pending.id
     audited = asyncio.run(beside.audit())

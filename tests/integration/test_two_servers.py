@@ -146,8 +146,8 @@ def test_one_channel_two_servers_serves_one_request_at_a_time(
 
 
 def test_a_payer_alternating_servers_is_never_refused_as_busy(servers: list[str], box: Sandbox) -> None:
-    # a voucher's charge is written right after its answer: the payer's next voucher, signed
-    # and sent to the other server the moment that answer arrives, must find it committed
+    # a voucher's charge leaves its server before its answer does: the payer's next voucher,
+    # signed and sent to the other server the moment that answer arrives, finds it committed
     payer = LocalSigner.generate()
     box.token.mint(payer.address, 5_000_000)
     url = "/v1/chat/completions"

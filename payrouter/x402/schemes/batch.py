@@ -237,6 +237,8 @@ class BatchScheme:
     async def _sync(self, config: ChannelConfig, channel_id: str) -> ChannelState | None:
         """Mirror the channel from the chain into the store (a channel another deployment of
         ours, or a lost store, does not know); None when it holds nothing."""
+        # stamped before the read: a slow read must not pass for fresher than a newer mirror
+        read_at = now_ms()
         try:
             onchain = (await self.contract.channels([bytes.fromhex(channel_id[2:])]))[bytes.fromhex(channel_id[2:])]
         except ChainError as exc:
@@ -253,7 +255,7 @@ class BatchScheme:
             total_claimed=onchain.total_claimed,
             withdraw_requested_at=onchain.withdraw_initiated_at,
             refund_nonce=onchain.refund_nonce,
-            synced_at_ms=now_ms(),
+            synced_at_ms=read_at,
         )
 
     async def _grew(self, payload: BatchPayload, channel_id: str) -> bool:
@@ -417,7 +419,10 @@ class BatchScheme:
             raise PaymentRejected(Reason.INVALID_NETWORK, f"network {envelope.network!r} is not ours", payer)
         channel_id = self._check(payload, envelope)
         token = secrets.token_hex(16)
-        ttl_ms = (self.table.max_timeout_seconds + _RESERVE_SLACK_S) * 1000
+        # held while the refund is decided (released as soon as it is): a refund whose outcome
+        # is lost holds the channel as long as a transaction in doubt is waited for, and the
+        # claimer extends that until the chain spends its nonce (a crash meanwhile: it lapses)
+        ttl_ms = DROPPED_AFTER_MS
         signature = "0x" + payload.signature.hex()
         reserved = await self.store.reserve(
             channel_id,
@@ -460,21 +465,10 @@ class BatchScheme:
         await send_response(send, 200, body, [(b"content-type", b"application/json"), receipt])
 
     async def _hold_for_refund(self, payload: BatchPayload, channel_id: str, token: str, doubt: _RefundInDoubt) -> None:
-        """Keep the channel reserved for as long as a transaction in doubt is waited for, and
-        journal the refund ``pending`` (naming the reservation): the claimer frees the channel
-        once the refund's nonce is spent on chain (the refund is then journaled from its log),
-        or once the wait is over (the record is released)."""
+        """Journal the refund ``pending``, naming the reservation that holds its channel: the
+        claimer keeps that reservation until the chain spends the refund's nonce, then frees
+        the channel (the refund is journaled from its log over this record)."""
         config = payload.config
-        with contextlib.suppress(StoreError):  # else the reservation lapses on its own, sooner
-            await self.store.reserve(
-                channel_id,
-                amount=0,
-                signed_max=payload.signed_max,
-                signature="0x" + payload.signature.hex(),
-                token=token,
-                ttl_ms=DROPPED_AFTER_MS,
-                refund=True,
-            )
         record = self._movement(REFUND_PATH, channel_id, config.payer, doubt.amount, doubt.tx, refund_nonce=doubt.nonce)
         held = record.moved(State.PENDING, settled_at=0, payment=compact_json({"reservation": token}).decode())
         with contextlib.suppress(StoreError):
