@@ -85,6 +85,8 @@ _VALID_BEFORE_MARGIN = 6
 # The reservation outlives the quote's lifetime by this much (the model call must finish
 # within the quote's timeout; the slack covers committing).
 _RESERVE_SLACK_S = 60
+# A voucher over the mirrored balance re-reads the chain only when the mirror is older than this.
+_RESYNC_AFTER_MS = 2_000
 # releases retried in the background while the store is away: 0.5 s doubling to 30 s, ~2.5 min
 _RELEASE_TRIES = 10
 _RELEASES_PENDING_MAX = 1024
@@ -258,10 +260,14 @@ class BatchScheme:
             synced_at_ms=read_at,
         )
 
-    async def _grew(self, payload: BatchPayload, channel_id: str) -> bool:
-        """Whether the chain holds enough for ``payload``'s voucher where the store's mirror did
-        not (a deposit that landed after its sender gave up, a top-up made on chain): the mirror
-        is refreshed, and the caller reserves again. False when the chain cannot be read."""
+    async def _grew(self, payload: BatchPayload, channel_id: str, mirror: ChannelState | None) -> bool:
+        """Whether the chain holds enough for ``payload``'s voucher where the store's ``mirror``
+        did not (a deposit that landed after its sender gave up, a top-up made on chain): the
+        mirror is refreshed, and the caller reserves again. False when the chain cannot be read,
+        or the mirror was read from it a moment ago (a payer's vouchers over its balance cost
+        the node one read per ``_RESYNC_AFTER_MS`` at most)."""
+        if mirror is not None and now_ms() - mirror.synced_at_ms < _RESYNC_AFTER_MS:
+            return False
         try:
             synced = await self._sync(payload.config, channel_id)
         except PaymentRejected:
@@ -434,7 +440,7 @@ class BatchScheme:
             refund=True,
         )
         if (reserved.kind == "not_found" and await self._sync(config, channel_id) is not None) or (
-            reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id)
+            reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id, reserved.state)
         ):
             reserved = await self.store.reserve(
                 channel_id,
@@ -666,7 +672,7 @@ class BatchScheme:
                         payer,
                     )
                 reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
-            elif reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id):
+            elif reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id, reserved.state):
                 reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
         except BaseException:
             # a reply lost to a store fault, or a request cancelled while waiting for it, may
