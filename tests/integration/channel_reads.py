@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis
 
 
-def fields_once_charged(
-    store: redis.Redis, key: str, charged: int, *fields: str, within: float = 1.0
-) -> list[bytes | None]:
+def fields_once_charged(store: redis.Redis, key: str, charged: int, *fields: str, within: float = 1.0) -> list[Any]:
     """``charged`` and ``fields`` of the channel hash ``key``, read as soon as ``charged`` shows
     the value an answer's receipt named, or as they stand after ``within`` seconds: a caller
     asserts on what it gets. For a server whose Redis traffic crosses a proxy: its charge leaves
@@ -17,7 +16,7 @@ def fields_once_charged(
     arrives and the test reads Redis directly."""
     deadline = time.monotonic() + within
     while True:
-        stored: list[bytes | None] = store.hmget(key, ["charged", *fields])
+        stored: list[Any] = list(store.hmget(key, ["charged", *fields]))
         if stored[0] == str(charged).encode() or time.monotonic() > deadline:
             return stored
         time.sleep(0.001)
