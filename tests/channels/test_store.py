@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -314,6 +315,21 @@ async def test_release_keeps_charged_and_the_old_voucher(store: ChannelStore) ->
     assert (paid.charged, paid.signed_max, paid.signature) == (100, 100, "sig100")
     assert await store.commit(cid, token, 50) is None  # released: nothing left to commit
     assert not await store.release(cid, token)
+
+
+async def test_extend_keeps_only_its_own_reservation(store: ChannelStore) -> None:
+    cid = await _open(store)
+    token = _token()
+    assert (await store.reserve(cid, amount=0, signed_max=0, signature="r", token=token, ttl_ms=50, refund=True)).ok
+    assert await store.extend(cid, token, 3_600_000)
+    assert not await store.extend(cid, _token(), 3_600_000)  # not the holder: nothing changes
+    held = await _state(store, cid)
+    assert held.pending == token and held.pending_until_ms > time.time() * 1000 + 3_000_000
+    await asyncio.sleep(0.1)  # the first 50 ms are over: the extension holds it
+    other = await store.reserve(cid, amount=10, signed_max=10, signature="v", token=_token(), ttl_ms=TTL)
+    assert other.kind == "busy"
+    assert await store.release(cid, token)
+    assert not await store.extend(cid, token, 3_600_000)  # released: there is nothing to keep
 
 
 async def test_the_mirror_never_lowers_charged_or_claims(store: ChannelStore) -> None:

@@ -102,6 +102,7 @@ async def _every_channel_operation(channels: RedisChannelStore) -> None:
     assert reserved.kind == "ok"
     assert await channels.commit(cid, "t1", 5) is not None
     assert (await channels.reserve(cid, amount=5, signed_max=10, signature="s", token="t2", ttl_ms=60_000)).kind == "ok"
+    assert await channels.extend(cid, "t2", 3_600_000) and not await channels.extend(cid, "t1", 3_600_000)
     assert await channels.release(cid, "t2")
     await channels.record_claimed(cid, 5)
     await channels.delete(cid)
@@ -115,7 +116,7 @@ async def test_every_script_and_multi_key_step_runs_on_the_cluster(redis_cluster
     journal = RedisJournal(connect(url), namespace)
     channels = RedisChannelStore(connect(url), namespace)
     scripts = _scripts(store, journal, channels)
-    assert len(scripts) == 12, scripts  # a new script must be added to the operations above
+    assert len(scripts) == 13, scripts  # a new script must be added to the operations above
     _flush_scripts(redis_cluster)
     try:
         await _every_store_operation(store)
