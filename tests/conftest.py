@@ -23,10 +23,15 @@ os.environ["PAYROUTER_SANDBOX_FILE"] = os.path.join(_AGENT_HOME, "sandbox.json")
 @pytest.fixture(scope="session", autouse=True)
 def _run_hygiene() -> Iterator[None]:
     """At the end of the session: delete every key this run left in the shared Redis (names made
-    with `tests.redis_keys.run_token`) and the agent folder above."""
+    with `tests.redis_keys.run_token`)."""
     yield
-    shutil.rmtree(_AGENT_HOME, ignore_errors=True)
     delete_run_keys()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Delete the agent folder above, whatever ran: a run that selects no test (``-k``) never
+    sets up a session fixture."""
+    shutil.rmtree(_AGENT_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

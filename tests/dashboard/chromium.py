@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ class Chromium:
         self._profile = profile
         port_file = profile / "DevToolsActivePort"
         self._log = (profile / "chromium.log").open("wb")
+        self._tmp = tempfile.mkdtemp(prefix="chromium-")
         self._proc = subprocess.Popen(
             [
                 chromium_binary(),
@@ -68,6 +70,9 @@ class Chromium:
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             start_new_session=True,
+            # its own temporary folders (org.chromium.Chromium.*) go in one of ours, removed on
+            # close (a short path: they hold Unix sockets)
+            env={**os.environ, "TMPDIR": self._tmp},
         )
         self._ws: ClientConnection | None = None
         self._stack = contextlib.ExitStack()
@@ -194,3 +199,4 @@ class Chromium:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(10)
         self._log.close()
+        shutil.rmtree(self._tmp, ignore_errors=True)
