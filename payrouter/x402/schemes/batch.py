@@ -19,6 +19,7 @@ round trip:
    it (`payrouter.store.Written`): a crash then loses a reply, never the charge.
 
 The claimer (`payrouter.channels.claimer`) turns committed vouchers into on-chain claims.
+Refunds (``GET`` of a paid URL) are `payrouter.x402.schemes.batch_refunds`.
 
 Streams: the voucher covers the maximum, the charge is what was streamed. The headers leave
 before the charge is known, so a stream's receipt is its last SSE event (``x402.payment``,
@@ -44,15 +45,13 @@ from payrouter import metrics
 from payrouter.chain import ChainError
 from payrouter.channels import ChannelState, ChannelStore, Reserved
 from payrouter.channels.contract import (
-    DROPPED_AFTER_MS,
     ChannelError,
     ChannelTxFailed,
     ChannelTxInDoubt,
-    ClaimRow,
     Erc3009Deposit,
 )
-from payrouter.channels.records import DEPOSIT_PATH, MOVEMENT_OVER, REFUND_PATH, claim_record, movement_record
-from payrouter.channels.settler import ChannelSettler, DepositOrder, RefundOrder
+from payrouter.channels.records import DEPOSIT_PATH, MOVEMENT_OVER, movement_record
+from payrouter.channels.settler import ChannelSettler, DepositOrder
 from payrouter.channels.state import InvalidCharge
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.journal.deferred import DeferredWrites
@@ -67,6 +66,7 @@ from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.schemes.base import match_terms, presented_quote
 from payrouter.x402.schemes.batch_payload import BatchPayload, ChannelReason, parse_batch_payload
+from payrouter.x402.schemes.batch_refunds import ChannelRefunds
 from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, compact_json, encode_header
 from pricing import PriceTable
 from wallets import recover_address_bytes, typed_data_digest
@@ -93,19 +93,6 @@ _RELEASES_PENDING_MAX = 1024
 # a voucher is verified by its signature alone, and "settled" (charged) by committing it
 _VERIFY_SECONDS = metrics.VERIFY_SECONDS.labels(scheme=BATCH)
 _SETTLE_SECONDS = metrics.SETTLE_SECONDS.labels(scheme=BATCH)
-
-
-class _RefundInDoubt(PaymentRejected):
-    """A refund sent whose outcome is unknown: refused to the payer, and the channel held (it
-    must not take vouchers against a balance it may no longer hold) until the chain decides."""
-
-    def __init__(self, payer: str, nonce: int, amount: int, tx: str) -> None:
-        super().__init__(
-            ChannelReason.REFUND_TRANSACTION_FAILED,
-            "the refund was sent and is not confirmed yet; the channel takes no vouchers until it is decided",
-            payer,
-        )
-        self.nonce, self.amount, self.tx = nonce, amount, tx
 
 
 def voucher_record_id(channel_id: str, charged_before: int) -> str:
@@ -145,6 +132,7 @@ class BatchScheme:
         self.domain = batch_settlement_domain(table.chain_id)
         self.min_deposit = table.channels.min_deposit_atomic(table.asset.decimals)
         self._releasing: set[asyncio.Task[None]] = set()
+        self._refunds = ChannelRefunds(self)
 
     def offer(self, priced: PricedRoute) -> Requirements:
         base = priced.requirements
@@ -174,7 +162,7 @@ class BatchScheme:
 
     # ------------------------------------------------------------------ checks
 
-    def _check(self, payload: BatchPayload, envelope: Envelope) -> str:
+    def check_payload(self, payload: BatchPayload, envelope: Envelope) -> str:
         """The checks that need neither the store nor the chain; the channel id (0x hex)."""
         config, table = payload.config, self.table
         payer = config.payer
@@ -236,7 +224,7 @@ class BatchScheme:
             )
         return "0x" + channel_id.hex()
 
-    async def _sync(self, config: ChannelConfig, channel_id: str) -> ChannelState | None:
+    async def sync_channel(self, config: ChannelConfig, channel_id: str) -> ChannelState | None:
         """Mirror the channel from the chain into the store (a channel another deployment of
         ours, or a lost store, does not know); None when it holds nothing."""
         # stamped before the read: a slow read must not pass for fresher than a newer mirror
@@ -260,7 +248,7 @@ class BatchScheme:
             synced_at_ms=read_at,
         )
 
-    async def _grew(self, payload: BatchPayload, channel_id: str, mirror: ChannelState | None) -> bool:
+    async def balance_grew(self, payload: BatchPayload, channel_id: str, mirror: ChannelState | None) -> bool:
         """Whether the chain holds enough for ``payload``'s voucher where the store's ``mirror``
         did not (a deposit that landed after its sender gave up, a top-up made on chain): the
         mirror is refreshed, and the caller reserves again. False when the chain cannot be read,
@@ -269,7 +257,7 @@ class BatchScheme:
         if mirror is not None and now_ms() - mirror.synced_at_ms < _RESYNC_AFTER_MS:
             return False
         try:
-            synced = await self._sync(payload.config, channel_id)
+            synced = await self.sync_channel(payload.config, channel_id)
         except PaymentRejected:
             return False
         return synced is not None and synced.balance >= payload.signed_max
@@ -303,7 +291,7 @@ class BatchScheme:
         except ChannelError as exc:
             # the same deposit sent again (its first answer was lost) is already in the
             # channel: the voucher it carries is served on it (and the deposit journaled)
-            synced = await self._sync(config, channel_id)
+            synced = await self.sync_channel(config, channel_id)
             if synced is not None and synced.balance >= payload.signed_max:
                 landed = await self._landed(order, deposit.salt)
                 if not landed:
@@ -334,7 +322,7 @@ class BatchScheme:
             ) from None
         log.info("deposit: channel=%s payer=%s amount=%d tx=%s", channel_id, payer, deposit.amount, tx)
         await self._journal_deposit(call, order, channel_id, tx)
-        if await self._sync(config, channel_id) is None:
+        if await self.sync_channel(config, channel_id) is None:
             raise PaymentRejected(ChannelReason.CHANNEL_NOT_FOUND, "the deposit left the channel empty", payer)
         return tx, deposit.amount
 
@@ -363,10 +351,12 @@ class BatchScheme:
             return None
 
     async def _journal_deposit(self, call: PaidRequest, order: DepositOrder, channel_id: str, tx: str) -> None:
-        record = self._movement(DEPOSIT_PATH, channel_id, order.config.payer, order.amount, tx, request=call.digest)
-        await self._journal_movement(record)
+        record = self.movement(DEPOSIT_PATH, channel_id, order.config.payer, order.amount, tx, request=call.digest)
+        await self.journal_movement(record)
 
-    def _movement(self, path: str, channel_id: str, payer: str, amount: int, tx: str, **kw: Any) -> PaymentRecord:
+    def movement(self, path: str, channel_id: str, payer: str, amount: int, tx: str, **kw: Any) -> PaymentRecord:
+        """The journal record of a deposit, refund or withdrawal of ``channel_id`` under this
+        price table (`payrouter.channels.records.movement_record`; ``kw`` as there)."""
         table = self.table
         return movement_record(
             path,
@@ -380,9 +370,10 @@ class BatchScheme:
             **kw,
         )
 
-    async def _journal_movement(self, record: PaymentRecord) -> None:
-        # the chain is the record of a deposit or refund; the journal mirrors it (and the
-        # claimer journals one it finds missing)
+    async def journal_movement(self, record: PaymentRecord) -> None:
+        """Journal the movement ``record`` (settled), over a pending or released one; a store
+        fault is swallowed: the chain is the record of a deposit or refund, the journal mirrors
+        it, and the claimer journals one it finds missing."""
         with contextlib.suppress(StoreError):
             await self.journal.advance(record, MOVEMENT_OVER)
 
@@ -410,141 +401,12 @@ class BatchScheme:
         )
 
     async def refund(self, envelope: Envelope, send: Send) -> None:
-        """Honour a cooperative refund: claim what was charged and return the rest (or the
-        amount asked for) to the payer, in one transaction; answer with its receipt.
+        """Honour a cooperative refund (`payrouter.x402.schemes.batch_refunds`).
 
         Raises:
             PaymentRejected: not a valid refund of a channel of ours with something left.
         """
-        payload = parse_batch_payload(envelope)
-        config = payload.config
-        payer = config.payer
-        if payload.kind != "refund":
-            raise PaymentRejected(ChannelReason.PAYLOAD_TYPE, "a GET of a paid URL takes only refund payloads", payer)
-        if envelope.network != self.table.network:
-            raise PaymentRejected(Reason.INVALID_NETWORK, f"network {envelope.network!r} is not ours", payer)
-        channel_id = self._check(payload, envelope)
-        token = secrets.token_hex(16)
-        # held while the refund is decided (released as soon as it is): a refund whose outcome
-        # is lost holds the channel as long as a transaction in doubt is waited for, and the
-        # claimer extends that until the chain spends its nonce (a crash meanwhile: it lapses)
-        ttl_ms = DROPPED_AFTER_MS
-        signature = "0x" + payload.signature.hex()
-        reserved = await self.store.reserve(
-            channel_id,
-            amount=0,
-            signed_max=payload.signed_max,
-            signature=signature,
-            token=token,
-            ttl_ms=ttl_ms,
-            refund=True,
-        )
-        if (reserved.kind == "not_found" and await self._sync(config, channel_id) is not None) or (
-            reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id, reserved.state)
-        ):
-            reserved = await self.store.reserve(
-                channel_id,
-                amount=0,
-                signed_max=payload.signed_max,
-                signature=signature,
-                token=token,
-                ttl_ms=ttl_ms,
-                refund=True,
-            )
-        if not reserved.ok:
-            self._refused_reservation(reserved, payload, 0)
-        release = True
-        try:
-            receipt = await self._refund(payload, channel_id)
-        except _RefundInDoubt as doubt:
-            # the refund may still land: the channel takes no voucher against the balance it
-            # may no longer hold until the claimer sees the chain decide
-            release = False
-            with anyio.CancelScope(shield=True):
-                await self._hold_for_refund(payload, channel_id, token, doubt)
-            raise
-        finally:
-            if release:
-                with anyio.CancelScope(shield=True), contextlib.suppress(StoreError):
-                    await self.store.release(channel_id, token)
-        body = json.dumps({"message": "Refund acknowledged", "channelId": channel_id}).encode()
-        await send_response(send, 200, body, [(b"content-type", b"application/json"), receipt])
-
-    async def _hold_for_refund(self, payload: BatchPayload, channel_id: str, token: str, doubt: _RefundInDoubt) -> None:
-        """Journal the refund ``pending``, naming the reservation that holds its channel: the
-        claimer keeps that reservation until the chain spends the refund's nonce, then frees
-        the channel (the refund is journaled from its log over this record)."""
-        config = payload.config
-        record = self._movement(REFUND_PATH, channel_id, config.payer, doubt.amount, doubt.tx, refund_nonce=doubt.nonce)
-        held = record.moved(State.PENDING, settled_at=0, payment=compact_json({"reservation": token}).decode())
-        with contextlib.suppress(StoreError):
-            await self.journal.advance(held, [State.PENDING])
-
-    async def _refund(self, payload: BatchPayload, channel_id: str) -> tuple[bytes, bytes]:
-        config, payer = payload.config, payload.config.payer
-        raw_id = bytes.fromhex(channel_id[2:])
-        try:
-            onchain = (await self.contract.channels([raw_id]))[raw_id]
-        except ChainError as exc:
-            raise PaymentRejected(ChannelReason.STATE_UNAVAILABLE, f"the chain is unavailable ({exc})", payer) from None
-        state = await self.store.get(channel_id)
-        charged = state.charged if state is not None else onchain.total_claimed
-        left = onchain.balance - max(charged, onchain.total_claimed)
-        if left <= 0:
-            raise PaymentRejected(ChannelReason.REFUND_NO_BALANCE, "nothing is left in this channel to refund", payer)
-        amount = left if payload.refund_amount is None else payload.refund_amount
-        if amount > left:
-            raise PaymentRejected(
-                ChannelReason.REFUND_AMOUNT_INVALID, f"at most {left} atomic units are left to refund", payer
-            )
-        rows: list[ClaimRow] = []
-        if state is not None and charged > onchain.total_claimed:
-            # what was charged is claimed in the same transaction: the refund cannot take it
-            rows.append(ClaimRow(config, state.signed_max, bytes.fromhex(state.signature[2:]), charged))
-        order = RefundOrder(config, amount, onchain.refund_nonce, rows, payload.signed_max, payload.signature)
-        try:
-            done = await self.settler.refund(order)
-        except ChannelTxInDoubt as exc:
-            # its answer was lost: the chain says whether the refund (this nonce) went through
-            found = None
-            with contextlib.suppress(ChainError):
-                found = await self.contract.find_refund(config, onchain.refund_nonce)
-            if found is None:
-                log.warning("refund: channel=%s in doubt (%s)", channel_id, exc)
-                raise _RefundInDoubt(payer, onchain.refund_nonce, amount, exc.tx) from None
-            done = found
-        except (ChannelError, ChainError, StoreError, ValueError) as exc:
-            log.warning("refund: channel=%s failed (%s)", channel_id, exc)
-            raise PaymentRejected(ChannelReason.REFUND_TRANSACTION_FAILED, f"the refund failed: {exc}", payer) from None
-        tx, refunded = done.tx, done.refunded
-        log.info("refund: channel=%s payer=%s amount=%d claimed=%d tx=%s", channel_id, payer, refunded, charged, tx)
-        if done.claimed:
-            table = self.table
-            # counted from the receipt: a row a claim beat to the chain was skipped there
-            claim = claim_record(
-                tx,
-                done.claimed,
-                network=table.network,
-                asset=table.asset.address,
-                pay_to=table.pay_to,
-                state=State.SETTLED,
-            )
-            with contextlib.suppress(StoreError):  # the claimer journals mined claims it finds missing
-                await self.journal.advance(claim, [State.SETTLED])
-        refund = self._movement(REFUND_PATH, channel_id, payer, refunded, tx, refund_nonce=onchain.refund_nonce)
-        await self._journal_movement(refund)
-        synced = await self._sync(config, channel_id)
-        if synced is not None and channel_id in done.claimed:
-            await self.store.record_claimed(channel_id, done.claimed[channel_id][0])
-        obj = {
-            "success": True,
-            "transaction": tx,
-            "network": self.table.network,
-            "payer": payer,
-            "amount": str(refunded),
-            "extra": {"channelState": synced.to_wire()} if synced is not None else {},
-        }
-        return HEADER_PAYMENT_RESPONSE.encode(), encode_header(obj).encode()
+        await self._refunds.serve(envelope, send)
 
     # ------------------------------------------------------------------ serving
 
@@ -619,7 +481,7 @@ class BatchScheme:
 
     def _verify(self, payload: BatchPayload, envelope: Envelope) -> str:
         checking = time.perf_counter()
-        channel_id = self._check(payload, envelope)
+        channel_id = self.check_payload(payload, envelope)
         _VERIFY_SECONDS.observe(time.perf_counter() - checking)
         return channel_id
 
@@ -665,14 +527,14 @@ class BatchScheme:
         try:
             reserved = await (sent or await self._send_reserve(payload, channel_id, amount, token)).reply()
             if reserved.kind == "not_found":
-                if await self._sync(payload.config, channel_id) is None:
+                if await self.sync_channel(payload.config, channel_id) is None:
                     raise PaymentRejected(
                         ChannelReason.CHANNEL_NOT_FOUND,
                         "no deposit in this channel; send a deposit payload first",
                         payer,
                     )
                 reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
-            elif reserved.kind == "exceeds_balance" and await self._grew(payload, channel_id, reserved.state):
+            elif reserved.kind == "exceeds_balance" and await self.balance_grew(payload, channel_id, reserved.state):
                 reserved = await (await self._send_reserve(payload, channel_id, amount, token)).reply()
         except BaseException:
             # a reply lost to a store fault, or a request cancelled while waiting for it, may
@@ -682,9 +544,9 @@ class BatchScheme:
             raise
         if reserved.ok:
             return reserved
-        self._refused_reservation(reserved, payload, amount)
+        self.refuse(reserved, payload, amount)
 
-    def _refused_reservation(self, reserved: Reserved, payload: BatchPayload, amount: int) -> NoReturn:
+    def refuse(self, reserved: Reserved, payload: BatchPayload, amount: int) -> NoReturn:
         """Raise the rejection a refused reservation means (the corrective 402 for a mismatch)."""
         payer = payload.config.payer
         state = reserved.state
