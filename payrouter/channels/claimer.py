@@ -53,7 +53,7 @@ from payrouter.channels.contract import (
     ClaimRow,
     OnchainChannel,
 )
-from payrouter.channels.movements import Where, journal_movements
+from payrouter.channels.movements import journal_movements
 from payrouter.channels.records import (
     CLAIM_PATH,
     REFUND_PATH,
@@ -461,14 +461,13 @@ class Claimer:
             scanned, covered = -1, set()
         ids = {state.channel_id for state, _ in ours}
         window = max(head - FIRST_SCAN_BLOCKS, 0)
-        where = Where(self.network, self.token, self.pay_to)
         # channels new to the scan start at its window, or where it left off if that is older
         fresh = window if scanned < 0 else min(scanned + 1, window)
         for channels, start in ((ids & covered, scanned + 1), (ids - covered, fresh)):
             if not channels or start > head:
                 continue
             found = await journal_movements(
-                self.chain, self.contract.address, self.journal, channels, start, head, where, self._free_hold
+                self.chain, self.contract.address, self.journal, channels, start, head, self._where(), self._free_hold
             )
             for record in found:
                 log.info("claimer: journaled %s %s found on chain (%d)", record.path, record.id, record.amount)

@@ -54,6 +54,7 @@ __all__ = [
     "check_claim_rows",
     "collector_data",
     "decode_revert",
+    "word",
 ]
 
 # A transaction in doubt the node still does not know after this long was dropped unmined
@@ -351,7 +352,12 @@ def _hex(data: bytes) -> str:
     return "0x" + data.hex()
 
 
-def _word(value: Any, index: int) -> int:
+def word(value: Any, index: int) -> int:
+    """The ``index``-th 32-byte word of ``value`` (an ``eth_call`` result or a log's data).
+
+    Raises:
+        ChainError: ``value`` is an error, not hex text, or too short.
+    """
     if isinstance(value, ChainError):
         raise value
     if not isinstance(value, str):
@@ -417,11 +423,11 @@ class BatchSettlementContract:
     def _channel_from(results: Sequence[Any]) -> OnchainChannel:
         state, pending, nonce = results
         return OnchainChannel(
-            balance=_word(state, 0),
-            total_claimed=_word(state, 1),
-            withdraw_amount=_word(pending, 0),
-            withdraw_initiated_at=_word(pending, 1),
-            refund_nonce=_word(nonce, 0),
+            balance=word(state, 0),
+            total_claimed=word(state, 1),
+            withdraw_amount=word(pending, 0),
+            withdraw_initiated_at=word(pending, 1),
+            refund_nonce=word(nonce, 0),
         )
 
     async def channel(self, channel_id: bytes) -> OnchainChannel:
@@ -455,7 +461,7 @@ class BatchSettlementContract:
             ChainError: the node failed or answered malformed data.
         """
         (result,) = await self._chain.batch([self._read("receivers", [receiver, token])])
-        return _word(result, 0), _word(result, 1)
+        return word(result, 0), word(result, 1)
 
     # ----------------------------------------------------------------- writes
 
@@ -562,13 +568,13 @@ class BatchSettlementContract:
         for log in self._logs(receipt, CLAIMED_TOPIC):
             topics = log.get("topics") or []
             if len(topics) > 2 and int(topics[2], 16) == int(receiver, 16):
-                out[str(topics[1]).lower()] = (_word(log.get("data"), 0), _word(log.get("data"), 1))
+                out[str(topics[1]).lower()] = (word(log.get("data"), 0), word(log.get("data"), 1))
         return out
 
     def deposited_in(self, receipt: Receipt, channel_id: bytes) -> int:
         """What ``receipt``'s ``Deposited`` events put into ``channel_id``."""
         return sum(
-            _word(log.get("data"), 0)
+            word(log.get("data"), 0)
             for log in self._logs(receipt, DEPOSITED_TOPIC)
             if len(log.get("topics") or []) > 1 and bytes.fromhex(str(log["topics"][1])[2:]) == channel_id
         )
@@ -622,7 +628,7 @@ class BatchSettlementContract:
         head = int(await self._chain.call("eth_blockNumber", []), 16)
         topics = [REFUNDED_TOPIC, "0x" + channel_id.hex()]
         for entry in await self._chain.get_logs(self.address, topics, max(head - lookback, 0)):
-            if _word(entry.get("data"), 0) != nonce:
+            if word(entry.get("data"), 0) != nonce:
                 continue
             receipt = await self._chain.receipt(str(entry["transactionHash"]))
             refunded = self.refund_of(receipt, channel_id, nonce) if receipt is not None else None
@@ -644,8 +650,8 @@ class BatchSettlementContract:
         for log in self._logs(receipt, REFUNDED_TOPIC):
             topics = log.get("topics") or []
             if len(topics) > 1 and bytes.fromhex(str(topics[1])[2:]) == channel_id:
-                if _word(log.get("data"), 0) == nonce:
-                    return _word(log.get("data"), 1)
+                if word(log.get("data"), 0) == nonce:
+                    return word(log.get("data"), 1)
         return None
 
     def refunded_in(self, receipt: Receipt, channel_id: bytes) -> int:
@@ -654,7 +660,7 @@ class BatchSettlementContract:
         for log in self._logs(receipt, REFUNDED_TOPIC):
             topics = log.get("topics") or []
             if len(topics) > 1 and bytes.fromhex(str(topics[1])[2:]) == channel_id:
-                refunded += _word(log.get("data"), 1)
+                refunded += word(log.get("data"), 1)
         return refunded
 
     async def refund(

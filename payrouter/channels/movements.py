@@ -11,45 +11,29 @@ channel's deposits minus its refunds and withdrawals add up to its on-chain ``ba
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from payrouter.chain import ChainClient, ChainError
-from payrouter.channels.contract import DEPOSITED_TOPIC, REFUNDED_TOPIC, WITHDRAW_FINALIZED_TOPIC
+from payrouter.channels.contract import DEPOSITED_TOPIC, REFUNDED_TOPIC, WITHDRAW_FINALIZED_TOPIC, word
 from payrouter.channels.records import DEPOSIT_PATH, MOVEMENT_OVER, REFUND_PATH, WITHDRAW_PATH, movement_record
 from payrouter.journal import Journal, PaymentRecord, State
 
-__all__ = ["MOVEMENT_TOPICS", "Where", "journal_movements", "movements_in"]
+__all__ = ["MOVEMENT_TOPICS", "journal_movements", "movements_in"]
 
 MOVEMENT_TOPICS = {DEPOSITED_TOPIC: DEPOSIT_PATH, REFUNDED_TOPIC: REFUND_PATH, WITHDRAW_FINALIZED_TOPIC: WITHDRAW_PATH}
 # channel ids per eth_getLogs (an OR of topics): nodes cap a filter's size
 _IDS_PER_QUERY = 100
 
 
-@dataclass(frozen=True, slots=True)
-class Where:
-    """Whose records these are: the price table's network, asset and ``pay_to``."""
-
-    network: str
-    asset: str
-    pay_to: str
-
-
-def _words(data: Any, count: int) -> list[int]:
-    raw = bytes.fromhex(str(data or "0x").removeprefix("0x"))
-    if len(raw) < 32 * count:
-        raise ChainError(f"a channel log holds {len(raw)} bytes of data, not {32 * count}")
-    return [int.from_bytes(raw[32 * i : 32 * (i + 1)], "big") for i in range(count)]
-
-
 def _address(topic: Any) -> str:
     return "0x" + str(topic)[-40:]
 
 
-def movements_in(logs: Iterable[dict[str, Any]], where: Where) -> list[PaymentRecord]:
+def movements_in(logs: Iterable[dict[str, Any]], where: Mapping[str, str]) -> list[PaymentRecord]:
     """The movement records ``logs`` (the contract's, of any kind) hold: one per deposit or
     withdrawal transaction and channel (amounts summed), one per refund nonce and channel.
+    ``where``: the records' ``network``, ``asset`` and ``pay_to``.
 
     Raises:
         ChainError: a log of a movement kind is malformed.
@@ -63,21 +47,10 @@ def movements_in(logs: Iterable[dict[str, Any]], where: Where) -> list[PaymentRe
         if len(topics) < 3:
             raise ChainError(f"a {path} log names {len(topics)} topics")
         channel_id, payer, tx = topics[1], _address(topics[2]), str(entry["transactionHash"]).lower()
-        if path == REFUND_PATH:
-            nonce, amount = _words(entry.get("data"), 2)
-        else:
-            nonce, amount = 0, _words(entry.get("data"), 1)[0]
-        record = movement_record(
-            path,
-            channel_id,
-            payer,
-            amount,
-            tx,
-            network=where.network,
-            asset=where.asset,
-            pay_to=where.pay_to,
-            refund_nonce=nonce,
-        )
+        data = entry.get("data")
+        # Refunded(…, nonce, amount); Deposited and WithdrawFinalized(…, amount)
+        nonce, amount = (word(data, 0), word(data, 1)) if path == REFUND_PATH else (0, word(data, 0))
+        record = movement_record(path, channel_id, payer, amount, tx, refund_nonce=nonce, **where)
         seen = records.get(record.id)
         if seen is not None and path != REFUND_PATH:  # two deposits into one channel in one transaction
             record = record.moved(State.SETTLED, amount=seen.amount + amount)
@@ -92,12 +65,12 @@ async def journal_movements(
     channel_ids: Iterable[str],
     start: int,
     end: int,
-    where: Where,
+    where: Mapping[str, str],
     settling: Callable[[PaymentRecord], Awaitable[None]] | None = None,
 ) -> list[PaymentRecord]:
     """Journal every deposit, refund and finalised withdrawal of ``channel_ids`` (0x hex) that
     the contract at ``contract`` logged in blocks ``start`` to ``end`` and the journal does not
-    hold settled; return the records written. ``settling`` is called with a pending refund
+    hold settled (records of ``where``, as in `movements_in`); return the records written. ``settling`` is called with a pending refund
     record before its log's record replaces it (its channel is held: the claimer frees it).
 
     Raises:

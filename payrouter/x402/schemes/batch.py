@@ -458,9 +458,7 @@ class BatchScheme:
             charge = paid.charge(self.table)
             # the charge leaves before the answer does: the payer's next request, on any
             # instance, can only follow the answer, so it finds the charge in the store
-            charging = await self._write_charge(
-                call, self._settled(call, paid, record, charge), channel_id, token, charge
-            )
+            charging = await self._write_charge(call, paid, record, channel_id, token, charge)
             try:
                 receipt = self._receipt(payer, charge, _after_commit(reserved, payload, charge), *deposited)
                 await send_response(send, status, body, [*headers, receipt])
@@ -650,20 +648,15 @@ class BatchScheme:
                 delay = min(delay * 2, 30.0)
         log.error("channel %s: reservation %s could not be released; it lapses on its own", channel_id, token[:8])
 
-    def _settled(self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, charge: int) -> PaymentRecord:
-        """The voucher's journal record once ``charge`` is committed (built before the answer
-        goes: after it, only the write is left)."""
-        usage = _usage_fields(paid, self.table, record)
-        settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
-        observed.committed(call.scope, settled)
-        return settled
-
     async def _write_charge(
-        self, call: PaidRequest, settled: PaymentRecord, channel_id: str, token: str, charge: int
+        self, call: PaidRequest, paid: PaidCall, record: PaymentRecord, channel_id: str, token: str, charge: int
     ) -> _Charging:
         """Write the charge to the channel and its journal record, returning once both writes
         have left this process: the answer may go out now, and `_Charging.confirm` reads the
         replies after it (a crash in between loses replies, never the charge)."""
+        usage = _usage_fields(paid, self.table, record)
+        settled = record.moved(State.SETTLED, charged=charge, settled_at=now_ms(), delivered="complete", **usage)
+        observed.committed(call.scope, settled)
         started = time.perf_counter()
         commit: Written[ChannelState | None] | None = None
         journal: Written[tuple[bool, str]] | None = None
@@ -746,8 +739,7 @@ class BatchScheme:
                     charge, state = 0, None
                 else:
                     charge = paid.charge(self.table)
-                    settled = self._settled(call, paid, record, charge)
-                    state = await (await self._write_charge(call, settled, channel_id, token, charge)).confirm()
+                    state = await (await self._write_charge(call, paid, record, channel_id, token, charge)).confirm()
         if status >= 400 or not paid.billable:
             if not started:
                 _, err = json_error(502, "the model call failed; nothing was charged", "upstream_error")
