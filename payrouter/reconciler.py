@@ -6,7 +6,11 @@ background of ``payrouter serve`` (one instance at a time, under a store lock) a
 state, and the chain's nonces make a second broadcast of one authorization harmless, so runs
 may overlap with each other and with live traffic.
 
-The rules, for an authorization the chain says is
+``claimed`` and ``serving`` records are their worker's until the authorization expires, whatever
+the chain says: only the worker knows what it delivered (a payer cancelling its authorization
+mid-stream owes the stream; a front-runner's transfer is found by the worker's own settle).
+For the other open records, and for those once expired, the rules, for an authorization the
+chain says is
 
 - *used*: the money moved: ``settled`` (the transaction found from our hash or the token's
   ``AuthorizationUsed`` log);
@@ -14,8 +18,7 @@ The rules, for an authorization the chain says is
   ``unpaid`` for an owed stream;
 - *unused and valid*: ``pending`` whose transaction the node no longer knows, or whose
   transaction reverted, is broadcast again (or becomes ``owed``/``released``); ``owed`` and
-  stale ``settling`` records (their worker is gone; the answer is kept) are settled now;
-  ``claimed``/``serving`` are left to their worker until the authorization expires.
+  stale ``settling`` records (their worker is gone; the answer is kept) are settled now.
 
 Records of the ``batch-settlement`` scheme are not payments of their own (a voucher's money
 reaches us by a channel claim): they are left to the channel claimer, which also releases
@@ -155,6 +158,11 @@ class Resolver:
         ):
             return record
         expired = time.time() > self._end_of_life(record)
+        if record.state in (State.CLAIMED, State.SERVING) and not expired:
+            # its worker is still within the authorization's life and decides from what it
+            # knows (what it delivered, its own settle attempt): deciding here from the chain
+            # alone would release a stream the payer cancelled mid-way, losing the debt
+            return record
         if await self._used(record):
             how = await self._how_used(record)
             if how is None:
@@ -171,8 +179,6 @@ class Resolver:
             delivered = _delivered(record) and record.state in (State.OWED, State.PENDING, State.SETTLING)
             state = State.UNPAID if delivered else State.RELEASED
             return await self._write(record, state, reason=record.reason or "expired_unused")
-        if record.state in (State.CLAIMED, State.SERVING):
-            return record  # its worker is still within the authorization's life
         if record.state == State.SETTLING and now_ms() - record.updated_at < STALE_MS:
             return record
         if record.state == State.PENDING and record.tx:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from payrouter import metrics
-from payrouter.journal import PaymentRecord, State, StoredAnswer, now_ms
+from payrouter.journal import OPEN_STATES, PaymentRecord, State, StoredAnswer, now_ms
 from payrouter.metrics.timing import timed
 from payrouter.quoting import PricedRoute
 from payrouter.services import Services
@@ -212,10 +212,31 @@ class PaymentAttempt:
             moved = await self.write(State.SETTLING, [State.CLAIMED, State.SERVING], answer=answer, **changes)
         except StoreError as exc:
             log.warning("payment %s not settled: journal unavailable (%s)", self.record.id, exc)
-            moved = False
+            return self._unavailable()
         if not moved:
-            return self._outcome("unavailable", Reason.UNEXPECTED_SETTLE, "the payment could not be recorded first")
+            return await self._decided_elsewhere(answer, changes)
         return await self._settle_recorded()
+
+    async def _decided_elsewhere(self, answer: StoredAnswer | None, changes: dict[str, Any]) -> SettleOutcome:
+        """The record could not move to ``settling``: while it is still open nothing was
+        broadcast (``unavailable``); if the reconciler already decided it from the chain (an
+        authorization that expired while serving, moved by someone else), that is the outcome,
+        and a settled record gets this request's answer."""
+        try:
+            current = await self.services.journal.get(self.record.id)
+        except StoreError:
+            return self._unavailable()
+        if current is None or current.owner != self.record.owner or current.state in OPEN_STATES:
+            return self._unavailable()
+        self.record = current
+        if current.state == State.SETTLED:
+            await self.write(State.SETTLED, [State.SETTLED], answer=answer, durable=True, **changes)
+            return self._outcome("settled", None, "", current.tx)
+        reason = current.reason or Reason.TRANSACTION_FAILED
+        return self._outcome("refused", reason, f"the payment is {current.state}", current.tx)
+
+    def _unavailable(self) -> SettleOutcome:
+        return self._outcome("unavailable", Reason.UNEXPECTED_SETTLE, "the payment could not be recorded first")
 
     async def _settle_recorded(self) -> SettleOutcome:
         requirements, record = self.priced.requirements, self.record

@@ -17,6 +17,7 @@ from wallets import LocalSigner, TransferWithAuthorization, new_nonce, sign_auth
 
 from .conftest import Observer
 from .payments import header, offer, payment
+from .reconcile_now import reconcile_now
 
 
 def _paid_in_background(
@@ -73,7 +74,7 @@ def test_front_run_settlement_still_counts(box: Sandbox, http: httpx.Client, obs
     amount = int(o["accepts"][0]["amount"])
     paid = header(payment(o, agent))
     before = observer.balances(agent.address, box.operator.address)
-    observer.control(delay_ms=400)
+    observer.control(delay_ms=1000)
     calls = observer.upstream_calls()
     thread, result = _paid_in_background(url, body, paid)
     _wait_for_upstream_call(observer, calls)
@@ -82,6 +83,8 @@ def test_front_run_settlement_still_counts(box: Sandbox, http: httpx.Client, obs
     auth = TransferWithAuthorization.from_wire(decoded["payload"]["authorization"])
     signature = bytes.fromhex(decoded["payload"]["signature"][2:])
     front = box.token.transfer_with_authorization(box.chain.new_account(), auth, signature)
+    # a reconciler pass seeing the used authorization leaves the request's record to it
+    assert reconcile_now(box, agent.address, "0x" + auth.nonce.hex()) in ("claimed", "serving")
     thread.join(30)
     response = result[0]
     assert response.status_code == 200, response.text

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,3 +166,41 @@ def test_a_malformed_request_is_a_400_whatever_its_payment(client: TestClient) -
     for headers in ({"PAYMENT-SIGNATURE": "not base64 json"}, {}):
         response = client.post("/v1/chat/completions", json={**_body(), "messages": "not a list"}, headers=headers)
         assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_payment_settled_by_someone_else_while_serving_is_answered(
+    client: TestClient, facilitator: FakeFacilitator, upstream_url: str
+) -> None:
+    """The reconciler may decide a record while its request still runs (an authorization that
+    expired while serving, moved on chain by someone else): the request answers with that
+    transaction, broadcasts nothing, and its answer is kept for the payment's replay."""
+    journal = client.app_state["services"].journal
+    portal = client.portal
+    assert portal is not None  # the client is entered: the app runs on this portal's loop
+    body = _body()
+    agent = LocalSigner.generate()
+    paid = payment(_offer(client, body), agent)
+    record_id = f"exact:{agent.address.lower()}:{paid['payload']['authorization']['nonce']}"
+    elsewhere = "0x" + secrets.token_hex(32)
+    httpx.post(f"{upstream_url}/_control", json={"delay_ms": 400}).raise_for_status()
+    out: list[Any] = []  # the test client's responses
+    thread = threading.Thread(
+        target=lambda: out.append(client.post("/v1/chat/completions", json=body, headers=header(paid)))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while (record := portal.call(journal.get, record_id)) is None or record.state != "serving":
+            assert time.monotonic() < deadline, "the request never started serving"
+            time.sleep(0.01)
+        settled = record.moved("settled", tx=elsewhere, charged=record.amount, reason="")
+        assert portal.call(journal.advance, settled, ["serving"])[0]
+        thread.join(10)
+    finally:
+        httpx.post(f"{upstream_url}/_control", json={"delay_ms": 0}).raise_for_status()
+    response = out[0]
+    assert response.status_code == 200, response.text
+    assert _receipt(response)["success"] is True and _receipt(response)["transaction"] == elsewhere
+    assert facilitator.settle_calls == 0
+    again = client.post("/v1/chat/completions", json=body, headers=header(paid))
+    assert again.status_code == 200 and again.json() == response.json()
