@@ -115,7 +115,7 @@ def _instrument() -> dict[str, list[float]]:
     from payrouter.upstream.health import HealthTracker
     from payrouter.upstream.openai import OpenAICompatible
     from payrouter.x402 import gate
-    from payrouter.x402.schemes import batch, exact
+    from payrouter.x402.schemes import batch, batch_deposits, exact
 
     samples: dict[str, list[float]] = {}
 
@@ -157,9 +157,8 @@ def _instrument() -> dict[str, list[float]]:
         for attr in ("presented_quote", "run_handler", "send_response"):
             if hasattr(module, attr):
                 setattr(module, attr, timed_async(f"{prefix}.{attr}", getattr(module, attr)))
-    for cls, prefix in ((batch.BatchScheme, "batch"), (getattr(exact, "ExactScheme", None), "exact")):
-        if cls is None:
-            continue
+    classes = ((batch.BatchScheme, "batch"), (batch_deposits.ChannelDeposits, "deposit"), (exact.ExactScheme, "exact"))
+    for cls, prefix in classes:
         for attr, value in list(vars(cls).items()):
             if attr in ("offer", "refund_offer", "__init__") or not inspect.isfunction(value):
                 continue

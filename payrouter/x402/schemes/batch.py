@@ -19,7 +19,8 @@ round trip:
    it (`payrouter.store.Written`): a crash then loses a reply, never the charge.
 
 The claimer (`payrouter.channels.claimer`) turns committed vouchers into on-chain claims.
-Refunds (``GET`` of a paid URL) are `payrouter.x402.schemes.batch_refunds`.
+Deposits are `payrouter.x402.schemes.batch_deposits`; refunds (``GET`` of a paid URL) are
+`payrouter.x402.schemes.batch_refunds`.
 
 Streams: the voucher covers the maximum, the charge is what was streamed. The headers leave
 before the charge is known, so a stream's receipt is its last SSE event (``x402.payment``,
@@ -44,14 +45,8 @@ from starlette.types import Message, Send
 from payrouter import metrics
 from payrouter.chain import ChainError
 from payrouter.channels import ChannelState, ChannelStore, Reserved
-from payrouter.channels.contract import (
-    ChannelError,
-    ChannelTxFailed,
-    ChannelTxInDoubt,
-    Erc3009Deposit,
-)
-from payrouter.channels.records import DEPOSIT_PATH, MOVEMENT_OVER, movement_record
-from payrouter.channels.settler import ChannelSettler, DepositOrder
+from payrouter.channels.records import MOVEMENT_OVER, movement_record
+from payrouter.channels.settler import ChannelSettler
 from payrouter.channels.state import InvalidCharge
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.journal.deferred import DeferredWrites
@@ -65,6 +60,7 @@ from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.schemes.base import match_terms, presented_quote
+from payrouter.x402.schemes.batch_deposits import ChannelDeposits
 from payrouter.x402.schemes.batch_payload import BatchPayload, ChannelReason, parse_batch_payload
 from payrouter.x402.schemes.batch_refunds import ChannelRefunds
 from payrouter.x402.wire import HEADER_PAYMENT_RESPONSE, Envelope, compact_json, encode_header
@@ -79,9 +75,6 @@ log = logging.getLogger("payrouter.channels")
 
 BATCH = "batch-settlement"
 _ZERO = "0x" + "00" * 20
-# An ERC-3009 deposit authorization must stay valid this long after we check it: the deposit
-# is sent at once, and must be mined before it expires.
-_VALID_BEFORE_MARGIN = 6
 # The reservation outlives the quote's lifetime by this much (the model call must finish
 # within the quote's timeout; the slack covers committing).
 _RESERVE_SLACK_S = 60
@@ -133,6 +126,7 @@ class BatchScheme:
         self.min_deposit = table.channels.min_deposit_atomic(table.asset.decimals)
         self._releasing: set[asyncio.Task[None]] = set()
         self._refunds = ChannelRefunds(self)
+        self._deposits = ChannelDeposits(self)
 
     def offer(self, priced: PricedRoute) -> Requirements:
         base = priced.requirements
@@ -262,98 +256,6 @@ class BatchScheme:
             return False
         return synced is not None and synced.balance >= payload.signed_max
 
-    async def _deposit(
-        self, call: PaidRequest, envelope: Envelope, priced: PricedRoute, payload: BatchPayload, channel_id: str
-    ) -> tuple[str, int]:
-        """Send the payload's deposit on chain (through the settler), wait for it, and mirror
-        the channel; its ``(transaction, amount)`` (``("", 0)`` when it was already in the channel)."""
-        deposit, config = payload.deposit, payload.config
-        assert deposit is not None
-        payer = config.payer
-        now = int(time.time())
-        if deposit.valid_after > now:
-            raise PaymentRejected(ChannelReason.VALID_AFTER, "the deposit authorization is not valid yet", payer)
-        if deposit.valid_before < now + _VALID_BEFORE_MARGIN:
-            raise PaymentRejected(ChannelReason.VALID_BEFORE, "the deposit authorization expires too soon", payer)
-        if deposit.amount < self.min_deposit:
-            raise PaymentRejected(
-                ChannelReason.DEPOSIT_BELOW_MIN, f"deposits here are at least {self.min_deposit} atomic units", payer
-            )
-        order = DepositOrder(
-            config,
-            deposit.amount,
-            Erc3009Deposit(deposit.valid_after, deposit.valid_before, deposit.salt, deposit.signature),
-            envelope.raw,
-            self.offer(priced).to_v2(),
-        )
-        try:
-            await self.settler.check_deposit(order)
-        except ChannelError as exc:
-            # the same deposit sent again (its first answer was lost) is already in the
-            # channel: the voucher it carries is served on it (and the deposit journaled)
-            synced = await self.sync_channel(config, channel_id)
-            if synced is not None and synced.balance >= payload.signed_max:
-                landed = await self._landed(order, deposit.salt)
-                if not landed:
-                    return "", 0
-                await self._journal_deposit(call, order, channel_id, landed)
-                return landed, deposit.amount
-            # a facilitator names the rule the deposit broke; the contract's own refusal is
-            # reported as a failed simulation
-            reason = (exc.code if isinstance(exc, ChannelTxFailed) else None) or ChannelReason.DEPOSIT_SIMULATION_FAILED
-            raise PaymentRejected(reason, f"the deposit would fail: {exc}", payer) from None
-        except ChainError as exc:
-            raise PaymentRejected(ChannelReason.STATE_UNAVAILABLE, f"the chain is unavailable ({exc})", payer) from None
-        try:
-            tx = await self.settler.deposit(order)
-        except ChannelTxInDoubt as exc:
-            # its answer was lost: the chain says whether it went through (else it may still
-            # land: it is the payer's money in their channel either way)
-            landed = await self._landed(order, deposit.salt)
-            if not landed:
-                await self._watch(config, channel_id)
-                raise PaymentRejected(
-                    ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit was sent and not confirmed ({exc})", payer
-                ) from None
-            tx = landed
-        except (ChannelError, ChainError, StoreError) as exc:
-            raise PaymentRejected(
-                ChannelReason.DEPOSIT_TRANSACTION_FAILED, f"the deposit failed: {exc}", payer
-            ) from None
-        log.info("deposit: channel=%s payer=%s amount=%d tx=%s", channel_id, payer, deposit.amount, tx)
-        await self._journal_deposit(call, order, channel_id, tx)
-        if await self.sync_channel(config, channel_id) is None:
-            raise PaymentRejected(ChannelReason.CHANNEL_NOT_FOUND, "the deposit left the channel empty", payer)
-        return tx, deposit.amount
-
-    async def _watch(self, config: ChannelConfig, channel_id: str) -> None:
-        """Put a channel whose first deposit is in doubt in the store (empty, as far as we
-        know): the claimer's passes then mirror its balance once the deposit lands, and journal
-        the deposit from the chain's logs. A channel the store has is left as it is (a mirror
-        stamped at time 0 never overwrites a newer one)."""
-        with contextlib.suppress(StoreError):
-            await self.store.upsert_onchain(
-                channel_id,
-                config=json.dumps(config.to_wire(), separators=(",", ":")),
-                payer=config.payer,
-                balance=0,
-                total_claimed=0,
-                withdraw_requested_at=0,
-                refund_nonce=0,
-                synced_at_ms=0,
-            )
-
-    async def _landed(self, order: DepositOrder, salt: int) -> str | None:
-        """The transaction that took ``order``'s deposit, if the chain shows one."""
-        try:
-            return await self.contract.find_deposit(order.config, order.amount, salt)
-        except ChainError:
-            return None
-
-    async def _journal_deposit(self, call: PaidRequest, order: DepositOrder, channel_id: str, tx: str) -> None:
-        record = self.movement(DEPOSIT_PATH, channel_id, order.config.payer, order.amount, tx, request=call.digest)
-        await self.journal_movement(record)
-
     def movement(self, path: str, channel_id: str, payer: str, amount: int, tx: str, **kw: Any) -> PaymentRecord:
         """The journal record of a deposit, refund or withdrawal of ``channel_id`` under this
         price table (`payrouter.channels.records.movement_record`; ``kw`` as there)."""
@@ -428,7 +330,7 @@ class BatchScheme:
             channel_id = self._verify(payload, envelope)  # a deposit: before anything is sent
             priced = await self._quote(call, envelope, payer)
             if payload.kind == "deposit":
-                deposited = await self._deposit(call, envelope, priced, payload, channel_id)
+                deposited = await self._deposits.take(call, envelope, priced, payload, channel_id)
                 observed.deposit_sent(call.scope, deposited[0])
             amount = priced.requirements.amount
             reserved = await self._reserve(payload, channel_id, amount, token)
