@@ -39,10 +39,20 @@ def sandbox_in_thread(
     namespace: str = "payrouter-test",
     chain_id: int = 31337,
     claim_poll: float = 0.0,
+    reconcile_interval: float = 0.0,
 ) -> Iterator[Sandbox]:
+    """The sandbox on an event loop of its own. Its claimer and reconciler are off by default:
+    a test runs their passes itself, where it means to (a pass a background loop happened to
+    run in the middle of a test made its outcome depend on timing)."""
     runner = LoopThread()
     manager = sandbox(
-        table, agents=agents, redis_url=redis_url, namespace=namespace, chain_id=chain_id, claim_poll=claim_poll
+        table,
+        agents=agents,
+        redis_url=redis_url,
+        namespace=namespace,
+        chain_id=chain_id,
+        claim_poll=claim_poll,
+        reconcile_interval=reconcile_interval,
     )
     box = runner.run(manager.__aenter__())
     try:

@@ -99,13 +99,15 @@ async def sandbox(
     schemes: tuple[Scheme, ...] = ("exact", "batch-settlement"),
     claim_poll: float = 30.0,
     gas_wallets: int = 1,
+    reconcile_interval: float = 15.0,
 ) -> AsyncIterator[Sandbox]:
     """Start every part of the sandbox; stop all of it on exit, error included.
 
     ``chain_id`` lets tests impersonate a chain with an x402 v1 name (e.g. 84532);
     ``schemes`` are the payment schemes offered, preferred first; ``claim_poll`` the seconds
-    between the channel claimer's passes (0: none; tests run passes themselves); ``gas_wallets``
-    how many funded gas wallets settle payments (`payrouter.facilitator.sender.GasPool`).
+    between the channel claimer's passes and ``reconcile_interval`` the reconciler's (0: none;
+    tests run passes themselves, when they choose); ``gas_wallets`` how many funded gas wallets
+    settle payments (`payrouter.facilitator.sender.GasPool`).
     """
     base_table = load_price_table(table_path)
     chain = await asyncio.to_thread(DevChain.start, chain_id=chain_id)
@@ -143,6 +145,7 @@ async def sandbox(
             gas_keys=[SecretStr(w.unsafe_export_private_key()) for w in more_gas],
             channel_authorizer_key=SecretStr(authorizer.unsafe_export_private_key()),
             claim_poll=claim_poll,
+            reconcile_interval=reconcile_interval,
         )
         server = uvicorn_server(create_app(settings), host=host, port=port, **uvicorn_options(settings.server))
         task = asyncio.create_task(server.serve())

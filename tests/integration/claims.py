@@ -27,10 +27,12 @@ def claim_pass(box: Sandbox, namespace: str = "", pay_to: str = "") -> ClaimRepo
         assert box.authorizer is not None
         chain = ChainClient(box.chain.rpc_url)
         store = RedisStore(REDIS_URL, namespace)
+        # the gas wallet's nonces are kept where the sandbox's own sender keeps them
+        gas_store = RedisStore(REDIS_URL, box.namespace)
         channels = open_channel_store(REDIS_URL, namespace)
         journal = open_journal(REDIS_URL, namespace)
         try:
-            sender = GasSender(chain, box.gas_wallet, store, box.chain.chain_id)
+            sender = GasSender(chain, box.gas_wallet, gas_store, box.chain.chain_id)
             contract = BatchSettlementContract(chain, sender, box.chain.chain_id)
             claimer = Claimer(
                 channels,
@@ -51,6 +53,7 @@ def claim_pass(box: Sandbox, namespace: str = "", pay_to: str = "") -> ClaimRepo
             await journal.close()
             await channels.close()
             await store.close()
+            await gas_store.close()
             await chain.close()
 
     return asyncio.run(run())

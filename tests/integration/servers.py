@@ -52,8 +52,8 @@ def write_config(
     sections: str = "",
 ) -> Path:
     """A service config serving ``table`` (the sandbox's by default) on its chain, namespace and
-    upstream, on ``redis_url`` (claimer passes are the tests' own); ``sections`` are more TOML
-    sections."""
+    upstream, on ``redis_url`` (claimer and reconciler passes are the tests' own); ``sections``
+    are more TOML sections."""
     table = table or box.table
     (folder / "prices.toml").write_text(price_table_toml(table.model_dump(mode="json")))
     providers = "\n".join(
@@ -66,6 +66,7 @@ def write_config(
     path = folder / "payrouter.toml"
     path.write_text(
         f'price_table = "prices.toml"\nredis_url = "{redis_url}"\nnamespace = "{box.namespace}"\n{log}'
+        "reconcile_interval = 0\n"
         f'[facilitator]\nmode = "local"\nrpc_url = "{box.chain.rpc_url}"\ngas_key_env = "TEST_GAS_KEY"\n'
         f'[channels]\nauthorizer_key_env = "TEST_AUTHORIZER_KEY"\nclaim_poll = 0\n{sections}{providers}\n'
     )
