@@ -6,11 +6,12 @@ background of ``payrouter serve`` (one instance at a time, under a store lock) a
 state, and the chain's nonces make a second broadcast of one authorization harmless, so runs
 may overlap with each other and with live traffic.
 
-``claimed`` and ``serving`` records are their worker's until the authorization expires, whatever
-the chain says: only the worker knows what it delivered (a payer cancelling its authorization
-mid-stream owes the stream; a front-runner's transfer is found by the worker's own settle).
-For the other open records, and for those once expired, the rules, for an authorization the
-chain says is
+A ``claimed`` or ``serving`` record (its worker has not settled yet) is decided only when the
+chain shows its money moved to us (``settled``: a front-runner's transfer; the worker, if still
+alive, answers from the settled record); anything else about it is its worker's until the
+authorization expires, since only the worker knows what it delivered (a payer cancelling its
+authorization mid-stream owes the stream). For the other open records, and for those once
+expired, the rules, for an authorization the chain says is
 
 - *used*: the money moved: ``settled`` (the transaction found from our hash or the token's
   ``AuthorizationUsed`` log);
@@ -158,11 +159,10 @@ class Resolver:
         ):
             return record
         expired = time.time() > self._end_of_life(record)
-        if record.state in (State.CLAIMED, State.SERVING) and not expired:
-            # its worker is still within the authorization's life and decides from what it
-            # knows (what it delivered, its own settle attempt): deciding here from the chain
-            # alone would release a stream the payer cancelled mid-way, losing the debt
-            return record
+        # a worker still within the authorization's life decides from what it knows (what it
+        # delivered): deciding from the chain alone would release a stream the payer
+        # cancelled mid-way, losing the debt
+        live = record.state in (State.CLAIMED, State.SERVING) and not expired
         if await self._used(record):
             how = await self._how_used(record)
             if how is None:
@@ -171,9 +171,13 @@ class Resolver:
                 return await self._write(
                     record, State.SETTLED, tx=how, settled_at=now_ms(), charged=record.amount, reason=""
                 )
+            if live:
+                return record
             # cancelled, or its nonce spent elsewhere: this payment will never move
             state = State.UNPAID if _delivered(record) else State.RELEASED
             return await self._write(record, state, reason="authorization_not_payable")
+        if live:
+            return record
         if expired:
             # unused and expired: nothing can move any more
             delivered = _delivered(record) and record.state in (State.OWED, State.PENDING, State.SETTLING)

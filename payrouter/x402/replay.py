@@ -27,8 +27,6 @@ __all__ = ["replay", "serve_again"]
 
 log = logging.getLogger("payrouter.gate")
 
-# A ``settling`` record this old has lost its worker: a replay settles it itself.
-_STALE_SETTLING_MS = 60_000
 # A paid stream being served (again) longer than this has lost its worker: the next replay serves it.
 _STALE_SERVING_AGAIN_MS = 600_000
 # How often a paid stream that did not reach its payer whole is served again (then its kept
@@ -44,9 +42,10 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
         raise PaymentRejected(
             Reason.NONCE_USED, "this authorization was already used for another payment or request", payer
         )
-    if record.state in (State.PENDING, State.OWED) or (
-        record.state == State.SETTLING and now_ms() - record.updated_at > _STALE_SETTLING_MS
-    ):
+    if record.state in (State.PENDING, State.OWED, State.SETTLING):
+        # what the chain says: money that moved is the answer, whatever the record still says
+        # (its worker may be gone, or a store that restarted lost its last writes); the
+        # resolver broadcasts nothing for a settling record a live worker may still be sending
         with anyio.CancelScope(shield=True):
             try:
                 record = await services.resolver.resolve(record, settle=True)

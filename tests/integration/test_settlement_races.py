@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 
 from payrouter.sandbox.dev import Sandbox
 from payrouter.x402.wire import decode_header
@@ -66,7 +67,14 @@ def test_payer_drained_during_the_call_gets_no_answer(box: Sandbox, http: httpx.
     assert observer.balances(box.operator.address)[0] == operator_before
 
 
-def test_front_run_settlement_still_counts(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+@pytest.mark.parametrize("reconciled", [False, True], ids=["found-by-the-request", "found-by-a-reconciler-pass"])
+def test_front_run_settlement_still_counts(
+    box: Sandbox, http: httpx.Client, observer: Observer, reconciled: bool
+) -> None:
+    """A third party mines the payer's authorization while the model runs: the request's own
+    settle finds that transfer, or a reconciler pass settled the record first and the request
+    answers from it; either way the answer goes out once, with the front-runner's transaction,
+    and is kept for the payment's replay."""
     url = f"{box.router_url}/v1/chat/completions"
     agent = box.agents[3]
     body = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": secrets.token_hex(6)}]}
@@ -83,8 +91,8 @@ def test_front_run_settlement_still_counts(box: Sandbox, http: httpx.Client, obs
     auth = TransferWithAuthorization.from_wire(decoded["payload"]["authorization"])
     signature = bytes.fromhex(decoded["payload"]["signature"][2:])
     front = box.token.transfer_with_authorization(box.chain.new_account(), auth, signature)
-    # a reconciler pass seeing the used authorization leaves the request's record to it
-    assert reconcile_now(box, agent.address, "0x" + auth.nonce.hex()) in ("claimed", "serving")
+    if reconciled:
+        assert reconcile_now(box, agent.address, "0x" + auth.nonce.hex()) == "settled"
     thread.join(30)
     response = result[0]
     assert response.status_code == 200, response.text
@@ -93,3 +101,6 @@ def test_front_run_settlement_still_counts(box: Sandbox, http: httpx.Client, obs
     assert receipt["transaction"] == front["transactionHash"].to_0x_hex()
     after = observer.balances(agent.address, box.operator.address)
     assert (before[0] - after[0], after[1] - before[1]) == (amount, amount)
+    observer.control(delay_ms=0)
+    again = http.post(url, json=body, headers=paid)
+    assert again.status_code == 200 and again.json() == response.json()
