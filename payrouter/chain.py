@@ -354,6 +354,38 @@ class ChainClient:
         )
         return logs
 
+    async def block_timestamp(self, number: int) -> int:
+        """The unix time block ``number`` was mined at.
+
+        Raises:
+            ChainError: the node failed, or does not have the block.
+        """
+        block = await self.call("eth_getBlockByNumber", [hex(number), False])
+        if not isinstance(block, dict) or "timestamp" not in block:
+            raise ChainError(f"block {number} is not known to the node")
+        return int(str(block["timestamp"]), 16)
+
+    async def logs_since(
+        self, address: str, topics: Sequence[Topic], since: float, span: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Logs of ``address`` matching ``topics`` in the blocks mined since the unix time
+        ``since`` (and up to ``span`` blocks before it), oldest first: asked ``span`` blocks at a
+        time back from the head (`logs_between`), until a window starts before ``since``. A
+        search bounded by time, where a search from block 0 is one a hosted node refuses.
+
+        Raises:
+            ChainError: the node failed.
+        """
+        end = int(await self.call("eth_blockNumber", []), 16)
+        windows: list[list[dict[str, Any]]] = []
+        while True:
+            start = max(end - span + 1, 0)
+            windows.append(await self.logs_between(address, topics, start, end, span))
+            if start == 0 or await self.block_timestamp(start) < since:
+                break
+            end = start - 1
+        return [entry for window in reversed(windows) for entry in window]
+
     async def logs_between(
         self, address: str, topics: Sequence[Topic], start: int, end: int, span: int = 10_000
     ) -> list[dict[str, Any]]:

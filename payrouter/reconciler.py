@@ -13,10 +13,13 @@ authorization expires, since only the worker knows what it delivered (a payer ca
 authorization mid-stream owes the stream). For the other open records, and for those once
 expired, the rules, for an authorization the chain says is
 
-- *used*: the money moved: ``settled`` (the transaction found from our hash or the token's
-  ``AuthorizationUsed`` log);
+- *used to pay us*: ``settled`` (the transaction from our hash, or the one whose
+  ``AuthorizationUsed`` log the payment's ``Transfer`` directly follows:
+  `payrouter.facilitator.onchain.pays`);
+- *used otherwise* (cancelled, or its nonce spent by another authorization of the payer's):
+  nothing will move: ``released``, or ``unpaid`` for a stream whose content went out;
 - *unused and expired* (``validBefore`` passed): nothing can move any more: ``released``, or
-  ``unpaid`` for an owed stream;
+  ``unpaid`` for a stream whose content went out;
 - *unused and valid*: ``pending`` whose transaction the node no longer knows, or whose
   transaction reverted, is broadcast again (or becomes ``owed``/``released``); ``owed`` and
   stale ``settling`` records (their worker is gone; the answer is kept) are settled now.
@@ -34,17 +37,18 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from payrouter.chain import (
     AUTHORIZATION_CANCELED_TOPIC,
     AUTHORIZATION_USED_TOPIC,
-    TRANSFER_TOPIC,
     ChainClient,
     ChainError,
     encode_authorization_state,
 )
 from payrouter.channels.records import SCHEME as BATCH_SCHEME
 from payrouter.facilitator import Facilitator
+from payrouter.facilitator.onchain import pays, used_to_pay
 from payrouter.journal import Journal, PaymentRecord, State, now_ms
 from payrouter.quoting import PricedRoute
 from payrouter.store import Store, StoreError, keys
@@ -62,6 +66,8 @@ EXPIRY_MARGIN_S = 30
 STALE_MS = 60_000
 # The longest a record stays open, whatever its authorization's validBefore says.
 MAX_RECORD_LIFE_S = 24 * 3600
+# The chain's logs of a record are searched from this long before it was opened (clock skew).
+SEARCH_MARGIN_S = 3600
 # A pass that crashed holding the lock blocks others at most this long.
 LOCK_TTL_S = 300
 
@@ -107,38 +113,39 @@ class Resolver:
         payment to ``pay_to``; ``""`` when it never will (cancelled, or its nonce spent by
         another authorization of the payer's); None while the chain does not say which.
 
-        A used nonce alone proves nothing: the payer can sign another authorization with the
-        same nonce (to itself) and get it mined first. Only a ``Transfer`` of the amount from
-        the payer to ``pay_to`` in the transaction that used the nonce is the payment.
+        Only the ``Transfer`` that directly follows the nonce's ``AuthorizationUsed`` is the
+        payment (`payrouter.facilitator.onchain.pays`): not a used nonce alone, nor another
+        transfer to ``pay_to`` in the same transaction. The logs are searched from a little
+        before the record was opened (the authorization was unused when it was verified).
         """
         assert self.chain is not None
         if record.tx:
             receipt = await self.chain.receipt(record.tx)
-            if receipt is not None and receipt.status == 1 and self._moves(receipt.logs, record):
+            if receipt is not None and receipt.status == 1 and self._pays(receipt.logs, record):
                 return record.tx
         payer = _topic(record.payer)
-        for used in await self.chain.get_logs(record.asset, [AUTHORIZATION_USED_TOPIC, payer, record.nonce]):
-            tx = str(used["transactionHash"]).lower()
-            block = int(str(used["blockNumber"]), 16)
-            transfers = await self.chain.get_logs(record.asset, [TRANSFER_TOPIC, payer, _topic(record.pay_to)], block)
-            for transfer in transfers:
-                if str(transfer["transactionHash"]).lower() == tx and int(str(transfer["data"]), 16) == record.amount:
-                    return str(used["transactionHash"])
-            return ""
+        since = record.created_at / 1000 - SEARCH_MARGIN_S
+        for used in await self.chain.logs_since(record.asset, [AUTHORIZATION_USED_TOPIC, payer, record.nonce], since):
+            paid = await used_to_pay(
+                self.chain,
+                used,
+                asset=record.asset,
+                payer=record.payer,
+                nonce=record.nonce,
+                pay_to=record.pay_to,
+                amount=record.amount,
+            )
+            return str(used["transactionHash"]) if paid else ""
         cancelled = [AUTHORIZATION_CANCELED_TOPIC, payer, record.nonce]
-        if await self.chain.get_logs(record.asset, cancelled):
+        if await self.chain.logs_since(record.asset, cancelled, since):
             return ""
         return None
 
     @staticmethod
-    def _moves(logs: list[dict[str, object]], record: PaymentRecord) -> bool:
-        want = [TRANSFER_TOPIC, _topic(record.payer), _topic(record.pay_to)]
-        for entry in logs:
-            topics = [str(t).lower() for t in entry.get("topics", [])]  # type: ignore[attr-defined]
-            if str(entry.get("address", "")).lower() == record.asset.lower() and topics == want:
-                if int(str(entry.get("data", "0x0")), 16) == record.amount:
-                    return True
-        return False
+    def _pays(logs: list[dict[str, Any]], record: PaymentRecord) -> bool:
+        return pays(
+            logs, asset=record.asset, payer=record.payer, nonce=record.nonce, pay_to=record.pay_to, amount=record.amount
+        )
 
     async def resolve(self, record: PaymentRecord, settle: bool = True) -> PaymentRecord:
         """Drive ``record`` as far as the chain allows; returns it as it is stored now.

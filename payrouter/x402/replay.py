@@ -44,8 +44,9 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
         )
     if record.state in (State.PENDING, State.OWED, State.SETTLING):
         # what the chain says: money that moved is the answer, whatever the record still says
-        # (its worker may be gone, or a store that restarted lost its last writes); the
-        # resolver broadcasts nothing for a settling record a live worker may still be sending
+        # (its worker may be gone, or a store that restarted lost its last writes); a settling
+        # record is broadcast again only once stale (`payrouter.reconciler.STALE_MS`), when
+        # its worker is most likely gone (if not, the chain's nonce lets one of the two land)
         with anyio.CancelScope(shield=True):
             try:
                 record = await services.resolver.resolve(record, settle=True)
@@ -63,6 +64,13 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
         return
     if record.state == State.SETTLED:
         stored = await services.journal.answer(record.id)
+        if stored is None and record.stream and record.delivered == "streaming" and not stale:
+            # settled (the transfer went with the first chunk): its transcript is kept at its end
+            raise PaymentRejected(
+                Reason.NONCE_USED,
+                "this payment is being served by another request; present it again when that finishes to get its answer",
+                payer,
+            )
         if stored is None:
             raise PaymentRejected(
                 Reason.NONCE_USED, f"this payment was settled ({record.tx}); its answer is no longer kept", payer

@@ -232,6 +232,10 @@ class PaymentAttempt:
         if current.state == State.SETTLED:
             await self.write(State.SETTLED, [State.SETTLED], answer=answer, durable=True, **changes)
             return self._outcome("settled", None, "", current.tx)
+        if current.state == State.RELEASED and changes.get("delivered") == "streaming":
+            # released from the chain (expired unused) while this stream's first chunk went
+            # out with the settle it could not start: the content is owed, never collectable
+            await self.write(State.UNPAID, [State.RELEASED], durable=True, delivered="streaming")
         reason = current.reason or Reason.TRANSACTION_FAILED
         return self._outcome("refused", reason, f"the payment is {current.state}", current.tx)
 

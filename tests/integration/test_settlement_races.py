@@ -14,6 +14,7 @@ import pytest
 
 from payrouter.sandbox.dev import Sandbox
 from payrouter.x402.wire import decode_header
+from tests.mined_together import mined_together
 from wallets import LocalSigner, TransferWithAuthorization, new_nonce, sign_authorization
 
 from .conftest import Observer
@@ -104,3 +105,35 @@ def test_front_run_settlement_still_counts(
     observer.control(delay_ms=0)
     again = http.post(url, json=body, headers=paid)
     assert again.status_code == 200 and again.json() == response.json()
+
+
+def test_one_transfer_does_not_pay_two_payments(box: Sandbox, http: httpx.Client, observer: Observer) -> None:
+    """While the model runs, the payer mines one transaction that spends our payment's nonce on
+    a transfer to itself and pays pay_to the same amount with another authorization: neither a
+    reconciler pass nor the request's own settle takes that transfer for our payment (it pays
+    only the authorization it follows), so the request is refused and not answered."""
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = LocalSigner.generate()
+    body = {"model": "auto", "max_tokens": 20, "messages": [{"role": "user", "content": secrets.token_hex(6)}]}
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    box.token.mint(agent.address, 2 * amount)
+    paid = payment(o, agent)
+    ours = TransferWithAuthorization.from_wire(paid["payload"]["authorization"])
+    operator_before = observer.balances(box.operator.address)[0]
+    observer.control(delay_ms=1000)
+    calls = observer.upstream_calls()
+    thread, result = _paid_in_background(url, body, header(paid))
+    _wait_for_upstream_call(observer, calls)
+    spend = TransferWithAuthorization(agent.address, agent.address, 1, 0, ours.valid_before, ours.nonce)
+    other = TransferWithAuthorization(agent.address, ours.to, amount, 0, ours.valid_before, new_nonce())
+    signed = [(a, sign_authorization(agent, box.token.domain, a)) for a in (spend, other)]
+    assert mined_together(box.chain, box.token, signed)["status"] == 1
+    assert reconcile_now(box, agent.address, "0x" + ours.nonce.hex()) in ("claimed", "serving")
+    thread.join(30)
+    response = result[0]
+    assert response.status_code == 402, response.text
+    receipt = json.loads(base64.b64decode(response.headers["PAYMENT-RESPONSE"]))
+    assert receipt["success"] is False and receipt["errorReason"] == "invalid_exact_evm_transaction_failed"
+    assert "choices" not in response.text
+    assert observer.balances(box.operator.address)[0] == operator_before + amount  # the other one, once

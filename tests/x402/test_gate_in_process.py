@@ -204,3 +204,73 @@ def test_a_payment_settled_by_someone_else_while_serving_is_answered(
     assert facilitator.settle_calls == 0
     again = client.post("/v1/chat/completions", json=body, headers=header(paid))
     assert again.status_code == 200 and again.json() == response.json()
+
+
+def test_a_stream_released_under_it_by_expiry_leaves_a_debt(
+    client: TestClient, facilitator: FakeFacilitator, upstream_url: str
+) -> None:
+    """The reconciler released a stream's record (its authorization expired unused) while the
+    model was still thinking; the first chunk then went out with a settle that could not start:
+    the record becomes ``unpaid`` (content out, nothing collectable) and the payer owes it."""
+    journal = client.app_state["services"].journal
+    portal = client.portal
+    assert portal is not None
+    agent = LocalSigner.generate()
+    body = _body(stream=True)
+    paid = payment(_offer(client, body), agent)
+    record_id = f"exact:{agent.address.lower()}:{paid['payload']['authorization']['nonce']}"
+    httpx.post(f"{upstream_url}/_control", json={"delay_ms": 400}).raise_for_status()
+    out: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: out.append(client.post("/v1/chat/completions", json=body, headers=header(paid)))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while (record := portal.call(journal.get, record_id)) is None or record.state != "serving":
+            assert time.monotonic() < deadline, "the request never started serving"
+            time.sleep(0.01)
+        assert portal.call(journal.advance, record.moved("released", reason="expired_unused"), ["serving"])[0]
+        thread.join(10)
+    finally:
+        httpx.post(f"{upstream_url}/_control", json={"delay_ms": 0}).raise_for_status()
+    assert json.loads(sse_events(out[0].text)[-1][1])["success"] is False
+    assert portal.call(journal.get, record_id).state == "unpaid"
+    assert facilitator.settle_calls == 0
+    again = _body(stream=True)
+    refused = client.post("/v1/chat/completions", json=again, headers=header(payment(_offer(client, again), agent)))
+    assert json.loads(base64.b64decode(refused.headers["PAYMENT-REQUIRED"]))["error"] == "payer_has_unpaid_stream"
+
+
+def test_a_stream_presented_again_while_it_runs_is_being_served(
+    client: TestClient, facilitator: FakeFacilitator, upstream_url: str
+) -> None:
+    """Its transfer went with the first chunk (settled), its transcript is kept at its end: a
+    second request with the same payment meanwhile is told to come back, not that the answer
+    is gone; once the stream ends, the same payment gets the transcript."""
+    journal = client.app_state["services"].journal
+    portal = client.portal
+    assert portal is not None
+    agent = LocalSigner.generate()
+    body = _body(stream=True)
+    paid = payment(_offer(client, body), agent)
+    record_id = f"exact:{agent.address.lower()}:{paid['payload']['authorization']['nonce']}"
+    httpx.post(f"{upstream_url}/_control", json={"chunk_delay_ms": 100}).raise_for_status()
+    out: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: out.append(client.post("/v1/chat/completions", json=body, headers=header(paid)))
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 5
+        while (record := portal.call(journal.get, record_id)) is None or record.state != "settled":
+            assert time.monotonic() < deadline, "the stream's payment never settled"
+            time.sleep(0.01)
+        meanwhile = client.post("/v1/chat/completions", json=body, headers=header(paid))
+        thread.join(20)
+    finally:
+        httpx.post(f"{upstream_url}/_control", json={"chunk_delay_ms": 0}).raise_for_status()
+    assert meanwhile.status_code == 402 and "being served by another request" in meanwhile.text
+    assert out[0].status_code == 200
+    after = client.post("/v1/chat/completions", json=body, headers=header(paid))
+    assert after.status_code == 200 and sse_events(after.text)[:-1] == sse_events(out[0].text)[:-1]
