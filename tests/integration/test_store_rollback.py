@@ -104,6 +104,16 @@ def _in_background(url: str, body: dict[str, Any], paid: dict[str, Any]) -> tupl
     return thread, out
 
 
+def _snapshot_while(router: Router, url: str, body: dict[str, Any], paid: dict[str, Any], state: str) -> Any:
+    """Run the paid request; snapshot Redis while its record is in ``state``; its response."""
+    payer, nonce = paid["payload"]["authorization"]["from"], str(paid["payload"]["authorization"]["nonce"])
+    thread, result = _in_background(url, body, paid)
+    wait_until(lambda: router.state(payer, nonce) == state, f"the record {state}")
+    router.snapshot()
+    thread.join(30)
+    return result[0]
+
+
 def test_a_record_back_at_settling_is_answered_on_its_replay(
     box: Sandbox, http: httpx.Client, observer: Observer, router: Router
 ) -> None:
@@ -111,11 +121,7 @@ def test_a_record_back_at_settling_is_answered_on_its_replay(
     nonce = str(paid["payload"]["authorization"]["nonce"])
     amount = int(paid["accepted"]["amount"])
     router.proxy.set_mode("hide_receipt")  # the transfer is mined; its worker cannot see it
-    thread, result = _in_background(url, body, paid)
-    wait_until(lambda: router.state(agent.address, nonce) == State.SETTLING, "the record settling")
-    router.snapshot()  # the record settling, with its answer
-    thread.join(30)
-    pending = result[0]
+    pending = _snapshot_while(router, url, body, paid, State.SETTLING)  # settling, with its answer
     receipt = json.loads(base64.b64decode(pending.headers["PAYMENT-RESPONSE"]))
     assert pending.status_code == 402 and receipt["errorReason"] == "settlement_pending"
     router.proxy.set_mode("pass")
@@ -137,11 +143,7 @@ def test_a_record_back_at_serving_is_settled_by_the_next_reconciler_pass(
     nonce = str(paid["payload"]["authorization"]["nonce"])
     amount = int(paid["accepted"]["amount"])
     observer.control(delay_ms=500)
-    thread, result = _in_background(url, body, paid)
-    wait_until(lambda: router.state(agent.address, nonce) == State.SERVING, "the record serving")
-    router.snapshot()
-    thread.join(30)
-    assert result[0].status_code == 200
+    assert _snapshot_while(router, url, body, paid, State.SERVING).status_code == 200
     router.redis.restart()  # back to serving, the answer lost with the writes after the snapshot
     assert router.state(agent.address, nonce) == State.SERVING
 

@@ -168,41 +168,67 @@ def test_a_malformed_request_is_a_400_whatever_its_payment(client: TestClient) -
         assert response.status_code == 400 and response.json()["error"]["type"] == "invalid_request_error"
 
 
+class _InFlight:
+    """A paid request run in a thread while the test reads and writes its journal record on the
+    app's own event loop (the memory journal lives there), the test upstream slowed by ``knobs``."""
+
+    def __init__(self, client: TestClient, upstream_url: str, body: dict[str, Any], **knobs: int) -> None:
+        portal = client.portal
+        assert portal is not None  # the client is entered: the app runs on this portal's loop
+        self.client, self.portal, self.upstream_url, self.body = client, portal, upstream_url, body
+        self.journal = client.app_state["services"].journal
+        self.agent = LocalSigner.generate()
+        self.paid = payment(_offer(client, body), self.agent)
+        self.record_id = f"exact:{self.agent.address.lower()}:{self.paid['payload']['authorization']['nonce']}"
+        self.knobs = knobs
+        self.out: list[Any] = []  # the test client's responses
+        self.thread = threading.Thread(target=lambda: self.out.append(self.send()))
+
+    def send(self) -> Any:
+        return self.client.post("/v1/chat/completions", json=self.body, headers=header(self.paid))
+
+    def __enter__(self) -> _InFlight:
+        httpx.post(f"{self.upstream_url}/_control", json=self.knobs).raise_for_status()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.thread.join(20)
+        httpx.post(f"{self.upstream_url}/_control", json=dict.fromkeys(self.knobs, 0)).raise_for_status()
+
+    def record(self) -> Any:
+        return self.portal.call(self.journal.get, self.record_id)
+
+    def wait_for(self, state: str) -> Any:
+        deadline = time.monotonic() + 5
+        while (record := self.record()) is None or record.state != state:
+            assert time.monotonic() < deadline, f"the record never reached {state}"
+            time.sleep(0.01)
+        return record
+
+    def move(self, record: Any, state: str, **changes: Any) -> None:
+        assert self.portal.call(self.journal.advance, record.moved(state, **changes), [record.state])[0]
+
+    @property
+    def response(self) -> Any:
+        return self.out[0]
+
+
 def test_a_payment_settled_by_someone_else_while_serving_is_answered(
     client: TestClient, facilitator: FakeFacilitator, upstream_url: str
 ) -> None:
     """The reconciler may decide a record while its request still runs (an authorization that
     expired while serving, moved on chain by someone else): the request answers with that
     transaction, broadcasts nothing, and its answer is kept for the payment's replay."""
-    journal = client.app_state["services"].journal
-    portal = client.portal
-    assert portal is not None  # the client is entered: the app runs on this portal's loop
-    body = _body()
-    agent = LocalSigner.generate()
-    paid = payment(_offer(client, body), agent)
-    record_id = f"exact:{agent.address.lower()}:{paid['payload']['authorization']['nonce']}"
     elsewhere = "0x" + secrets.token_hex(32)
-    httpx.post(f"{upstream_url}/_control", json={"delay_ms": 400}).raise_for_status()
-    out: list[Any] = []  # the test client's responses
-    thread = threading.Thread(
-        target=lambda: out.append(client.post("/v1/chat/completions", json=body, headers=header(paid)))
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 5
-        while (record := portal.call(journal.get, record_id)) is None or record.state != "serving":
-            assert time.monotonic() < deadline, "the request never started serving"
-            time.sleep(0.01)
-        settled = record.moved("settled", tx=elsewhere, charged=record.amount, reason="")
-        assert portal.call(journal.advance, settled, ["serving"])[0]
-        thread.join(10)
-    finally:
-        httpx.post(f"{upstream_url}/_control", json={"delay_ms": 0}).raise_for_status()
-    response = out[0]
+    with _InFlight(client, upstream_url, _body(), delay_ms=400) as call:
+        record = call.wait_for("serving")
+        call.move(record, "settled", tx=elsewhere, charged=record.amount, reason="")
+    response = call.response
     assert response.status_code == 200, response.text
     assert _receipt(response)["success"] is True and _receipt(response)["transaction"] == elsewhere
     assert facilitator.settle_calls == 0
-    again = client.post("/v1/chat/completions", json=body, headers=header(paid))
+    again = call.send()
     assert again.status_code == 200 and again.json() == response.json()
 
 
@@ -212,33 +238,15 @@ def test_a_stream_released_under_it_by_expiry_leaves_a_debt(
     """The reconciler released a stream's record (its authorization expired unused) while the
     model was still thinking; the first chunk then went out with a settle that could not start:
     the record becomes ``unpaid`` (content out, nothing collectable) and the payer owes it."""
-    journal = client.app_state["services"].journal
-    portal = client.portal
-    assert portal is not None
-    agent = LocalSigner.generate()
-    body = _body(stream=True)
-    paid = payment(_offer(client, body), agent)
-    record_id = f"exact:{agent.address.lower()}:{paid['payload']['authorization']['nonce']}"
-    httpx.post(f"{upstream_url}/_control", json={"delay_ms": 400}).raise_for_status()
-    out: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: out.append(client.post("/v1/chat/completions", json=body, headers=header(paid)))
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 5
-        while (record := portal.call(journal.get, record_id)) is None or record.state != "serving":
-            assert time.monotonic() < deadline, "the request never started serving"
-            time.sleep(0.01)
-        assert portal.call(journal.advance, record.moved("released", reason="expired_unused"), ["serving"])[0]
-        thread.join(10)
-    finally:
-        httpx.post(f"{upstream_url}/_control", json={"delay_ms": 0}).raise_for_status()
-    assert json.loads(sse_events(out[0].text)[-1][1])["success"] is False
-    assert portal.call(journal.get, record_id).state == "unpaid"
+    with _InFlight(client, upstream_url, _body(stream=True), delay_ms=400) as call:
+        call.move(call.wait_for("serving"), "released", reason="expired_unused")
+    assert json.loads(sse_events(call.response.text)[-1][1])["success"] is False
+    assert call.record().state == "unpaid"
     assert facilitator.settle_calls == 0
     again = _body(stream=True)
-    refused = client.post("/v1/chat/completions", json=again, headers=header(payment(_offer(client, again), agent)))
+    refused = client.post(
+        "/v1/chat/completions", json=again, headers=header(payment(_offer(client, again), call.agent))
+    )
     assert json.loads(base64.b64decode(refused.headers["PAYMENT-REQUIRED"]))["error"] == "payer_has_unpaid_stream"
 
 
@@ -248,29 +256,10 @@ def test_a_stream_presented_again_while_it_runs_is_being_served(
     """Its transfer went with the first chunk (settled), its transcript is kept at its end: a
     second request with the same payment meanwhile is told to come back, not that the answer
     is gone; once the stream ends, the same payment gets the transcript."""
-    journal = client.app_state["services"].journal
-    portal = client.portal
-    assert portal is not None
-    agent = LocalSigner.generate()
-    body = _body(stream=True)
-    paid = payment(_offer(client, body), agent)
-    record_id = f"exact:{agent.address.lower()}:{paid['payload']['authorization']['nonce']}"
-    httpx.post(f"{upstream_url}/_control", json={"chunk_delay_ms": 100}).raise_for_status()
-    out: list[Any] = []
-    thread = threading.Thread(
-        target=lambda: out.append(client.post("/v1/chat/completions", json=body, headers=header(paid)))
-    )
-    thread.start()
-    try:
-        deadline = time.monotonic() + 5
-        while (record := portal.call(journal.get, record_id)) is None or record.state != "settled":
-            assert time.monotonic() < deadline, "the stream's payment never settled"
-            time.sleep(0.01)
-        meanwhile = client.post("/v1/chat/completions", json=body, headers=header(paid))
-        thread.join(20)
-    finally:
-        httpx.post(f"{upstream_url}/_control", json={"chunk_delay_ms": 0}).raise_for_status()
+    with _InFlight(client, upstream_url, _body(stream=True), chunk_delay_ms=100) as call:
+        call.wait_for("settled")
+        meanwhile = call.send()
     assert meanwhile.status_code == 402 and "being served by another request" in meanwhile.text
-    assert out[0].status_code == 200
-    after = client.post("/v1/chat/completions", json=body, headers=header(paid))
-    assert after.status_code == 200 and sse_events(after.text)[:-1] == sse_events(out[0].text)[:-1]
+    assert call.response.status_code == 200
+    after = call.send()
+    assert after.status_code == 200 and sse_events(after.text)[:-1] == sse_events(call.response.text)[:-1]
