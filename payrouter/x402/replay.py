@@ -15,7 +15,7 @@ from payrouter.chain import ChainError
 from payrouter.journal import PaymentRecord, State, StoredAnswer, now_ms
 from payrouter.quoting import PricedRoute
 from payrouter.store import StoreError
-from payrouter.x402.asgi import replay_body
+from payrouter.x402.asgi import replay_body, run_handler, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.outcomes import send_outcome
@@ -64,6 +64,11 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
         return
     if record.state == State.SETTLED:
         stored = await services.journal.answer(record.id)
+        if stored is None and not record.stream and record.delivered == "broken":
+            if record.reserves < _MAX_RESERVES:
+                # paid (mined by someone else), and its model call failed: it runs again, free
+                await _answer_again(call, payment, record, send)
+                return
         if stored is None and record.stream and record.delivered == "streaming" and not stale:
             # settled (the transfer went with the first chunk): its transcript is kept at its end
             raise PaymentRejected(
@@ -102,6 +107,36 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
         "this payment is being served by another request; present it again when that finishes to get its answer",
         payer,
     )
+
+
+async def _answer_again(call: PaidRequest, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
+    """A paid plain answer whose model call failed runs once more, free; its answer is kept."""
+    services, payer = call.services, payment.authorization.from_
+    priced = PricedRoute.from_record(record.route.encode())
+    attempt = PaymentAttempt(services, payment, priced, record)
+    taken = await attempt.write(
+        State.SETTLED,
+        [State.SETTLED],
+        owner=secrets.token_hex(16),
+        owner_was=record.owner,
+        delivered="again",
+        reserves=record.reserves + 1,
+    )
+    if not taken:
+        raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
+    paid = PaidCall(request=call.request, route=priced, payer=record.payer, deadline=int(time.time()) + 3600)
+    call.scope[SCOPE_KEY] = paid
+    status, headers, body = await run_handler(call.app, call.scope, call.receive, call.body, call.endpoint)
+    with anyio.CancelScope(shield=True):
+        if status >= 400:
+            await attempt.write(State.SETTLED, [State.SETTLED], durable=True, delivered="broken")
+            await send_response(send, status, body, headers)
+            return
+        answer = StoredAnswer.capture(status, headers, body)
+        usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
+        await attempt.write(State.SETTLED, [State.SETTLED], answer=answer, durable=True, delivered="complete", **usage)
+        outcome = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
+        await send_outcome(send, outcome, answer)
 
 
 async def serve_again(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from payrouter import metrics
+from payrouter.chain import ChainError
 from payrouter.journal import OPEN_STATES, PaymentRecord, State, StoredAnswer, now_ms
 from payrouter.metrics.timing import timed
 from payrouter.quoting import PricedRoute
@@ -162,6 +163,24 @@ class PaymentAttempt:
         except StoreError:
             pass
         await self.release(reason)
+
+    async def model_failed(self, reason: str) -> None:
+        """The model call failed before any content went out: nothing is charged (`refused`),
+        unless someone mined the authorization meanwhile (a front-runner, the payer's own
+        tooling): then the money is ours and the record says so (``settled``, delivered
+        ``broken``: a stream's replay serves it again), never discarded unrecorded. One chain
+        read, on failures only; an unreadable chain leaves it to `refused` as before."""
+        try:
+            current = await self.services.resolver.resolve(self.record, settle=False)
+        except (ChainError, StoreError) as exc:
+            log.warning("payment %s: the chain could not be read after a failed call (%s)", self.record.id, exc)
+            current = self.record
+        if current.state == State.SETTLED and current.owner == self.record.owner:
+            self.record = current
+            log.warning("payment %s: the model call failed after someone else settled it (%s)", current.id, current.tx)
+            await self.write(State.SETTLED, [State.SETTLED], durable=True, delivered="broken", reason=reason)
+            return
+        await self.refused(reason)
 
     async def release(self, reason: str) -> None:
         """Nothing was broadcast and nothing is owed: the payment may be presented again."""

@@ -283,7 +283,7 @@ class StreamSettlement:
             # the model never produced a first chunk: nothing was broadcast
             reason = "upstream_failed" if self.status >= 500 or self.status == 0 else "request_failed"
             await asyncio.shield(self.serving)
-            await attempt.refused(reason)
+            await attempt.model_failed(reason)
             return
         outcome = self._outcome_now()
         if outcome is None:

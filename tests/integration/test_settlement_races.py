@@ -12,9 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
+from payrouter.journal import State
 from payrouter.sandbox.dev import Sandbox
 from payrouter.x402.wire import decode_header
 from tests.mined_together import mined_together
+from tests.polling import wait_until
+from tests.redis_keys import REDIS_URL, journal_record
 from wallets import LocalSigner, TransferWithAuthorization, new_nonce, sign_authorization
 
 from .conftest import Observer
@@ -137,3 +140,51 @@ def test_one_transfer_does_not_pay_two_payments(box: Sandbox, http: httpx.Client
     assert receipt["success"] is False and receipt["errorReason"] == "invalid_exact_evm_transaction_failed"
     assert "choices" not in response.text
     assert observer.balances(box.operator.address)[0] == operator_before + amount  # the other one, once
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_front_run_payment_whose_model_fails_is_recorded_not_discarded(
+    box: Sandbox, http: httpx.Client, observer: Observer, stream: bool
+) -> None:
+    """Someone mines the payer's authorization while the model runs, then the model call fails:
+    the money is ours, so the record says ``settled`` (delivered ``broken``) rather than being
+    discarded as a failed call's would be (the journal keeps matching the chain); a stream's
+    payment presented again is served again."""
+    url = f"{box.router_url}/v1/chat/completions"
+    agent = LocalSigner.generate()
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 20, "stream": stream}
+    body["messages"] = [{"role": "user", "content": secrets.token_hex(6)}]
+    o = offer(http, url, body)
+    amount = int(o["accepts"][0]["amount"])
+    box.token.mint(agent.address, amount)
+    paid = payment(o, agent)
+    ours = TransferWithAuthorization.from_wire(paid["payload"]["authorization"])
+    observer.control(delay_ms=1000, fail_next=1, fail_status=400)  # a 400: no fallback, no breaker
+    calls = observer.upstream_calls()
+    thread, result = _paid_in_background(url, body, header(paid))
+    _wait_for_upstream_call(observer, calls)
+    box.token.transfer_with_authorization(
+        box.chain.new_account(), ours, bytes.fromhex(paid["payload"]["signature"][2:])
+    )
+    thread.join(30)
+    failed = result[0]
+    if stream:  # the error went out as the handler made it, before anything was known
+        assert failed.status_code == 502, failed.text
+    else:
+        assert failed.status_code == 502 and "present the same payment again" in failed.text
+        assert json.loads(base64.b64decode(failed.headers["PAYMENT-RESPONSE"]))["success"] is True
+    nonce = "0x" + ours.nonce.hex()
+
+    def recorded() -> tuple[str, str, str]:
+        record = journal_record(REDIS_URL, box.namespace, agent.address, nonce)
+        return record["state"], record["delivered"], record["charged"]
+
+    # a stream's record is written once its error is out: waited for
+    wait_until(lambda: recorded() == (State.SETTLED, "broken", str(amount)), "the record settled, broken")
+    observer.control(delay_ms=0)
+    again = http.post(url, json=body, headers=header(paid))  # served again, once, free
+    assert again.status_code == 200, again.text
+    assert ("[DONE]" in again.text) if stream else again.json()["choices"][0]["message"]["content"]
+    if not stream:  # kept for its replay
+        assert http.post(url, json=body, headers=header(paid)).json() == again.json()
+    assert observer.balances(agent.address)[0] == 0  # paid once

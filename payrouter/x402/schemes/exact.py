@@ -31,7 +31,7 @@ from payrouter.x402.outcomes import send_outcome
 from payrouter.x402.replay import replay
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.schemes.base import match_terms, presented_quote
-from payrouter.x402.settlement import PaymentAttempt, new_record, record_id
+from payrouter.x402.settlement import PaymentAttempt, new_record, receipt_header, record_id
 from payrouter.x402.streaming import StreamSettlement
 from payrouter.x402.wire import Envelope, PaymentPayload, exact_payment
 
@@ -189,7 +189,17 @@ class ExactScheme:
         with anyio.CancelScope(shield=True):  # from here on money may move: finish even if the client left
             if status >= 400:
                 # The model call failed: nothing is settled, and the client may pay again.
-                await attempt.refused("upstream_failed" if status >= 500 else "request_failed")
+                await attempt.model_failed("upstream_failed" if status >= 500 else "request_failed")
+                if attempt.record.state == State.SETTLED:  # someone mined the payment meanwhile
+                    tx = attempt.record.tx
+                    message = (
+                        f"the model call failed after your payment was settled on chain by another transaction "
+                        f"({tx}); present the same payment again for one more attempt, free"
+                    )
+                    _, err = json_error(502, message, "upstream_error")
+                    receipt = receipt_header(attempt.record, True, tx, None)
+                    await send_response(send, 502, err, [(b"content-type", b"application/json"), receipt])
+                    return True
                 await send_response(send, status, resp_body, resp_headers)
                 return False
             usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
