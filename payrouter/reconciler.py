@@ -172,8 +172,12 @@ class Resolver:
         live = record.state in (State.CLAIMED, State.SERVING) and not expired
         if await self._used(record):
             how = await self._how_used(record)
-            if how is None:
+            if how is None and not expired:
                 return record  # used, but the logs do not say how yet: look again next time
+            if how is None:
+                # used before the record was opened (its worker died before refusing it): not
+                # a payment of this record's, and nothing about it changes any more
+                how = ""
             if how:
                 return await self._write(
                     record, State.SETTLED, tx=how, settled_at=now_ms(), charged=record.amount, reason=""

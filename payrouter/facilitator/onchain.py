@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from payrouter.chain import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, ChainClient, Receipt
+from payrouter.chain import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, ChainClient, ChainError, Receipt
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload
 
@@ -31,7 +31,15 @@ def _topic_address(address: str) -> str:
 
 
 def _index(entry: dict[str, Any]) -> int:
-    return int(str(entry.get("logIndex", "0x0")), 16)
+    """A log's index in its block: JSON-RPC gives hex, some clients an int; -1 when missing
+    (such a log pairs with nothing)."""
+    value = entry.get("logIndex")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value), 16)
+    except ValueError:
+        return -1
 
 
 def pays(logs: Iterable[dict[str, Any]], *, asset: str, payer: str, nonce: str, pay_to: str, amount: int) -> bool:
@@ -42,7 +50,7 @@ def pays(logs: Iterable[dict[str, Any]], *, asset: str, payer: str, nonce: str, 
     used = [AUTHORIZATION_USED_TOPIC, _topic_address(payer), nonce.lower()]
     transfer = [TRANSFER_TOPIC, _topic_address(payer), _topic_address(pay_to)]
     for i, entry in enumerate(ordered[:-1]):
-        if str(entry.get("address", "")).lower() != asset.lower():
+        if _index(entry) < 0 or str(entry.get("address", "")).lower() != asset.lower():
             continue
         if [str(t).lower() for t in entry.get("topics", [])] != used:
             continue
@@ -60,16 +68,22 @@ async def used_to_pay(
     chain: ChainClient, used: dict[str, Any], *, asset: str, payer: str, nonce: str, pay_to: str, amount: int
 ) -> bool:
     """The transaction of ``used`` (the token's ``AuthorizationUsed`` log of the nonce) paid
-    it (`pays`), read from the token's logs of its block: no receipt needed (a node may be
-    slow to serve one), and only mined, successful transactions have logs.
+    it (`pays`), read from the payer's token logs of its block (both events name the payer
+    first): no receipt needed (a node may be slow to serve one), and only mined, successful
+    transactions have logs.
 
     Raises:
-        ChainError: the chain could not be read.
+        ChainError: the chain could not be read, or its logs of that block lack ``used`` (a
+            node behind the one that answered first, or a reorganisation): undecided, never
+            "not paid".
     """
     block = int(str(used["blockNumber"]), 16)
     tx = str(used["transactionHash"]).lower()
-    logs = await chain.logs_between(asset, [], block, block)
+    topics: list[Any] = [[AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC], _topic_address(payer)]
+    logs = await chain.logs_between(asset, topics, block, block)
     mine = [entry for entry in logs if str(entry.get("transactionHash", "")).lower() == tx]
+    if not any(_index(entry) == _index(used) for entry in mine):
+        raise ChainError(f"the node's logs of block {block} do not have transaction {tx} yet")
     return pays(mine, asset=asset, payer=payer, nonce=nonce, pay_to=pay_to, amount=amount)
 
 

@@ -175,6 +175,9 @@ class PaymentAttempt:
         except (ChainError, StoreError) as exc:
             log.warning("payment %s: the chain could not be read after a failed call (%s)", self.record.id, exc)
             current = self.record
+        except Exception:  # a bug must not leave the record serving: the failure is answered
+            log.exception("payment %s: the chain check after a failed call crashed", self.record.id)
+            current = self.record
         if current.state == State.SETTLED and current.owner == self.record.owner:
             self.record = current
             log.warning("payment %s: the model call failed after someone else settled it (%s)", current.id, current.tx)

@@ -4,14 +4,13 @@ of the same transaction; and searches are bounded by time, window by window back
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from payrouter.chain import TRANSFER_TOPIC, ChainClient
+from payrouter.chain import AUTHORIZATION_USED_TOPIC, TRANSFER_TOPIC, ChainClient, ChainError
 from payrouter.devchain import DevChain, DevToken
-from payrouter.facilitator.onchain import find_settlement, pays
+from payrouter.facilitator.onchain import find_settlement, pays, used_to_pay
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.wire import PaymentPayload
 from tests.mined_together import mined_together
@@ -34,7 +33,8 @@ def own_token(own_chain: DevChain) -> DevToken:
 
 
 def _signed(token: DevToken, payer: LocalSigner, to: str, value: int) -> tuple[TransferWithAuthorization, bytes]:
-    auth = TransferWithAuthorization(payer.address, to, value, 0, int(time.time()) + 600, new_nonce())
+    # far in the future: this chain's clock is moved hours ahead by a test below
+    auth = TransferWithAuthorization(payer.address, to, value, 0, 2**40, new_nonce())
     return auth, sign_authorization(payer, token.domain, auth)
 
 
@@ -105,3 +105,46 @@ async def test_logs_since_reads_back_window_by_window_to_the_time_asked(
     assert [int(e["data"], 16) for e in found[1]] == [2, 3]
     assert [int(e["data"], 16) for e in found[3]] == [2, 3]
     assert [int(e["data"], 16) for e in found[1000]] == [1, 2, 3]  # one window back to block 0
+
+
+async def test_a_node_without_the_used_log_in_its_block_leaves_it_undecided(
+    own_chain: DevChain, own_token: DevToken
+) -> None:
+    """The log found by one query must be in the block's logs read next (a node behind the one
+    that answered first, a reorganisation): if not, nothing is decided (ChainError), never
+    "not paid" (which would close a paid record for good)."""
+    payer, pay_to = LocalSigner.generate(), LocalSigner.generate().address
+    own_token.mint(payer.address, AMOUNT)
+    auth, sig = _signed(own_token, payer, pay_to, AMOUNT)
+    receipt = mined_together(own_chain, own_token, [(auth, sig)])
+    nonce = "0x" + auth.nonce.hex()
+    terms = {"asset": own_token.address, "payer": payer.address, "nonce": nonce, "pay_to": pay_to}
+    client = ChainClient(own_chain.rpc_url)
+    try:
+        topics = [AUTHORIZATION_USED_TOPIC, "0x" + "0" * 24 + payer.address[2:].lower(), nonce]
+        (used,) = await client.logs_since(own_token.address, topics, 0)
+        assert await used_to_pay(client, used, amount=AMOUNT, **terms)
+        assert not await used_to_pay(client, used, amount=AMOUNT + 1, **terms)
+        elsewhere = {**used, "blockNumber": hex(receipt["blockNumber"] - 1)}  # as a lagging node would
+        with pytest.raises(ChainError):
+            await used_to_pay(client, elsewhere, amount=AMOUNT, **terms)
+    finally:
+        await client.close()
+
+
+def test_log_indexes_as_ints_or_missing() -> None:
+    """Some clients give ``logIndex`` as an int: 9 and 10 are adjacent; a missing one pairs
+    with nothing."""
+    payer, pay_to, asset = (LocalSigner.generate().address for _ in range(3))
+    nonce = "0x" + "ab" * 32
+    used = {"address": asset, "topics": [AUTHORIZATION_USED_TOPIC, _topic(payer), nonce], "data": "0x"}
+    transfer = {"address": asset, "topics": [TRANSFER_TOPIC, _topic(payer), _topic(pay_to)], "data": hex(AMOUNT)}
+    terms = {"asset": asset, "payer": payer, "nonce": nonce, "pay_to": pay_to, "amount": AMOUNT}
+    assert pays([{**used, "logIndex": 9}, {**transfer, "logIndex": 10}], **terms)  # type: ignore[arg-type]
+    assert pays([{**used, "logIndex": "0x9"}, {**transfer, "logIndex": "0xa"}], **terms)  # type: ignore[arg-type]
+    assert not pays([{**used, "logIndex": 9}, {**transfer, "logIndex": 11}], **terms)  # type: ignore[arg-type]
+    assert not pays([{**used, "logIndex": None}, {**transfer, "logIndex": 0}], **terms)  # type: ignore[arg-type]
+
+
+def _topic(address: str) -> str:
+    return "0x" + "0" * 24 + address[2:].lower()
