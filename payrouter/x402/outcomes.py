@@ -4,11 +4,23 @@ from __future__ import annotations
 
 from starlette.types import Send
 
-from payrouter.journal import StoredAnswer
+from payrouter.journal import PaymentRecord, StoredAnswer
 from payrouter.x402.asgi import json_error, send_response
-from payrouter.x402.settlement import SettleOutcome
+from payrouter.x402.settlement import SettleOutcome, receipt_header
 
-__all__ = ["send_outcome"]
+__all__ = ["send_failed_after_payment", "send_outcome"]
+
+
+async def send_failed_after_payment(send: Send, record: PaymentRecord) -> None:
+    """The model call failed after someone mined the payment (`PaymentAttempt.model_failed`):
+    a 502 that says so, with the receipt; the same payment gets one more attempt."""
+    message = (
+        f"the model call failed after your payment was settled on chain by another transaction ({record.tx}); "
+        "present the same payment again for one more attempt, free"
+    )
+    _, err = json_error(502, message, "upstream_error")
+    receipt = receipt_header(record, True, record.tx, None)
+    await send_response(send, 502, err, [(b"content-type", b"application/json"), receipt])
 
 
 async def send_outcome(send: Send, outcome: SettleOutcome, answer: StoredAnswer | None) -> None:

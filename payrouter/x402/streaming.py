@@ -36,6 +36,7 @@ from payrouter.store import StoreError
 from payrouter.x402.asgi import json_error, send_response
 from payrouter.x402.call import PaidCall
 from payrouter.x402.errors import Reason
+from payrouter.x402.outcomes import send_failed_after_payment
 from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, receipt_header
 
 __all__ = ["StreamSettlement", "receipt_event"]
@@ -103,6 +104,10 @@ class StreamSettlement:
         self.outcome: SettleOutcome | None = None
         self.prepaid = prepaid
         self.stalled = False  # the transfer could not be broadcast yet: content waits for it
+        # the model failed before any content: its error waits for `model_failed` to tell
+        # whether someone mined the payment meanwhile (then the payer is told so instead)
+        self.failure: list[Message] = []
+        self.failure_recorded = False
 
     async def _settle_once(self) -> SettleOutcome:
         call = self.call
@@ -188,11 +193,19 @@ class StreamSettlement:
             if message["type"] == "http.response.start":
                 self.status = message["status"]
                 self.headers = list(message.get("headers", []))
-                if self.status >= 400:
+                if self.status >= 400 and self.prepaid is None:
+                    self.failure.append(message)
+                elif self.status >= 400:
                     self.started = True
                     await send(message)
                 else:
                     self.start = message
+                return
+            if self.failure and message["type"] == "http.response.body":
+                self.failure.append(message)
+                if not message.get("more_body", False):
+                    with anyio.CancelScope(shield=True):
+                        await self._answer_failure(send)
                 return
             if message["type"] != "http.response.body" or self.status >= 400:
                 await send(message)
@@ -231,6 +244,21 @@ class StreamSettlement:
                 await self._finish()
         if self.buffering:
             await self._answer_pending(send)
+
+    async def _answer_failure(self, send: Send) -> None:
+        """Record the failed call (`PaymentAttempt.model_failed`), then answer with the model's
+        error, or, if someone mined the payment meanwhile, with what that means for the payer."""
+        await asyncio.shield(self.serving)
+        await self.attempt.model_failed(self._failure_reason())
+        self.failure_recorded = self.started = True
+        if self.attempt.record.state == State.SETTLED:
+            await send_failed_after_payment(send, self.attempt.record)
+            return
+        for message in self.failure:
+            await send(message)
+
+    def _failure_reason(self) -> str:
+        return "upstream_failed" if self.status >= 500 or self.status == 0 else "request_failed"
 
     async def _final(self) -> SettleOutcome:
         assert self.task is not None
@@ -281,9 +309,9 @@ class StreamSettlement:
             return
         if self.task is None and self.outcome is None:
             # the model never produced a first chunk: nothing was broadcast
-            reason = "upstream_failed" if self.status >= 500 or self.status == 0 else "request_failed"
-            await asyncio.shield(self.serving)
-            await attempt.model_failed(reason)
+            if not self.failure_recorded:
+                await asyncio.shield(self.serving)
+                await attempt.model_failed(self._failure_reason())
             return
         outcome = self._outcome_now()
         if outcome is None:

@@ -27,11 +27,11 @@ from payrouter.store import StoreError, keys
 from payrouter.x402.asgi import json_error, replay_body, run_handler, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
-from payrouter.x402.outcomes import send_outcome
+from payrouter.x402.outcomes import send_failed_after_payment, send_outcome
 from payrouter.x402.replay import replay
 from payrouter.x402.requirements import Requirements
 from payrouter.x402.schemes.base import match_terms, presented_quote
-from payrouter.x402.settlement import PaymentAttempt, new_record, receipt_header, record_id
+from payrouter.x402.settlement import PaymentAttempt, new_record, record_id
 from payrouter.x402.streaming import StreamSettlement
 from payrouter.x402.wire import Envelope, PaymentPayload, exact_payment
 
@@ -191,14 +191,7 @@ class ExactScheme:
                 # The model call failed: nothing is settled, and the client may pay again.
                 await attempt.model_failed("upstream_failed" if status >= 500 else "request_failed")
                 if attempt.record.state == State.SETTLED:  # someone mined the payment meanwhile
-                    tx = attempt.record.tx
-                    message = (
-                        f"the model call failed after your payment was settled on chain by another transaction "
-                        f"({tx}); present the same payment again for one more attempt, free"
-                    )
-                    _, err = json_error(502, message, "upstream_error")
-                    receipt = receipt_header(attempt.record, True, tx, None)
-                    await send_response(send, 502, err, [(b"content-type", b"application/json"), receipt])
+                    await send_failed_after_payment(send, attempt.record)
                     return True
                 await send_response(send, status, resp_body, resp_headers)
                 return False
