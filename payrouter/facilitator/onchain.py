@@ -109,9 +109,9 @@ async def find_settlement(chain: ChainClient, payment: PaymentPayload, req: Requ
     """
     auth = payment.authorization
     since = time.time() - req.max_timeout_seconds - _SEARCH_MARGIN_S
-    topics = [AUTHORIZATION_USED_TOPIC, _topic_address(auth.from_), "0x" + auth.nonce.hex()]
+    nonce = "0x" + auth.nonce.hex()
+    topics = [AUTHORIZATION_USED_TOPIC, _topic_address(auth.from_), nonce]
     for log in await chain.logs_since(req.asset, topics, since):
-        nonce = "0x" + auth.nonce.hex()
         if await used_to_pay(
             chain, log, asset=req.asset, payer=auth.from_, nonce=nonce, pay_to=req.pay_to, amount=auth.value
         ):

@@ -6,7 +6,7 @@ from starlette.types import Send
 
 from payrouter.journal import PaymentRecord, StoredAnswer
 from payrouter.x402.asgi import json_error, send_response
-from payrouter.x402.settlement import SettleOutcome, receipt_header
+from payrouter.x402.settlement import SettleOutcome, settled_outcome
 
 __all__ = ["send_failed_after_payment", "send_outcome"]
 
@@ -19,8 +19,7 @@ async def send_failed_after_payment(send: Send, record: PaymentRecord) -> None:
         "present the same payment again for one more attempt, free"
     )
     _, err = json_error(502, message, "upstream_error")
-    receipt = receipt_header(record, True, record.tx, None)
-    await send_response(send, 502, err, [(b"content-type", b"application/json"), receipt])
+    await send_response(send, 502, err, [(b"content-type", b"application/json"), settled_outcome(record).receipt])
 
 
 async def send_outcome(send: Send, outcome: SettleOutcome, answer: StoredAnswer | None) -> None:

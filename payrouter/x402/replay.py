@@ -19,7 +19,7 @@ from payrouter.x402.asgi import replay_body, run_handler, send_response
 from payrouter.x402.call import SCOPE_KEY, PaidCall, PaidRequest
 from payrouter.x402.errors import PaymentRejected, Reason
 from payrouter.x402.outcomes import send_outcome
-from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, receipt_header
+from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, receipt_header, settled_outcome
 from payrouter.x402.streaming import StreamSettlement, receipt_event
 from payrouter.x402.wire import PaymentPayload
 
@@ -32,6 +32,8 @@ _STALE_SERVING_AGAIN_MS = 600_000
 # How often a paid stream that did not reach its payer whole is served again (then its kept
 # transcript is the answer): a model that keeps breaking must not give endless free calls.
 _MAX_RESERVES = 1
+_SERVED_AGAIN = "this payment is being served again by another request"
+_BEING_SERVED = "this payment is being served by another request; present it again when that finishes to get its answer"
 
 
 async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
@@ -54,7 +56,7 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
                 log.warning("replay of %s: the chain could not be read (%s)", record.id, exc)
     stale = now_ms() - record.updated_at > _STALE_SERVING_AGAIN_MS  # its worker is gone
     if record.state == State.SETTLED and record.delivered == "again" and not stale:
-        raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
+        raise PaymentRejected(Reason.NONCE_USED, _SERVED_AGAIN, payer)
     unfinished = record.delivered in ("broken", "partial", "cut") or (
         record.delivered in ("again", "streaming") and stale
     )
@@ -71,17 +73,13 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
                 return
         if stored is None and record.stream and record.delivered == "streaming" and not stale:
             # settled (the transfer went with the first chunk): its transcript is kept at its end
-            raise PaymentRejected(
-                Reason.NONCE_USED,
-                "this payment is being served by another request; present it again when that finishes to get its answer",
-                payer,
-            )
+            raise PaymentRejected(Reason.NONCE_USED, _BEING_SERVED, payer)
         if stored is None:
             raise PaymentRejected(
                 Reason.NONCE_USED, f"this payment was settled ({record.tx}); its answer is no longer kept", payer
             )
         answer = StoredAnswer.from_bytes(stored)
-        outcome = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
+        outcome = settled_outcome(record)
         if record.stream:  # the transcript ends with a fresh receipt event
             event = receipt_event(outcome, record.x402_version, record.path == "/v1/messages")
             answer = StoredAnswer(answer.status, answer.headers, answer.body + event)
@@ -102,18 +100,16 @@ async def replay(app: ASGIApp, call: PaidRequest, payment: PaymentPayload, recor
             f"this payment was not settled ({record.state}): {record.reason}",
             payer,
         )
-    raise PaymentRejected(
-        Reason.NONCE_USED,
-        "this payment is being served by another request; present it again when that finishes to get its answer",
-        payer,
-    )
+    raise PaymentRejected(Reason.NONCE_USED, _BEING_SERVED, payer)
 
 
-async def _answer_again(call: PaidRequest, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
-    """A paid plain answer whose model call failed runs once more, free; its answer is kept."""
-    services, payer = call.services, payment.authorization.from_
+async def _take_over(
+    call: PaidRequest, payment: PaymentPayload, record: PaymentRecord
+) -> tuple[PaymentAttempt, PaidCall]:
+    """Take a settled record over to serve its payment again (one replay at a time; each
+    counts against ``_MAX_RESERVES``): its attempt, and the paid call the handler sees."""
     priced = PricedRoute.from_record(record.route.encode())
-    attempt = PaymentAttempt(services, payment, priced, record)
+    attempt = PaymentAttempt(call.services, payment, priced, record)
     taken = await attempt.write(
         State.SETTLED,
         [State.SETTLED],
@@ -123,9 +119,15 @@ async def _answer_again(call: PaidRequest, payment: PaymentPayload, record: Paym
         reserves=record.reserves + 1,
     )
     if not taken:
-        raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
+        raise PaymentRejected(Reason.NONCE_USED, _SERVED_AGAIN, payment.authorization.from_)
     paid = PaidCall(request=call.request, route=priced, payer=record.payer, deadline=int(time.time()) + 3600)
     call.scope[SCOPE_KEY] = paid
+    return attempt, paid
+
+
+async def _answer_again(call: PaidRequest, payment: PaymentPayload, record: PaymentRecord, send: Send) -> None:
+    """A paid plain answer whose model call failed runs once more, free; its answer is kept."""
+    attempt, paid = await _take_over(call, payment, record)
     status, headers, body = await run_handler(call.app, call.scope, call.receive, call.body, call.endpoint)
     with anyio.CancelScope(shield=True):
         if status >= 400:
@@ -135,32 +137,15 @@ async def _answer_again(call: PaidRequest, payment: PaymentPayload, record: Paym
         answer = StoredAnswer.capture(status, headers, body)
         usage = attempt.usage_fields(paid.answered_by, paid.input_tokens, paid.output_tokens)
         await attempt.write(State.SETTLED, [State.SETTLED], answer=answer, durable=True, delivered="complete", **usage)
-        outcome = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
-        await send_outcome(send, outcome, answer)
+        await send_outcome(send, settled_outcome(record), answer)
 
 
 async def serve_again(
     app: ASGIApp, call: PaidRequest, payment: PaymentPayload, record: PaymentRecord, send: Send
 ) -> None:
     """The model broke a stream after its payment moved: the same payment runs it again, free."""
-    services, payer = call.services, payment.authorization.from_
-    priced = PricedRoute.from_record(record.route.encode())
-    attempt = PaymentAttempt(services, payment, priced, record)
-    # take the record over (one replay at a time serves it again)
-    taken = await attempt.write(
-        State.SETTLED,
-        [State.SETTLED],
-        owner=secrets.token_hex(16),
-        owner_was=record.owner,
-        delivered="again",
-        reserves=record.reserves + 1,
-    )
-    if not taken:
-        raise PaymentRejected(Reason.NONCE_USED, "this payment is being served again by another request", payer)
-    paid = PaidCall(request=call.request, route=priced, payer=record.payer, deadline=int(time.time()) + 3600)
-    call.scope[SCOPE_KEY] = paid
+    attempt, paid = await _take_over(call, payment, record)
     done: asyncio.Task[None] = asyncio.create_task(asyncio.sleep(0))
-    prepaid = SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
     anthropic = call.scope["path"] == "/v1/messages"
-    settler = StreamSettlement(attempt, paid, done, held=True, anthropic=anthropic, prepaid=prepaid)
+    settler = StreamSettlement(attempt, paid, done, held=True, anthropic=anthropic, prepaid=settled_outcome(record))
     await settler.run(app, call.scope, replay_body(call.receive, call.body), send)

@@ -31,7 +31,7 @@ from payrouter.x402.errors import Reason, SettlementFailed, SettlementInDoubt
 from payrouter.x402.responses import settlement_header
 from payrouter.x402.wire import PaymentPayload
 
-__all__ = ["PaymentAttempt", "SettleOutcome", "new_record", "receipt_header", "record_id"]
+__all__ = ["PaymentAttempt", "SettleOutcome", "new_record", "receipt_header", "record_id", "settled_outcome"]
 
 log = logging.getLogger("payrouter.settlement")
 
@@ -362,3 +362,8 @@ def new_record(
 def receipt_header(record: PaymentRecord, success: bool, transaction: str, reason: str | None) -> tuple[bytes, bytes]:
     """The settlement receipt header of ``record``."""
     return settlement_header(record.x402_version, success, record.network, record.payer, transaction, reason)
+
+
+def settled_outcome(record: PaymentRecord) -> SettleOutcome:
+    """What a ``settled`` record (its ``tx``) answers with."""
+    return SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)

@@ -37,7 +37,7 @@ from payrouter.x402.asgi import json_error, send_response
 from payrouter.x402.call import PaidCall
 from payrouter.x402.errors import Reason
 from payrouter.x402.outcomes import send_failed_after_payment
-from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, receipt_header
+from payrouter.x402.settlement import PaymentAttempt, SettleOutcome, receipt_header, settled_outcome
 
 __all__ = ["StreamSettlement", "receipt_event"]
 
@@ -148,7 +148,7 @@ class StreamSettlement:
                 continue
             attempt.record = record
             if record.state == State.SETTLED:
-                return SettleOutcome("settled", receipt_header(record, True, record.tx, None), transaction=record.tx)
+                return settled_outcome(record)
             # settling or owed is still undecided (a broadcast that may yet land, a record the
             # resolver left for now): only an end state may tell the payer the transfer failed
             if record.state not in OPEN_STATES:

@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from pydantic import SecretStr
 
 from payrouter.app import create_app
 from payrouter.chain import ChainClient
@@ -28,14 +27,13 @@ from payrouter.reconciler import Reconciler, Resolver
 from payrouter.sandbox.dev import Sandbox
 from payrouter.sandbox.rpc_faults import RpcFaultProxy, fault_proxy_in_thread
 from payrouter.sandbox.serving import serve_in_thread
-from payrouter.settings import ProviderSettings, Settings
 from payrouter.store import RedisStore
 from tests.polling import wait_until
 from tests.private_redis import PrivateRedis
 from tests.redis_keys import journal_record
 from wallets import LocalSigner
 
-from .conftest import Observer, authorizer_key
+from .conftest import Observer, router_settings
 from .payments import header, offer, payment, rejection
 
 NAMESPACE = "store-rollback"
@@ -65,18 +63,8 @@ def router(box: Sandbox, tmp_path: Path) -> Iterator[Router]:
     try:
         server.start()
         with fault_proxy_in_thread(box.chain.rpc_url) as proxy:
-            settings = Settings(
-                price_table=table,
-                providers={
-                    p: ProviderSettings(base_url=f"{box.upstream_url}/v1") for p in {m.provider for m in table.models}
-                },
-                redis_url=server.url,
-                namespace=NAMESPACE,
-                rpc_url=proxy.url,
-                gas_key=SecretStr(box.chain.new_account().unsafe_export_private_key()),
-                channel_authorizer_key=authorizer_key(box),
-                receipt_timeout=2.0,
-                reconcile_interval=0,
+            settings = router_settings(
+                box, table, redis_url=server.url, namespace=NAMESPACE, rpc_url=proxy.url, receipt_timeout=2.0
             )
             with serve_in_thread(create_app(settings)) as url:
                 yield Router(url, server, proxy, pay_to)
@@ -84,12 +72,30 @@ def router(box: Sandbox, tmp_path: Path) -> Iterator[Router]:
         server.kill()
 
 
-def _paid(box: Sandbox, http: httpx.Client, router: Router) -> tuple[str, dict[str, Any], dict[str, Any], LocalSigner]:
+@dataclass
+class Paid:
+    """A funded agent's signed payment for one request to the router."""
+
+    url: str
+    body: dict[str, Any]
+    payment: dict[str, Any]
+    agent: LocalSigner
+
+    @property
+    def nonce(self) -> str:
+        return str(self.payment["payload"]["authorization"]["nonce"])
+
+    @property
+    def amount(self) -> int:
+        return int(self.payment["accepted"]["amount"])
+
+
+def _paid(box: Sandbox, http: httpx.Client, router: Router) -> Paid:
     agent = LocalSigner.generate()
     box.token.mint(agent.address, 5_000_000)
     url = f"{router.url}/v1/chat/completions"
     body = {"model": "gpt-4o-mini", "max_tokens": 40, "messages": [{"role": "user", "content": secrets.token_hex(6)}]}
-    return url, body, payment(offer(http, url, body), agent), agent
+    return Paid(url, body, payment(offer(http, url, body), agent), agent)
 
 
 def _in_background(url: str, body: dict[str, Any], paid: dict[str, Any]) -> tuple[threading.Thread, list[Any]]:
@@ -104,11 +110,10 @@ def _in_background(url: str, body: dict[str, Any], paid: dict[str, Any]) -> tupl
     return thread, out
 
 
-def _snapshot_while(router: Router, url: str, body: dict[str, Any], paid: dict[str, Any], state: str) -> Any:
+def _snapshot_while(router: Router, paid: Paid, state: str) -> Any:
     """Run the paid request; snapshot Redis while its record is in ``state``; its response."""
-    payer, nonce = paid["payload"]["authorization"]["from"], str(paid["payload"]["authorization"]["nonce"])
-    thread, result = _in_background(url, body, paid)
-    wait_until(lambda: router.state(payer, nonce) == state, f"the record {state}")
+    thread, result = _in_background(paid.url, paid.body, paid.payment)
+    wait_until(lambda: router.state(paid.agent.address, paid.nonce) == state, f"the record {state}")
     router.snapshot()
     thread.join(30)
     return result[0]
@@ -117,35 +122,31 @@ def _snapshot_while(router: Router, url: str, body: dict[str, Any], paid: dict[s
 def test_a_record_back_at_settling_is_answered_on_its_replay(
     box: Sandbox, http: httpx.Client, observer: Observer, router: Router
 ) -> None:
-    url, body, paid, agent = _paid(box, http, router)
-    nonce = str(paid["payload"]["authorization"]["nonce"])
-    amount = int(paid["accepted"]["amount"])
+    paid = _paid(box, http, router)
     router.proxy.set_mode("hide_receipt")  # the transfer is mined; its worker cannot see it
-    pending = _snapshot_while(router, url, body, paid, State.SETTLING)  # settling, with its answer
+    pending = _snapshot_while(router, paid, State.SETTLING)  # settling, with its answer
     receipt = json.loads(base64.b64decode(pending.headers["PAYMENT-RESPONSE"]))
     assert pending.status_code == 402 and receipt["errorReason"] == "settlement_pending"
     router.proxy.set_mode("pass")
     router.redis.restart()  # back to the snapshot: settling, and no worker any more
-    assert router.state(agent.address, nonce) == State.SETTLING
+    assert router.state(paid.agent.address, paid.nonce) == State.SETTLING
     paid_to = observer.balances(router.pay_to)[0]
-    assert paid_to == amount  # mined once
-    again = http.post(url, json=body, headers=header(paid))
+    assert paid_to == paid.amount  # mined once
+    again = http.post(paid.url, json=paid.body, headers=header(paid.payment))
     assert again.status_code == 200, again.text
     assert again.json()["choices"][0]["message"]["content"]
-    assert router.state(agent.address, nonce) == State.SETTLED
+    assert router.state(paid.agent.address, paid.nonce) == State.SETTLED
     assert observer.balances(router.pay_to)[0] == paid_to  # nothing sent again
 
 
 def test_a_record_back_at_serving_is_settled_by_the_next_reconciler_pass(
     box: Sandbox, http: httpx.Client, observer: Observer, router: Router
 ) -> None:
-    url, body, paid, agent = _paid(box, http, router)
-    nonce = str(paid["payload"]["authorization"]["nonce"])
-    amount = int(paid["accepted"]["amount"])
+    paid = _paid(box, http, router)
     observer.control(delay_ms=500)
-    assert _snapshot_while(router, url, body, paid, State.SERVING).status_code == 200
+    assert _snapshot_while(router, paid, State.SERVING).status_code == 200
     router.redis.restart()  # back to serving, the answer lost with the writes after the snapshot
-    assert router.state(agent.address, nonce) == State.SERVING
+    assert router.state(paid.agent.address, paid.nonce) == State.SERVING
 
     async def reconcile() -> dict[str, int]:
         journal = RedisJournal(redis.asyncio.Redis.from_url(router.redis.url), NAMESPACE)
@@ -161,7 +162,10 @@ def test_a_record_back_at_serving_is_settled_by_the_next_reconciler_pass(
 
     # the money moved: settled now, not when the authorization expires
     assert asyncio.run(reconcile()) == {State.SETTLED: 1}
-    assert router.state(agent.address, nonce) == State.SETTLED
-    assert observer.balances(router.pay_to)[0] == amount
+    assert router.state(paid.agent.address, paid.nonce) == State.SETTLED
+    assert observer.balances(router.pay_to)[0] == paid.amount
     # the answer was written after the snapshot: the replay says so rather than serve it twice
-    assert rejection(http.post(url, json=body, headers=header(paid)))[1] == "invalid_exact_evm_nonce_already_used"
+    assert (
+        rejection(http.post(paid.url, json=paid.body, headers=header(paid.payment)))[1]
+        == "invalid_exact_evm_nonce_already_used"
+    )
